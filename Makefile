@@ -1,0 +1,56 @@
+# berth — `make run` sets up a fresh machine and starts berthd; `make test` runs everything.
+SHELL := /bin/bash
+DEBS := runc crun containerd docker-registry busybox-static containernetworking-plugins util-linux iproute2 sqlite3
+NODE_STAMP := node_modules/.install-stamp
+TEST_CONCURRENCY ?= 2
+
+.PHONY: all deps debs node-deps build gen typecheck lint test test-unit test-integration run bench clean
+
+all: build
+
+deps: debs node-deps
+
+# Install the Debian packages that are missing (apt-get update only when something is).
+debs:
+	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-fund --no-audit
+	@touch $@
+
+gen: node-deps
+	npx buf generate
+
+build: node-deps gen
+	npx tsc -p tsconfig.json
+
+typecheck: gen
+	npx tsc -p tsconfig.json --noEmit
+
+lint: node-deps
+	npx biome check .
+
+run: deps build
+	node bin/berthd.js
+
+test-unit: build
+	node --test --test-concurrency=$(TEST_CONCURRENCY) dist/test/unit/
+
+test-integration: deps build
+	node --test --test-concurrency=1 dist/test/integration/
+
+test: deps build lint typecheck
+	node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/
+
+bench: deps build
+	node dist/bench/core.js
+
+clean:
+	rm -rf dist src/gen

@@ -1,0 +1,98 @@
+// The daemon: config → plugins → gRPC server on the unix socket; clean shutdown on signals.
+import { mkdirSync } from "node:fs";
+import { unlinkSync } from "node:fs";
+import * as grpc from "@grpc/grpc-js";
+import type { Config } from "../../config/config.js";
+import type { Logger } from "../../core/log.js";
+import { grpcDefinition, grpcHandlers } from "../../grpc/service.js";
+import type { GrpcServicePlugin } from "../../plugins/grpc.js";
+import { type Plugin, PluginSet } from "../../plugins/registry.js";
+import { pluginKey } from "../../plugins/registry.js";
+import { PluginType } from "../../plugins/types.js";
+import { REVISION, VERSION } from "../../version.js";
+import { applyOomScore } from "./oom.js";
+import { prepareSocketPath, secureSocket } from "./socket.js";
+
+export class Daemon {
+  readonly plugins = new PluginSet();
+  private server: grpc.Server | undefined;
+  private stopping: Promise<void> | undefined;
+
+  constructor(
+    readonly config: Config,
+    private readonly registered: Plugin[],
+    readonly log: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    const cfg = this.config;
+    applyOomScore(cfg.oom_score, this.log);
+    mkdirSync(cfg.root, { recursive: true, mode: 0o711 });
+    mkdirSync(cfg.state, { recursive: true, mode: 0o711 });
+    if (cfg.plugin_dir) this.log.warn("plugin_dir is ignored: berthd loads no external plugins", { plugin_dir: cfg.plugin_dir });
+    const address = cfg.grpc.address;
+    if (!address) throw new Error("grpc.address must be set");
+    // Check for a live daemon before touching any state.
+    await prepareSocketPath(address);
+
+    await this.plugins.init(this.registered, {
+      daemon: {
+        root: cfg.root,
+        state: cfg.state,
+        address,
+        ttrpcAddress: cfg.ttrpc.address || `${address}.ttrpc`,
+        version: VERSION,
+        revision: REVISION,
+      },
+      disabled: cfg.disabled_plugins,
+      required: cfg.required_plugins,
+      configFor: (p) => cfg.plugins[pluginKey(p.type, p.id)] ?? p.defaults?.() ?? {},
+      log: this.log,
+    });
+
+    const server = new grpc.Server({
+      "grpc.max_receive_message_length": cfg.grpc.max_recv_message_size,
+      "grpc.max_send_message_length": cfg.grpc.max_send_message_size,
+    });
+    const onError = (path: string, code: number, message: string) =>
+      this.log.debug("request failed", { method: path, code, error: message });
+    for (const l of this.plugins.loaded) {
+      if (l.plugin.type !== PluginType.GRPC || l.status.state !== "ok") continue;
+      for (const s of (l.instance as GrpcServicePlugin).services) {
+        server.addService(grpcDefinition(s.desc), grpcHandlers(s.desc, s.impl as never, onError));
+      }
+    }
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix:${address}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
+    secureSocket(address, cfg.grpc.uid, cfg.grpc.gid);
+    this.server = server;
+    this.log.info("serving...", { address });
+    if (cfg.grpc.tcp_address) this.log.warn("grpc.tcp_address is not served yet; only the unix socket is", { tcp_address: cfg.grpc.tcp_address });
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      const server = this.server;
+      if (server) {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, 2000);
+          server.tryShutdown(() => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
+        try {
+          unlinkSync(this.config.grpc.address);
+        } catch {
+          // already gone
+        }
+      }
+      await this.plugins.close();
+    })();
+    return this.stopping;
+  }
+}

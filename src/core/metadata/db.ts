@@ -1,0 +1,110 @@
+// The metadata database: SQLite (better-sqlite3, WAL). Every mutation runs in a transaction, so
+// a crash leaves either the old or the new state. Schema changes are numbered migrations
+// tracked in PRAGMA user_version.
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import Database from "better-sqlite3";
+
+export type Labels = Record<string, string>;
+
+const MIGRATIONS: string[] = [
+  // 1: core tables
+  `CREATE TABLE namespaces (
+     name TEXT PRIMARY KEY,
+     labels TEXT NOT NULL DEFAULT '{}',
+     created_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL
+   );
+   CREATE TABLE leases (
+     namespace TEXT NOT NULL,
+     id TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     labels TEXT NOT NULL DEFAULT '{}',
+     PRIMARY KEY (namespace, id)
+   );
+   CREATE TABLE lease_resources (
+     namespace TEXT NOT NULL,
+     lease TEXT NOT NULL,
+     type TEXT NOT NULL,
+     id TEXT NOT NULL,
+     PRIMARY KEY (namespace, lease, type, id)
+   );
+   CREATE TABLE content (
+     namespace TEXT NOT NULL,
+     digest TEXT NOT NULL,
+     size INTEGER NOT NULL,
+     created_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     labels TEXT NOT NULL DEFAULT '{}',
+     PRIMARY KEY (namespace, digest)
+   );
+   CREATE INDEX content_by_digest ON content (digest);
+   CREATE TABLE ingests (
+     namespace TEXT NOT NULL,
+     ref TEXT NOT NULL,
+     expected TEXT NOT NULL DEFAULT '',
+     lease TEXT NOT NULL DEFAULT '',
+     PRIMARY KEY (namespace, ref)
+   );`,
+];
+
+export class MetadataDB {
+  readonly sql: Database.Database;
+  private readonly emptyChecks: { what: string; stmt: Database.Statement }[] = [];
+
+  constructor(path: string) {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o711 });
+    this.sql = new Database(path);
+    this.sql.pragma("journal_mode = WAL");
+    // NORMAL with WAL keeps committed transactions across a process crash (only an OS crash
+    // can lose the last ones), which is the durability the daemon promises.
+    this.sql.pragma("synchronous = NORMAL");
+    this.sql.pragma("foreign_keys = ON");
+    this.migrate();
+    this.addEmptyCheck("blobs", "SELECT 1 FROM content WHERE namespace = ? LIMIT 1");
+  }
+
+  private migrate(): void {
+    const current = this.sql.pragma("user_version", { simple: true }) as number;
+    if (current > MIGRATIONS.length)
+      throw new Error(
+        `metadata database schema version ${current} is newer than this berthd understands (${MIGRATIONS.length})`,
+      );
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      this.sql.transaction(() => {
+        this.sql.exec(MIGRATIONS[v]!);
+        this.sql.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  /** Run fn in an immediate (write-locking) transaction. */
+  tx<T>(fn: () => T): T {
+    return this.sql.transaction(fn).immediate();
+  }
+
+  /**
+   * Register a check for "namespace still holds X"; later modules (images, containers,
+   * snapshots) add theirs. The statement takes the namespace as its only parameter.
+   */
+  addEmptyCheck(what: string, query: string): void {
+    this.emptyChecks.push({ what, stmt: this.sql.prepare(query) });
+  }
+
+  /** What a namespace still holds, in containerd's wording ("images", "blobs", ...). */
+  namespaceHolds(ns: string): string[] {
+    return this.emptyChecks.filter((c) => c.stmt.get(ns) !== undefined).map((c) => c.what);
+  }
+
+  close(): void {
+    this.sql.close();
+  }
+}
+
+export function encodeLabels(l: Labels | undefined): string {
+  return JSON.stringify(l ?? {});
+}
+
+export function decodeLabels(s: string): Labels {
+  return JSON.parse(s) as Labels;
+}

@@ -1,0 +1,120 @@
+// Namespaces: created explicitly or implicitly by the first resource written in them; a
+// namespace that still holds resources cannot be deleted.
+import { create } from "@bufbuild/protobuf";
+import {
+  NamespaceCreateSchema,
+  NamespaceDeleteSchema,
+  NamespaceUpdateSchema,
+} from "../../gen/containerd/events/namespace_pb.js";
+import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from "../errdefs.js";
+import type { Exchange } from "../events/exchange.js";
+import { packEvent } from "../events/exchange.js";
+import { validateIdentifier } from "../identifiers.js";
+import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
+
+export interface Namespace {
+  name: string;
+  labels: Labels;
+}
+
+const MAX_LABEL_SIZE = 4096;
+
+/** containerd's label rule: key+value at most 4096 bytes, key not empty. */
+export function validateLabels(labels: Labels): void {
+  for (const [k, v] of Object.entries(labels)) {
+    if (k.length === 0) throw errInvalidArgument("label key must not be empty");
+    if (k.length + v.length > MAX_LABEL_SIZE)
+      throw errInvalidArgument(`label key and value length (${k.length + v.length} bytes) greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 10)}`);
+  }
+}
+
+export class NamespaceStore {
+  constructor(
+    private readonly db: MetadataDB,
+    private readonly events: Exchange,
+  ) {}
+
+  /** Create the namespace row if missing (resources create their namespace implicitly). */
+  ensure(name: string): void {
+    const now = Date.now();
+    const r = this.db.sql
+      .prepare("INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, '{}', ?, ?)")
+      .run(name, now, now);
+    if (r.changes > 0)
+      this.events.publish(name, "/namespaces/create", packEvent(NamespaceCreateSchema, create(NamespaceCreateSchema, { name })));
+  }
+
+  /** `eventNs` is the caller's namespace: containerd publishes namespace events in it. */
+  create(name: string, labels: Labels, eventNs: string): Namespace {
+    validateIdentifier(name);
+    validateLabels(labels);
+    const now = Date.now();
+    this.db.tx(() => {
+      const r = this.db.sql
+        .prepare("INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)")
+        .run(name, encodeLabels(labels), now, now);
+      if (r.changes === 0) throw errAlreadyExists(`namespace ${JSON.stringify(name)}`);
+    });
+    this.events.publish(eventNs, "/namespaces/create", packEvent(NamespaceCreateSchema, create(NamespaceCreateSchema, { name, labels })));
+    return { name, labels };
+  }
+
+  get(name: string): Namespace | undefined {
+    const row = this.db.sql.prepare("SELECT name, labels FROM namespaces WHERE name = ?").get(name) as
+      | { name: string; labels: string }
+      | undefined;
+    return row ? { name: row.name, labels: decodeLabels(row.labels) } : undefined;
+  }
+
+  list(): Namespace[] {
+    const rows = this.db.sql.prepare("SELECT name, labels FROM namespaces ORDER BY name").all() as {
+      name: string;
+      labels: string;
+    }[];
+    return rows.map((r) => ({ name: r.name, labels: decodeLabels(r.labels) }));
+  }
+
+  /**
+   * Update with containerd's field paths: "labels" replaces all labels, "labels.<key>" sets or
+   * (with an empty value) removes one. No paths means replace labels.
+   */
+  update(name: string, labels: Labels, paths: string[], eventNs: string): Namespace {
+    validateLabels(labels);
+    const updated = this.db.tx(() => {
+      const cur = this.get(name);
+      if (!cur) throw errNotFound(`namespace ${JSON.stringify(name)}`);
+      let next: Labels = { ...cur.labels };
+      if (paths.length === 0) next = { ...labels };
+      for (const p of paths) {
+        if (p === "labels") next = { ...labels };
+        else if (p.startsWith("labels.")) {
+          const key = p.slice("labels.".length);
+          const v = labels[key];
+          if (v === undefined || v === "") delete next[key];
+          else next[key] = v;
+        } else throw errInvalidArgument(`cannot update ${JSON.stringify(p)} field on namespace ${JSON.stringify(name)}`);
+      }
+      this.db.sql
+        .prepare("UPDATE namespaces SET labels = ?, updated_at = ? WHERE name = ?")
+        .run(encodeLabels(next), Date.now(), name);
+      return { name, labels: next };
+    });
+    this.events.publish(eventNs, "/namespaces/update", packEvent(NamespaceUpdateSchema, create(NamespaceUpdateSchema, updated)));
+    return updated;
+  }
+
+  delete(name: string, eventNs: string): void {
+    this.db.tx(() => {
+      if (!this.get(name)) throw errNotFound(`namespace ${JSON.stringify(name)}`);
+      const holds = this.db.namespaceHolds(name);
+      if (holds.length > 0)
+        throw errFailedPrecondition(`namespace ${JSON.stringify(name)} must be empty, but it still has ${holds.join(", ")}`);
+      // Leases and their resource lists go with the namespace, as in containerd.
+      this.db.sql.prepare("DELETE FROM lease_resources WHERE namespace = ?").run(name);
+      this.db.sql.prepare("DELETE FROM leases WHERE namespace = ?").run(name);
+      this.db.sql.prepare("DELETE FROM ingests WHERE namespace = ?").run(name);
+      this.db.sql.prepare("DELETE FROM namespaces WHERE name = ?").run(name);
+    });
+    this.events.publish(eventNs, "/namespaces/delete", packEvent(NamespaceDeleteSchema, create(NamespaceDeleteSchema, { name })));
+  }
+}
