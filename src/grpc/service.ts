@@ -88,8 +88,8 @@ export function grpcDefinition(service: DescService): grpc.ServiceDefinition {
   return def as grpc.ServiceDefinition;
 }
 
-/** What the daemon's error hook sees: which method failed, and the status sent. */
-export type ErrorObserver = (path: string, code: number, message: string, err: unknown) => void;
+/** Sees every finished call: method path, its kind, the status code sent, and the error if any. */
+export type CallObserver = (path: string, kind: string, code: number, err?: { message: string; cause: unknown }) => void;
 
 function toServiceError(err: unknown): grpc.ServiceError {
   const { code, message } = toGrpcStatus(err);
@@ -115,7 +115,7 @@ async function* readMessages<T>(call: NodeJS.ReadableStream): AsyncIterable<T> {
 export function grpcHandlers<S extends DescService>(
   service: S,
   impl: ServiceImpl<S>,
-  onError?: ErrorObserver,
+  observe?: CallObserver,
 ): grpc.UntypedServiceImplementation {
   const handlers: grpc.UntypedServiceImplementation = {};
   const implRec = impl as unknown as Record<string, (...a: unknown[]) => unknown>;
@@ -123,9 +123,10 @@ export function grpcHandlers<S extends DescService>(
     const fn = implRec[m.localName];
     const path = `/${service.typeName}/${m.name}`;
     const output = m.output;
+    const ok = () => observe?.(path, m.methodKind, 0);
     const fail = (err: unknown) => {
       const se = toServiceError(err);
-      onError?.(path, se.code, se.message, err);
+      observe?.(path, m.methodKind, se.code, { message: se.message, cause: err });
       return se;
     };
     if (!fn) {
@@ -144,7 +145,10 @@ export function grpcHandlers<S extends DescService>(
             return;
           }
           Promise.resolve(p).then(
-            (res) => cb(null, create(output, res as MessageInitShape<DescMessage>)),
+            (res) => {
+              ok();
+              cb(null, create(output, res as MessageInitShape<DescMessage>));
+            },
             (err) => cb(fail(err), null),
           );
         }) as grpc.handleUnaryCall<unknown, unknown>;
@@ -162,6 +166,7 @@ export function grpcHandlers<S extends DescService>(
                 });
               }
             }
+            ok();
             if (!call.cancelled) call.end();
           } catch (err) {
             if (!call.cancelled) call.emit("error", fail(err));
@@ -174,7 +179,10 @@ export function grpcHandlers<S extends DescService>(
           Promise.resolve()
             .then(() => bound(readMessages(call), ctx))
             .then(
-              (res) => cb(null, create(output, res as MessageInitShape<DescMessage>)),
+              (res) => {
+                ok();
+                cb(null, create(output, res as MessageInitShape<DescMessage>));
+              },
               (err) => cb(fail(err), null),
             );
         }) as grpc.handleClientStreamingCall<unknown, unknown>;
@@ -192,6 +200,7 @@ export function grpcHandlers<S extends DescService>(
                 });
               }
             }
+            ok();
             if (!call.cancelled) call.end();
           } catch (err) {
             if (!call.cancelled) call.emit("error", fail(err));

@@ -4,6 +4,9 @@ import { unlinkSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import type { Config } from "../../config/config.js";
 import type { Logger } from "../../core/log.js";
+import { Metrics } from "../../core/metrics.js";
+import type { Server as HttpServer } from "node:http";
+import { serveDebug, serveMetrics } from "./http.js";
 import { grpcDefinition, grpcHandlers } from "../../grpc/service.js";
 import type { GrpcServicePlugin } from "../../plugins/grpc.js";
 import { type Plugin, PluginSet } from "../../plugins/registry.js";
@@ -16,6 +19,8 @@ import { prepareSocketPath, secureSocket } from "./socket.js";
 export class Daemon {
   readonly plugins = new PluginSet();
   private server: grpc.Server | undefined;
+  private http: HttpServer[] = [];
+  readonly metrics = new Metrics();
   private stopping: Promise<void> | undefined;
 
   constructor(
@@ -54,12 +59,14 @@ export class Daemon {
       "grpc.max_receive_message_length": cfg.grpc.max_recv_message_size,
       "grpc.max_send_message_length": cfg.grpc.max_send_message_size,
     });
-    const onError = (path: string, code: number, message: string) =>
-      this.log.debug("request failed", { method: path, code, error: message });
+    const observe = (path: string, kind: string, code: number, err?: { message: string }) => {
+      this.metrics.grpcHandled(path, kind, code);
+      if (err) this.log.debug("request failed", { method: path, code, error: err.message });
+    };
     for (const l of this.plugins.loaded) {
       if (l.plugin.type !== PluginType.GRPC || l.status.state !== "ok") continue;
       for (const s of (l.instance as GrpcServicePlugin).services) {
-        server.addService(grpcDefinition(s.desc), grpcHandlers(s.desc, s.impl as never, onError));
+        server.addService(grpcDefinition(s.desc), grpcHandlers(s.desc, s.impl as never, observe));
       }
     }
     await new Promise<void>((resolve, reject) =>
@@ -67,6 +74,14 @@ export class Daemon {
     );
     secureSocket(address, cfg.grpc.uid, cfg.grpc.gid);
     this.server = server;
+    if (cfg.metrics.address) {
+      this.http.push(await serveMetrics(cfg.metrics.address, this.metrics));
+      this.log.info("metrics served", { address: cfg.metrics.address });
+    }
+    if (cfg.debug.address) {
+      this.http.push(await serveDebug(cfg.debug.address, cfg.debug.uid, cfg.debug.gid));
+      this.log.info("debug served", { address: cfg.debug.address });
+    }
     this.log.info("serving...", { address });
     if (cfg.grpc.tcp_address) this.log.warn("grpc.tcp_address is not served yet; only the unix socket is", { tcp_address: cfg.grpc.tcp_address });
   }
@@ -91,6 +106,7 @@ export class Daemon {
           // already gone
         }
       }
+      for (const h of this.http) await new Promise((r) => h.close(() => r(undefined)));
       await this.plugins.close();
     })();
     return this.stopping;

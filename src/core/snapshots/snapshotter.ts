@@ -1,0 +1,40 @@
+// The snapshotter contract (containerd's snapshots.Snapshotter): backends are namespace-free;
+// the metadata layer maps per-namespace names to backend keys.
+import type { Labels } from "../metadata/db.js";
+import type { Mount } from "../mount/types.js";
+
+export type Kind = "view" | "active" | "committed";
+
+export interface SnapshotInfo {
+  /** Key (active/view) or name (committed). */
+  name: string;
+  /** Name of the committed parent, "" if none. */
+  parent: string;
+  kind: Kind;
+  labels: Labels;
+  created: Date;
+  updated: Date;
+}
+
+export interface Usage {
+  /** Bytes used by this snapshot's own layer (not its parents). */
+  size: number;
+  inodes: number;
+}
+
+export interface Snapshotter {
+  stat(key: string): Promise<SnapshotInfo>;
+  /** Field paths: "labels", "labels.<k>"; none means labels. */
+  update(info: Pick<SnapshotInfo, "name" | "labels">, paths: string[]): Promise<SnapshotInfo>;
+  usage(key: string): Promise<Usage>;
+  mounts(key: string): Promise<Mount[]>;
+  prepare(key: string, parent: string, labels: Labels): Promise<Mount[]>;
+  view(key: string, parent: string, labels: Labels): Promise<Mount[]>;
+  commit(name: string, key: string, labels: Labels): Promise<void>;
+  remove(key: string): Promise<void>;
+  /** Every snapshot, in an order where parents come before children. */
+  list(): Promise<SnapshotInfo[]>;
+  /** Remove on-disk leftovers of removed snapshots (containerd's Cleanup). */
+  cleanup?(): Promise<void>;
+  close(): Promise<void>;
+}
