@@ -41,13 +41,13 @@ run: deps build
 	node bin/berthd.js
 
 test-unit: build
-	node --test --test-concurrency=$(TEST_CONCURRENCY) dist/test/unit/
+	node --test --test-concurrency=$(TEST_CONCURRENCY) dist/test/unit/*.test.js
 
 test-integration: deps build
-	node --test --test-concurrency=1 dist/test/integration/
+	node --test --test-concurrency=1 dist/test/integration/*.test.js
 
 test: deps build lint typecheck
-	node --test --test-concurrency=1 dist/test/unit/ dist/test/integration/
+	node --test --test-concurrency=1 dist/test/unit/*.test.js dist/test/integration/*.test.js
 
 bench: deps build
 	node dist/bench/core.js

@@ -104,7 +104,8 @@ export interface LoadResult {
   files: string[];
 }
 
-const isTable = (v: unknown): v is Table => typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
+const isTable = (v: unknown): v is Table =>
+  typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
 
 function kindOf(v: unknown): string {
   if (Array.isArray(v)) return "array";
@@ -130,12 +131,17 @@ function check(value: unknown, def: unknown, path: string[], ctx: CheckCtx): voi
   const want = kindOf(def);
   const got = kindOf(value);
   const numeric = (k: string) => k === "integer" || k === "float";
-  if (want !== got && !(want === "float" && got === "integer") && !(numeric(want) && numeric(got) && want === "integer" && Number.isInteger(value))) {
+  if (
+    want !== got &&
+    !(want === "float" && got === "integer") &&
+    !(numeric(want) && numeric(got) && want === "integer" && Number.isInteger(value))
+  ) {
     throw ctx.error(path, `expected ${want}, got ${got} (${JSON.stringify(value)})`);
   }
   if (want === "array") {
     const elem = (def as unknown[])[0];
-    if (elem !== undefined) (value as unknown[]).forEach((v, i) => check(v, elem, [...path, String(i)], ctx));
+    if (elem !== undefined)
+      for (const [i, v] of (value as unknown[]).entries()) check(v, elem, [...path, String(i)], ctx);
     return;
   }
   if (want !== "table") return;
@@ -145,7 +151,8 @@ function check(value: unknown, def: unknown, path: string[], ctx: CheckCtx): voi
   const freeform = defKeys.length === 0 || (path.length === 1 && FREEFORM.has(path[0]!));
   for (const [k, sub] of Object.entries(v)) {
     if (k in d) check(sub, d[k], [...path, k], ctx);
-    else if (!freeform) ctx.warnings.push(`${ctx.file}:${ctx.line([...path, k]) ?? "?"}: unknown key ${keyName([...path, k])}`);
+    else if (!freeform)
+      ctx.warnings.push(`${ctx.file}:${ctx.line([...path, k]) ?? "?"}: unknown key ${keyName([...path, k])}`);
   }
 }
 
@@ -196,7 +203,10 @@ function parseFile(file: string): { text: string; doc: Table } {
 /** filepath.Glob for the common case: wildcards (* ? [..]) in the last path element. */
 export function globFiles(pattern: string): string[] {
   const dir = dirname(pattern);
-  if (/[*?[]/.test(dir)) throw new Error(`import pattern ${JSON.stringify(pattern)}: wildcards are supported in the file name only`);
+  if (/[*?[]/.test(dir))
+    throw new Error(
+      `import pattern ${JSON.stringify(pattern)}: wildcards are supported in the file name only`,
+    );
   const re = new RegExp(
     `^${basename(pattern)
       .replace(/[.+^${}()|\\]/g, "\\$&")
@@ -209,7 +219,10 @@ export function globFiles(pattern: string): string[] {
   } catch {
     return [];
   }
-  return names.filter((n) => re.test(n)).sort().map((n) => join(dir, n));
+  return names
+    .filter((n) => re.test(n))
+    .sort()
+    .map((n) => join(dir, n));
 }
 
 /** Map version-1 plugin keys (bare ids, e.g. "cri") to full `<type>.<id>` keys. */
@@ -242,8 +255,14 @@ export function loadConfig(file: string | undefined, pluginDefaults: Record<stri
     const { text, doc } = parseFile(abs);
     const version = doc.version ?? 1;
     if (version !== 1 && version !== 2)
-      throw new ConfigError(abs, locateKey(text, ["version"]), "version", `unsupported config version ${JSON.stringify(version)} (berthd reads containerd's versions 1 and 2)`);
-    if (version === 1 && isTable(doc.plugins)) doc.plugins = upgradeV1Plugins(doc.plugins, Object.keys(pluginDefaults));
+      throw new ConfigError(
+        abs,
+        locateKey(text, ["version"]),
+        "version",
+        `unsupported config version ${JSON.stringify(version)} (berthd reads containerd's versions 1 and 2)`,
+      );
+    if (version === 1 && isTable(doc.plugins))
+      doc.plugins = upgradeV1Plugins(doc.plugins, Object.keys(pluginDefaults));
     doc.version = 2;
     const ctx: CheckCtx = {
       file: abs,
@@ -259,7 +278,9 @@ export function loadConfig(file: string | undefined, pluginDefaults: Record<stri
       for (const [key, section] of Object.entries(plugins)) {
         const def = pluginDefaults[key];
         if (def === undefined) {
-          warnings.push(`${abs}:${ctx.line(["plugins", key]) ?? "?"}: config for unknown plugin ${JSON.stringify(key)} is ignored`);
+          warnings.push(
+            `${abs}:${ctx.line(["plugins", key]) ?? "?"}: config for unknown plugin ${JSON.stringify(key)} is ignored`,
+          );
           continue;
         }
         check(section, def, ["plugins", key], ctx);
@@ -269,7 +290,9 @@ export function loadConfig(file: string | undefined, pluginDefaults: Record<stri
     // disabled/required plugin lists accumulate across imports, as in containerd
     for (const listKey of ["disabled_plugins", "required_plugins"] as const) {
       if (Array.isArray(doc[listKey]))
-        own[listKey] = [...new Set([...((merged[listKey] as string[]) ?? []), ...(doc[listKey] as string[])])];
+        own[listKey] = [
+          ...new Set([...((merged[listKey] as string[]) ?? []), ...(doc[listKey] as string[])]),
+        ];
     }
     delete own.imports;
     merged = mergeTables(merged, own);

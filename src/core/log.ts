@@ -35,7 +35,8 @@ function fmtValue(v: unknown): string {
 
 export function parseLevel(s: string): Level {
   const l = (s === "warning" ? "warn" : s) as Level;
-  if (!(l in ORDER)) throw new Error(`unknown log level ${JSON.stringify(s)} (want one of ${LEVELS.join(", ")})`);
+  if (!(l in ORDER))
+    throw new Error(`unknown log level ${JSON.stringify(s)} (want one of ${LEVELS.join(", ")})`);
   return l;
 }
 
@@ -58,7 +59,8 @@ class SinkLogger implements Logger {
       return;
     }
     let line = `time=${JSON.stringify(time)} level=${level === "warn" ? "warning" : level} msg=${JSON.stringify(msg)}`;
-    for (const [k, v] of Object.entries(all)) if (v !== undefined) line += ` ${k}=${quoteIfNeeded(fmtValue(v))}`;
+    for (const [k, v] of Object.entries(all))
+      if (v !== undefined) line += ` ${k}=${quoteIfNeeded(fmtValue(v))}`;
     this.sink.write(line);
   }
   trace(m: string, f?: Fields) {

@@ -44,7 +44,9 @@ export class Metrics {
 
   render(): string {
     const lines: string[] = [];
-    lines.push("# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.");
+    lines.push(
+      "# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.",
+    );
     lines.push("# TYPE grpc_server_handled_total counter");
     for (const [k, v] of [...this.handled].sort()) lines.push(`grpc_server_handled_total{${k}} ${v}`);
     const mem = memoryUsage();

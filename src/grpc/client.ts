@@ -22,19 +22,34 @@ export interface CallOptions {
 
 type In<I extends DescMessage> = MessageInitShape<I>;
 
-type ClientMethod<M> = M extends { methodKind: "unary"; input: infer I extends DescMessage; output: infer O extends DescMessage }
+type ClientMethod<M> = M extends {
+  methodKind: "unary";
+  input: infer I extends DescMessage;
+  output: infer O extends DescMessage;
+}
   ? (req: In<I>, opts?: CallOptions) => Promise<MessageShape<O>>
-  : M extends { methodKind: "server_streaming"; input: infer I extends DescMessage; output: infer O extends DescMessage }
+  : M extends {
+        methodKind: "server_streaming";
+        input: infer I extends DescMessage;
+        output: infer O extends DescMessage;
+      }
     ? (req: In<I>, opts?: CallOptions) => AsyncIterable<MessageShape<O>>
-    : M extends { methodKind: "bidi_streaming"; input: infer I extends DescMessage; output: infer O extends DescMessage }
+    : M extends {
+          methodKind: "bidi_streaming";
+          input: infer I extends DescMessage;
+          output: infer O extends DescMessage;
+        }
       ? (opts?: CallOptions) => BidiCall<MessageShape<I>, MessageShape<O>, In<I>>
-      : M extends { methodKind: "client_streaming"; input: infer I extends DescMessage; output: infer O extends DescMessage }
+      : M extends {
+            methodKind: "client_streaming";
+            input: infer I extends DescMessage;
+            output: infer O extends DescMessage;
+          }
         ? (reqs: AsyncIterable<In<I>>, opts?: CallOptions) => Promise<MessageShape<O>>
         : never;
 
-export type Client<S> = S extends GenService<infer T extends GenServiceMethods>
-  ? { [K in keyof T]: ClientMethod<T[K]> }
-  : never;
+export type Client<S> =
+  S extends GenService<infer T extends GenServiceMethods> ? { [K in keyof T]: ClientMethod<T[K]> } : never;
 
 /** A bidirectional call: send() requests, iterate responses, end() to half-close. */
 export interface BidiCall<_Req, Res, ReqInit> {
@@ -108,15 +123,28 @@ export class Connection {
         case "unary":
           out[m.localName] = (req: In<DescMessage>, o?: CallOptions) =>
             new Promise((resolve, reject) => {
-              const call = raw.makeUnaryRequest(d.path, ser, de, create(input, req), meta(o), callOpts(o), (err, res) =>
-                err ? reject(toErr(err)) : resolve(res),
+              const call = raw.makeUnaryRequest(
+                d.path,
+                ser,
+                de,
+                create(input, req),
+                meta(o),
+                callOpts(o),
+                (err, res) => (err ? reject(toErr(err)) : resolve(res)),
               );
               o?.signal?.addEventListener("abort", () => call.cancel(), { once: true });
             });
           break;
         case "server_streaming":
           out[m.localName] = (req: In<DescMessage>, o?: CallOptions) => {
-            const call = raw.makeServerStreamRequest(d.path, ser, de, create(input, req), meta(o), callOpts(o));
+            const call = raw.makeServerStreamRequest(
+              d.path,
+              ser,
+              de,
+              create(input, req),
+              meta(o),
+              callOpts(o),
+            );
             o?.signal?.addEventListener("abort", () => call.cancel(), { once: true });
             return iterateStream(call, toErr);
           };

@@ -1,5 +1,7 @@
 // Adapts protobuf-es service descriptors to @grpc/grpc-js: one codec (protobuf-es) and
 // strictly typed handlers. Services stay thin: they translate messages and throw BerthErrors.
+
+import type { Readable } from "node:stream";
 import {
   create,
   type DescMessage,
@@ -54,19 +56,34 @@ export class CallContext {
 
 type Out<O extends DescMessage> = MessageInitShape<O>;
 
-type HandlerFor<M> = M extends { methodKind: "unary"; input: infer I extends DescMessage; output: infer O extends DescMessage }
+type HandlerFor<M> = M extends {
+  methodKind: "unary";
+  input: infer I extends DescMessage;
+  output: infer O extends DescMessage;
+}
   ? (req: MessageShape<I>, ctx: CallContext) => Promise<Out<O>> | Out<O>
-  : M extends { methodKind: "server_streaming"; input: infer I extends DescMessage; output: infer O extends DescMessage }
+  : M extends {
+        methodKind: "server_streaming";
+        input: infer I extends DescMessage;
+        output: infer O extends DescMessage;
+      }
     ? (req: MessageShape<I>, ctx: CallContext) => AsyncIterable<Out<O>>
-    : M extends { methodKind: "client_streaming"; input: infer I extends DescMessage; output: infer O extends DescMessage }
+    : M extends {
+          methodKind: "client_streaming";
+          input: infer I extends DescMessage;
+          output: infer O extends DescMessage;
+        }
       ? (reqs: AsyncIterable<MessageShape<I>>, ctx: CallContext) => Promise<Out<O>>
-      : M extends { methodKind: "bidi_streaming"; input: infer I extends DescMessage; output: infer O extends DescMessage }
+      : M extends {
+            methodKind: "bidi_streaming";
+            input: infer I extends DescMessage;
+            output: infer O extends DescMessage;
+          }
         ? (reqs: AsyncIterable<MessageShape<I>>, ctx: CallContext) => AsyncIterable<Out<O>>
         : never;
 
-export type ServiceImpl<S> = S extends GenService<infer T extends GenServiceMethods>
-  ? { [K in keyof T]: HandlerFor<T[K]> }
-  : never;
+export type ServiceImpl<S> =
+  S extends GenService<infer T extends GenServiceMethods> ? { [K in keyof T]: HandlerFor<T[K]> } : never;
 
 /** Build the grpc-js service definition (paths + codecs) for a protobuf-es service. */
 export function grpcDefinition(service: DescService): grpc.ServiceDefinition {
@@ -78,9 +95,9 @@ export function grpcDefinition(service: DescService): grpc.ServiceDefinition {
       path: `/${service.typeName}/${m.name}`,
       requestStream: m.methodKind === "client_streaming" || m.methodKind === "bidi_streaming",
       responseStream: m.methodKind === "server_streaming" || m.methodKind === "bidi_streaming",
-      requestSerialize: (msg: unknown) => Buffer.from(toBinary(input, msg as MessageShape<DescMessage>)),
+      requestSerialize: (msg: unknown) => asBuffer(toBinary(input, msg as MessageShape<DescMessage>)),
       requestDeserialize: (buf: Buffer) => fromBinary(input, buf),
-      responseSerialize: (msg: unknown) => Buffer.from(toBinary(output, msg as MessageShape<DescMessage>)),
+      responseSerialize: (msg: unknown) => asBuffer(toBinary(output, msg as MessageShape<DescMessage>)),
       responseDeserialize: (buf: Buffer) => fromBinary(output, buf),
       originalName: m.localName,
     };
@@ -89,7 +106,12 @@ export function grpcDefinition(service: DescService): grpc.ServiceDefinition {
 }
 
 /** Sees every finished call: method path, its kind, the status code sent, and the error if any. */
-export type CallObserver = (path: string, kind: string, code: number, err?: { message: string; cause: unknown }) => void;
+export type CallObserver = (
+  path: string,
+  kind: string,
+  code: number,
+  err?: { message: string; cause: unknown },
+) => void;
 
 function toServiceError(err: unknown): grpc.ServiceError {
   const { code, message } = toGrpcStatus(err);
@@ -102,13 +124,38 @@ function toServiceError(err: unknown): grpc.ServiceError {
 
 function signalFor(call: { on(ev: "cancelled", fn: () => void): unknown }): AbortSignal {
   const ac = new AbortController();
-  call.on("cancelled", () => ac.abort());
+  call.on("cancelled", () => ac.abort(CANCELLED));
   return ac.signal;
 }
 
-/** Async iterable over a readable call's messages; ends on client half-close. */
-async function* readMessages<T>(call: NodeJS.ReadableStream): AsyncIterable<T> {
-  for await (const m of call as AsyncIterable<T>) yield m;
+/**
+ * Async iterable over a readable call's messages; ends on client half-close. The stream must
+ * survive the loop ending early (a handler that stops reading still answers on it).
+ */
+function readMessages<T>(call: Readable): AsyncIterable<T> {
+  return { [Symbol.asyncIterator]: () => call.iterator({ destroyOnReturn: false }) as AsyncIterator<T> };
+}
+
+/** Serialise without copying: wrap the encoded bytes in a Buffer view. */
+function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+// One shared reason: building a DOMException per cancelled call is measurable (ctr cancels
+// every Read stream it has consumed).
+const CANCELLED = new Error("call cancelled by client");
+
+/** Wait for the stream to drain, or the call to be cancelled; leaves no listener behind. */
+function drained(call: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      call.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    call.once("drain", done);
+    signal.addEventListener("abort", done, { once: true });
+  });
 }
 
 /** Wrap typed handlers into grpc-js handlers. */
@@ -135,7 +182,10 @@ export function grpcHandlers<S extends DescService>(
     const bound = fn.bind(impl);
     switch (m.methodKind) {
       case "unary":
-        handlers[m.localName] = ((call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        handlers[m.localName] = ((
+          call: grpc.ServerUnaryCall<unknown, unknown>,
+          cb: grpc.sendUnaryData<unknown>,
+        ) => {
           const ctx = new CallContext(call.metadata, signalFor(call));
           let p: unknown;
           try {
@@ -157,14 +207,11 @@ export function grpcHandlers<S extends DescService>(
         handlers[m.localName] = (async (call: grpc.ServerWritableStream<unknown, unknown>) => {
           const ctx = new CallContext(call.metadata, signalFor(call));
           try {
-            for await (const res of bound(call.request, ctx) as AsyncIterable<MessageInitShape<DescMessage>>) {
+            for await (const res of bound(call.request, ctx) as AsyncIterable<
+              MessageInitShape<DescMessage>
+            >) {
               if (call.cancelled) break;
-              if (!call.write(create(output, res))) {
-                await new Promise<void>((r) => {
-                  call.once("drain", r);
-                  ctx.signal.addEventListener("abort", () => r(), { once: true });
-                });
-              }
+              if (!call.write(create(output, res))) await drained(call, ctx.signal);
             }
             ok();
             if (!call.cancelled) call.end();
@@ -174,10 +221,13 @@ export function grpcHandlers<S extends DescService>(
         }) as grpc.handleServerStreamingCall<unknown, unknown>;
         break;
       case "client_streaming":
-        handlers[m.localName] = ((call: grpc.ServerReadableStream<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        handlers[m.localName] = ((
+          call: grpc.ServerReadableStream<unknown, unknown>,
+          cb: grpc.sendUnaryData<unknown>,
+        ) => {
           const ctx = new CallContext(call.metadata, signalFor(call));
           Promise.resolve()
-            .then(() => bound(readMessages(call), ctx))
+            .then(() => bound(readMessages(call as unknown as Readable), ctx))
             .then(
               (res) => {
                 ok();
@@ -191,14 +241,11 @@ export function grpcHandlers<S extends DescService>(
         handlers[m.localName] = (async (call: grpc.ServerDuplexStream<unknown, unknown>) => {
           const ctx = new CallContext(call.metadata, signalFor(call));
           try {
-            for await (const res of bound(readMessages(call), ctx) as AsyncIterable<MessageInitShape<DescMessage>>) {
+            for await (const res of bound(readMessages(call as unknown as Readable), ctx) as AsyncIterable<
+              MessageInitShape<DescMessage>
+            >) {
               if (call.cancelled) break;
-              if (!call.write(create(output, res))) {
-                await new Promise<void>((r) => {
-                  call.once("drain", r);
-                  ctx.signal.addEventListener("abort", () => r(), { once: true });
-                });
-              }
+              if (!call.write(create(output, res))) await drained(call, ctx.signal);
             }
             ok();
             if (!call.cancelled) call.end();

@@ -1,16 +1,28 @@
 // Every plugin berthd registers, in registration order (init order is by dependencies).
-import { contentGrpcPlugin, contentPlugin } from "./content.js";
+import { contentGrpcPlugin, contentPlugin, contentServicePlugin } from "./content.js";
 import { corePlugins } from "./core.js";
+import { gcPlugin } from "./gc.js";
 import type { Plugin } from "./registry.js";
 import { pluginKey } from "./registry.js";
+import { snapshotPlugins, snapshotsGrpcPlugin, snapshotsServicePlugin } from "./snapshots.js";
 
 export function allPlugins(): Plugin[] {
-  return [contentPlugin, ...corePlugins, contentGrpcPlugin];
+  return [
+    contentPlugin,
+    ...snapshotPlugins,
+    ...corePlugins,
+    contentServicePlugin,
+    snapshotsServicePlugin,
+    gcPlugin,
+    contentGrpcPlugin,
+    snapshotsGrpcPlugin,
+  ];
 }
 
 /** `<type>.<id>` → defaults, for config loading and `config default`. */
 export function pluginDefaults(plugins: Plugin[]): Record<string, Record<string, unknown>> {
   const out: Record<string, Record<string, unknown>> = {};
-  for (const p of plugins) if (p.defaults) out[pluginKey(p.type, p.id)] = p.defaults() as Record<string, unknown>;
+  for (const p of plugins)
+    if (p.defaults) out[pluginKey(p.type, p.id)] = p.defaults() as Record<string, unknown>;
   return out;
 }

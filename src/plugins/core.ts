@@ -1,8 +1,8 @@
 // The core plugins: event exchange, metadata DB (with namespaces and the namespaced content
 // view), lease manager, and the gRPC services over them.
 import { join } from "node:path";
-import { MetadataContentStore } from "../core/content/metadata.js";
 import type { LocalContentStore } from "../core/content/local.js";
+import { MetadataContentStore } from "../core/content/metadata.js";
 import { Exchange } from "../core/events/exchange.js";
 import { LeaseStore } from "../core/leases/store.js";
 import { MetadataDB } from "../core/metadata/db.js";
@@ -70,11 +70,19 @@ export const leasePlugin: Plugin = {
 };
 
 /** A service plugin exposes a local implementation; its gRPC plugin only adapts it. */
-function servicePlugin<T>(id: string, requires: string[], make: (ic: Parameters<Plugin["init"]>[0]) => T): Plugin {
+function servicePlugin<T>(
+  id: string,
+  requires: string[],
+  make: (ic: Parameters<Plugin["init"]>[0]) => T,
+): Plugin {
   return { type: PluginType.Service, id, requires, init: make };
 }
 
-function grpcPlugin(id: string, requires: string[], make: (ic: Parameters<Plugin["init"]>[0]) => GrpcServicePlugin): Plugin {
+function grpcPlugin(
+  id: string,
+  requires: string[],
+  make: (ic: Parameters<Plugin["init"]>[0]) => GrpcServicePlugin,
+): Plugin {
   return { type: PluginType.GRPC, id, requires, init: make };
 }
 
@@ -82,23 +90,44 @@ export const corePlugins: Plugin[] = [
   eventPlugin,
   metadataPlugin,
   leasePlugin,
-  servicePlugin(ServiceId.Namespaces, [PluginType.Event, PluginType.Metadata], (ic) => ic.get<Metadata>(PluginType.Metadata).namespaces),
+  servicePlugin(
+    ServiceId.Namespaces,
+    [PluginType.Event, PluginType.Metadata],
+    (ic) => ic.get<Metadata>(PluginType.Metadata).namespaces,
+  ),
   servicePlugin(ServiceId.Leases, [PluginType.Lease], (ic) => ic.get<LeaseStore>(PluginType.Lease)),
   servicePlugin(ServiceId.Introspection, ["*"], (ic) => ic.plugins),
   grpcPlugin("version", [], (ic) => ({
     services: [registration(Version, versionService(ic.daemon.version, ic.daemon.revision))],
   })),
-  grpcPlugin("healthcheck", [], () => ({ services: [registration(Health, healthService(() => true))] })),
+  grpcPlugin("healthcheck", [], () => ({
+    services: [
+      registration(
+        Health,
+        healthService(() => true),
+      ),
+    ],
+  })),
   grpcPlugin("events", [PluginType.Event], (ic) => ({
     services: [registration(Events, eventsService(ic.get<Exchange>(PluginType.Event)))],
   })),
   grpcPlugin("namespaces", [PluginType.Service], (ic) => ({
-    services: [registration(Namespaces, namespacesService(ic.get<NamespaceStore>(PluginType.Service, ServiceId.Namespaces)))],
+    services: [
+      registration(
+        Namespaces,
+        namespacesService(ic.get<NamespaceStore>(PluginType.Service, ServiceId.Namespaces)),
+      ),
+    ],
   })),
   grpcPlugin("leases", [PluginType.Service], (ic) => ({
     services: [registration(Leases, leasesService(ic.get<LeaseStore>(PluginType.Service, ServiceId.Leases)))],
   })),
   grpcPlugin("introspection", [PluginType.Service], (ic) => ({
-    services: [registration(Introspection, introspectionService(ic.plugins, join(ic.daemon.root, "io.containerd.grpc.v1.introspection")))],
+    services: [
+      registration(
+        Introspection,
+        introspectionService(ic.plugins, join(ic.daemon.root, "io.containerd.grpc.v1.introspection")),
+      ),
+    ],
   })),
 ];

@@ -59,7 +59,10 @@ export interface Plugin<C = unknown> {
   init(ic: InitContext<C>): Promise<unknown> | unknown;
 }
 
-export type PluginStatus = { state: "ok" } | { state: "skip"; reason: string } | { state: "error"; reason: string };
+export type PluginStatus =
+  | { state: "ok" }
+  | { state: "skip"; reason: string }
+  | { state: "error"; reason: string };
 
 export interface LoadedPlugin {
   plugin: Plugin<unknown>;
@@ -77,11 +80,13 @@ export function orderPlugins(plugins: Plugin<unknown>[]): Plugin<unknown>[] {
   const visit = (p: Plugin<unknown>, path: string[]) => {
     const s = state.get(p);
     if (s === "done") return;
-    if (s === "visiting") throw new Error(`plugin dependency cycle: ${[...path, pluginKey(p.type, p.id)].join(" -> ")}`);
+    if (s === "visiting")
+      throw new Error(`plugin dependency cycle: ${[...path, pluginKey(p.type, p.id)].join(" -> ")}`);
     state.set(p, "visiting");
     for (const req of p.requires ?? []) {
       if (req === "*") continue;
-      for (const dep of plugins) if (dep.type === req && dep !== p) visit(dep, [...path, pluginKey(p.type, p.id)]);
+      for (const dep of plugins)
+        if (dep.type === req && dep !== p) visit(dep, [...path, pluginKey(p.type, p.id)]);
     }
     state.set(p, "done");
     out.push(p);
@@ -112,7 +117,8 @@ export class PluginSet {
   instance<T>(type: string, id?: string): T {
     const l = this.find(type, id);
     if (!l) throw new Error(`no plugin ${id ? pluginKey(type, id) : type}`);
-    if (l.status.state !== "ok") throw new Error(`plugin ${pluginKey(l.plugin.type, l.plugin.id)}: ${l.status.reason}`);
+    if (l.status.state !== "ok")
+      throw new Error(`plugin ${pluginKey(l.plugin.type, l.plugin.id)}: ${l.status.reason}`);
     return l.instance as T;
   }
 
@@ -164,8 +170,9 @@ export class PluginSet {
     for (const req of opts.required) {
       const [type, id] = splitKey(req);
       const l = this.find(type, id);
-      if (!l || l.status.state !== "ok")
-        throw new Error(`required plugin ${req} ${l ? `failed to load: ${"reason" in l.status ? l.status.reason : ""}` : "not included"}`);
+      if (!l) throw new Error(`required plugin ${req} not included`);
+      if (l.status.state !== "ok")
+        throw new Error(`required plugin ${req} failed to load: ${l.status.reason}`);
     }
   }
 

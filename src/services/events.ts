@@ -4,7 +4,7 @@ import { errInvalidArgument } from "../core/errdefs.js";
 import type { Exchange } from "../core/events/exchange.js";
 import { validateTopic } from "../core/events/exchange.js";
 import { validateIdentifier } from "../core/identifiers.js";
-import { Events } from "../gen/containerd/services/events/v1/events_pb.js";
+import type { Events } from "../gen/containerd/services/events/v1/events_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
 
 export function eventsService(exchange: Exchange): ServiceImpl<typeof Events> {
@@ -30,7 +30,12 @@ export function eventsService(exchange: Exchange): ServiceImpl<typeof Events> {
     },
     async *subscribe(req, ctx) {
       for await (const e of exchange.subscribe(req.filters, ctx.signal)) {
-        yield { timestamp: timestampFromDate(e.timestamp), namespace: e.namespace, topic: e.topic, event: e.event };
+        yield {
+          timestamp: timestampFromDate(e.timestamp),
+          namespace: e.namespace,
+          topic: e.topic,
+          event: e.event,
+        };
       }
     },
   };

@@ -1,4 +1,4 @@
-import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
+import { type Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
 
 /** grpc.health.v1: the daemon serves once its plugins are up; it says NOT_SERVING while stopping. */

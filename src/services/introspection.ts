@@ -1,19 +1,16 @@
 import { randomUUID } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { errNotFound } from "../core/errdefs.js";
+import { errNotFound, GrpcCode } from "../core/errdefs.js";
 import { parseFilters } from "../core/filters.js";
-import { Introspection } from "../gen/containerd/services/introspection/v1/introspection_pb.js";
+import type { Introspection } from "../gen/containerd/services/introspection/v1/introspection_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
-import { GrpcCode } from "../core/errdefs.js";
 import type { LoadedPlugin, PluginSet } from "../plugins/registry.js";
 
 function toProto(l: LoadedPlugin) {
   const p = l.plugin;
   const initErr =
-    l.status.state === "ok"
-      ? undefined
-      : { code: l.status.state === "skip" ? GrpcCode.Unimplemented : GrpcCode.Unknown, message: l.status.reason, details: [] };
+    l.status.state === "ok" ? undefined : { code: GrpcCode.Unknown, message: l.status.reason, details: [] };
   return {
     type: p.type,
     id: p.id,

@@ -3,7 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { EmptySchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { errInvalidArgument } from "../core/errdefs.js";
 import type { Lease, LeaseStore } from "../core/leases/store.js";
-import { Leases } from "../gen/containerd/services/leases/v1/leases_pb.js";
+import type { Leases } from "../gen/containerd/services/leases/v1/leases_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
 
 /** containerd's generated lease id: `<nanoseconds of now>-<4 chars of url-safe base64>`. */

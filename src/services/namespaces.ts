@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
 import { errInvalidArgument, errNotFound } from "../core/errdefs.js";
 import type { NamespaceStore } from "../core/namespaces/store.js";
-import { Namespaces } from "../gen/containerd/services/namespaces/v1/namespace_pb.js";
+import type { Namespaces } from "../gen/containerd/services/namespaces/v1/namespace_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
 
 export function namespacesService(store: NamespaceStore): ServiceImpl<typeof Namespaces> {
@@ -29,11 +29,16 @@ export function namespacesService(store: NamespaceStore): ServiceImpl<typeof Nam
       const ns = req.namespace;
       if (!ns) throw errInvalidArgument("namespace must be set");
       return {
-        namespace: store.update(ns.name, ns.labels, req.updateMask?.paths ?? [], ctx.optionalNamespace() ?? ns.name),
+        namespace: store.update(
+          ns.name,
+          ns.labels,
+          req.updateMask?.paths ?? [],
+          ctx.optionalNamespace() ?? ns.name,
+        ),
       };
     },
     delete(req, ctx) {
-      if (!req.name) throw errNotFound("namespace \"\"");
+      if (!req.name) throw errNotFound('namespace ""');
       store.delete(req.name, ctx.optionalNamespace() ?? req.name);
       return create(EmptySchema);
     },

@@ -1,6 +1,6 @@
 // sd_notify: tell systemd (Type=notify) that the daemon is ready or stopping, by a datagram on
 // $NOTIFY_SOCKET. Node has no unix datagram sockets, hence libc.
-import { libc, lastErrno } from "./libc.js";
+import { lastErrno, libc } from "./libc.js";
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;

@@ -1,12 +1,12 @@
 // Issue "berthd core": the real ctr (Debian's containerd 1.6 client) drives berthd.
 import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type ChildProcess, spawn } from "node:child_process";
 import { ctr, ok } from "../helpers/ctr.js";
-import { type Daemon, startBerthd } from "../helpers/daemons.js";
+import { type Daemon, GC_OFF_CONFIG, startBerthd } from "../helpers/daemons.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 async function sha256File(path: string): Promise<string> {
@@ -20,7 +20,8 @@ describe("berthd driven by the real ctr", () => {
   let tmp: string;
   before(async () => {
     tmp = await makeTempDir("core-ctr");
-    d = await startBerthd();
+    // Content ingested by ctr is referenced by nothing: keep GC from collecting it mid-test.
+    d = await startBerthd({ config: `version = 2\n${GC_OFF_CONFIG}` });
   });
   after(async () => {
     await d?.cleanup();
@@ -44,7 +45,11 @@ describe("berthd driven by the real ctr", () => {
       ["io.containerd.grpc.v1", "content"],
       ["io.containerd.grpc.v1", "introspection"],
     ])
-      assert.match(out, new RegExp(`^${type.replace(/\./g, "\\.")}\\s+${id}\\s+\\S+\\s+ok`, "m"), `${type} ${id} ok`);
+      assert.match(
+        out,
+        new RegExp(`^${type.replace(/\./g, "\\.")}\\s+${id}\\s+\\S+\\s+ok`, "m"),
+        `${type} ${id} ok`,
+      );
     const filtered = ok(await ctr(d.address, ["plugins", "ls", "type==io.containerd.grpc.v1"]));
     assert.doesNotMatch(filtered, /io\.containerd\.metadata\.v1/);
     assert.match(filtered, /io\.containerd\.grpc\.v1\s+leases/);
@@ -65,7 +70,11 @@ describe("berthd driven by the real ctr", () => {
     // a namespace holding content cannot be removed
     const blob = join(tmp, "small");
     writeFileSync(blob, "hello berth\n");
-    ok(await ctr(d.address, ["-n", "team-a", "content", "ingest", "--expected-size", "12", "small-ref"], { input: { file: blob } }));
+    ok(
+      await ctr(d.address, ["-n", "team-a", "content", "ingest", "--expected-size", "12", "small-ref"], {
+        input: { file: blob },
+      }),
+    );
     const rm = await ctr(d.address, ["ns", "rm", "team-a"]);
     assert.notEqual(rm.code, 0);
     assert.match(rm.stderr, /namespace "team-a" must be empty, but it still has blobs: failed precondition/);
@@ -83,7 +92,15 @@ describe("berthd driven by the real ctr", () => {
     ok(
       await ctr(
         d.address,
-        ["content", "ingest", "--expected-size", String(statSync(file).size), "--expected-digest", digest, "big-ref"],
+        [
+          "content",
+          "ingest",
+          "--expected-size",
+          String(statSync(file).size),
+          "--expected-digest",
+          digest,
+          "big-ref",
+        ],
         { input: { file } },
       ),
       "ingest",
@@ -103,7 +120,9 @@ describe("berthd driven by the real ctr", () => {
     const file = join(tmp, "wrong");
     writeFileSync(file, "some bytes");
     const fake = `sha256:${"0".repeat(64)}`;
-    const r = await ctr(d.address, ["content", "ingest", "--expected-digest", fake, "wrong-ref"], { input: { file } });
+    const r = await ctr(d.address, ["content", "ingest", "--expected-digest", fake, "wrong-ref"], {
+      input: { file },
+    });
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /unexpected commit digest/);
     const ls = ok(await ctr(d.address, ["content", "ls", "-q"]));
@@ -127,7 +146,9 @@ describe("berthd driven by the real ctr", () => {
   });
 
   it("events: ctr events receives namespace events", async () => {
-    const child: ChildProcess = spawn("/usr/bin/ctr", ["--address", d.address, "events"], { stdio: ["ignore", "pipe", "pipe"] });
+    const child: ChildProcess = spawn("/usr/bin/ctr", ["--address", d.address, "events"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let out = "";
     child.stdout!.on("data", (c: Buffer) => {
       out += c.toString();
@@ -140,7 +161,8 @@ describe("berthd driven by the real ctr", () => {
       }
       ok(await ctr(d.address, ["ns", "create", "evt-ns", "k=v"]));
       ok(await ctr(d.address, ["ns", "rm", "evt-ns"]));
-      for (let i = 0; i < 50 && !out.includes("/namespaces/delete"); i++) await new Promise((r) => setTimeout(r, 100));
+      for (let i = 0; i < 50 && !out.includes("/namespaces/delete"); i++)
+        await new Promise((r) => setTimeout(r, 100));
     } finally {
       child.kill("SIGTERM");
     }
@@ -154,7 +176,10 @@ describe("berthd driven by the real ctr", () => {
     assert.match(badNs.stderr, /namespace validation: identifier "no\/such" must match/);
     const badFilter = await ctr(d.address, ["leases", "ls", "id=="]);
     assert.notEqual(badFilter.code, 0);
-    assert.match(badFilter.stderr, /filters: parse error: \[id==\]: expected value or quoted: invalid argument/);
+    assert.match(
+      badFilter.stderr,
+      /filters: parse error: \[id==\]: expected value or quoted: invalid argument/,
+    );
     const badFilter2 = await ctr(d.address, ["content", "ls", "labels.==x"]);
     assert.notEqual(badFilter2.code, 0);
     assert.match(badFilter2.stderr, /parse error/);

@@ -12,7 +12,11 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 const pluginDefaults = {
   "io.containerd.metadata.v1.bolt": { content_sharing_policy: "shared" },
-  "io.containerd.grpc.v1.cri": { sandbox_image: "pause:3.6", registry: { mirrors: {}, config_path: "" }, max_concurrent_downloads: 3 },
+  "io.containerd.grpc.v1.cri": {
+    sandbox_image: "pause:3.6",
+    registry: { mirrors: {}, config_path: "" },
+    max_concurrent_downloads: 3,
+  },
 };
 
 function file(name: string, text: string): string {
@@ -60,7 +64,9 @@ oom_score = -999
     const cri = config.plugins["io.containerd.grpc.v1.cri"] as Record<string, unknown>;
     assert.equal(cri.sandbox_image, "registry.k8s.io/pause:3.9");
     assert.equal(cri.max_concurrent_downloads, 3);
-    assert.deepEqual((cri.registry as { mirrors: unknown }).mirrors, { "docker.io": { endpoint: ["https://mirror.example"] } });
+    assert.deepEqual((cri.registry as { mirrors: unknown }).mirrors, {
+      "docker.io": { endpoint: ["https://mirror.example"] },
+    });
   });
 
   it("names file, line and key for a wrong type", () => {
@@ -78,8 +84,14 @@ oom_score = -999
   });
 
   it("names the line of a wrong type inside a plugin section", () => {
-    const p = file("badplugin.toml", `version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  max_concurrent_downloads = "three"\n`);
-    assert.throws(() => loadConfig(p, pluginDefaults), /badplugin\.toml:3: plugins\."io\.containerd\.grpc\.v1\.cri"\.max_concurrent_downloads: expected integer/);
+    const p = file(
+      "badplugin.toml",
+      `version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  max_concurrent_downloads = "three"\n`,
+    );
+    assert.throws(
+      () => loadConfig(p, pluginDefaults),
+      /badplugin\.toml:3: plugins\."io\.containerd\.grpc\.v1\.cri"\.max_concurrent_downloads: expected integer/,
+    );
   });
 
   it("names the line of invalid TOML", () => {
@@ -91,7 +103,10 @@ oom_score = -999
   });
 
   it("warns about unknown keys and unknown plugins, naming them", () => {
-    const p = file("unknown.toml", `version = 2\nbogus = 1\n[grpc]\n  adress = "/x"\n[plugins."io.containerd.nope.v1.x"]\n  a = 1\n`);
+    const p = file(
+      "unknown.toml",
+      `version = 2\nbogus = 1\n[grpc]\n  adress = "/x"\n[plugins."io.containerd.nope.v1.x"]\n  a = 1\n`,
+    );
     const { warnings } = loadConfig(p, pluginDefaults);
     assert.equal(warnings.length, 3);
     assert.match(warnings[0]!, /unknown\.toml:2: unknown key bogus/);
@@ -107,7 +122,10 @@ oom_score = -999
   it("maps version-1 plugin ids to full keys", () => {
     const p = file("v1.toml", `[plugins.cri]\n  sandbox_image = "p:1"\n`);
     const { config } = loadConfig(p, pluginDefaults);
-    assert.equal((config.plugins["io.containerd.grpc.v1.cri"] as Record<string, unknown>).sandbox_image, "p:1");
+    assert.equal(
+      (config.plugins["io.containerd.grpc.v1.cri"] as Record<string, unknown>).sandbox_image,
+      "p:1",
+    );
   });
 
   it("merges imports in order, later files winning, plugin lists accumulating", () => {
@@ -115,7 +133,10 @@ oom_score = -999
     mkdirSync(d, { recursive: true });
     writeFileSync(join(d, "10-a.toml"), `version = 2\nstate = "/a"\ndisabled_plugins = ["x.y"]\n`);
     writeFileSync(join(d, "20-b.toml"), `version = 2\nstate = "/b"\ndisabled_plugins = ["z.w"]\n`);
-    const p = file("main.toml", `version = 2\nimports = ["conf.d/*.toml"]\nroot = "/main"\nstate = "/main-state"\n`);
+    const p = file(
+      "main.toml",
+      `version = 2\nimports = ["conf.d/*.toml"]\nroot = "/main"\nstate = "/main-state"\n`,
+    );
     const { config, files } = loadConfig(p, pluginDefaults);
     assert.equal(files.length, 3);
     assert.equal(config.root, "/main");
@@ -144,4 +165,3 @@ oom_score = -999
     assert.equal(locateKey(text, ["nope"]), undefined);
   });
 });
-

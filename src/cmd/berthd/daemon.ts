@@ -1,18 +1,16 @@
 // The daemon: config → plugins → gRPC server on the unix socket; clean shutdown on signals.
-import { mkdirSync } from "node:fs";
-import { unlinkSync } from "node:fs";
+import { mkdirSync, unlinkSync } from "node:fs";
+import type { Server as HttpServer } from "node:http";
 import * as grpc from "@grpc/grpc-js";
 import type { Config } from "../../config/config.js";
 import type { Logger } from "../../core/log.js";
 import { Metrics } from "../../core/metrics.js";
-import type { Server as HttpServer } from "node:http";
-import { serveDebug, serveMetrics } from "./http.js";
 import { grpcDefinition, grpcHandlers } from "../../grpc/service.js";
 import type { GrpcServicePlugin } from "../../plugins/grpc.js";
-import { type Plugin, PluginSet } from "../../plugins/registry.js";
-import { pluginKey } from "../../plugins/registry.js";
+import { type Plugin, PluginSet, pluginKey } from "../../plugins/registry.js";
 import { PluginType } from "../../plugins/types.js";
 import { REVISION, VERSION } from "../../version.js";
+import { serveDebug, serveMetrics } from "./http.js";
 import { applyOomScore } from "./oom.js";
 import { prepareSocketPath, secureSocket } from "./socket.js";
 
@@ -34,7 +32,10 @@ export class Daemon {
     applyOomScore(cfg.oom_score, this.log);
     mkdirSync(cfg.root, { recursive: true, mode: 0o711 });
     mkdirSync(cfg.state, { recursive: true, mode: 0o711 });
-    if (cfg.plugin_dir) this.log.warn("plugin_dir is ignored: berthd loads no external plugins", { plugin_dir: cfg.plugin_dir });
+    if (cfg.plugin_dir)
+      this.log.warn("plugin_dir is ignored: berthd loads no external plugins", {
+        plugin_dir: cfg.plugin_dir,
+      });
     const address = cfg.grpc.address;
     if (!address) throw new Error("grpc.address must be set");
     // Check for a live daemon before touching any state.
@@ -70,7 +71,9 @@ export class Daemon {
       }
     }
     await new Promise<void>((resolve, reject) =>
-      server.bindAsync(`unix:${address}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+      server.bindAsync(`unix:${address}`, grpc.ServerCredentials.createInsecure(), (err) =>
+        err ? reject(err) : resolve(),
+      ),
     );
     secureSocket(address, cfg.grpc.uid, cfg.grpc.gid);
     this.server = server;
@@ -83,7 +86,10 @@ export class Daemon {
       this.log.info("debug served", { address: cfg.debug.address });
     }
     this.log.info("serving...", { address });
-    if (cfg.grpc.tcp_address) this.log.warn("grpc.tcp_address is not served yet; only the unix socket is", { tcp_address: cfg.grpc.tcp_address });
+    if (cfg.grpc.tcp_address)
+      this.log.warn("grpc.tcp_address is not served yet; only the unix socket is", {
+        tcp_address: cfg.grpc.tcp_address,
+      });
   }
 
   stop(): Promise<void> {

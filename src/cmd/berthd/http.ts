@@ -36,13 +36,20 @@ export async function serveMetrics(address: string, metrics: Metrics): Promise<S
 }
 
 export async function serveDebug(address: string, uid: number, gid: number): Promise<Server> {
-  if (!address.startsWith("/")) throw new Error(`debug.address ${JSON.stringify(address)} must be a unix socket path`);
+  if (!address.startsWith("/"))
+    throw new Error(`debug.address ${JSON.stringify(address)} must be a unix socket path`);
   mkdirSync(dirname(address), { recursive: true, mode: 0o711 });
   await prepareSocketPath(address);
   const server = createServer((req, res) => {
     if (req.url === "/debug/vars") {
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ cmdline: process.argv, memstats: process.memoryUsage(), resources: process.resourceUsage() }));
+      res.end(
+        JSON.stringify({
+          cmdline: process.argv,
+          memstats: process.memoryUsage(),
+          resources: process.resourceUsage(),
+        }),
+      );
       return;
     }
     res.writeHead(404).end("not found\n");

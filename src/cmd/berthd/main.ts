@@ -1,7 +1,14 @@
 // berthd: the daemon entry. `berthd [flags]` serves; `berthd config default|dump` prints config.
 import { existsSync } from "node:fs";
 import { Command } from "commander";
-import { ConfigError, type Config, DEFAULT_CONFIG_PATH, loadConfig, printConfig, defaultConfig } from "../../config/config.js";
+import {
+  type Config,
+  ConfigError,
+  DEFAULT_CONFIG_PATH,
+  defaultConfig,
+  loadConfig,
+  printConfig,
+} from "../../config/config.js";
 import { createLogger, type Level, parseLevel, stderrSink } from "../../core/log.js";
 import { allPlugins, pluginDefaults } from "../../plugins/all.js";
 import { sdNotify } from "../../sys/notify.js";
@@ -58,7 +65,8 @@ const program = new Command("berthd")
       fail((err as Error).message);
     }
     const format = config.debug.format || "text";
-    if (format !== "text" && format !== "json") fail(`debug.format ${JSON.stringify(format)}: want "text" or "json"`);
+    if (format !== "text" && format !== "json")
+      fail(`debug.format ${JSON.stringify(format)}: want "text" or "json"`);
     const log = createLogger(stderrSink(level, format));
     for (const w of warnings) log.warn(`config: ${w}`);
     log.info("starting berthd", { version: VERSION, revision: REVISION });

@@ -21,7 +21,8 @@ export function socketIsLive(path: string, timeoutMs = 1000): Promise<boolean> {
 export async function prepareSocketPath(path: string): Promise<void> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o711 });
   if (!existsSync(path)) return;
-  if (!lstatSync(path).isSocket()) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
+  if (!lstatSync(path).isSocket())
+    throw new Error(`${path} exists and is not a socket; refusing to replace it`);
   if (await socketIsLive(path)) throw new Error(`another daemon is already serving on ${path}`);
   unlinkSync(path);
 }

@@ -26,12 +26,15 @@ export function packEvent<D extends DescMessage>(schema: D, msg: MessageShape<D>
 export function validateTopic(topic: string): void {
   if (!topic) throw errInvalidArgument("must not be empty");
   if (!topic.startsWith("/")) throw errInvalidArgument(`must start with '/': topic ${JSON.stringify(topic)}`);
-  if (topic.length === 1) throw errInvalidArgument(`must have at least one component: topic ${JSON.stringify(topic)}`);
+  if (topic.length === 1)
+    throw errInvalidArgument(`must have at least one component: topic ${JSON.stringify(topic)}`);
   for (const c of topic.slice(1).split("/")) {
     try {
       validateIdentifier(c);
     } catch (err) {
-      throw errInvalidArgument(`failed validation on component ${JSON.stringify(c)}: ${(err as Error).message}`);
+      throw errInvalidArgument(
+        `failed validation on component ${JSON.stringify(c)}: ${(err as Error).message}`,
+      );
     }
   }
 }

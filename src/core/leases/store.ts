@@ -4,8 +4,8 @@ import { errAlreadyExists, errInvalidArgument, errNotFound } from "../errdefs.js
 import { type Filter, parseFilters } from "../filters.js";
 import { validateIdentifier } from "../identifiers.js";
 import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
-import { validateLabels } from "../namespaces/store.js";
 import type { NamespaceStore } from "../namespaces/store.js";
+import { validateLabels } from "../namespaces/store.js";
 
 export interface Lease {
   id: string;
@@ -25,7 +25,8 @@ const DIGEST_RE = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 export function validateLeaseResource(r: LeaseResource): void {
   if (!r.id) throw errInvalidArgument("resource id must not be empty");
   if (r.type === "content") {
-    if (!DIGEST_RE.test(r.id)) throw errInvalidArgument(`resource id ${JSON.stringify(r.id)}: invalid digest`);
+    if (!DIGEST_RE.test(r.id))
+      throw errInvalidArgument(`resource id ${JSON.stringify(r.id)}: invalid digest`);
     return;
   }
   if (r.type === "ingests") return;
@@ -34,7 +35,11 @@ export function validateLeaseResource(r: LeaseResource): void {
 }
 
 type Row = { id: string; created_at: number; labels: string };
-const toLease = (r: Row): Lease => ({ id: r.id, createdAt: new Date(r.created_at), labels: decodeLabels(r.labels) });
+const toLease = (r: Row): Lease => ({
+  id: r.id,
+  createdAt: new Date(r.created_at),
+  labels: decodeLabels(r.labels),
+});
 
 export class LeaseStore {
   /** Called after a delete with sync=true; the GC plugin sets it. */
@@ -61,9 +66,9 @@ export class LeaseStore {
   }
 
   get(ns: string, id: string): Lease | undefined {
-    const r = this.db.sql.prepare("SELECT id, created_at, labels FROM leases WHERE namespace = ? AND id = ?").get(ns, id) as
-      | Row
-      | undefined;
+    const r = this.db.sql
+      .prepare("SELECT id, created_at, labels FROM leases WHERE namespace = ? AND id = ?")
+      .get(ns, id) as Row | undefined;
     return r ? toLease(r) : undefined;
   }
 
@@ -87,6 +92,7 @@ export class LeaseStore {
       if (r.changes === 0) throw errNotFound(`lease ${JSON.stringify(id)}`);
       this.db.sql.prepare("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?").run(ns, id);
     });
+    this.db.mutated(true);
     if (sync && this.collect) await this.collect();
   }
 

@@ -46,11 +46,35 @@ const MIGRATIONS: string[] = [
      lease TEXT NOT NULL DEFAULT '',
      PRIMARY KEY (namespace, ref)
    );`,
+  // 2: snapshots, per namespace and snapshotter. `parent` is the parent's name in the same
+  // namespace ("" if none); `backend_key` is the snapshotter's own key (<namespace>/<seq>/<key>).
+  // snapshot_sequences hands out <seq> per namespace and snapshotter and never goes back.
+  `CREATE TABLE snapshots (
+     namespace TEXT NOT NULL,
+     snapshotter TEXT NOT NULL,
+     key TEXT NOT NULL,
+     backend_key TEXT NOT NULL,
+     parent TEXT NOT NULL DEFAULT '',
+     kind TEXT NOT NULL,
+     labels TEXT NOT NULL DEFAULT '{}',
+     created_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     PRIMARY KEY (namespace, snapshotter, key)
+   );
+   CREATE INDEX snapshots_by_parent ON snapshots (namespace, snapshotter, parent);
+   CREATE INDEX snapshots_by_backend_key ON snapshots (snapshotter, backend_key);
+   CREATE TABLE snapshot_sequences (
+     namespace TEXT NOT NULL,
+     snapshotter TEXT NOT NULL,
+     seq INTEGER NOT NULL,
+     PRIMARY KEY (namespace, snapshotter)
+   );`,
 ];
 
 export class MetadataDB {
   readonly sql: Database.Database;
   private readonly emptyChecks: { what: string; stmt: Database.Statement }[] = [];
+  private readonly mutationHooks: ((dirty: boolean) => void)[] = [];
 
   constructor(path: string) {
     mkdirSync(dirname(path), { recursive: true, mode: 0o711 });
@@ -76,6 +100,16 @@ export class MetadataDB {
         this.sql.pragma(`user_version = ${v + 1}`);
       })();
     }
+  }
+
+  /** The GC scheduler listens here (containerd's RegisterMutationCallback). */
+  onMutation(fn: (dirty: boolean) => void): void {
+    this.mutationHooks.push(fn);
+  }
+
+  /** Report a committed mutation; `dirty` when something was deleted (GC may have work). */
+  mutated(dirty: boolean): void {
+    for (const fn of this.mutationHooks) fn(dirty);
   }
 
   /** Run fn in an immediate (write-locking) transaction. */

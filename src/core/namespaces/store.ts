@@ -24,7 +24,9 @@ export function validateLabels(labels: Labels): void {
   for (const [k, v] of Object.entries(labels)) {
     if (k.length === 0) throw errInvalidArgument("label key must not be empty");
     if (k.length + v.length > MAX_LABEL_SIZE)
-      throw errInvalidArgument(`label key and value length (${k.length + v.length} bytes) greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 10)}`);
+      throw errInvalidArgument(
+        `label key and value length (${k.length + v.length} bytes) greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 10)}`,
+      );
   }
 }
 
@@ -38,10 +40,16 @@ export class NamespaceStore {
   ensure(name: string): void {
     const now = Date.now();
     const r = this.db.sql
-      .prepare("INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, '{}', ?, ?)")
+      .prepare(
+        "INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, '{}', ?, ?)",
+      )
       .run(name, now, now);
     if (r.changes > 0)
-      this.events.publish(name, "/namespaces/create", packEvent(NamespaceCreateSchema, create(NamespaceCreateSchema, { name })));
+      this.events.publish(
+        name,
+        "/namespaces/create",
+        packEvent(NamespaceCreateSchema, create(NamespaceCreateSchema, { name })),
+      );
   }
 
   /** `eventNs` is the caller's namespace: containerd publishes namespace events in it. */
@@ -51,11 +59,17 @@ export class NamespaceStore {
     const now = Date.now();
     this.db.tx(() => {
       const r = this.db.sql
-        .prepare("INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)")
+        .prepare(
+          "INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)",
+        )
         .run(name, encodeLabels(labels), now, now);
       if (r.changes === 0) throw errAlreadyExists(`namespace ${JSON.stringify(name)}`);
     });
-    this.events.publish(eventNs, "/namespaces/create", packEvent(NamespaceCreateSchema, create(NamespaceCreateSchema, { name, labels })));
+    this.events.publish(
+      eventNs,
+      "/namespaces/create",
+      packEvent(NamespaceCreateSchema, create(NamespaceCreateSchema, { name, labels })),
+    );
     return { name, labels };
   }
 
@@ -92,14 +106,21 @@ export class NamespaceStore {
           const v = labels[key];
           if (v === undefined || v === "") delete next[key];
           else next[key] = v;
-        } else throw errInvalidArgument(`cannot update ${JSON.stringify(p)} field on namespace ${JSON.stringify(name)}`);
+        } else
+          throw errInvalidArgument(
+            `cannot update ${JSON.stringify(p)} field on namespace ${JSON.stringify(name)}`,
+          );
       }
       this.db.sql
         .prepare("UPDATE namespaces SET labels = ?, updated_at = ? WHERE name = ?")
         .run(encodeLabels(next), Date.now(), name);
       return { name, labels: next };
     });
-    this.events.publish(eventNs, "/namespaces/update", packEvent(NamespaceUpdateSchema, create(NamespaceUpdateSchema, updated)));
+    this.events.publish(
+      eventNs,
+      "/namespaces/update",
+      packEvent(NamespaceUpdateSchema, create(NamespaceUpdateSchema, updated)),
+    );
     return updated;
   }
 
@@ -108,13 +129,20 @@ export class NamespaceStore {
       if (!this.get(name)) throw errNotFound(`namespace ${JSON.stringify(name)}`);
       const holds = this.db.namespaceHolds(name);
       if (holds.length > 0)
-        throw errFailedPrecondition(`namespace ${JSON.stringify(name)} must be empty, but it still has ${holds.join(", ")}`);
+        throw errFailedPrecondition(
+          `namespace ${JSON.stringify(name)} must be empty, but it still has ${holds.join(", ")}`,
+        );
       // Leases and their resource lists go with the namespace, as in containerd.
       this.db.sql.prepare("DELETE FROM lease_resources WHERE namespace = ?").run(name);
       this.db.sql.prepare("DELETE FROM leases WHERE namespace = ?").run(name);
       this.db.sql.prepare("DELETE FROM ingests WHERE namespace = ?").run(name);
       this.db.sql.prepare("DELETE FROM namespaces WHERE name = ?").run(name);
     });
-    this.events.publish(eventNs, "/namespaces/delete", packEvent(NamespaceDeleteSchema, create(NamespaceDeleteSchema, { name })));
+    this.db.mutated(true);
+    this.events.publish(
+      eventNs,
+      "/namespaces/delete",
+      packEvent(NamespaceDeleteSchema, create(NamespaceDeleteSchema, { name })),
+    );
   }
 }

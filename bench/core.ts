@@ -1,0 +1,394 @@
+// Core side-by-side benchmark: the real containerd and berthd on the same machine, temp roots, the
+// same config (GC off: content ingested by ctr has no lease), driven by the same clients.
+//
+//   (a) content: `ctr content ingest` of a large random blob, then `ctr content get` to /dev/null
+//       (its sha256 is checked in a separate, untimed read); every repeat ingests a new blob (the
+//       store is content-addressed, so a repeated blob would be a no-op), all blobs made up front
+//       from one random file, on tmpfs so reading the input costs the same for both daemons.
+//   (b) API: small unary calls (Namespaces/List, Namespaces/Get, Version in turn) over one gRPC
+//       connection per daemon: N sequential, then N with 16 in flight.
+//
+// Repeats alternate which daemon goes first. Shown: medians over repeats and berthd/containerd.
+//
+//   node dist/bench/core.js [--quick] [--reps N] [--calls N] [--inflight N] [--size MiB]
+//                           [--tmpfs] [--only containerd|berthd] [--skip-content] [--skip-api]
+//                           [--json FILE]
+import { execFileSync } from "node:child_process";
+import { createHash, randomFillSync } from "node:crypto";
+import { closeSync, openSync, writeSync } from "node:fs";
+import { mkdir, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { isAlreadyExists } from "../src/core/errdefs.js";
+import { Namespaces } from "../src/gen/containerd/services/namespaces/v1/namespace_pb.js";
+import { Version } from "../src/gen/containerd/services/version/v1/version_pb.js";
+import { Connection } from "../src/grpc/client.js";
+import { ctr } from "../test/helpers/ctr.js";
+import { type Daemon, GC_OFF_CONFIG, startBerthd, startContainerd } from "../test/helpers/daemons.js";
+import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
+import {
+  DAEMONS,
+  type DaemonName,
+  fmtBytes,
+  type MetricSpec,
+  mbPerSec,
+  median,
+  nowMs,
+  orderFor,
+  p95,
+  Results,
+  runConcurrent,
+} from "./lib.js";
+
+const { values: opt } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    reps: { type: "string" },
+    calls: { type: "string" },
+    inflight: { type: "string", default: "16" },
+    size: { type: "string" },
+    tmpfs: { type: "boolean", default: false },
+    only: { type: "string" },
+    "skip-content": { type: "boolean", default: false },
+    "skip-api": { type: "boolean", default: false },
+    json: { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
+  },
+});
+
+if (opt.help) {
+  console.log(
+    "usage: node dist/bench/core.js [--quick] [--reps N] [--calls N] [--inflight N] [--size MiB]\n" +
+      "                               [--tmpfs] [--only containerd|berthd] [--skip-content] [--skip-api] [--json FILE]\n" +
+      "  --quick   2 repeats, 200 calls, 64 MiB (defaults: 5 repeats, 1000 calls, 256 MiB)\n" +
+      "  --tmpfs   put both daemons' roots and states on a tmpfs (default: the disk under /tmp)",
+  );
+  process.exit(0);
+}
+
+const positiveInt = (name: string, v: string | undefined, dflt: number): number => {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} wants a positive integer, got ${v}`);
+  return n;
+};
+
+const REPS = positiveInt("reps", opt.reps, opt.quick ? 2 : 5);
+const CALLS = positiveInt("calls", opt.calls, opt.quick ? 200 : 1000);
+const INFLIGHT = positiveInt("inflight", opt.inflight, 16);
+const SIZE = positiveInt("size", opt.size, opt.quick ? 64 : 256) * 1024 * 1024;
+if (opt.only !== undefined && !DAEMONS.includes(opt.only as DaemonName)) {
+  throw new Error(`--only wants containerd or berthd, got ${opt.only}`);
+}
+const WANTED: DaemonName[] = opt.only ? [opt.only as DaemonName] : [...DAEMONS];
+
+const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
+
+function firstLines(s: string, n: number): string {
+  const lines = s.trim().split("\n");
+  return lines.length <= n ? lines.join("\n") : `${lines.slice(0, n).join("\n")}\n…`;
+}
+
+function tryMountTmpfs(dir: string, sizeBytes: number): boolean {
+  try {
+    execFileSync("mount", ["-t", "tmpfs", "-o", `size=${sizeBytes},mode=0711`, "tmpfs", dir], {
+      stdio: "pipe",
+    });
+    return true;
+  } catch (err) {
+    log(`cannot mount a tmpfs at ${dir} (${(err as Error).message.split("\n")[0]}); using the disk`);
+    return false;
+  }
+}
+
+interface Blob {
+  file: string;
+  digest: string;
+}
+
+/**
+ * One random file of `size` bytes, then `count` variants of it that differ in their first 16 bytes
+ * (so each has its own digest), each written with its sha256.
+ */
+async function makeBlobs(dir: string, size: number, count: number): Promise<Blob[]> {
+  const chunk = 4 << 20;
+  const base = Buffer.allocUnsafe(size);
+  for (let off = 0; off < size; off += chunk) randomFillSync(base, off, Math.min(chunk, size - off));
+  const blobs: Blob[] = [];
+  for (let i = 0; i < count; i++) {
+    const tag = Buffer.alloc(16);
+    tag.write(`berth-bench-${i}`.padEnd(16, "."), "latin1");
+    tag.copy(base, 0, 0, Math.min(16, size));
+    const file = path.join(dir, `blob-${i}`);
+    const fd = openSync(file, "w");
+    try {
+      for (let off = 0; off < size; off += chunk) writeSync(fd, base, off, Math.min(chunk, size - off));
+    } finally {
+      closeSync(fd);
+    }
+    blobs.push({ file, digest: `sha256:${createHash("sha256").update(base).digest("hex")}` });
+  }
+  return blobs;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const results = new Results();
+// Rows appear in the order they first get a sample. Time samples are in ms.
+const M = {
+  ingest: { name: `content ingest ${fmtBytes(SIZE)} (ctr)`, unit: "s", derive: (ms) => ms / 1000 },
+  ingestRate: {
+    name: "  ingest throughput",
+    unit: "MB/s",
+    derive: (ms) => mbPerSec(SIZE, ms),
+    higherIsBetter: true,
+  },
+  get: { name: `content get ${fmtBytes(SIZE)} (ctr)`, unit: "s", derive: (ms) => ms / 1000 },
+  getRate: {
+    name: "  get throughput",
+    unit: "MB/s",
+    derive: (ms) => mbPerSec(SIZE, ms),
+    higherIsBetter: true,
+  },
+  seq: { name: `API ${CALLS} sequential calls`, unit: "ms" },
+  seqP50: { name: "  per call p50", unit: "µs" },
+  seqP95: { name: "  per call p95", unit: "µs" },
+  conc: { name: `API ${CALLS} calls, ${INFLIGHT} in flight`, unit: "ms" },
+  concRate: {
+    name: "  throughput",
+    unit: "calls/s",
+    derive: (ms) => CALLS / (ms / 1000),
+    higherIsBetter: true,
+  },
+  concP50: { name: "  per call p50", unit: "µs" },
+  concP95: { name: "  per call p95", unit: "µs" },
+} satisfies Record<string, MetricSpec>;
+
+async function contentRep(name: DaemonName, d: Daemon, blob: Blob, rep: number): Promise<void> {
+  const ingest = await ctr(
+    d.address,
+    ["content", "ingest", "--expected-size", String(SIZE), "--expected-digest", blob.digest, `bench-${rep}`],
+    { input: { file: blob.file }, output: "ignore", timeoutMs: 600_000 },
+  );
+  if (ingest.code !== 0) throw new Error(`ctr content ingest: ${firstLines(ingest.stderr, 3)}`);
+  const get = await ctr(d.address, ["content", "get", blob.digest], {
+    output: { file: "/dev/null" },
+    timeoutMs: 600_000,
+  });
+  if (get.code !== 0) throw new Error(`ctr content get: ${firstLines(get.stderr, 3)}`);
+  // Untimed: read it again and check what comes back.
+  const h = createHash("sha256");
+  let n = 0;
+  const check = await ctr(d.address, ["content", "get", blob.digest], {
+    output: (c) => {
+      h.update(c);
+      n += c.length;
+    },
+    timeoutMs: 600_000,
+  });
+  const got = `sha256:${h.digest("hex")}`;
+  if (check.code !== 0 || got !== blob.digest || n !== SIZE) {
+    throw new Error(
+      `ctr content get returned ${n} bytes with digest ${got}, want ${SIZE} bytes ${blob.digest}`,
+    );
+  }
+  results.add(M.ingest, name, ingest.ms);
+  results.add(M.ingestRate, name, ingest.ms);
+  results.add(M.get, name, get.ms);
+  results.add(M.getRate, name, get.ms);
+  log(`rep ${rep + 1} ${name}: ingest ${ingest.ms.toFixed(0)} ms, get ${get.ms.toFixed(0)} ms`);
+}
+
+type Call = () => Promise<unknown>;
+
+function apiCalls(conn: Connection): Call[] {
+  const ns = conn.client(Namespaces);
+  const ver = conn.client(Version);
+  return [() => ns.list({}), () => ns.get({ name: "bench" }), () => ver.version({})];
+}
+
+async function apiSetup(conn: Connection): Promise<Call[]> {
+  try {
+    // containerd publishes a namespace event, which needs a namespace in the request context.
+    await conn
+      .client(Namespaces)
+      .create({ namespace: { name: "bench", labels: { purpose: "bench" } } }, { namespace: "bench" });
+  } catch (err) {
+    if (!isAlreadyExists(err)) throw err;
+  }
+  const calls = apiCalls(conn);
+  // Warm-up: connection, JIT on both sides.
+  for (let i = 0; i < 150; i++) await calls[i % calls.length]!();
+  return calls;
+}
+
+async function apiRep(name: DaemonName, calls: Call[], rep: number): Promise<void> {
+  const seqLat: number[] = [];
+  const seqStart = nowMs();
+  for (let i = 0; i < CALLS; i++) {
+    const t = nowMs();
+    await calls[i % calls.length]!();
+    seqLat.push(nowMs() - t);
+  }
+  const seqMs = nowMs() - seqStart;
+
+  const concStart = nowMs();
+  const concLat = await runConcurrent(CALLS, INFLIGHT, (i) => calls[i % calls.length]!());
+  const concMs = nowMs() - concStart;
+
+  results.add(M.seq, name, seqMs);
+  results.add(M.seqP50, name, median(seqLat) * 1000);
+  results.add(M.seqP95, name, p95(seqLat) * 1000);
+  results.add(M.conc, name, concMs);
+  results.add(M.concRate, name, concMs);
+  results.add(M.concP50, name, median(concLat) * 1000);
+  results.add(M.concP95, name, p95(concLat) * 1000);
+  log(
+    `rep ${rep + 1} ${name}: ${CALLS} sequential ${seqMs.toFixed(0)} ms, ${INFLIGHT} in flight ${concMs.toFixed(0)} ms`,
+  );
+}
+
+function containerdVersion(): string {
+  try {
+    return execFileSync("/usr/bin/containerd", ["--version"], { encoding: "utf8" }).trim();
+  } catch {
+    return "containerd: unknown version";
+  }
+}
+
+async function main(): Promise<number> {
+  const work = await makeTempDir("bench");
+  const daemons = new Map<DaemonName, Daemon>();
+  const conns = new Map<DaemonName, Connection>();
+  const notStarted = new Map<DaemonName, string>();
+  try {
+    log(`${containerdVersion()}; node ${process.version}; ${os.cpus().length} CPUs`);
+    log(`${REPS} repeats, ${fmtBytes(SIZE)} blob, ${CALLS} calls (${INFLIGHT} in flight)`);
+
+    const roots = path.join(work, "roots");
+    await mkdir(roots);
+    const onTmpfs = opt.tmpfs && tryMountTmpfs(roots, Math.max(2 * SIZE * (REPS + 1), 1 << 30));
+    log(`daemon roots on ${onTmpfs ? "tmpfs" : "the disk (/tmp)"}`);
+
+    for (const name of WANTED) {
+      const dirs = { root: path.join(roots, name, "root"), state: path.join(roots, name, "state") };
+      try {
+        const start = nowMs();
+        const d =
+          name === "containerd"
+            ? await startContainerd({ ...dirs, config: GC_OFF_CONFIG })
+            : await startBerthd({ ...dirs, config: GC_OFF_CONFIG });
+        daemons.set(name, d);
+        log(`${name} ready in ${(nowMs() - start).toFixed(0)} ms (pid ${d.pid}, ${d.address})`);
+      } catch (err) {
+        notStarted.set(name, (err as Error).message);
+        log(`${name} could not start:\n${firstLines((err as Error).message, 30)}`);
+      }
+    }
+    const running = WANTED.filter((n) => daemons.has(n));
+    if (running.length === 0) throw new Error("no daemon could start");
+
+    if (!opt["skip-content"]) {
+      const input = path.join(work, "input");
+      await mkdir(input);
+      tryMountTmpfs(input, SIZE * REPS + (64 << 20));
+      const t = nowMs();
+      const blobs = await makeBlobs(input, SIZE, REPS);
+      log(`made ${REPS} blobs of ${fmtBytes(SIZE)} in ${(nowMs() - t).toFixed(0)} ms`);
+      const failed = new Set<DaemonName>();
+      for (let rep = 0; rep < REPS; rep++) {
+        for (const name of orderFor(rep, running)) {
+          if (failed.has(name)) continue;
+          try {
+            await contentRep(name, daemons.get(name)!, blobs[rep]!, rep);
+          } catch (err) {
+            failed.add(name);
+            results.fail(name, `content: ${(err as Error).message}`);
+            log(`${name} content benchmark failed: ${(err as Error).message}`);
+          }
+        }
+      }
+    }
+
+    if (!opt["skip-api"]) {
+      const ready = new Map<DaemonName, Call[]>();
+      for (const name of running) {
+        const conn = new Connection(daemons.get(name)!.address);
+        conns.set(name, conn);
+        try {
+          ready.set(name, await apiSetup(conn));
+        } catch (err) {
+          results.fail(name, `api: ${(err as Error).message}`);
+          log(`${name} API benchmark setup failed: ${(err as Error).message}`);
+        }
+      }
+      for (let rep = 0; rep < REPS; rep++) {
+        for (const name of orderFor(rep, running)) {
+          const calls = ready.get(name);
+          if (!calls) continue;
+          try {
+            await apiRep(name, calls, rep);
+          } catch (err) {
+            ready.delete(name);
+            results.fail(name, `api: ${(err as Error).message}`);
+            log(`${name} API benchmark failed: ${(err as Error).message}`);
+          }
+        }
+      }
+    }
+
+    console.log("");
+    console.log(`berth core benchmark — medians of ${REPS} repeats; ratio > 1 means berthd takes longer`);
+    console.log(`(for MB/s and calls/s rows a ratio > 1 means berthd is faster)`);
+    console.log("");
+    console.log(results.table());
+    console.log("");
+    let status = 0;
+    for (const name of WANTED) {
+      const why = notStarted.get(name);
+      if (why) {
+        console.log(`${name}: NOT MEASURED — it could not start: ${firstLines(why, 1)}`);
+        status = 2;
+      }
+      for (const f of results.failuresOf(name)) {
+        console.log(`${name}: FAILED — ${firstLines(f, 3)}`);
+        status = 2;
+      }
+    }
+    if (opt.json) {
+      await writeFile(
+        opt.json,
+        JSON.stringify(
+          {
+            date: new Date().toISOString(),
+            containerd: containerdVersion(),
+            node: process.version,
+            cpus: os.cpus().length,
+            params: { reps: REPS, calls: CALLS, inflight: INFLIGHT, size: SIZE, tmpfs: onTmpfs },
+            notStarted: Object.fromEntries(notStarted),
+            ...(results.toJSON() as object),
+          },
+          null,
+          2,
+        ),
+      );
+      log(`wrote ${opt.json}`);
+    }
+    return status;
+  } finally {
+    for (const c of conns.values()) c.close();
+    for (const d of daemons.values()) await d.cleanup().catch((e) => log(`cleanup: ${(e as Error).message}`));
+    await removeTempDir(work);
+  }
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    log(`error: ${(err as Error).stack ?? err}`);
+    process.exitCode = 1;
+  },
+);

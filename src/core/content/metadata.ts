@@ -1,0 +1,575 @@
+// The namespaced content store: a view over the namespace-free local store in which a blob is
+// visible in a namespace only when that namespace holds a `content` row for it. Ingests are per
+// namespace too: (namespace, ref) maps to a backend ref, so two namespaces may use the same ref.
+//
+// Sharing policy: with "shared", a writer whose expected digest is already in the backend (from
+// another namespace) needs no data: committing it just adds the row. With "isolated", the client
+// must send the whole blob again unless the blob is held by a namespace labelled
+// containerd.io/namespace.shareable=true.
+import { create } from "@bufbuild/protobuf";
+import { ContentCreateSchema, ContentDeleteSchema } from "../../gen/containerd/events/content_pb.js";
+import {
+  errAlreadyExists,
+  errFailedPrecondition,
+  errInvalidArgument,
+  errNotFound,
+  isAlreadyExists,
+  isNotFound,
+} from "../errdefs.js";
+import type { Exchange } from "../events/exchange.js";
+import { packEvent } from "../events/exchange.js";
+import { parseFilters } from "../filters.js";
+import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
+import type { NamespaceStore } from "../namespaces/store.js";
+import type { ContentWriter, Info, LocalContentStore, ReaderAt, Status } from "./local.js";
+
+export type SharingPolicy = "shared" | "isolated";
+
+/**
+ * A readers-writer lock for async sections. Waiting exclusive holders go first, so a steady
+ * stream of writers cannot starve the collector. Sections must not nest.
+ */
+export class SharedLock {
+  private sharedHolders = 0;
+  private exclusiveHeld = false;
+  private readonly waitingShared: (() => void)[] = [];
+  private readonly waitingExclusive: (() => void)[] = [];
+
+  async shared<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.exclusiveHeld || this.waitingExclusive.length > 0)
+      await new Promise<void>((r) => this.waitingShared.push(r));
+    else this.sharedHolders++;
+    try {
+      return await fn();
+    } finally {
+      this.sharedHolders--;
+      this.wake();
+    }
+  }
+
+  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.exclusiveHeld || this.sharedHolders > 0)
+      await new Promise<void>((r) => this.waitingExclusive.push(r));
+    else this.exclusiveHeld = true;
+    try {
+      return await fn();
+    } finally {
+      this.exclusiveHeld = false;
+      this.wake();
+    }
+  }
+
+  /** Hand the lock over: ownership is taken for the woken before they run. */
+  private wake(): void {
+    if (this.exclusiveHeld || this.sharedHolders > 0) return;
+    const ex = this.waitingExclusive.shift();
+    if (ex) {
+      this.exclusiveHeld = true;
+      ex();
+      return;
+    }
+    const waiting = this.waitingShared.splice(0);
+    this.sharedHolders += waiting.length;
+    for (const r of waiting) r();
+  }
+}
+
+export const SHAREABLE_NAMESPACE_LABEL = "containerd.io/namespace.shareable";
+
+const MAX_LABEL_SIZE = 4096;
+const q = (s: string) => JSON.stringify(s);
+
+/** containerd's label check on content info: key + value at most 4096 bytes. */
+function validateInfoLabels(labels: Labels | undefined): void {
+  for (const [k, v] of Object.entries(labels ?? {})) {
+    const total = Buffer.byteLength(k) + Buffer.byteLength(v);
+    if (total > MAX_LABEL_SIZE)
+      throw errInvalidArgument(
+        `info.Labels: label key and value length (${total} bytes) greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${k.slice(0, 64)}`,
+      );
+  }
+}
+
+/** Drop empty values: an empty label is no label. */
+function cleanLabels(labels: Labels | undefined): Labels {
+  const out: Labels = {};
+  for (const [k, v] of Object.entries(labels ?? {})) if (v !== "") out[k] = v;
+  return out;
+}
+
+type ContentRow = { digest: string; size: number; created_at: number; updated_at: number; labels: string };
+const toInfo = (r: ContentRow): Info => ({
+  digest: r.digest,
+  size: r.size,
+  createdAt: new Date(r.created_at),
+  updatedAt: new Date(r.updated_at),
+  labels: decodeLabels(r.labels),
+});
+
+/** The backend ref of a namespaced ingest, in containerd's `<ns>/<seq>/<ref>` shape. */
+export function backendRef(ns: string, ref: string): string {
+  return `${ns}/1/${ref}`;
+}
+
+export interface WriterOptions {
+  /** Expected size; 0 when unknown. */
+  total?: number;
+  /** Expected digest; "" when unknown. */
+  expected?: string;
+  /** Lease id from the request; leased ingests and blobs are added to it. */
+  lease?: string;
+}
+
+function prepare(db: MetadataDB) {
+  const s = db.sql;
+  return {
+    getContent: s.prepare(
+      "SELECT digest, size, created_at, updated_at, labels FROM content WHERE namespace = ? AND digest = ?",
+    ),
+    listContent: s.prepare(
+      "SELECT digest, size, created_at, updated_at, labels FROM content WHERE namespace = ? ORDER BY digest",
+    ),
+    insertContent: s.prepare(
+      "INSERT OR IGNORE INTO content (namespace, digest, size, created_at, updated_at, labels) VALUES (?, ?, ?, ?, ?, ?)",
+    ),
+    updateContent: s.prepare(
+      "UPDATE content SET labels = ?, updated_at = ? WHERE namespace = ? AND digest = ?",
+    ),
+    deleteContent: s.prepare("DELETE FROM content WHERE namespace = ? AND digest = ?"),
+    sharedElsewhere: s.prepare(
+      `SELECT 1 FROM content c JOIN namespaces n ON n.name = c.namespace
+       WHERE c.digest = ? AND json_extract(n.labels, '$."${SHAREABLE_NAMESPACE_LABEL}"') = 'true' LIMIT 1`,
+    ),
+    getIngest: s.prepare("SELECT ref, expected, lease FROM ingests WHERE namespace = ? AND ref = ?"),
+    listIngests: s.prepare("SELECT ref, expected FROM ingests WHERE namespace = ? ORDER BY ref"),
+    insertIngest: s.prepare(
+      "INSERT OR IGNORE INTO ingests (namespace, ref, expected, lease) VALUES (?, ?, ?, ?)",
+    ),
+    setIngestExpected: s.prepare("UPDATE ingests SET expected = ? WHERE namespace = ? AND ref = ?"),
+    deleteIngest: s.prepare("DELETE FROM ingests WHERE namespace = ? AND ref = ?"),
+    leaseExists: s.prepare("SELECT 1 FROM leases WHERE namespace = ? AND id = ?"),
+    addLeaseResource: s.prepare(
+      "INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)",
+    ),
+    removeLeaseResource: s.prepare(
+      "DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?",
+    ),
+  };
+}
+
+export class MetadataContentStore {
+  private readonly stmts: ReturnType<typeof prepare>;
+  /** Writers and commits share it; the garbage collector's sweep takes it alone. */
+  readonly lock = new SharedLock();
+
+  constructor(
+    private readonly db: MetadataDB,
+    readonly backend: LocalContentStore,
+    private readonly namespaces: NamespaceStore,
+    private readonly events: Exchange,
+    readonly policy: SharingPolicy = "shared",
+  ) {
+    this.stmts = prepare(db);
+  }
+
+  // --- lease bookkeeping (inside transactions) ---
+
+  private addLease(ns: string, lease: string | undefined, type: "content" | "ingests", id: string): void {
+    if (!lease) return;
+    if (this.stmts.leaseExists.get(ns, lease) === undefined) throw errNotFound("lease does not exist");
+    this.stmts.addLeaseResource.run(ns, lease, type, id);
+  }
+
+  private removeLease(ns: string, lease: string | undefined, type: "content" | "ingests", id: string): void {
+    if (!lease) return;
+    this.stmts.removeLeaseResource.run(ns, lease, type, id);
+  }
+
+  private row(ns: string, dgst: string): ContentRow | undefined {
+    return this.stmts.getContent.get(ns, dgst) as ContentRow | undefined;
+  }
+
+  // --- info ---
+
+  info(ns: string, dgst: string): Info {
+    const r = this.row(ns, dgst);
+    if (!r) throw errNotFound(`content digest ${dgst}`);
+    return toInfo(r);
+  }
+
+  /** containerd's field paths: "labels" replaces all, "labels.<k>" sets one; none replaces all. */
+  update(ns: string, info: { digest: string; labels?: Labels }, paths: string[] = []): Info {
+    const out = this.db.tx(() => {
+      const r = this.row(ns, info.digest);
+      if (!r) throw errNotFound(`content digest ${info.digest}`);
+      const cur = toInfo(r);
+      const given = info.labels ?? {};
+      let labels: Labels = { ...cur.labels };
+      if (paths.length === 0) labels = { ...given };
+      for (const p of paths) {
+        if (p.startsWith("labels.")) {
+          const k = p.slice("labels.".length);
+          labels[k] = given[k] ?? "";
+        } else if (p === "labels") {
+          labels = { ...given };
+        } else {
+          throw errInvalidArgument(`cannot update ${q(p)} field on content info ${q(info.digest)}`);
+        }
+      }
+      validateInfoLabels(labels);
+      labels = cleanLabels(labels);
+      const now = Date.now();
+      this.stmts.updateContent.run(encodeLabels(labels), now, ns, info.digest);
+      return { ...cur, labels, updatedAt: new Date(now) };
+    });
+    this.db.mutated(false);
+    return out;
+  }
+
+  list(ns: string, filters: string[] = []): Info[] {
+    const filter = parseFilters(filters);
+    const rows = this.stmts.listContent.all(ns) as ContentRow[];
+    const out: Info[] = [];
+    for (const r of rows) {
+      const info = toInfo(r);
+      const matched = filter.match((fp) => {
+        if (fp.length === 0) return undefined;
+        if (fp[0] === "digest") return info.digest;
+        if (fp[0] === "labels") {
+          const key = fp.slice(1).join(".");
+          return Object.hasOwn(info.labels, key) ? info.labels[key] : undefined;
+        }
+        return undefined; // containerd does not filter on size
+      });
+      if (matched) out.push(info);
+    }
+    return out;
+  }
+
+  /** Remove the blob from the namespace; the file stays for the garbage collector. */
+  delete(ns: string, dgst: string, lease?: string): void {
+    this.db.tx(() => {
+      const r = this.stmts.deleteContent.run(ns, dgst);
+      if (r.changes === 0) throw errNotFound(`content digest ${dgst}`);
+      this.removeLease(ns, lease, "content", dgst);
+    });
+    // the blob may now be garbage: tell the collector
+    this.db.mutated(true);
+    this.events.publish(
+      ns,
+      "/content/delete",
+      packEvent(ContentDeleteSchema, create(ContentDeleteSchema, { digest: dgst })),
+    );
+  }
+
+  async readerAt(ns: string, dgst: string): Promise<ReaderAt> {
+    if (!this.row(ns, dgst)) throw errNotFound(`content digest ${dgst}`);
+    return this.backend.readerAt(dgst);
+  }
+
+  // --- ingests ---
+
+  async status(ns: string, ref: string): Promise<Status> {
+    const row = this.stmts.getIngest.get(ns, ref) as { ref: string } | undefined;
+    if (!row) throw errNotFound(`reference ${ref}`);
+    const st = await this.backend.status(backendRef(ns, ref));
+    return { ...st, ref };
+  }
+
+  async listStatuses(ns: string, filters: string[] = []): Promise<Status[]> {
+    const filter = parseFilters(filters);
+    const rows = this.stmts.listIngests.all(ns) as { ref: string }[];
+    const out: Status[] = [];
+    for (const { ref } of rows) {
+      let st: Status;
+      try {
+        st = await this.backend.status(backendRef(ns, ref));
+      } catch (err) {
+        if (isNotFound(err)) continue;
+        throw err;
+      }
+      st = { ...st, ref };
+      if (filter.match((fp) => (fp.length >= 1 && fp[0] === "ref" ? ref : undefined))) out.push(st);
+    }
+    return out;
+  }
+
+  async abort(ns: string, ref: string, lease?: string): Promise<void> {
+    this.db.tx(() => {
+      const row = this.stmts.getIngest.get(ns, ref);
+      if (!row) throw errNotFound(`reference ${ref}`);
+      this.stmts.deleteIngest.run(ns, ref);
+      this.removeLease(ns, lease, "ingests", ref);
+    });
+    this.db.mutated(false);
+    // A shared ingest may have started copying into the backend too: remove whatever is there.
+    await this.backend.abort(backendRef(ns, ref));
+  }
+
+  /**
+   * Open (or resume) the ingest `ref` in `ns`. AlreadyExists when the expected blob is already
+   * in the namespace (the caller then has nothing to do).
+   */
+  async writer(ns: string, ref: string, opts: WriterOptions = {}): Promise<NamespacedWriter> {
+    if (!ref) throw errInvalidArgument("ref must not be empty");
+    // shared with other writers, exclusive of a sweep: the ingest row and the backend ingest
+    // appear together, so a sweep never sees one without the other
+    return this.lock.shared(() => this.openWriter(ns, ref, opts));
+  }
+
+  private async openWriter(ns: string, ref: string, opts: WriterOptions): Promise<NamespacedWriter> {
+    const expected = opts.expected ?? "";
+    let size = opts.total ?? 0;
+    const lease = opts.lease;
+    const bref = backendRef(ns, ref);
+
+    // Is the blob there already, in this namespace or (shareable) in the backend?
+    let shared = false;
+    if (expected) {
+      if (this.row(ns, expected)) {
+        // keep it leased so a concurrent removal elsewhere cannot take it from this client
+        try {
+          this.db.tx(() => this.addLease(ns, lease, "content", expected));
+        } catch (err) {
+          if (err instanceof Error) err.message = `unable to lease content: ${err.message}`;
+          throw err;
+        }
+        throw errAlreadyExists(`content ${expected}`);
+      }
+      if (this.policy === "shared" || this.stmts.sharedElsewhere.get(expected) !== undefined) {
+        // any failure here (missing, or not even a valid digest) just means "not shared"
+        const bi = await this.backend.info(expected).catch(() => undefined);
+        if (bi && (size === 0 || size === bi.size)) {
+          shared = true;
+          size = bi.size;
+        }
+      }
+    }
+
+    let inserted = false;
+    this.db.tx(() => {
+      this.namespaces.ensure(ns);
+      inserted = this.stmts.insertIngest.run(ns, ref, shared ? expected : "", lease ?? "").changes > 0;
+      if (!inserted && shared) this.stmts.setIngestExpected.run(expected, ns, ref);
+      this.addLease(ns, lease, "ingests", ref);
+    });
+    this.db.mutated(false);
+
+    const desc = { size, digest: shared ? expected : "" };
+    if (shared) return new NamespacedWriter(this, ns, ref, bref, lease, desc, undefined);
+    try {
+      // the backend never sees the expected digest: it was checked against this namespace only
+      const w = await this.backend.writer(bref, size, "");
+      return new NamespacedWriter(this, ns, ref, bref, lease, desc, w);
+    } catch (err) {
+      if (inserted)
+        this.db.tx(() => {
+          this.stmts.deleteIngest.run(ns, ref);
+          this.removeLease(ns, lease, "ingests", ref);
+        });
+      throw err;
+    }
+  }
+
+  /**
+   * The garbage collector's backend sweep: remove blobs that no namespace holds (and no shared
+   * ingest expects) and ingests that no namespace has. Returns how many things were removed.
+   */
+  async sweep(): Promise<number> {
+    return this.lock.exclusive(async () => {
+      const { contentSeen, ingestSeen } = this.db.tx(() => {
+        const contentSeen = new Set<string>();
+        for (const r of this.db.sql.prepare("SELECT DISTINCT digest FROM content").all() as {
+          digest: string;
+        }[])
+          contentSeen.add(r.digest);
+        const ingestSeen = new Set<string>();
+        const ingests = this.db.sql.prepare("SELECT namespace, ref, expected FROM ingests").all() as {
+          namespace: string;
+          ref: string;
+          expected: string;
+        }[];
+        for (const i of ingests) {
+          // a shared ingest's blob may belong to no namespace yet: keep it for the writer
+          if (i.expected) contentSeen.add(i.expected);
+          ingestSeen.add(backendRef(i.namespace, i.ref));
+        }
+        return { contentSeen, ingestSeen };
+      });
+      let removed = 0;
+      const blobs: string[] = [];
+      await this.backend.walk((info) => {
+        if (!contentSeen.has(info.digest)) blobs.push(info.digest);
+      });
+      for (const d of blobs) {
+        try {
+          await this.backend.delete(d);
+          removed++;
+        } catch (err) {
+          if (!isNotFound(err)) throw err;
+        }
+      }
+      const refs: string[] = [];
+      await this.backend.walkStatusRefs((ref) => {
+        if (!ingestSeen.has(ref)) refs.push(ref);
+      });
+      for (const ref of refs) {
+        await this.backend.abort(ref);
+        removed++;
+      }
+      return removed;
+    });
+  }
+
+  /** @internal the writer's commit: add the row, drop the ingest, move the lease. */
+  commitRow(
+    ns: string,
+    ref: string,
+    lease: string | undefined,
+    dgst: string,
+    size: number,
+    labels: Labels,
+  ): boolean {
+    let created = false;
+    this.db.tx(() => {
+      this.namespaces.ensure(ns);
+      const now = Date.now();
+      created =
+        this.stmts.insertContent.run(ns, dgst, size, now, now, encodeLabels(cleanLabels(labels))).changes > 0;
+      this.stmts.deleteIngest.run(ns, ref);
+      this.removeLease(ns, lease, "ingests", ref);
+      this.addLease(ns, lease, "content", dgst);
+    });
+    this.db.mutated(false);
+    return created;
+  }
+
+  /** @internal */
+  publishCreate(ns: string, dgst: string, size: number): void {
+    this.events.publish(
+      ns,
+      "/content/create",
+      packEvent(ContentCreateSchema, create(ContentCreateSchema, { digest: dgst, size: BigInt(size) })),
+    );
+  }
+}
+
+/**
+ * A writer in a namespace. Without a backend writer it stands for a shared blob that is already
+ * stored: committing it needs no data; writing or truncating first copies the blob into a real
+ * ingest (the client chose to send data after all).
+ */
+export class NamespacedWriter implements ContentWriter {
+  private readonly started = new Date();
+
+  constructor(
+    private readonly store: MetadataContentStore,
+    readonly namespace: string,
+    readonly ref: string,
+    private readonly bref: string,
+    private readonly lease: string | undefined,
+    private readonly desc: { size: number; digest: string },
+    private w: ContentWriter | undefined,
+  ) {}
+
+  status(): Status {
+    if (this.w) return { ...this.w.status(), ref: this.ref };
+    return {
+      ref: this.ref,
+      offset: this.desc.size,
+      total: this.desc.size,
+      startedAt: this.started,
+      updatedAt: this.started,
+      expected: this.desc.digest,
+    };
+  }
+
+  digest(): string {
+    return this.w ? this.w.digest() : this.desc.digest;
+  }
+
+  async write(data: Uint8Array): Promise<number> {
+    if (!this.w) {
+      if (data.length === 0) return 0;
+      await this.createAndCopy(this.desc.size);
+    }
+    return this.w!.write(data);
+  }
+
+  async truncate(size: number): Promise<void> {
+    if (this.w) return this.w.truncate(size);
+    await this.createAndCopy(size);
+  }
+
+  private async createAndCopy(size: number): Promise<void> {
+    const w = await this.store.backend.writer(this.bref, size, "");
+    try {
+      if (size === 0) {
+        if (w.status().offset > 0) await w.truncate(0);
+      } else {
+        const from = w.status().offset;
+        const ra = await this.store.backend.readerAt(this.desc.digest);
+        try {
+          let copied = from;
+          for await (const chunk of ra.stream(from, size - from)) {
+            await w.write(chunk);
+            copied += chunk.length;
+          }
+          if (copied < size)
+            throw new Error("failed to copy: failed to read expected number of bytes: unexpected EOF");
+        } finally {
+          await ra.close();
+        }
+      }
+    } catch (err) {
+      await w.close();
+      throw err;
+    }
+    this.w = w;
+  }
+
+  async commit(size: number, expected: string, labels?: Labels): Promise<string> {
+    // from the backend's rename to the content row, a sweep must not run
+    return this.store.lock.shared(() => this.commitLocked(size, expected, labels));
+  }
+
+  private async commitLocked(size: number, expected: string, labels?: Labels): Promise<string> {
+    try {
+      validateInfoLabels(labels);
+    } catch (err) {
+      await this.w?.close();
+      throw err;
+    }
+    let actual: string;
+    if (!this.w) {
+      if (size !== 0 && size !== this.desc.size)
+        throw errFailedPrecondition(`${q(this.ref)} failed size validation: ${this.desc.size} != ${size}`);
+      if (expected && expected !== this.desc.digest)
+        throw errFailedPrecondition(`${q(this.ref)} unexpected digest`);
+      size = this.desc.size;
+      actual = this.desc.digest;
+    } else {
+      const st = this.w.status();
+      if (size !== 0 && size !== st.offset) {
+        await this.w.close();
+        throw errFailedPrecondition(`${q(this.ref)} failed size validation: ${st.offset} != ${size}`);
+      }
+      size = st.offset;
+      try {
+        await this.w.commit(size, expected);
+      } catch (err) {
+        // the bytes were verified; the blob was simply stored already
+        if (!isAlreadyExists(err)) throw err;
+      }
+      actual = this.w.digest();
+    }
+    const created = this.store.commitRow(this.namespace, this.ref, this.lease, actual, size, labels ?? {});
+    if (!created) throw errAlreadyExists(`content ${actual}`);
+    this.store.publishCreate(this.namespace, actual, size);
+    return actual;
+  }
+
+  async close(): Promise<void> {
+    await this.w?.close();
+  }
+}

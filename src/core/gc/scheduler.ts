@@ -1,0 +1,185 @@
+// When to collect: containerd's gc.v1.scheduler semantics. Deletions ("dirty" mutations) and
+// plain mutations are counted; a collection is scheduled by thresholds or an explicit trigger
+// (sync deletes), and the pause between collections keeps GC under pause_threshold of time.
+
+export interface GcStats {
+  /** Milliseconds the collection took. */
+  elapsedMs: number;
+  removed: number;
+}
+
+export interface Collector {
+  collect(): Promise<GcStats>;
+}
+
+export interface SchedulerConfig {
+  pause_threshold: number;
+  deletion_threshold: number;
+  mutation_threshold: number;
+  schedule_delay: string;
+  startup_delay: string;
+}
+
+export const SCHEDULER_DEFAULTS: SchedulerConfig = {
+  pause_threshold: 0.02,
+  deletion_threshold: 0,
+  mutation_threshold: 100,
+  schedule_delay: "0s",
+  startup_delay: "100ms",
+};
+
+const UNITS: Record<string, number> = {
+  ns: 1e-6,
+  us: 1e-3,
+  µs: 1e-3,
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+};
+
+/** Go's time.ParseDuration, in milliseconds ("1h30m", "100ms", "0s", "-1.5s"). */
+export function parseDuration(s: string): number {
+  const m = /^([-+]?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$/.exec(s);
+  if (s === "0") return 0;
+  if (!m) throw new Error(`invalid duration ${JSON.stringify(s)}`);
+  let total = 0;
+  for (const part of s.replace(/^[-+]/, "").matchAll(/(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/g))
+    total += Number(part[1]) * UNITS[part[2]!]!;
+  return m[1] === "-" ? -total : total;
+}
+
+export class GcScheduler {
+  private readonly pauseThreshold: number;
+  private readonly deletionThreshold: number;
+  private readonly mutationThreshold: number;
+  private readonly scheduleDelay: number;
+  private timer: NodeJS.Timeout | undefined;
+  private nextAt: number | undefined;
+  private lastAt: number | undefined;
+  private intervalMs = 1000;
+  private gcTimeMs = 0;
+  private collections = 0;
+  private triggered = false;
+  private deletions = 0;
+  private mutations = 0;
+  private running: Promise<void> | undefined;
+  private waiters: { resolve: (s: GcStats) => void; reject: (e: Error) => void }[] = [];
+  private closed = false;
+  /** Last error, for logs and tests. */
+  lastError: Error | undefined;
+  onCollected: ((s: GcStats) => void) | undefined;
+  onError: ((e: Error) => void) | undefined;
+
+  constructor(
+    private readonly collector: Collector,
+    cfg: SchedulerConfig,
+  ) {
+    this.pauseThreshold = Math.min(Math.max(cfg.pause_threshold, 0), 0.5);
+    this.deletionThreshold = cfg.deletion_threshold;
+    this.mutationThreshold = Math.max(cfg.mutation_threshold, 0);
+    this.scheduleDelay = Math.max(parseDuration(cfg.schedule_delay), 0);
+    const startup = Math.max(parseDuration(cfg.startup_delay), 0);
+    if (startup > 0) this.schedule(startup);
+  }
+
+  /** The metadata layer reports each committed mutation; `dirty` means something was deleted. */
+  mutated(dirty: boolean): void {
+    if (this.closed) return;
+    if (dirty) this.deletions++;
+    this.mutations++;
+    this.maybeSchedule();
+  }
+
+  /** Schedule a collection now and wait for it (sync deletes). */
+  scheduleAndWait(): Promise<GcStats> {
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ resolve, reject });
+      this.triggered = true;
+      this.timer?.ref();
+      this.maybeSchedule();
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    for (const w of this.waiters.splice(0)) w.reject(new Error("gc scheduler stopped"));
+  }
+
+  private maybeSchedule(): void {
+    const due =
+      this.triggered ||
+      (this.deletionThreshold > 0 && this.deletions >= this.deletionThreshold) ||
+      (this.nextAt === undefined &&
+        ((this.deletionThreshold === 0 && this.deletions > 0) ||
+          (this.mutationThreshold > 0 && this.mutations >= this.mutationThreshold)));
+    if (!due) return;
+    if (this.nextAt === undefined || this.nextAt > Date.now() + this.scheduleDelay)
+      this.schedule(this.scheduleDelay);
+  }
+
+  private schedule(ms: number): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.nextAt = Date.now() + ms;
+    this.timer = setTimeout(() => this.fire(), ms);
+    // Background collections must not keep the process alive; a caller waiting on one must.
+    if (this.waiters.length === 0) this.timer.unref();
+  }
+
+  private fire(): void {
+    this.timer = undefined;
+    if (this.closed) return;
+    // A periodic wake-up with nothing to do just re-arms.
+    const idle =
+      !this.triggered &&
+      this.lastAt !== undefined &&
+      this.deletions === 0 &&
+      (this.mutationThreshold === 0 || this.mutations < this.mutationThreshold);
+    if (idle) {
+      this.schedule(this.intervalMs);
+      return;
+    }
+    if (this.running) {
+      // a collection is in flight: look again right after it
+      this.running.then(() => this.fire());
+      return;
+    }
+    this.running = this.run().finally(() => {
+      this.running = undefined;
+    });
+  }
+
+  private async run(): Promise<void> {
+    const waiters = this.waiters.splice(0);
+    this.triggered = false;
+    const deletions = this.deletions;
+    const mutations = this.mutations;
+    this.deletions = 0;
+    this.mutations = 0;
+    try {
+      const stats = await this.collector.collect();
+      this.gcTimeMs += stats.elapsedMs;
+      this.collections++;
+      if (this.pauseThreshold > 0) {
+        const avg = this.gcTimeMs / this.collections;
+        this.intervalMs = Math.max(avg / this.pauseThreshold - avg, 1);
+      }
+      this.lastAt = Date.now();
+      this.lastError = undefined;
+      this.onCollected?.(stats);
+      for (const w of waiters) w.resolve(stats);
+    } catch (err) {
+      const e = err instanceof Error ? err : new Error(String(err));
+      this.lastError = e;
+      this.onError?.(e);
+      // keep what was pending so the next run still happens
+      this.deletions += deletions;
+      this.mutations += mutations;
+      if (waiters.length > 0) this.triggered = true;
+      this.lastAt = Date.now();
+      for (const w of waiters) w.reject(new Error(`garbage collection failed: ${e.message}`));
+    }
+    if (!this.closed) this.schedule(this.intervalMs);
+  }
+}

@@ -1,0 +1,238 @@
+// What the local snapshotters (overlayfs, native) share: a MetaStore in <root>/metadata.db and one
+// directory per snapshot id under <root>/snapshots. A new snapshot's directory is filled under a
+// temporary name ("new-…") and renamed to its id inside the transaction that records it, so a
+// crash leaves either nothing or a complete snapshot (plus debris that cleanup() removes).
+// Removal forgets the record first, then renames the directory to "rm-<id>" and deletes it now
+// (sync) or leaves it to cleanup() (async).
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { rm } from "node:fs/promises";
+import { basename, join } from "node:path";
+import { BerthError, errAborted, errFailedPrecondition } from "../errdefs.js";
+import { type Logger, nopLogger } from "../log.js";
+import type { Labels } from "../metadata/db.js";
+import type { Mount } from "../mount/types.js";
+import { diskUsage } from "./fsutil.js";
+import type { Kind, SnapshotInfo, Snapshotter, Usage } from "./snapshotter.js";
+import { MetaStore, type StoredSnapshot } from "./storage.js";
+
+/** Prefix an error's message, keeping its kind (or errno code). */
+export function wrapError(err: unknown, prefix: string): Error {
+  if (err instanceof BerthError) {
+    const e = new BerthError(err.kind, undefined, { cause: err });
+    e.message = `${prefix}: ${err.message}`;
+    return e;
+  }
+  if (err instanceof Error) {
+    err.message = `${prefix}: ${err.message}`;
+    return err;
+  }
+  return new Error(`${prefix}: ${String(err)}`);
+}
+
+export interface LocalOptions {
+  /** Leave removed snapshots' directories for cleanup() instead of deleting them at once. */
+  asyncRemove?: boolean;
+  log?: Logger;
+}
+
+export abstract class LocalSnapshotter implements Snapshotter {
+  protected readonly ms: MetaStore;
+  readonly snapshotsDir: string;
+  protected readonly asyncRemove: boolean;
+  protected readonly log: Logger;
+  /** Temporary directories of snapshots being created: cleanup() must leave them alone. */
+  private readonly inflight = new Set<string>();
+  private cleaning: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly root: string,
+    opts: LocalOptions = {},
+  ) {
+    this.asyncRemove = opts.asyncRemove ?? false;
+    this.log = opts.log ?? nopLogger;
+    mkdirSync(root, { recursive: true, mode: 0o700 });
+    this.ms = new MetaStore(join(root, "metadata.db"));
+    this.snapshotsDir = join(root, "snapshots");
+    mkdirSync(this.snapshotsDir, { recursive: true, mode: 0o700 });
+    let max = 0;
+    for (const name of readdirSync(this.snapshotsDir)) {
+      const m = /^(?:rm-)?(\d+)$/.exec(name);
+      if (m) max = Math.max(max, Number(m[1]));
+    }
+    this.ms.reserveIdsUpTo(max);
+  }
+
+  /** The directory of snapshot `id`. */
+  snapshotDir(id: string): string {
+    return join(this.snapshotsDir, id);
+  }
+
+  /** The directory whose disk usage is the snapshot's own (overlay: its upper dir). */
+  protected abstract usagePath(id: string): string;
+  /** Mounts for an active or view snapshot. */
+  protected abstract mountsFor(s: StoredSnapshot): Mount[];
+  /** Whether a new snapshot of this kind gets a directory of its own. */
+  protected abstract needsDir(kind: Kind, parent: string): boolean;
+  /** Fill the temporary directory of a new snapshot (`parentId`: its parent's id, if any). */
+  protected abstract populate(td: string, kind: Kind, parentId: string | undefined): Promise<void>;
+  /** Add snapshotter-specific labels to what stat/update/list report. */
+  protected decorate(_id: string, info: SnapshotInfo): SnapshotInfo {
+    return info;
+  }
+
+  async stat(key: string): Promise<SnapshotInfo> {
+    const { id, info } = this.ms.getInfo(key);
+    return this.decorate(id, info);
+  }
+
+  async update(info: Pick<SnapshotInfo, "name" | "labels">, paths: string[]): Promise<SnapshotInfo> {
+    const r = this.ms.updateInfo(info, paths);
+    return this.decorate(r.id, r.info);
+  }
+
+  async usage(key: string): Promise<Usage> {
+    const { id, info, usage } = this.ms.getInfo(key);
+    if (info.kind === "active") return diskUsage(this.usagePath(id));
+    return usage;
+  }
+
+  async mounts(key: string): Promise<Mount[]> {
+    let s: StoredSnapshot;
+    try {
+      s = this.ms.getSnapshot(key);
+    } catch (err) {
+      throw wrapError(err, "failed to get active mount");
+    }
+    return this.mountsFor(s);
+  }
+
+  prepare(key: string, parent: string, labels: Labels): Promise<Mount[]> {
+    return this.create("active", key, parent, labels);
+  }
+
+  view(key: string, parent: string, labels: Labels): Promise<Mount[]> {
+    return this.create("view", key, parent, labels);
+  }
+
+  private async create(kind: Kind, key: string, parent: string, labels: Labels): Promise<Mount[]> {
+    let parentId: string | undefined;
+    try {
+      this.ms.checkCreate(key, parent);
+      if (parent) parentId = this.ms.getInfo(parent).id;
+    } catch (err) {
+      throw wrapError(err, "failed to create snapshot");
+    }
+    let td: string | undefined;
+    if (this.needsDir(kind, parent)) {
+      td = mkdtempSync(join(this.snapshotsDir, "new-"));
+      this.inflight.add(basename(td));
+    }
+    let renamedTo: string | undefined;
+    try {
+      if (td) await this.populate(td, kind, parentId);
+      return this.mountsFor(
+        this.ms.tx(() => {
+          let s: StoredSnapshot;
+          try {
+            s = this.ms.createSnapshot(kind, key, parent, labels);
+          } catch (err) {
+            throw wrapError(err, "failed to create snapshot");
+          }
+          if (s.parentIds[0] !== parentId)
+            throw errAborted(`parent ${JSON.stringify(parent)} changed while preparing`);
+          if (td) {
+            const path = this.snapshotDir(s.id);
+            // Only debris can be there (an id whose recording never committed).
+            rmSync(path, { recursive: true, force: true });
+            renameSync(td, path);
+            renamedTo = path;
+          }
+          return s;
+        }),
+      );
+    } catch (err) {
+      if (td) {
+        // The transaction failed after the rename (at COMMIT): take the directory back.
+        if (renamedTo && !existsSync(td)) {
+          try {
+            renameSync(renamedTo, td);
+          } catch {
+            // left for cleanup()
+          }
+        }
+        await rm(td, { recursive: true, force: true }).catch((e: unknown) =>
+          this.log.warn("failed to remove temporary snapshot directory", { path: td, error: String(e) }),
+        );
+      }
+      throw err;
+    } finally {
+      if (td) this.inflight.delete(basename(td));
+    }
+  }
+
+  async commit(name: string, key: string, labels: Labels): Promise<void> {
+    const { id, info } = this.ms.getInfo(key);
+    if (info.kind !== "active")
+      throw wrapError(
+        errFailedPrecondition(`snapshot ${JSON.stringify(key)} is not active`),
+        "failed to commit snapshot",
+      );
+    const usage = await diskUsage(this.usagePath(id));
+    try {
+      this.ms.commitActive(key, name, usage, labels);
+    } catch (err) {
+      throw wrapError(err, "failed to commit snapshot");
+    }
+  }
+
+  async remove(key: string): Promise<void> {
+    let id: string;
+    try {
+      id = this.ms.tx(() => this.ms.remove(key).id);
+    } catch (err) {
+      throw wrapError(err, "failed to remove");
+    }
+    const dir = this.snapshotDir(id);
+    const renamed = join(this.snapshotsDir, `rm-${id}`);
+    try {
+      renameSync(dir, renamed);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
+      this.log.warn("failed to rename removed snapshot directory", { path: dir, error: String(err) });
+      return;
+    }
+    if (this.asyncRemove) return;
+    try {
+      await rm(renamed, { recursive: true, force: true });
+    } catch (err) {
+      this.log.warn("failed to remove directory", { path: renamed, error: String(err) });
+    }
+  }
+
+  async list(): Promise<SnapshotInfo[]> {
+    return this.ms.list().map((r) => this.decorate(r.id, r.info));
+  }
+
+  /** Delete every directory under snapshots/ that belongs to no recorded snapshot. */
+  cleanup(): Promise<void> {
+    const run = this.cleaning.then(async () => {
+      const ids = this.ms.ids();
+      const garbage = readdirSync(this.snapshotsDir).filter((n) => !ids.has(n) && !this.inflight.has(n));
+      for (const name of garbage) {
+        const path = join(this.snapshotsDir, name);
+        try {
+          await rm(path, { recursive: true, force: true });
+        } catch (err) {
+          this.log.warn("failed to remove directory", { path, error: String(err) });
+        }
+      }
+    });
+    this.cleaning = run.catch(() => {});
+    return run;
+  }
+
+  async close(): Promise<void> {
+    await this.cleaning;
+    this.ms.close();
+  }
+}

@@ -1,0 +1,235 @@
+// The Content gRPC service: a thin adapter over the namespaced content store. The Write stream
+// is containerd's ingest protocol: the first message names the ref (and may announce total and
+// expected digest); then STAT answers the writer's status, WRITE appends data at the current
+// offset (offset 0 on a non-empty ingest starts over), COMMIT writes any last data and commits.
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { Info, Status } from "../core/content/local.js";
+import { digestError } from "../core/content/local.js";
+import type { MetadataContentStore } from "../core/content/metadata.js";
+import { BerthError, type ErrorKind, errCanceled, isNotFound } from "../core/errdefs.js";
+import {
+  type Content,
+  type InfoSchema,
+  type StatusSchema,
+  WriteAction,
+  type WriteContentResponseSchema,
+} from "../gen/containerd/services/content/v1/content_pb.js";
+import type { ServiceImpl } from "../grpc/service.js";
+
+/** Blobs per List message, as containerd batches them. */
+const LIST_BATCH = 100;
+/** Bytes per Read message. */
+const READ_CHUNK = 1 << 20;
+
+/** An error whose message is sent as is (containerd builds these with status.Errorf). */
+function statusError(kind: ErrorKind, message: string): BerthError {
+  const e = new BerthError(kind);
+  e.message = message;
+  return e;
+}
+
+function infoToProto(i: Info): MessageInitShape<typeof InfoSchema> {
+  return {
+    digest: i.digest,
+    size: BigInt(i.size),
+    createdAt: timestampFromDate(i.createdAt),
+    updatedAt: timestampFromDate(i.updatedAt),
+    labels: i.labels,
+  };
+}
+
+function statusToProto(s: Status): MessageInitShape<typeof StatusSchema> {
+  return {
+    startedAt: timestampFromDate(s.startedAt),
+    updatedAt: timestampFromDate(s.updatedAt),
+    ref: s.ref,
+    offset: BigInt(s.offset),
+    total: BigInt(s.total),
+    expected: s.expected,
+  };
+}
+
+/** The next request, or a Canceled error as soon as the call is cancelled. */
+function nextOrCancel<T>(it: AsyncIterator<T>, signal: AbortSignal): Promise<IteratorResult<T>> {
+  if (signal.aborted) return Promise.reject(errCanceled("context canceled"));
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(errCanceled("context canceled"));
+    signal.addEventListener("abort", onAbort, { once: true });
+    it.next().then(
+      (r) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(r);
+      },
+      (err) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+function hasInfo(store: MetadataContentStore, ns: string, dgst: string): boolean {
+  try {
+    store.info(ns, dgst);
+    return true;
+  } catch (err) {
+    if (isNotFound(err)) return false;
+    throw err;
+  }
+}
+
+export function contentService(store: MetadataContentStore): ServiceImpl<typeof Content> {
+  return {
+    info(req, ctx) {
+      const ns = ctx.namespace();
+      if (digestError(req.digest))
+        throw statusError("invalid argument", `${JSON.stringify(req.digest)} failed validation`);
+      return { info: infoToProto(store.info(ns, req.digest)) };
+    },
+
+    update(req, ctx) {
+      const ns = ctx.namespace();
+      const digest = req.info?.digest ?? "";
+      if (digestError(digest))
+        throw statusError("invalid argument", `${JSON.stringify(digest)} failed validation`);
+      const info = store.update(ns, { digest, labels: req.info?.labels ?? {} }, req.updateMask?.paths ?? []);
+      return { info: infoToProto(info) };
+    },
+
+    async *list(req, ctx) {
+      const ns = ctx.namespace();
+      const infos = store.list(ns, req.filters);
+      for (let i = 0; i < infos.length; i += LIST_BATCH) {
+        yield { info: infos.slice(i, i + LIST_BATCH).map(infoToProto) };
+      }
+    },
+
+    delete(req, ctx) {
+      const ns = ctx.namespace();
+      const e = digestError(req.digest);
+      if (e) throw statusError("invalid argument", e);
+      store.delete(ns, req.digest, ctx.lease());
+      return {};
+    },
+
+    async *read(req, ctx) {
+      const ns = ctx.namespace();
+      const e = digestError(req.digest);
+      if (e) throw statusError("invalid argument", `${req.digest}: ${e}`);
+      // one visibility check; the blob's size is the file's (the same as its info's)
+      const ra = await store.readerAt(ns, req.digest);
+      const info = { size: ra.size };
+      try {
+        let offset = Number(req.offset);
+        let size = Number(req.size);
+        if (offset < 0) offset = 0;
+        if (offset > info.size)
+          throw statusError("out of range", `read past object length ${info.size} bytes`);
+        // size is how much to read, not the blob's size; past the end reads to the end
+        if (size <= 0 || offset + size > info.size) size = info.size - offset;
+        // containerd numbers reply offsets from the start of this read, not of the blob
+        let sent = 0;
+        for await (const chunk of ra.stream(offset, size, READ_CHUNK)) {
+          if (ctx.signal.aborted) return;
+          yield { offset: BigInt(sent), data: chunk };
+          sent += chunk.length;
+        }
+      } finally {
+        await ra.close();
+      }
+    },
+
+    async status(req, ctx) {
+      const ns = ctx.namespace();
+      try {
+        return { status: statusToProto(await store.status(ns, req.ref)) };
+      } catch (err) {
+        if (err instanceof BerthError)
+          throw statusError(
+            err.kind,
+            `could not get status for ref ${JSON.stringify(req.ref)}: ${err.message}`,
+          );
+        throw err;
+      }
+    },
+
+    async listStatuses(req, ctx) {
+      const ns = ctx.namespace();
+      return { statuses: (await store.listStatuses(ns, req.filters)).map(statusToProto) };
+    },
+
+    async *write(reqs, ctx) {
+      const ns = ctx.namespace();
+      const it = reqs[Symbol.asyncIterator]();
+      let r = await nextOrCancel(it, ctx.signal);
+      if (r.done) return;
+      let req = r.value;
+      const ref = req.ref;
+      if (!ref) throw statusError("invalid argument", "first message must have a reference");
+      let total = Number(req.total);
+      let expected = req.expected;
+
+      // holds the ref's lock until the stream ends
+      const wr = await store.writer(ns, ref, { total, expected, lease: ctx.lease() });
+      try {
+        // containerd keeps one response and updates it, so fields from a STAT stay set
+        const msg: MessageInitShape<typeof WriteContentResponseSchema> = {};
+        while (true) {
+          const ws = wr.status();
+          msg.action = req.action;
+          msg.offset = BigInt(ws.offset);
+
+          if (req.expected) {
+            expected = req.expected;
+            if (hasInfo(store, ns, expected)) {
+              await wr.close();
+              await store.abort(ns, ref).catch(() => {});
+              throw statusError("already exists", `blob with expected digest ${expected} exists`);
+            }
+          }
+          // the total may be announced late, typically with the commit
+          if (req.total > 0n) total = Number(req.total);
+
+          if (req.action === WriteAction.STAT) {
+            msg.digest = wr.digest();
+            msg.startedAt = timestampFromDate(ws.startedAt);
+            msg.updatedAt = timestampFromDate(ws.updatedAt);
+            msg.total = BigInt(total);
+          } else if (req.action === WriteAction.WRITE || req.action === WriteAction.COMMIT) {
+            const at = Number(req.offset);
+            if (at > 0 && at !== ws.offset)
+              throw statusError("out of range", `write @${at} must occur at current offset ${ws.offset}`);
+            if (at === 0 && ws.offset > 0) {
+              await wr.truncate(0);
+              msg.offset = 0n;
+            }
+            if (req.data.length > 0) {
+              const n = await wr.write(req.data);
+              if (n !== req.data.length)
+                throw statusError("data loss", `wrote ${n} of ${req.data.length} bytes`);
+              msg.offset = (msg.offset ?? 0n) + BigInt(n);
+            }
+            if (req.action === WriteAction.COMMIT) await wr.commit(total, expected, req.labels);
+            msg.digest = wr.digest();
+          }
+
+          yield { ...msg };
+          if (req.action === WriteAction.COMMIT) return;
+
+          r = await nextOrCancel(it, ctx.signal);
+          if (r.done) return;
+          req = r.value;
+        }
+      } finally {
+        await wr.close();
+      }
+    },
+
+    async abort(req, ctx) {
+      const ns = ctx.namespace();
+      await store.abort(ns, req.ref, ctx.lease());
+      return {};
+    },
+  };
+}

@@ -1,0 +1,440 @@
+// Start berthd or the real containerd on temp roots and a temp socket, wait until they answer
+// Version/Version, and stop them again. Only processes started here are ever signalled (by PID);
+// an exit hook kills any that a test left running before the temp dirs are removed.
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { mkdir, writeFile } from "node:fs/promises";
+import type { Socket } from "node:net";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { Version } from "../../src/gen/containerd/services/version/v1/version_pb.js";
+import { Connection } from "../../src/grpc/client.js";
+import { makeTempDir, onExitBeforeRemoval, onShutdown, removeTempDir } from "./tmp.js";
+
+export const CONTAINERD_BIN = "/usr/bin/containerd";
+
+/**
+ * Config text (for `config`) that keeps the GC scheduler from ever collecting: no startup run, no
+ * trigger by deletions or mutations. Content that ctr ingests carries no lease, and containerd
+ * collects it within a second or so otherwise.
+ */
+export const GC_OFF_CONFIG = [
+  '[plugins."io.containerd.gc.v1.scheduler"]',
+  '  startup_delay = "0s"',
+  "  deletion_threshold = 1000000",
+  "  mutation_threshold = 0",
+  "",
+].join("\n");
+
+/** The repository root (the folder holding berth's package.json), from source or from dist/. */
+export const repoRoot: string = (() => {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pkg = path.join(dir, "package.json");
+    if (existsSync(pkg)) {
+      try {
+        if (JSON.parse(readFileSync(pkg, "utf8")).name === "berth") return dir;
+      } catch {
+        // keep looking upwards
+      }
+    }
+    const up = path.dirname(dir);
+    if (up === dir)
+      throw new Error("test helpers: cannot find berth's package.json above " + import.meta.url);
+    dir = up;
+  }
+})();
+
+export interface DaemonOptions {
+  /** Root dir (persistent data). Default: <tempdir>/root. Pass a previous daemon's root to restart on it. */
+  root?: string;
+  /** State dir (runtime data). Default: <tempdir>/state. */
+  state?: string;
+  /**
+   * TOML. berthd: the whole config file. containerd: extra text placed after the generated top-level
+   * keys (version, root, state, disabled_plugins) and before its [grpc] table; do not repeat those.
+   */
+  config?: string;
+  /** Extra command-line arguments. */
+  args?: string[];
+  /** containerd only: plugins to disable (default: the CRI plugin). */
+  disabledPlugins?: string[];
+  /** Log level passed to the daemon (default "info"). */
+  logLevel?: string;
+  /** How long to wait for Version/Version to answer (default 30 s). */
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export interface Daemon {
+  readonly kind: "berthd" | "containerd";
+  /** The gRPC unix socket path (what ctr's --address takes). */
+  readonly address: string;
+  readonly root: string;
+  readonly state: string;
+  /** The temp dir made for this daemon (socket, config, and root/state unless given). */
+  readonly dir: string;
+  readonly configPath: string;
+  readonly pid: number;
+  /** Resolves when the process has exited. */
+  readonly exited: Promise<ExitInfo>;
+  running(): boolean;
+  /** Signals the daemon (default SIGTERM) and waits for it to exit; SIGKILL after `timeoutMs` (10 s). */
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<ExitInfo>;
+  /** SIGKILL, as a crash would; waits for the exit. */
+  kill9(): Promise<ExitInfo>;
+  /** Everything the daemon wrote to stdout and stderr so far (the last 8 MiB). */
+  logs(): string;
+  /**
+   * Stops the daemon if running, kills shims it launched for this socket (and their children), and
+   * removes its temp dir (unmounting anything below it). Root/state passed in by the caller and lying
+   * outside that dir are left alone.
+   */
+  cleanup(): Promise<void>;
+}
+
+const LOG_CAP = 8 << 20;
+
+/** Daemons started here that have not exited yet, by PID. */
+const liveChildren = new Map<number, ChildProcess>();
+/** Daemon sockets started here, for killing their shims at exit. */
+const liveAddresses = new Set<string>();
+
+function isGone(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return true;
+  }
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+interface ProcInfo {
+  pid: number;
+  ppid: number;
+  argv: string[];
+}
+
+function listProcs(): ProcInfo[] {
+  const out: ProcInfo[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      const argv = readFileSync(`/proc/${name}/cmdline`, "utf8")
+        .split("\0")
+        .filter((a) => a !== "");
+      out.push({ pid: Number(name), ppid, argv });
+    } catch {
+      // the process went away meanwhile
+    }
+  }
+  return out;
+}
+
+const argAfter = (argv: string[], flag: string) => {
+  const i = argv.indexOf(flag);
+  return i >= 0 ? argv[i + 1] : undefined;
+};
+
+/**
+ * Shims started by a daemon carry `-address <daemon socket>` on their command line. For each: asks
+ * runc to force-delete the shim's container (runc keeps its state under /run/containerd/runc/<ns>,
+ * shared by every daemon on the machine, so a stale entry would block that id for later tests), then
+ * SIGKILLs the shim and every process below it, children first. Returns the PIDs signalled.
+ */
+export function killShimsOf(address: string): number[] {
+  const procs = listProcs();
+  const shims = procs.filter(
+    (p) => argAfter(p.argv, "-address") === address && p.argv.some((a) => a.includes("shim")),
+  );
+  if (shims.length === 0) return [];
+  for (const s of shims) {
+    const ns = argAfter(s.argv, "-namespace");
+    const id = argAfter(s.argv, "-id");
+    if (!ns || !id) continue;
+    try {
+      execFileSync("runc", ["--root", `/run/containerd/runc/${ns}`, "delete", "--force", id], {
+        stdio: "ignore",
+        timeout: 10_000,
+      });
+    } catch {
+      // not a runc container, or already gone
+    }
+  }
+  const children = new Map<number, number[]>();
+  for (const p of procs) children.set(p.ppid, [...(children.get(p.ppid) ?? []), p.pid]);
+  const order: number[] = [];
+  const visit = (pid: number) => {
+    for (const c of children.get(pid) ?? []) visit(c);
+    order.push(pid);
+  };
+  for (const s of shims) visit(s.pid);
+  for (const pid of order) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  return order;
+}
+
+// Leftovers at the end of a run: SIGKILL and reap them, then their shims.
+onShutdown(async () => {
+  if (liveChildren.size === 0 && liveAddresses.size === 0) return;
+  await Promise.all(
+    [...liveChildren.values()].map((child) => {
+      child.ref();
+      const gone = new Promise((resolve) => child.once("exit", resolve));
+      child.kill("SIGKILL");
+      return gone;
+    }),
+  );
+  for (const address of liveAddresses) killShimsOf(address);
+  liveAddresses.clear();
+});
+
+// Last resort when the process exits directly (process.exit): SIGKILL without reaping.
+onExitBeforeRemoval(() => {
+  const livePids = [...liveChildren.keys()];
+  for (const pid of livePids) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  const deadline = Date.now() + 3000;
+  while (livePids.some((p) => !isGone(p)) && Date.now() < deadline) sleepSync(20);
+  for (const address of liveAddresses) killShimsOf(address);
+});
+
+interface SpawnSpec {
+  kind: "berthd" | "containerd";
+  command: string;
+  args: string[];
+  address: string;
+  root: string;
+  state: string;
+  dir: string;
+  configPath: string;
+  ownsDir: boolean;
+  timeoutMs: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+async function launch(spec: SpawnSpec): Promise<Daemon> {
+  let output = "";
+  const append = (chunk: Buffer) => {
+    output += chunk.toString("utf8");
+    if (output.length > LOG_CAP) output = output.slice(output.length - LOG_CAP);
+  };
+  const child: ChildProcess = spawn(spec.command, spec.args, {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: spec.env ?? process.env,
+  });
+  const exited = new Promise<ExitInfo>((resolve) => {
+    child.once("exit", (code, signal) => resolve({ code, signal }));
+  });
+  // A daemon left running must not keep a test process alive: the shutdown hook stops it instead.
+  child.unref();
+  (child.stdout as unknown as Socket).unref();
+  (child.stderr as unknown as Socket).unref();
+  const spawnError = new Promise<Error>((resolve) => child.once("error", resolve));
+  child.stdout!.on("data", append);
+  child.stderr!.on("data", append);
+  let done = false;
+  exited.then(() => {
+    done = true;
+    if (child.pid !== undefined) liveChildren.delete(child.pid);
+  });
+  if (child.pid === undefined) {
+    const err = await spawnError;
+    throw new Error(`cannot start ${spec.kind} (${spec.command}): ${err.message}`);
+  }
+  const pid = child.pid;
+  liveChildren.set(pid, child);
+  liveAddresses.add(spec.address);
+
+  const stop = async (signal: NodeJS.Signals = "SIGTERM", timeoutMs = 10_000): Promise<ExitInfo> => {
+    if (!done) {
+      try {
+        process.kill(pid, signal);
+      } catch {
+        // raced with the exit
+      }
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<"timeout">((resolve) => {
+        timer = setTimeout(() => resolve("timeout"), timeoutMs);
+      });
+      const first = await Promise.race([exited, timedOut]);
+      clearTimeout(timer);
+      if (first === "timeout" && !done) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // raced with the exit
+        }
+      }
+    }
+    return exited;
+  };
+
+  const daemon: Daemon = {
+    kind: spec.kind,
+    address: spec.address,
+    root: spec.root,
+    state: spec.state,
+    dir: spec.dir,
+    configPath: spec.configPath,
+    pid,
+    get exited() {
+      child.ref(); // someone waits for the exit: keep the process alive until it happens
+      return exited;
+    },
+    running: () => !done,
+    stop,
+    kill9: () => stop("SIGKILL"),
+    logs: () => output,
+    cleanup: async () => {
+      await stop();
+      killShimsOf(spec.address);
+      liveAddresses.delete(spec.address);
+      if (spec.ownsDir) await removeTempDir(spec.dir);
+    },
+  };
+
+  try {
+    await waitReady(daemon, spec.timeoutMs);
+  } catch (err) {
+    await daemon.cleanup().catch(() => {});
+    const tail = output.length > 4000 ? `…${output.slice(-4000)}` : output;
+    throw new Error(
+      `${spec.kind} did not become ready on ${spec.address}: ${(err as Error).message}\n` +
+        `command: ${spec.command} ${spec.args.join(" ")}\n--- ${spec.kind} output ---\n${tail}`,
+    );
+  }
+  return daemon;
+}
+
+/** Waits until the socket exists and Version/Version answers; fails early if the daemon exits. */
+async function waitReady(d: Daemon, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let lastErr = "socket not created";
+  while (Date.now() < deadline) {
+    if (!d.running()) {
+      const e = await d.exited;
+      throw new Error(`exited early (code ${e.code}, signal ${e.signal})`);
+    }
+    if (existsSync(d.address)) {
+      // A fresh connection per attempt: grpc-js backs off after a failed connect.
+      const conn = new Connection(d.address);
+      try {
+        await conn
+          .client(Version)
+          .version({}, { timeoutMs: Math.max(100, Math.min(2000, deadline - Date.now())) });
+        return;
+      } catch (err) {
+        lastErr = (err as Error).message;
+      } finally {
+        conn.close();
+      }
+    }
+    await sleep(25);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms (last error: ${lastErr})`);
+}
+
+async function prepare(kind: string, opts: DaemonOptions) {
+  const dir = await makeTempDir(kind);
+  const root = opts.root ?? path.join(dir, "root");
+  const state = opts.state ?? path.join(dir, "state");
+  await mkdir(root, { recursive: true, mode: 0o711 });
+  await mkdir(state, { recursive: true, mode: 0o711 });
+  return { dir, root, state, configPath: path.join(dir, "config.toml") };
+}
+
+/** Starts berthd (node bin/berthd.js) on temp dirs; resolves once it answers Version/Version. */
+export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
+  const entry = path.join(repoRoot, "dist/src/cmd/berthd/main.js");
+  if (!existsSync(entry)) throw new Error(`berthd is not built: ${entry} is missing (run npx tsc -p .)`);
+  const { dir, root, state, configPath } = await prepare("berthd", opts);
+  const address = path.join(dir, "berth.sock");
+  await writeFile(configPath, opts.config ?? "");
+  const args = [
+    path.join(repoRoot, "bin/berthd.js"),
+    "--config",
+    configPath,
+    "--root",
+    root,
+    "--state",
+    state,
+    "--address",
+    address,
+    "--log-level",
+    opts.logLevel ?? "info",
+    ...(opts.args ?? []),
+  ];
+  return launch({
+    kind: "berthd",
+    command: process.execPath,
+    args,
+    address,
+    root,
+    state,
+    dir,
+    configPath,
+    ownsDir: true,
+    timeoutMs: opts.timeoutMs ?? 30_000,
+    env: opts.env,
+  });
+}
+
+const tomlString = (s: string) => JSON.stringify(s);
+
+/** Starts the real /usr/bin/containerd on temp dirs; resolves once it answers Version/Version. */
+export async function startContainerd(opts: DaemonOptions = {}): Promise<Daemon> {
+  if (!existsSync(CONTAINERD_BIN)) throw new Error(`${CONTAINERD_BIN} is not installed`);
+  const { dir, root, state, configPath } = await prepare("containerd", opts);
+  const address = path.join(dir, "containerd.sock");
+  const disabled = opts.disabledPlugins ?? ["io.containerd.grpc.v1.cri"];
+  const config = [
+    "version = 2",
+    `root = ${tomlString(root)}`,
+    `state = ${tomlString(state)}`,
+    `disabled_plugins = [${disabled.map(tomlString).join(", ")}]`,
+    "",
+    opts.config ?? "",
+    "",
+    "[grpc]",
+    `  address = ${tomlString(address)}`,
+    "",
+  ].join("\n");
+  await writeFile(configPath, config);
+  const args = ["--config", configPath, "--log-level", opts.logLevel ?? "info", ...(opts.args ?? [])];
+  return launch({
+    kind: "containerd",
+    command: CONTAINERD_BIN,
+    args,
+    address,
+    root,
+    state,
+    dir,
+    configPath,
+    ownsDir: true,
+    timeoutMs: opts.timeoutMs ?? 30_000,
+    env: opts.env,
+  });
+}
