@@ -1,6 +1,6 @@
 # berth — `make run` sets up a fresh machine and starts berthd; `make test` runs everything.
 SHELL := /bin/bash
-DEBS := runc crun containerd docker-registry busybox-static containernetworking-plugins util-linux iproute2 sqlite3
+DEBS := runc crun containerd docker-registry busybox-static containernetworking-plugins util-linux iproute2 sqlite3 zstd
 NODE_STAMP := node_modules/.install-stamp
 TEST_CONCURRENCY ?= 2
 
@@ -22,7 +22,9 @@ debs:
 node-deps: $(NODE_STAMP)
 
 $(NODE_STAMP): package.json package-lock.json
-	npm ci --no-fund --no-audit
+	# npm ci rejects this lockfile under npm 11 (optional per-platform packages are not
+	# recorded with omit-lockfile-registry-resolved); install honours the lockfile all the same.
+	npm install --no-fund --no-audit
 	@touch $@
 
 gen: node-deps
@@ -51,6 +53,7 @@ test: deps build lint typecheck
 
 bench: deps build
 	node dist/bench/core.js
+	node dist/bench/apply.js
 
 clean:
 	rm -rf dist src/gen

@@ -1,6 +1,7 @@
 // Every plugin berthd registers, in registration order (init order is by dependencies).
 import { contentGrpcPlugin, contentPlugin, contentServicePlugin } from "./content.js";
 import { corePlugins } from "./core.js";
+import { diffGrpcPlugin, differPlugin, diffServicePlugin } from "./diff.js";
 import { gcPlugin } from "./gc.js";
 import type { Plugin } from "./registry.js";
 import { pluginKey } from "./registry.js";
@@ -13,9 +14,12 @@ export function allPlugins(): Plugin[] {
     ...corePlugins,
     contentServicePlugin,
     snapshotsServicePlugin,
+    differPlugin,
+    diffServicePlugin,
     gcPlugin,
     contentGrpcPlugin,
     snapshotsGrpcPlugin,
+    diffGrpcPlugin,
   ];
 }
 

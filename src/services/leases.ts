@@ -1,16 +1,9 @@
-import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { errInvalidArgument } from "../core/errdefs.js";
-import type { Lease, LeaseStore } from "../core/leases/store.js";
+import { type Lease, type LeaseStore, randomLeaseId } from "../core/leases/store.js";
 import type { Leases } from "../gen/containerd/services/leases/v1/leases_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
-
-/** containerd's generated lease id: `<nanoseconds of now>-<4 chars of url-safe base64>`. */
-export function randomLeaseId(): string {
-  const ns = (Date.now() % 1000) * 1_000_000 + Math.floor(Number(process.hrtime.bigint() % 1_000_000n));
-  return `${ns}-${randomBytes(3).toString("base64url")}`;
-}
 
 const toProto = (l: Lease) => ({ id: l.id, createdAt: timestampFromDate(l.createdAt), labels: l.labels });
 

@@ -7,9 +7,15 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Leases } from "../../src/gen/containerd/services/leases/v1/leases_pb.js";
 import { Connection } from "../../src/grpc/client.js";
-import { ctr, ok } from "../helpers/ctr.js";
+import { berth, ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
+
+const GC_TEST_CONFIG = `version = 2
+[plugins."io.containerd.gc.v1.scheduler"]
+  startup_delay = "0s"
+  mutation_threshold = 0
+`;
 
 const sha = (s: string) => `sha256:${createHash("sha256").update(s).digest("hex")}`;
 
@@ -19,7 +25,9 @@ describe("garbage collection (berthd, real ctr)", () => {
   let conn: Connection;
   before(async () => {
     tmp = await makeTempDir("gc-ctr");
-    d = await startBerthd();
+    // No startup collection and no mutation-count trigger: objects the test is still wiring
+    // up must not be collected before their references exist. Deletions still trigger GC.
+    d = await startBerthd({ config: GC_TEST_CONFIG });
     conn = new Connection(d.address);
   });
   after(async () => {
@@ -133,9 +141,22 @@ describe("garbage collection (berthd, real ctr)", () => {
     assert.equal(existsSync(blobPath(child)), false);
   });
 
+  it("berth content prune references drops layer refs and collects what they held", async () => {
+    const layer = await ingest("layer", "a layer\n");
+    const manifest = await ingest("manifest", "a manifest\n");
+    ok(await berth(d.address, ["content", "label", manifest, "containerd.io/gc.root=1", `containerd.io/gc.ref.content.l.0=${layer}`]));
+    ok(await berth(d.address, ["gc"]));
+    assert.match(ok(await ctr(d.address, ["content", "ls", "-q"])), new RegExp(layer));
+    ok(await berth(d.address, ["content", "prune", "references"]));
+    const listed = ok(await ctr(d.address, ["content", "ls"]));
+    assert.doesNotMatch(listed, new RegExp(layer), "layer collected once unreferenced");
+    assert.match(listed, new RegExp(`${manifest}.*containerd.io/gc.root=1`));
+    assert.doesNotMatch(listed, /gc\.ref\.content\.l\.0/);
+  });
+
   it("survives a restart with the snapshot tree intact", async () => {
     await d.stop();
-    d = await startBerthd({ root: d.root, state: d.state });
+    d = await startBerthd({ root: d.root, state: d.state, config: GC_TEST_CONFIG });
     conn.close();
     conn = new Connection(d.address);
     const snaps = ok(await ctr(d.address, ["snapshots", "ls"]));

@@ -7,6 +7,7 @@ import { Command, Option } from "commander";
 import { type CallOptions, type Client, Connection } from "../../grpc/client.js";
 import { registerContent } from "./content.js";
 import { registerEvents } from "./events.js";
+import { registerGc } from "./gc.js";
 import { registerLeases } from "./leases.js";
 import { registerNamespaces } from "./namespaces.js";
 import { registerPlugins } from "./plugins.js";
@@ -216,6 +217,7 @@ export function buildProgram(): Command {
   registerLeases(program, wire);
   registerNamespaces(program, wire);
   registerSnapshots(program, wire);
+  registerGc(program, wire);
   return program;
 }
 

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 // Leases: named holds on resources (content, ingests, snapshots) that keep them from GC until
 // the lease is deleted or its containerd.io/gc.expire time passes.
 import { errAlreadyExists, errInvalidArgument, errNotFound } from "../errdefs.js";
@@ -19,6 +20,21 @@ export interface LeaseResource {
 }
 
 export const GC_EXPIRE_LABEL = "containerd.io/gc.expire";
+
+const ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/**
+ * A generated lease id in containerd's shape, `<nanoseconds of now>-<4 chars>`, drawn from
+ * letters and digits only: containerd's url-safe base64 can yield "--" or "_", which its own
+ * identifier rule then rejects.
+ */
+export function randomLeaseId(): string {
+  const ns = (Date.now() % 1000) * 1_000_000 + Math.floor(Number(process.hrtime.bigint() % 1_000_000n));
+  const bytes = randomBytes(4);
+  let tail = "";
+  for (const b of bytes) tail += ID_CHARS[b % ID_CHARS.length];
+  return `${ns}-${tail}`;
+}
 const DIGEST_RE = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
 /** Resource types a lease can hold, as containerd accepts them. */
