@@ -149,6 +149,29 @@ describe("berthd process", () => {
     }
   });
 
+  it("tells systemd it is ready (sd_notify READY=1 on $NOTIFY_SOCKET)", async () => {
+    const sock = join(tmp, "notify.sock");
+    // A unix datagram listener (Node has none): python3 prints the first message it receives.
+    const listener = spawn("python3", [
+      "-c",
+      "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint('bound',flush=True)\nprint(s.recv(4096).decode(),flush=True)",
+      sock,
+    ]);
+    let out = "";
+    listener.stdout.on("data", (c: Buffer) => {
+      out += c.toString();
+    });
+    for (let i = 0; i < 100 && !out.includes("bound"); i++) await new Promise((r) => setTimeout(r, 50));
+    const d = await startBerthd({ env: { ...process.env, NOTIFY_SOCKET: sock } });
+    try {
+      for (let i = 0; i < 100 && !out.includes("READY=1"); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.match(out, /READY=1/);
+    } finally {
+      listener.kill();
+      await d.cleanup();
+    }
+  });
+
   it("kill -9 during an ingest: namespaces, leases and content survive; the ingest resumes or aborts", async () => {
     const d = await startBerthd({ config: `version = 2\n${GC_OFF_CONFIG}` });
     const file = join(tmp, "resume.bin");
