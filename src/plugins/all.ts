@@ -1,7 +1,7 @@
 // Every plugin berthd registers, in registration order (init order is by dependencies).
 import { contentGrpcPlugin, contentPlugin, contentServicePlugin } from "./content.js";
 import { corePlugins } from "./core.js";
-import { diffGrpcPlugin, differPlugin, diffServicePlugin } from "./diff.js";
+import { differPlugin, diffGrpcPlugin, diffServicePlugin } from "./diff.js";
 import { gcPlugin } from "./gc.js";
 import type { Plugin } from "./registry.js";
 import { pluginKey } from "./registry.js";

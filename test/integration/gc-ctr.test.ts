@@ -144,7 +144,15 @@ describe("garbage collection (berthd, real ctr)", () => {
   it("berth content prune references drops layer refs and collects what they held", async () => {
     const layer = await ingest("layer", "a layer\n");
     const manifest = await ingest("manifest", "a manifest\n");
-    ok(await berth(d.address, ["content", "label", manifest, "containerd.io/gc.root=1", `containerd.io/gc.ref.content.l.0=${layer}`]));
+    ok(
+      await berth(d.address, [
+        "content",
+        "label",
+        manifest,
+        "containerd.io/gc.root=1",
+        `containerd.io/gc.ref.content.l.0=${layer}`,
+      ]),
+    );
     ok(await berth(d.address, ["gc"]));
     assert.match(ok(await ctr(d.address, ["content", "ls", "-q"])), new RegExp(layer));
     ok(await berth(d.address, ["content", "prune", "references"]));
