@@ -3,6 +3,7 @@ import { contentGrpcPlugin, contentPlugin, contentServicePlugin } from "./conten
 import { corePlugins } from "./core.js";
 import { differPlugin, diffGrpcPlugin, diffServicePlugin } from "./diff.js";
 import { gcPlugin } from "./gc.js";
+import { imagesGrpcPlugin, imagesServicePlugin } from "./images.js";
 import type { Plugin } from "./registry.js";
 import { pluginKey } from "./registry.js";
 import { snapshotPlugins, snapshotsGrpcPlugin, snapshotsServicePlugin } from "./snapshots.js";
@@ -14,11 +15,13 @@ export function allPlugins(): Plugin[] {
     ...corePlugins,
     contentServicePlugin,
     snapshotsServicePlugin,
+    imagesServicePlugin,
     differPlugin,
     diffServicePlugin,
     gcPlugin,
     contentGrpcPlugin,
     snapshotsGrpcPlugin,
+    imagesGrpcPlugin,
     diffGrpcPlugin,
   ];
 }

@@ -3,7 +3,6 @@ import { randomBytes } from "node:crypto";
 // the lease is deleted or its containerd.io/gc.expire time passes.
 import { errAlreadyExists, errInvalidArgument, errNotFound } from "../errdefs.js";
 import { type Filter, parseFilters } from "../filters.js";
-import { validateIdentifier } from "../identifiers.js";
 import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 import { validateLabels } from "../namespaces/store.js";
@@ -67,8 +66,8 @@ export class LeaseStore {
   ) {}
 
   create(ns: string, id: string, labels: Labels): Lease {
+    // containerd only requires a non-empty id; ctr's generated ids may contain "--" or "_".
     if (!id) throw errInvalidArgument("lease id must be provided");
-    validateIdentifier(id);
     validateLabels(labels);
     const now = Date.now();
     this.db.tx(() => {

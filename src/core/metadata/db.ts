@@ -69,7 +69,32 @@ const MIGRATIONS: string[] = [
      seq INTEGER NOT NULL,
      PRIMARY KEY (namespace, snapshotter)
    );`,
+  // 3: images, per namespace. The target descriptor is flattened; its annotations and the
+  // image labels are JSON objects. The GC marks from (namespace, target_digest, labels).
+  `CREATE TABLE images (
+     namespace TEXT NOT NULL,
+     name TEXT NOT NULL,
+     target_media_type TEXT NOT NULL,
+     target_digest TEXT NOT NULL,
+     target_size INTEGER NOT NULL,
+     target_annotations TEXT NOT NULL DEFAULT '{}',
+     labels TEXT NOT NULL DEFAULT '{}',
+     created_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     PRIMARY KEY (namespace, name)
+   );
+   CREATE INDEX images_by_target ON images (target_digest);`,
 ];
+
+/**
+ * The order containerd lists what a namespace still holds in; anything else (snapshots per
+ * snapshotter) follows in registration order.
+ */
+const HOLDS_ORDER = ["images", "blobs", "containers"];
+const holdsRank = (what: string) => {
+  const i = HOLDS_ORDER.indexOf(what);
+  return i < 0 ? HOLDS_ORDER.length : i;
+};
 
 export class MetadataDB {
   readonly sql: Database.Database;
@@ -85,6 +110,7 @@ export class MetadataDB {
     this.sql.pragma("synchronous = NORMAL");
     this.sql.pragma("foreign_keys = ON");
     this.migrate();
+    this.addEmptyCheck("images", "SELECT 1 FROM images WHERE namespace = ? LIMIT 1");
     this.addEmptyCheck("blobs", "SELECT 1 FROM content WHERE namespace = ? LIMIT 1");
   }
 
@@ -125,9 +151,12 @@ export class MetadataDB {
     this.emptyChecks.push({ what, stmt: this.sql.prepare(query) });
   }
 
-  /** What a namespace still holds, in containerd's wording ("images", "blobs", ...). */
+  /** What a namespace still holds, in containerd's wording and order ("images", "blobs", ...). */
   namespaceHolds(ns: string): string[] {
-    return this.emptyChecks.filter((c) => c.stmt.get(ns) !== undefined).map((c) => c.what);
+    return this.emptyChecks
+      .filter((c) => c.stmt.get(ns) !== undefined)
+      .map((c) => c.what)
+      .sort((a, b) => holdsRank(a) - holdsRank(b));
   }
 
   close(): void {

@@ -39,17 +39,12 @@ export class NamespaceStore {
   /** Create the namespace row if missing (resources create their namespace implicitly). */
   ensure(name: string): void {
     const now = Date.now();
-    const r = this.db.sql
+    // Implicit creation publishes no event, as in containerd.
+    this.db.sql
       .prepare(
         "INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, '{}', ?, ?)",
       )
       .run(name, now, now);
-    if (r.changes > 0)
-      this.events.publish(
-        name,
-        "/namespaces/create",
-        packEvent(NamespaceCreateSchema, create(NamespaceCreateSchema, { name })),
-      );
   }
 
   /** `eventNs` is the caller's namespace: containerd publishes namespace events in it. */

@@ -1,0 +1,189 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fromBinary } from "@bufbuild/protobuf";
+import Database from "better-sqlite3";
+import { LocalContentStore } from "../../src/core/content/local.js";
+import { MetadataContentStore } from "../../src/core/content/metadata.js";
+import { BerthError } from "../../src/core/errdefs.js";
+import { type Envelope, Exchange } from "../../src/core/events/exchange.js";
+import { MetadataCollector } from "../../src/core/gc/collector.js";
+import { ImageStore } from "../../src/core/images/store.js";
+import { MetadataDB } from "../../src/core/metadata/db.js";
+import { NamespaceStore } from "../../src/core/namespaces/store.js";
+import { ImageCreateSchema, ImageUpdateSchema } from "../../src/gen/containerd/events/image_pb.js";
+import { sha256 } from "../helpers/tarbuild.js";
+import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
+
+const MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+
+function kind(k: string, message?: string) {
+  return (err: unknown) => {
+    assert.ok(err instanceof BerthError, `expected BerthError, got ${String(err)}`);
+    assert.equal(err.kind, k);
+    if (message !== undefined) assert.equal(err.message, message);
+    return true;
+  };
+}
+
+let dir: string;
+let n = 0;
+const cleanups: (() => void)[] = [];
+
+async function setup() {
+  const root = join(dir, `env-${n++}`);
+  const db = new MetadataDB(join(root, "meta.db"));
+  const exchange = new Exchange();
+  const ac = new AbortController();
+  const events: Envelope[] = [];
+  const sub = exchange.subscribe([], ac.signal);
+  (async () => {
+    for await (const e of sub) events.push(e);
+  })();
+  cleanups.push(() => {
+    ac.abort();
+    db.close();
+  });
+  const namespaces = new NamespaceStore(db, exchange);
+  const backend = await new LocalContentStore(join(root, "content")).init();
+  const content = new MetadataContentStore(db, backend, namespaces, exchange);
+  const images = new ImageStore(db, namespaces, exchange);
+  return { root, db, namespaces, content, images, events };
+}
+
+async function put(content: MetadataContentStore, ns: string, text: string, labels = {}) {
+  const data = Buffer.from(text);
+  const w = await content.writer(ns, `ref-${n++}`, { total: data.length, expected: sha256(data) });
+  await w.write(data);
+  return w.commit(data.length, sha256(data), labels);
+}
+
+describe("image store", () => {
+  before(async () => {
+    dir = await makeTempDir("images-store");
+  });
+  after(async () => {
+    for (const c of cleanups) c();
+    await removeTempDir(dir);
+  });
+
+  it("creates, gets, updates and deletes, publishing in the caller's namespace", async () => {
+    const { images, events } = await setup();
+    const target = { mediaType: MANIFEST, digest: sha256(Buffer.from("m")), size: 10 };
+    const created = images.create("ns1", { name: "img", labels: { a: "1", gone: "" }, target });
+    assert.deepEqual(created.labels, { a: "1" });
+    assert.equal(created.createdAt.getTime(), created.updatedAt.getTime());
+    assert.throws(
+      () => images.create("ns1", { name: "img", target }),
+      kind("already exists", 'image "img": already exists'),
+    );
+    // the same name in another namespace is another image
+    images.create("ns2", { name: "img", target });
+    const up = images.update("ns1", { name: "img", labels: { b: "2" } }, ["labels.b", "labels.a"]);
+    assert.deepEqual(up.labels, { b: "2" });
+    assert.deepEqual(images.get("ns1", "img").labels, { b: "2" });
+    assert.equal(images.get("ns1", "img").createdAt.getTime(), created.createdAt.getTime());
+    assert.throws(
+      () => images.update("ns1", { name: "nope" }, ["labels"]),
+      kind("not found", 'image "nope": not found'),
+    );
+    assert.throws(
+      () => images.update("ns1", { name: "img" }, ["name"]),
+      kind("invalid argument", 'cannot update "name" field on image "img": invalid argument'),
+    );
+    await images.delete("ns1", "img");
+    assert.throws(() => images.get("ns1", "img"), kind("not found"));
+    assert.equal(images.list("ns2").length, 1);
+    await new Promise((r) => setImmediate(r));
+    const mine = events.filter((e) => e.topic.startsWith("/images/"));
+    assert.deepEqual(
+      mine.map((e) => `${e.namespace} ${e.topic}`),
+      ["ns1 /images/create", "ns2 /images/create", "ns1 /images/update", "ns1 /images/delete"],
+    );
+    assert.deepEqual(fromBinary(ImageCreateSchema, mine[0]!.event!.value).labels, { a: "1" });
+    assert.deepEqual(fromBinary(ImageUpdateSchema, mine[2]!.event!.value).labels, { b: "2" });
+  });
+
+  it("a sync delete waits for the collect hook; a target digest guards the delete", async () => {
+    const { images } = await setup();
+    const target = { mediaType: MANIFEST, digest: sha256(Buffer.from("t")), size: 1 };
+    images.create("ns", { name: "x", target });
+    let collected = 0;
+    images.collect = async () => {
+      collected++;
+    };
+    const other = sha256(Buffer.from("o"));
+    await assert.rejects(
+      images.delete("ns", "x", { sync: true, target: { digest: other } }),
+      kind("not found", `image "x" has target ${target.digest}, not ${other}: not found`),
+    );
+    assert.equal(collected, 0);
+    await images.delete("ns", "x", { sync: true, target: { digest: target.digest } });
+    assert.equal(collected, 1);
+    await images.delete("ns", "x", { sync: true }).catch(() => {});
+    assert.equal(collected, 1, "no collection after a failed delete");
+  });
+
+  it("keeps its target and what it references from the collector until deleted", async () => {
+    const { db, content, images } = await setup();
+    const layer = await put(content, "ns", "layer");
+    const manifest = await put(content, "ns", "manifest", { "containerd.io/gc.ref.content.l.0": layer });
+    const loose = await put(content, "ns", "loose");
+    images.create("ns", { name: "img", target: { mediaType: MANIFEST, digest: manifest, size: 8 } });
+    const gc = new MetadataCollector(db);
+    gc.addSweeper({ sweep: () => content.sweep() });
+    await gc.collect();
+    assert.deepEqual(
+      content
+        .list("ns")
+        .map((i) => i.digest)
+        .sort(),
+      [layer, manifest].sort(),
+    );
+    assert.equal(loose.length > 0, true);
+    await images.delete("ns", "img");
+    await gc.collect();
+    assert.deepEqual(content.list("ns"), []);
+  });
+
+  it("a namespace with images cannot be removed; images come first in the message", async () => {
+    const { namespaces, content, images } = await setup();
+    await put(content, "busy", "blob");
+    images.create("busy", {
+      name: "img",
+      target: { mediaType: MANIFEST, digest: sha256(Buffer.from("x")), size: 1 },
+    });
+    assert.throws(
+      () => namespaces.delete("busy", "busy"),
+      kind(
+        "failed precondition",
+        'namespace "busy" must be empty, but it still has images, blobs: failed precondition',
+      ),
+    );
+  });
+
+  it("migrates a version-2 database, keeping its rows", async () => {
+    const root = join(dir, "migrate");
+    const path = join(root, "meta.db");
+    const first = new MetadataDB(path);
+    first.sql
+      .prepare("INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES ('old', '{}', 1, 1)")
+      .run();
+    first.sql.exec("DROP TABLE images");
+    first.sql.pragma("user_version = 2");
+    first.close();
+    const raw = new Database(path);
+    assert.equal(raw.pragma("user_version", { simple: true }), 2);
+    raw.close();
+    const db = new MetadataDB(path);
+    cleanups.push(() => db.close());
+    assert.equal(db.sql.pragma("user_version", { simple: true }), 3);
+    assert.ok(db.sql.prepare("SELECT 1 FROM namespaces WHERE name = 'old'").get());
+    const images = new ImageStore(db, new NamespaceStore(db, new Exchange()), new Exchange());
+    images.create("old", {
+      name: "i",
+      target: { mediaType: MANIFEST, digest: sha256(Buffer.from("i")), size: 1 },
+    });
+    assert.equal(images.list("old").length, 1);
+  });
+});
