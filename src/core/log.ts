@@ -33,6 +33,26 @@ function fmtValue(v: unknown): string {
   return typeof v === "object" ? JSON.stringify(v) : String(v);
 }
 
+// Field keys whose values are never written: credentials that slip into fields (an HTTP header
+// map, a registry auth table) come out as "[redacted]", at any depth.
+const SECRET_KEY =
+  /^(authorization|proxy-authorization|password|passwd|secret|token|access_token|refresh_token|identitytoken|identity_token|auth|x-registry-auth)$/i;
+const REDACTED = "[redacted]";
+
+function redactValue(v: unknown, depth: number): unknown {
+  if (typeof v === "string") return v.replace(/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+/g, `$1 ${REDACTED}`);
+  if (depth > 4 || v === null || typeof v !== "object" || v instanceof Error) return v;
+  if (Array.isArray(v)) return v.map((x) => redactValue(x, depth + 1));
+  const o: Fields = {};
+  for (const [k, x] of Object.entries(v)) o[k] = SECRET_KEY.test(k) ? REDACTED : redactValue(x, depth + 1);
+  return o;
+}
+
+/** A copy of `f` with secret-looking keys and `Bearer …`/`Basic …` credentials replaced. */
+export function redactFields(f: Fields): Fields {
+  return redactValue(f, 0) as Fields;
+}
+
 export function parseLevel(s: string): Level {
   const l = (s === "warning" ? "warn" : s) as Level;
   if (!(l in ORDER))
@@ -48,9 +68,10 @@ class SinkLogger implements Logger {
   enabled(level: Level): boolean {
     return ORDER[level] >= ORDER[this.sink.level];
   }
-  private log(level: Level, msg: string, f?: Fields) {
+  private log(level: Level, message: string, f?: Fields) {
     if (!this.enabled(level)) return;
-    const all = { ...this.fields, ...f };
+    const all = redactFields({ ...this.fields, ...f });
+    const msg = redactValue(message, 0) as string;
     const time = new Date().toISOString();
     if (this.sink.format === "json") {
       const o: Fields = { level: level === "warn" ? "warning" : level, msg, time };

@@ -1,9 +1,12 @@
 // Start the real Docker distribution registry (Debian's docker-registry) on a loopback port with
 // its storage in a temp dir, wait until /v2/ answers, and stop it again by PID. No auth, no TLS:
-// clients pull from it with --plain-http.
-import { type ChildProcess, spawn } from "node:child_process";
+// clients pull from it with --plain-http. Variants: htpasswd Basic auth, TLS with a given
+// certificate (the test makes its own CA).
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { createServer, type Socket } from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -14,7 +17,7 @@ export const REGISTRY_BIN = "/usr/bin/docker-registry";
 export interface Registry {
   /** `127.0.0.1:<port>`: the host part of image references. */
   readonly host: string;
-  /** `http://127.0.0.1:<port>`. */
+  /** `http://127.0.0.1:<port>` (`https://` with TLS). */
   readonly url: string;
   readonly pid: number;
   /** Temp dir holding the config and the storage root. */
@@ -60,7 +63,60 @@ export async function freePort(): Promise<number> {
   return addr.port;
 }
 
-export async function startRegistry(opts: { timeoutMs?: number } = {}): Promise<Registry> {
+export interface RegistryOptions {
+  timeoutMs?: number;
+  /** An htpasswd file (bcrypt entries): the registry asks for Basic auth. */
+  htpasswd?: string;
+  /** Serve HTTPS with this certificate and key (PEM files). */
+  tls?: { certificate: string; key: string };
+}
+
+/** GET /v2/ once; the status (200, or 401 when auth is on) or a thrown error. */
+function probe(url: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const u = new URL(`${url}/v2/`);
+    const req = (u.protocol === "https:" ? httpsRequest : httpRequest)(
+      u,
+      { method: "GET", rejectUnauthorized: false, timeout: 2000 },
+      (res) => {
+        res.resume();
+        res.once("end", () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.once("timeout", () => req.destroy(new Error("timeout")));
+    req.once("error", reject);
+    req.end();
+  });
+}
+
+/** An htpasswd line (bcrypt) for user:password, from apache2-utils' htpasswd or python3's crypt. */
+export function htpasswdLine(user: string, password: string): string {
+  const tools: [string, string[]][] = [
+    ["htpasswd", ["-Bbn", user, password]],
+    [
+      "python3",
+      [
+        "-W",
+        "ignore",
+        "-c",
+        "import crypt,sys; print(sys.argv[1]+':'+crypt.crypt(sys.argv[2], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+        user,
+        password,
+      ],
+    ],
+  ];
+  for (const [bin, args] of tools) {
+    try {
+      const out = execFileSync(bin, args, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+      if (/^[^:]+:\$2[aby]\$/.test(out)) return out;
+    } catch {
+      // try the next tool
+    }
+  }
+  throw new Error("no bcrypt htpasswd tool: install apache2-utils (htpasswd)");
+}
+
+export async function startRegistry(opts: RegistryOptions = {}): Promise<Registry> {
   if (!existsSync(REGISTRY_BIN))
     throw new Error(`${REGISTRY_BIN} is not installed (Debian package docker-registry)`);
   const dir = await makeTempDir("registry");
@@ -83,8 +139,18 @@ export async function startRegistry(opts: { timeoutMs?: number } = {}): Promise<
         `    rootdirectory: ${JSON.stringify(storage)}`,
         "  delete:",
         "    enabled: true",
+        ...(opts.htpasswd
+          ? ["auth:", "  htpasswd:", "    realm: berth-test", `    path: ${JSON.stringify(opts.htpasswd)}`]
+          : []),
         "http:",
         `  addr: ${host}`,
+        ...(opts.tls
+          ? [
+              "  tls:",
+              `    certificate: ${JSON.stringify(opts.tls.certificate)}`,
+              `    key: ${JSON.stringify(opts.tls.key)}`,
+            ]
+          : []),
         "",
       ].join("\n"),
     );
@@ -130,14 +196,13 @@ export async function startRegistry(opts: { timeoutMs?: number } = {}): Promise<
       await exited;
       clearTimeout(timer);
     };
-    const url = `http://${host}`;
+    const url = `${opts.tls ? "https" : "http"}://${host}`;
     const deadline = Date.now() + (opts.timeoutMs ?? 20_000);
     let last = "";
     while (!done && Date.now() < deadline) {
       try {
-        const r = await fetch(`${url}/v2/`);
-        await r.arrayBuffer();
-        if (r.status === 200) {
+        const status = await probe(url);
+        if (status === 200 || (status === 401 && opts.htpasswd)) {
           return {
             host,
             url,
@@ -150,7 +215,7 @@ export async function startRegistry(opts: { timeoutMs?: number } = {}): Promise<
             },
           };
         }
-        last = `HTTP ${r.status}`;
+        last = `HTTP ${status}`;
       } catch (err) {
         last = (err as Error).message;
       }

@@ -1,0 +1,82 @@
+// The registry client the pull/push pipelines and the transfer service use: host configuration
+// looked up afresh for every operation, one transport (connection pools, auth state, token cache)
+// for the client's life.
+import type { Readable } from "node:stream";
+import { parseNormalized, type Reference } from "../reference.js";
+import type { CredentialsFn } from "./auth.js";
+import { type FetchOptions, fetchBlob, fetchBytes } from "./fetcher.js";
+import { type HostsOptions, type RegistryHost, resolveHosts } from "./hosts.js";
+import type { Descriptor } from "./media.js";
+import { type BlobPushResult, pushBlob, pushManifest } from "./pusher.js";
+import { type Resolved, resolve } from "./resolver.js";
+import { type Body, Transport, type TransportOptions } from "./transport.js";
+
+export interface RegistryClientOptions extends TransportOptions {
+  hosts?: HostsOptions;
+  /** Per-host credentials (from `--user`, the CRI auth config, a credential helper). */
+  credentials?: CredentialsFn;
+  fetch?: FetchOptions;
+}
+
+const toRef = (r: string | Reference) => (typeof r === "string" ? parseNormalized(r) : r);
+
+export class RegistryClient {
+  readonly transport: Transport;
+
+  constructor(private readonly opts: RegistryClientOptions = {}) {
+    this.transport = new Transport(opts);
+  }
+
+  /** The hosts that would be tried for a registry name, in order (config read now). */
+  hosts(domain: string): Promise<RegistryHost[]> {
+    return resolveHosts(domain, this.opts.hosts);
+  }
+
+  async resolve(ref: string | Reference): Promise<Resolved> {
+    const r = toRef(ref);
+    return resolve(this.transport, await this.hosts(r.domain), r);
+  }
+
+  /** A verified stream of `desc`'s bytes (errors instead of ending on a wrong digest or size). */
+  async fetch(ref: string | Reference, desc: Descriptor): Promise<Readable> {
+    const r = toRef(ref);
+    return fetchBlob(this.transport, await this.hosts(r.domain), r, desc, this.opts.fetch);
+  }
+
+  async fetchBytes(ref: string | Reference, desc: Descriptor): Promise<Buffer> {
+    const r = toRef(ref);
+    return fetchBytes(this.transport, await this.hosts(r.domain), r, desc, this.opts.fetch);
+  }
+
+  async pushBlob(
+    ref: string | Reference,
+    desc: Descriptor,
+    body: Body,
+    opts: { mountFrom?: string } = {},
+  ): Promise<BlobPushResult> {
+    const r = toRef(ref);
+    return pushBlob(this.transport, await this.hosts(r.domain), r, desc, body, opts);
+  }
+
+  async pushManifest(
+    ref: string | Reference,
+    desc: Descriptor,
+    data: Buffer,
+    object?: string,
+  ): Promise<void> {
+    const r = toRef(ref);
+    return pushManifest(this.transport, await this.hosts(r.domain), r, desc, data, object);
+  }
+
+  close(): Promise<void> {
+    return this.transport.close();
+  }
+}
+
+/** Parse ctr's `--user user[:password]` into a credentials callback for one registry (or all). */
+export function userCredentials(user: string, onlyHost?: string): CredentialsFn {
+  const i = user.indexOf(":");
+  const username = i === -1 ? user : user.slice(0, i);
+  const password = i === -1 ? "" : user.slice(i + 1);
+  return (host) => (onlyHost === undefined || onlyHost === host ? { username, password } : undefined);
+}
