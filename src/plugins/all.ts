@@ -1,4 +1,5 @@
 // Every plugin berthd registers, in registration order (init order is by dependencies).
+import { containersGrpcPlugin, containersServicePlugin } from "./containers.js";
 import { contentGrpcPlugin, contentPlugin, contentServicePlugin } from "./content.js";
 import { corePlugins } from "./core.js";
 import { differPlugin, diffGrpcPlugin, diffServicePlugin } from "./diff.js";
@@ -16,12 +17,14 @@ export function allPlugins(): Plugin[] {
     contentServicePlugin,
     snapshotsServicePlugin,
     imagesServicePlugin,
+    containersServicePlugin,
     differPlugin,
     diffServicePlugin,
     gcPlugin,
     contentGrpcPlugin,
     snapshotsGrpcPlugin,
     imagesGrpcPlugin,
+    containersGrpcPlugin,
     diffGrpcPlugin,
   ];
 }

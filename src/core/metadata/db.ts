@@ -84,6 +84,38 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (namespace, name)
    );
    CREATE INDEX images_by_target ON images (target_digest);`,
+  // 4: containers, per namespace. Runtime options and the spec are protobuf Anys kept as type
+  // URL + bytes (NULL when the client sent none); extensions are a JSON object of name ->
+  // {type_url, value (base64)}. The GC marks from (namespace, snapshotter, snapshot_key, labels).
+  // container_buckets remembers the namespaces a container was ever created in (containerd's
+  // per-namespace containers bucket, whose absence changes some not-found messages); it goes
+  // with the namespace.
+  `CREATE TABLE containers (
+     namespace TEXT NOT NULL,
+     id TEXT NOT NULL,
+     labels TEXT NOT NULL DEFAULT '{}',
+     image TEXT NOT NULL DEFAULT '',
+     runtime_name TEXT NOT NULL,
+     runtime_options_type_url TEXT,
+     runtime_options BLOB,
+     spec_type_url TEXT,
+     spec BLOB,
+     snapshotter TEXT NOT NULL DEFAULT '',
+     snapshot_key TEXT NOT NULL DEFAULT '',
+     sandbox_id TEXT NOT NULL DEFAULT '',
+     extensions TEXT NOT NULL DEFAULT '{}',
+     created_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     PRIMARY KEY (namespace, id)
+   );
+   CREATE INDEX containers_by_snapshot ON containers (namespace, snapshotter, snapshot_key);
+   CREATE TABLE container_buckets (
+     namespace TEXT PRIMARY KEY
+   );
+   CREATE TRIGGER container_buckets_gone AFTER DELETE ON namespaces
+   BEGIN
+     DELETE FROM container_buckets WHERE namespace = OLD.name;
+   END;`,
 ];
 
 /**
@@ -112,6 +144,7 @@ export class MetadataDB {
     this.migrate();
     this.addEmptyCheck("images", "SELECT 1 FROM images WHERE namespace = ? LIMIT 1");
     this.addEmptyCheck("blobs", "SELECT 1 FROM content WHERE namespace = ? LIMIT 1");
+    this.addEmptyCheck("containers", "SELECT 1 FROM containers WHERE namespace = ? LIMIT 1");
   }
 
   private migrate(): void {

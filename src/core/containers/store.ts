@@ -1,0 +1,444 @@
+// Containers: metadata records (id, runtime, spec, snapshot, labels, extensions) kept per
+// namespace in the metadata DB's `containers` table. A container holds its snapshot (and what its
+// gc.ref.* labels name) against the garbage collector; deleting one may free them.
+//
+// Behaviour follows containerd 1.6's metadata container store and containers service:
+//   - ids follow the identifier rule; a runtime name and a spec are required; a snapshot key
+//     needs a snapshotter; labels obey the 4096-byte rule and empty values are dropped;
+//     extension names must not be empty.
+//   - updates take field paths: labels, labels.<key>, spec, extensions, extensions.<name>, image,
+//     snapshotkey. No paths means all of those, and then the snapshotter and runtime name must
+//     not change. Anything else (runtime, snapshotter, ...) is refused.
+//   - stored extensions are never removed by an update, only added or replaced (containerd
+//     writes them into a bucket it never clears); the Update reply shows the computed set.
+//   - creation stamps created_at/updated_at itself, whatever the client sent.
+//   - events /containers/create, /containers/update, /containers/delete in the caller's
+//     namespace, with containerd's payloads.
+import { create } from "@bufbuild/protobuf";
+import type { Any } from "@bufbuild/protobuf/wkt";
+import {
+  ContainerCreateSchema,
+  ContainerDeleteSchema,
+  ContainerUpdateSchema,
+} from "../../gen/containerd/events/container_pb.js";
+import { errAlreadyExists, errInvalidArgument, errNotFound } from "../errdefs.js";
+import type { Exchange } from "../events/exchange.js";
+import { packEvent } from "../events/exchange.js";
+import { type Adaptor, type Filter, labelAdaptor, parseFilters } from "../filters.js";
+import { validateIdentifier } from "../identifiers.js";
+import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
+import type { NamespaceStore } from "../namespaces/store.js";
+
+/** A protobuf Any as the store keeps it: the type URL and the encoded value. */
+export interface AnyValue {
+  typeUrl: string;
+  value: Uint8Array;
+}
+
+export interface RuntimeInfo {
+  name: string;
+  options?: AnyValue;
+}
+
+export interface Container {
+  id: string;
+  labels: Labels;
+  image: string;
+  runtime: RuntimeInfo;
+  spec?: AnyValue;
+  snapshotter: string;
+  snapshotKey: string;
+  /** Not on containerd 1.6's wire; kept for the sandbox API of later versions. */
+  sandboxId: string;
+  extensions: Record<string, AnyValue>;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** What a caller hands in: times are the store's to set. */
+export interface ContainerInput {
+  id: string;
+  labels?: Labels;
+  image?: string;
+  runtime?: RuntimeInfo;
+  spec?: AnyValue;
+  snapshotter?: string;
+  snapshotKey?: string;
+  sandboxId?: string;
+  extensions?: Record<string, AnyValue>;
+}
+
+const MAX_LABEL_SIZE = 4096;
+const KEY_SHOWN_BYTES = 10;
+const q = (s: string) => JSON.stringify(s);
+
+/** The field paths an update with no mask applies. */
+const DEFAULT_PATHS = ["labels", "spec", "extensions", "image", "snapshotkey"];
+
+function validateLabel(k: string, v: string): void {
+  if (Buffer.byteLength(k) + Buffer.byteLength(v) > MAX_LABEL_SIZE) {
+    const kb = Buffer.from(k);
+    const shown = kb.length > KEY_SHOWN_BYTES ? kb.subarray(0, KEY_SHOWN_BYTES).toString("utf8") : k;
+    throw errInvalidArgument(
+      `containers.Labels: label key and value greater than maximum size (${MAX_LABEL_SIZE} bytes), key: ${shown}`,
+    );
+  }
+}
+
+/** containerd's validateContainer, in its order and with its messages. */
+function validateContainer(c: {
+  id: string;
+  labels: Labels;
+  runtime: RuntimeInfo;
+  spec?: AnyValue;
+  snapshotter: string;
+  snapshotKey: string;
+  extensions: Record<string, AnyValue>;
+}): void {
+  try {
+    validateIdentifier(c.id);
+  } catch (err) {
+    throw errInvalidArgument(`container.ID: ${(err as Error).message.replace(/: invalid argument$/, "")}`);
+  }
+  if (Object.hasOwn(c.extensions, ""))
+    throw errInvalidArgument("container.Extension keys must not be zero-length");
+  for (const [k, v] of Object.entries(c.labels)) validateLabel(k, v);
+  if (!c.runtime.name) throw errInvalidArgument("container.Runtime.Name must be set");
+  if (!c.spec) throw errInvalidArgument("container.Spec must be set");
+  if (c.snapshotKey !== "" && c.snapshotter === "")
+    throw errInvalidArgument("container.Snapshotter must be set if container.SnapshotKey is set");
+}
+
+/** Prefix a validation error's message the way containerd wraps it, keeping its kind. */
+function wrapValidation(prefix: string, fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    const e = err as Error;
+    e.message = `${prefix}: ${e.message}`;
+    throw e;
+  }
+}
+
+/** A stored map never keeps empty values. */
+function dropEmpty(m: Labels | undefined): Labels {
+  const out: Labels = {};
+  for (const [k, v] of Object.entries(m ?? {})) if (v !== "") out[k] = v;
+  return out;
+}
+
+const own = <T>(m: Record<string, T>, k: string): T | undefined => (Object.hasOwn(m, k) ? m[k] : undefined);
+
+const copyAny = (a: AnyValue | undefined): AnyValue | undefined =>
+  a ? { typeUrl: a.typeUrl, value: new Uint8Array(a.value) } : undefined;
+
+const copyExtensions = (m: Record<string, AnyValue> | undefined): Record<string, AnyValue> => {
+  const out: Record<string, AnyValue> = {};
+  for (const [k, v] of Object.entries(m ?? {})) out[k] = copyAny(v)!;
+  return out;
+};
+
+const EMPTY_ANY: AnyValue = { typeUrl: "", value: new Uint8Array() };
+
+function encodeExtensions(m: Record<string, AnyValue>): string {
+  const out: Record<string, { type_url: string; value: string }> = {};
+  for (const [k, v] of Object.entries(m))
+    out[k] = { type_url: v.typeUrl, value: Buffer.from(v.value).toString("base64") };
+  return JSON.stringify(out);
+}
+
+function decodeExtensions(s: string): Record<string, AnyValue> {
+  const raw = JSON.parse(s) as Record<string, { type_url: string; value: string }>;
+  const out: Record<string, AnyValue> = {};
+  for (const [k, v] of Object.entries(raw))
+    out[k] = { typeUrl: v.type_url, value: new Uint8Array(Buffer.from(v.value, "base64")) };
+  return out;
+}
+
+type Row = {
+  id: string;
+  labels: string;
+  image: string;
+  runtime_name: string;
+  runtime_options_type_url: string | null;
+  runtime_options: Buffer | null;
+  spec_type_url: string | null;
+  spec: Buffer | null;
+  snapshotter: string;
+  snapshot_key: string;
+  sandbox_id: string;
+  extensions: string;
+  created_at: number;
+  updated_at: number;
+};
+
+const anyFromRow = (typeUrl: string | null, value: Buffer | null): AnyValue | undefined =>
+  typeUrl === null ? undefined : { typeUrl, value: new Uint8Array(value ?? Buffer.alloc(0)) };
+
+const toContainer = (r: Row): Container => ({
+  id: r.id,
+  labels: decodeLabels(r.labels),
+  image: r.image,
+  runtime: { name: r.runtime_name, options: anyFromRow(r.runtime_options_type_url, r.runtime_options) },
+  spec: anyFromRow(r.spec_type_url, r.spec),
+  snapshotter: r.snapshotter,
+  snapshotKey: r.snapshot_key,
+  sandboxId: r.sandbox_id,
+  extensions: decodeExtensions(r.extensions),
+  createdAt: new Date(r.created_at),
+  updatedAt: new Date(r.updated_at),
+});
+
+function statements(db: MetadataDB) {
+  const s = db.sql;
+  const cols = `id, labels, image, runtime_name, runtime_options_type_url, runtime_options, spec_type_url,
+    spec, snapshotter, snapshot_key, sandbox_id, extensions, created_at, updated_at`;
+  return {
+    get: s.prepare(`SELECT ${cols} FROM containers WHERE namespace = ? AND id = ?`),
+    list: s.prepare(`SELECT ${cols} FROM containers WHERE namespace = ? ORDER BY id`),
+    insert: s.prepare(
+      `INSERT OR IGNORE INTO containers (namespace, ${cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    update: s.prepare(
+      `UPDATE containers SET labels = ?, image = ?, spec_type_url = ?, spec = ?, snapshot_key = ?,
+         extensions = ?, updated_at = ? WHERE namespace = ? AND id = ?`,
+    ),
+    delete: s.prepare("DELETE FROM containers WHERE namespace = ? AND id = ?"),
+    hasBucket: s.prepare("SELECT 1 FROM container_buckets WHERE namespace = ?"),
+    addBucket: s.prepare("INSERT OR IGNORE INTO container_buckets (namespace) VALUES (?)"),
+  };
+}
+
+/** containerd's container field paths for filters: id, image, runtime.name, labels.*. */
+function adapt(c: Container): Adaptor {
+  return (fp) => {
+    switch (fp[0]) {
+      case "id":
+        return c.id || undefined;
+      case "image":
+        return c.image || undefined;
+      case "runtime":
+        return fp[1] === "name" && fp.length === 2 ? c.runtime.name || undefined : undefined;
+      case "labels":
+        return labelAdaptor(c.labels, fp.slice(1)) || undefined;
+      default:
+        return undefined;
+    }
+  };
+}
+
+function anyPb(a: AnyValue | undefined): Any | undefined {
+  return a ? ({ $typeName: "google.protobuf.Any", typeUrl: a.typeUrl, value: a.value } as Any) : undefined;
+}
+
+export class ContainerStore {
+  /**
+   * Called before a delete; throws to refuse it. The tasks service sets this once tasks exist.
+   * containerd 1.6 itself refuses "delete with a live task" only on the client side (its client
+   * asks Tasks/Get first and fails with `cannot delete running task <id>: failed precondition`),
+   * so a guard installed here should use that message and a failed-precondition error.
+   */
+  beforeDelete: ((ns: string, id: string) => void) | undefined;
+  private readonly stmts: ReturnType<typeof statements>;
+
+  constructor(
+    private readonly db: MetadataDB,
+    private readonly namespaces: NamespaceStore,
+    private readonly events: Exchange,
+  ) {
+    this.stmts = statements(db);
+  }
+
+  private row(ns: string, id: string): Row | undefined {
+    return this.stmts.get.get(ns, id) as Row | undefined;
+  }
+
+  private hasBucket(ns: string): boolean {
+    return this.stmts.hasBucket.get(ns) !== undefined;
+  }
+
+  get(ns: string, id: string): Container {
+    const r = this.row(ns, id);
+    if (!r) throw errNotFound(`container ${q(id)} in namespace ${q(ns)}`);
+    return toContainer(r);
+  }
+
+  list(ns: string, filters: readonly string[] = []): Container[] {
+    let filter: Filter;
+    try {
+      filter = parseFilters(filters);
+    } catch (err) {
+      throw errInvalidArgument((err as Error).message);
+    }
+    const out: Container[] = [];
+    for (const r of this.stmts.list.all(ns) as Row[]) {
+      const c = toContainer(r);
+      if (filter.match(adapt(c))) out.push(c);
+    }
+    return out;
+  }
+
+  create(ns: string, input: ContainerInput): Container {
+    const c = {
+      id: input.id,
+      labels: { ...(input.labels ?? {}) },
+      image: input.image ?? "",
+      runtime: { name: input.runtime?.name ?? "", options: copyAny(input.runtime?.options) },
+      spec: copyAny(input.spec),
+      snapshotter: input.snapshotter ?? "",
+      snapshotKey: input.snapshotKey ?? "",
+      sandboxId: input.sandboxId ?? "",
+      extensions: copyExtensions(input.extensions),
+    };
+    wrapValidation("create container failed validation", () => validateContainer(c));
+    const labels = dropEmpty(c.labels);
+    const now = Date.now();
+    this.db.tx(() => {
+      this.namespaces.ensure(ns);
+      this.stmts.addBucket.run(ns);
+      const r = this.stmts.insert.run(
+        ns,
+        c.id,
+        encodeLabels(labels),
+        c.image,
+        c.runtime.name,
+        c.runtime.options?.typeUrl ?? null,
+        c.runtime.options ? Buffer.from(c.runtime.options.value) : null,
+        c.spec?.typeUrl ?? null,
+        c.spec ? Buffer.from(c.spec.value) : null,
+        c.snapshotter,
+        c.snapshotKey,
+        c.sandboxId,
+        encodeExtensions(c.extensions),
+        now,
+        now,
+      );
+      if (r.changes === 0) throw errAlreadyExists(`container ${q(c.id)}`);
+    });
+    this.db.mutated(false);
+    const created: Container = { ...c, labels, createdAt: new Date(now), updatedAt: new Date(now) };
+    this.events.publish(
+      ns,
+      "/containers/create",
+      packEvent(
+        ContainerCreateSchema,
+        create(ContainerCreateSchema, {
+          id: created.id,
+          image: created.image,
+          runtime: { name: created.runtime.name, options: anyPb(created.runtime.options) },
+        }),
+      ),
+    );
+    return created;
+  }
+
+  /** Update with containerd's field paths (see the header). */
+  update(ns: string, input: ContainerInput, paths: readonly string[] = []): Container {
+    if (!input.id) throw errInvalidArgument("must specify a container id");
+    const given = {
+      labels: input.labels ?? {},
+      image: input.image ?? "",
+      runtimeName: input.runtime?.name ?? "",
+      spec: input.spec,
+      snapshotter: input.snapshotter ?? "",
+      snapshotKey: input.snapshotKey ?? "",
+      extensions: input.extensions ?? {},
+    };
+    const id = input.id;
+    const updated = this.db.tx(() => {
+      if (!this.hasBucket(ns)) throw errNotFound(`cannot update container ${q(id)} in namespace ${q(ns)}`);
+      const r = this.row(ns, id);
+      if (!r) throw errNotFound(`container ${q(id)}`);
+      const cur = toContainer(r);
+      const next = { ...cur, labels: { ...cur.labels }, extensions: { ...cur.extensions } };
+      let fieldpaths = paths;
+      if (fieldpaths.length === 0) {
+        fieldpaths = DEFAULT_PATHS;
+        if (cur.snapshotter !== given.snapshotter)
+          throw errInvalidArgument("container.Snapshotter field is immutable");
+        if (cur.runtime.name !== given.runtimeName)
+          throw errInvalidArgument("container.Runtime.Name field is immutable");
+      }
+      for (const p of fieldpaths) {
+        if (p.startsWith("labels.")) {
+          const k = p.slice("labels.".length);
+          next.labels[k] = own(given.labels, k) ?? "";
+          continue;
+        }
+        if (p.startsWith("extensions.")) {
+          const k = p.slice("extensions.".length);
+          next.extensions[k] = copyAny(own(given.extensions, k)) ?? EMPTY_ANY;
+          continue;
+        }
+        switch (p) {
+          case "labels":
+            next.labels = { ...given.labels };
+            break;
+          case "spec":
+            next.spec = copyAny(given.spec);
+            break;
+          case "extensions":
+            next.extensions = copyExtensions(given.extensions);
+            break;
+          case "image":
+            next.image = given.image;
+            break;
+          case "snapshotkey":
+            next.snapshotKey = given.snapshotKey;
+            break;
+          default:
+            throw errInvalidArgument(`cannot update ${q(p)} field on ${q(id)}`);
+        }
+      }
+      wrapValidation("update failed validation", () => validateContainer(next));
+      next.labels = dropEmpty(next.labels);
+      const now = Date.now();
+      // stored extensions are only ever added to or replaced, never removed (see the header)
+      const stored = { ...cur.extensions, ...next.extensions };
+      this.stmts.update.run(
+        encodeLabels(next.labels),
+        next.image,
+        next.spec?.typeUrl ?? null,
+        next.spec ? Buffer.from(next.spec.value) : null,
+        next.snapshotKey,
+        encodeExtensions(stored),
+        now,
+        ns,
+        id,
+      );
+      next.updatedAt = new Date(now);
+      return next;
+    });
+    // a changed snapshot key or gc.ref label may have released something
+    this.db.mutated(false);
+    this.events.publish(
+      ns,
+      "/containers/update",
+      packEvent(
+        ContainerUpdateSchema,
+        create(ContainerUpdateSchema, {
+          id: updated.id,
+          image: updated.image,
+          labels: updated.labels,
+          snapshotKey: updated.snapshotKey,
+        }),
+      ),
+    );
+    return updated;
+  }
+
+  delete(ns: string, id: string): void {
+    this.beforeDelete?.(ns, id);
+    this.db.tx(() => {
+      if (!this.hasBucket(ns)) throw errNotFound(`cannot delete container ${q(id)} in namespace ${q(ns)}`);
+      if (this.stmts.delete.run(ns, id).changes === 0) throw errNotFound(`container ${id}`);
+    });
+    // the snapshot and whatever the labels referenced may now be garbage
+    this.db.mutated(true);
+    this.events.publish(
+      ns,
+      "/containers/delete",
+      packEvent(ContainerDeleteSchema, create(ContainerDeleteSchema, { id })),
+    );
+  }
+}

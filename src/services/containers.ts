@@ -1,0 +1,95 @@
+// The Containers gRPC service: a thin adapter over the namespaced container store, with the
+// checks containerd's containers service makes before its store sees a request.
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
+import { type Any, type AnySchema, EmptySchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { AnyValue, Container, ContainerInput, ContainerStore } from "../core/containers/store.js";
+import { BerthError } from "../core/errdefs.js";
+import type {
+  Container as ContainerPb,
+  ContainerSchema,
+  Containers,
+} from "../gen/containerd/services/containers/v1/containers_pb.js";
+import type { ServiceImpl } from "../grpc/service.js";
+
+const anyToProto = (a: AnyValue): MessageInitShape<typeof AnySchema> => ({
+  typeUrl: a.typeUrl,
+  value: a.value,
+});
+
+const anyFromProto = (a: Any | undefined): AnyValue | undefined =>
+  a ? { typeUrl: a.typeUrl, value: a.value } : undefined;
+
+export function containerToProto(c: Container): MessageInitShape<typeof ContainerSchema> {
+  const extensions: Record<string, MessageInitShape<typeof AnySchema>> = {};
+  for (const [k, v] of Object.entries(c.extensions)) extensions[k] = anyToProto(v);
+  return {
+    id: c.id,
+    labels: c.labels,
+    image: c.image,
+    runtime: { name: c.runtime.name, options: c.runtime.options && anyToProto(c.runtime.options) },
+    spec: c.spec && anyToProto(c.spec),
+    snapshotter: c.snapshotter,
+    snapshotKey: c.snapshotKey,
+    createdAt: timestampFromDate(c.createdAt),
+    updatedAt: timestampFromDate(c.updatedAt),
+    extensions,
+  };
+}
+
+export function containerFromProto(c: ContainerPb | undefined): ContainerInput {
+  const extensions: Record<string, AnyValue> = {};
+  for (const [k, v] of Object.entries(c?.extensions ?? {})) extensions[k] = anyFromProto(v)!;
+  return {
+    id: c?.id ?? "",
+    labels: { ...(c?.labels ?? {}) },
+    image: c?.image ?? "",
+    runtime: c?.runtime ? { name: c.runtime.name, options: anyFromProto(c.runtime.options) } : undefined,
+    spec: anyFromProto(c?.spec),
+    snapshotter: c?.snapshotter ?? "",
+    snapshotKey: c?.snapshotKey ?? "",
+    extensions,
+  };
+}
+
+/** containerd answers a missing id on update with a bare status message. */
+function idRequired(): BerthError {
+  const err = new BerthError("invalid argument");
+  err.message = "Container.ID required";
+  return err;
+}
+
+export function containersService(store: ContainerStore): ServiceImpl<typeof Containers> {
+  return {
+    get(req, ctx) {
+      return { container: containerToProto(store.get(ctx.namespace(), req.id)) };
+    },
+    list(req, ctx) {
+      return { containers: store.list(ctx.namespace(), req.filters).map(containerToProto) };
+    },
+    async *listStream(req, ctx) {
+      // the whole list is read first (one consistent view), then streamed one per message
+      const all = store.list(ctx.namespace(), req.filters);
+      for (const c of all) {
+        if (ctx.signal.aborted) return;
+        yield { container: containerToProto(c) };
+      }
+    },
+    create(req, ctx) {
+      return {
+        container: containerToProto(store.create(ctx.namespace(), containerFromProto(req.container))),
+      };
+    },
+    update(req, ctx) {
+      if (!req.container?.id) throw idRequired();
+      const paths = req.updateMask?.paths ?? [];
+      return {
+        container: containerToProto(store.update(ctx.namespace(), containerFromProto(req.container), paths)),
+      };
+    },
+    delete(req, ctx) {
+      store.delete(ctx.namespace(), req.id);
+      return create(EmptySchema);
+    },
+  };
+}
