@@ -36,9 +36,17 @@ export class Metrics {
   private readonly start = Date.now() / 1000;
 
   /** Count one finished gRPC call. */
+  private keys = new Map<string, string>();
+
   grpcHandled(path: string, kind: string, code: number): void {
-    const [, service = "", method = ""] = path.split("/");
-    const key = `grpc_code="${CODE_NAMES[code] ?? String(code)}",grpc_method="${escapeLabel(method)}",grpc_service="${escapeLabel(service)}",grpc_type="${GRPC_TYPE[kind] ?? kind}"`;
+    // The label text is built once per (method, kind, code): this runs on every call.
+    const id = `${path} ${kind} ${code}`;
+    let key = this.keys.get(id);
+    if (key === undefined) {
+      const [, service = "", method = ""] = path.split("/");
+      key = `grpc_code="${CODE_NAMES[code] ?? String(code)}",grpc_method="${escapeLabel(method)}",grpc_service="${escapeLabel(service)}",grpc_type="${GRPC_TYPE[kind] ?? kind}"`;
+      this.keys.set(id, key);
+    }
     this.handled.set(key, (this.handled.get(key) ?? 0) + 1);
   }
 

@@ -2,25 +2,81 @@
 // is containerd's ingest protocol: the first message names the ref (and may announce total and
 // expected digest); then STAT answers the writer's status, WRITE appends data at the current
 // offset (offset 0 on a non-empty ingest starts over), COMMIT writes any last data and commits.
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { Info, Status } from "../core/content/local.js";
+import type { Info, ReaderAt, Status } from "../core/content/local.js";
 import { digestError } from "../core/content/local.js";
 import type { MetadataContentStore } from "../core/content/metadata.js";
 import { BerthError, type ErrorKind, errCanceled, isNotFound } from "../core/errdefs.js";
 import {
   type Content,
   type InfoSchema,
+  ReadContentResponseSchema,
   type StatusSchema,
   WriteAction,
   type WriteContentResponseSchema,
 } from "../gen/containerd/services/content/v1/content_pb.js";
+import { EncodedMessage } from "../grpc/handlers.js";
 import type { ServiceImpl } from "../grpc/service.js";
+import { FRAME_HEADER } from "../grpc/wire.js";
 
 /** Blobs per List message, as containerd batches them. */
 const LIST_BATCH = 100;
 /** Bytes per Read message. */
 const READ_CHUNK = 1 << 20;
+/** Reads up to this size are done in place (blocking), bigger ones on the thread pool. */
+const SYNC_READ_MAX = 64 << 10;
+
+const varintSize = (n: number): number => {
+  let k = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 0x80);
+    k++;
+  }
+  return k;
+};
+
+function putVarint(buf: Buffer, p: number, n: number): number {
+  while (n >= 0x80) {
+    buf[p++] = (n % 0x80) | 0x80;
+    n = Math.floor(n / 0x80);
+  }
+  buf[p++] = n;
+  return p;
+}
+
+/**
+ * One ReadContentResponse in wire form: `offset` (field 1, varint, left out when 0), then `data`
+ * (field 2, length-delimited) holding `length` bytes of the blob from `pos`, read straight into
+ * the message buffer.
+ */
+async function readReply(
+  ra: ReaderAt,
+  pos: number,
+  offset: number,
+  length: number,
+): Promise<{ msg: EncodedMessage<typeof ReadContentResponseSchema>; dataLength: number }> {
+  const head = FRAME_HEADER + (offset === 0 ? 0 : 1 + varintSize(offset));
+  const buf = Buffer.allocUnsafe(head + 1 + varintSize(length) + length);
+  let p = FRAME_HEADER;
+  if (offset !== 0) {
+    buf[p++] = 0x08;
+    p = putVarint(buf, p, offset);
+  }
+  buf[p++] = 0x12;
+  p = putVarint(buf, p, length);
+  const data = buf.subarray(p);
+  const n = length <= SYNC_READ_MAX && ra.readAtSync ? ra.readAtSync(data, pos) : await ra.readAt(data, pos);
+  if (n < length) {
+    // the file is shorter than it should be: send what is there
+    const msg = create(ReadContentResponseSchema, { offset: BigInt(offset), data: data.subarray(0, n) });
+    const body = toBinary(ReadContentResponseSchema, msg);
+    const framed = Buffer.allocUnsafe(FRAME_HEADER + body.length);
+    framed.set(body, FRAME_HEADER);
+    return { msg: new EncodedMessage(framed), dataLength: n };
+  }
+  return { msg: new EncodedMessage(buf), dataLength: n };
+}
 
 /** An error whose message is sent as is (containerd builds these with status.Errorf). */
 function statusError(kind: ErrorKind, message: string): BerthError {
@@ -119,21 +175,33 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
       if (e) throw statusError("invalid argument", `${req.digest}: ${e}`);
       // one visibility check; the blob's size is the file's (the same as its info's)
       const ra = await store.readerAt(ns, req.digest);
-      const info = { size: ra.size };
+      const blobSize = ra.size;
       try {
         let offset = Number(req.offset);
         let size = Number(req.size);
         if (offset < 0) offset = 0;
-        if (offset > info.size)
-          throw statusError("out of range", `read past object length ${info.size} bytes`);
+        if (offset > blobSize) throw statusError("out of range", `read past object length ${blobSize} bytes`);
         // size is how much to read, not the blob's size; past the end reads to the end
-        if (size <= 0 || offset + size > info.size) size = info.size - offset;
-        // containerd numbers reply offsets from the start of this read, not of the blob
+        if (size <= 0 || offset + size > blobSize) size = blobSize - offset;
+        // containerd numbers reply offsets from the start of this read, not of the blob. Each
+        // reply is laid out in wire form and the file is read straight into it; the next one is
+        // read while this one is sent, unless it is small enough to read on the spot.
         let sent = 0;
-        for await (const chunk of ra.stream(offset, size, READ_CHUNK)) {
-          if (ctx.signal.aborted) return;
-          yield { offset: BigInt(sent), data: chunk };
-          sent += chunk.length;
+        let next = size > 0 ? readReply(ra, offset, 0, Math.min(READ_CHUNK, size)) : undefined;
+        try {
+          while (next) {
+            const reply = await next;
+            next = undefined;
+            const n = reply.dataLength;
+            if (n === 0) return; // the file is shorter than its record
+            sent += n;
+            if (sent < size) next = readReply(ra, offset + sent, sent, Math.min(READ_CHUNK, size - sent));
+            if (ctx.cancelled) return;
+            yield reply.msg;
+          }
+        } finally {
+          // a consumer that stops early: let a read ahead finish before the descriptor is let go
+          if (next) await next.catch(() => {});
         }
       } finally {
         await ra.close();

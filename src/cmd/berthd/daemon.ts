@@ -1,11 +1,10 @@
 // The daemon: config → plugins → gRPC server on the unix socket; clean shutdown on signals.
 import { mkdirSync, unlinkSync } from "node:fs";
 import type { Server as HttpServer } from "node:http";
-import * as grpc from "@grpc/grpc-js";
 import type { Config } from "../../config/config.js";
 import type { Logger } from "../../core/log.js";
 import { Metrics } from "../../core/metrics.js";
-import { grpcDefinition, grpcHandlers } from "../../grpc/service.js";
+import { H2GrpcServer } from "../../grpc/h2server.js";
 import type { GrpcServicePlugin } from "../../plugins/grpc.js";
 import { type Plugin, PluginSet, pluginKey } from "../../plugins/registry.js";
 import { PluginType } from "../../plugins/types.js";
@@ -16,7 +15,7 @@ import { prepareSocketPath, secureSocket } from "./socket.js";
 
 export class Daemon {
   readonly plugins = new PluginSet();
-  private server: grpc.Server | undefined;
+  private server: H2GrpcServer | undefined;
   private http: HttpServer[] = [];
   readonly metrics = new Metrics();
   private stopping: Promise<void> | undefined;
@@ -56,9 +55,10 @@ export class Daemon {
       log: this.log,
     });
 
-    const server = new grpc.Server({
-      "grpc.max_receive_message_length": cfg.grpc.max_recv_message_size,
-      "grpc.max_send_message_length": cfg.grpc.max_send_message_size,
+    const server = new H2GrpcServer({
+      maxRecvMessageSize: cfg.grpc.max_recv_message_size,
+      maxSendMessageSize: cfg.grpc.max_send_message_size,
+      onError: (err) => this.log.debug("grpc connection error", { error: err.message }),
     });
     const observe = (path: string, kind: string, code: number, err?: { message: string }) => {
       this.metrics.grpcHandled(path, kind, code);
@@ -67,14 +67,10 @@ export class Daemon {
     for (const l of this.plugins.loaded) {
       if (l.plugin.type !== PluginType.GRPC || l.status.state !== "ok") continue;
       for (const s of (l.instance as GrpcServicePlugin).services) {
-        server.addService(grpcDefinition(s.desc), grpcHandlers(s.desc, s.impl as never, observe));
+        server.addService(s.desc, s.impl as never, observe);
       }
     }
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(`unix:${address}`, grpc.ServerCredentials.createInsecure(), (err) =>
-        err ? reject(err) : resolve(),
-      ),
-    );
+    await server.listen(address);
     secureSocket(address, cfg.grpc.uid, cfg.grpc.gid);
     this.server = server;
     if (cfg.metrics.address) {
@@ -96,16 +92,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       const server = this.server;
       if (server) {
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(() => {
-            server.forceShutdown();
-            resolve();
-          }, 2000);
-          server.tryShutdown(() => {
-            clearTimeout(t);
-            resolve();
-          });
-        });
+        await server.shutdown(2000);
         try {
           unlinkSync(this.config.grpc.address);
         } catch {

@@ -120,6 +120,9 @@ export interface WriterOptions {
   lease?: string;
 }
 
+/** Blobs remembered as visible (see MetadataContentStore.visible). */
+const VISIBLE_CACHE_MAX = 4096;
+
 function prepare(db: MetadataDB) {
   const s = db.sql;
   return {
@@ -140,6 +143,9 @@ function prepare(db: MetadataDB) {
       `SELECT 1 FROM content c JOIN namespaces n ON n.name = c.namespace
        WHERE c.digest = ? AND json_extract(n.labels, '$."${SHAREABLE_NAMESPACE_LABEL}"') = 'true' LIMIT 1`,
     ),
+    hasContent: s.prepare("SELECT 1 FROM content WHERE namespace = ? AND digest = ?").pluck(),
+    // rows changed through this connection so far (the daemon's only one); no table access
+    totalChanges: s.prepare("SELECT total_changes()").pluck(),
     getIngest: s.prepare("SELECT ref, expected, lease FROM ingests WHERE namespace = ? AND ref = ?"),
     listIngests: s.prepare("SELECT ref, expected FROM ingests WHERE namespace = ? ORDER BY ref"),
     insertIngest: s.prepare(
@@ -161,6 +167,8 @@ export class MetadataContentStore {
   private readonly stmts: ReturnType<typeof prepare>;
   /** Writers and commits share it; the garbage collector's sweep takes it alone. */
   readonly lock = new SharedLock();
+  private readonly visibleSet = new Set<string>();
+  private visibleAt = -1;
 
   constructor(
     private readonly db: MetadataDB,
@@ -262,8 +270,27 @@ export class MetadataContentStore {
     );
   }
 
+  /**
+   * Whether the namespace holds the blob. Clients read a blob in thousands of small Read calls,
+   * so answers are remembered for as long as no row changed: a lookup costs a WAL read lock
+   * each time, comparing the change counter does not.
+   */
+  private visible(ns: string, dgst: string): boolean {
+    const changes = this.stmts.totalChanges.get() as number;
+    if (changes !== this.visibleAt) {
+      this.visibleSet.clear();
+      this.visibleAt = changes;
+    }
+    const key = `${ns}\n${dgst}`;
+    if (this.visibleSet.has(key)) return true;
+    if (this.stmts.hasContent.get(ns, dgst) === undefined) return false;
+    if (this.visibleSet.size >= VISIBLE_CACHE_MAX) this.visibleSet.clear();
+    this.visibleSet.add(key);
+    return true;
+  }
+
   async readerAt(ns: string, dgst: string): Promise<ReaderAt> {
-    if (!this.row(ns, dgst)) throw errNotFound(`content digest ${dgst}`);
+    if (!this.visible(ns, dgst)) throw errNotFound(`content digest ${dgst}`);
     return this.backend.readerAt(dgst);
   }
 

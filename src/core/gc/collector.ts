@@ -56,14 +56,12 @@ export class MetadataCollector {
 
   private tableExists(name: string): boolean {
     return (
-      this.db.sql.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) !==
-      undefined
+      this.db.stmt("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) !== undefined
     );
   }
 
   /** Mark from roots; returns the set of live nodes and the expired leases. */
   private mark(now: number): { live: Set<string>; expiredLeases: { namespace: string; id: string }[] } {
-    const sql = this.db.sql;
     const live = new Set<string>();
     const stack: string[] = [];
     const push = (n: string) => {
@@ -74,7 +72,7 @@ export class MetadataCollector {
     };
     const expiredLeases: { namespace: string; id: string }[] = [];
 
-    const leases = sql.prepare("SELECT namespace, id, labels FROM leases").all() as {
+    const leases = this.db.stmt("SELECT namespace, id, labels FROM leases").all() as {
       namespace: string;
       id: string;
       labels: string;
@@ -84,7 +82,7 @@ export class MetadataCollector {
       if (expired(decodeLabels(l.labels), now)) expiredLeases.push({ namespace: l.namespace, id: l.id });
       else leaseLive.add(`${l.namespace}\0${l.id}`);
     }
-    const resources = sql.prepare("SELECT namespace, lease, type, id FROM lease_resources").all() as {
+    const resources = this.db.stmt("SELECT namespace, lease, type, id FROM lease_resources").all() as {
       namespace: string;
       lease: string;
       type: string;
@@ -97,7 +95,7 @@ export class MetadataCollector {
         push(snapshotNode(r.namespace, r.type.slice("snapshots/".length), r.id));
     }
 
-    const content = sql.prepare("SELECT namespace, digest, labels FROM content").all() as {
+    const content = this.db.stmt("SELECT namespace, digest, labels FROM content").all() as {
       namespace: string;
       digest: string;
       labels: string;
@@ -112,7 +110,9 @@ export class MetadataCollector {
     const hasSnapshots = this.tableExists("snapshots");
     const snapshotInfo = new Map<string, { parent: string; labels: Labels }>();
     if (hasSnapshots) {
-      const rows = sql.prepare("SELECT namespace, snapshotter, key, parent, labels FROM snapshots").all() as {
+      const rows = this.db
+        .stmt("SELECT namespace, snapshotter, key, parent, labels FROM snapshots")
+        .all() as {
         namespace: string;
         snapshotter: string;
         key: string;
@@ -130,7 +130,7 @@ export class MetadataCollector {
       }
     }
     if (this.tableExists("images")) {
-      const rows = sql.prepare("SELECT namespace, target_digest, labels FROM images").all() as {
+      const rows = this.db.stmt("SELECT namespace, target_digest, labels FROM images").all() as {
         namespace: string;
         target_digest: string;
         labels: string;
@@ -141,8 +141,8 @@ export class MetadataCollector {
       }
     }
     if (this.tableExists("containers")) {
-      const rows = sql
-        .prepare("SELECT namespace, snapshotter, snapshot_key, labels FROM containers")
+      const rows = this.db
+        .stmt("SELECT namespace, snapshotter, snapshot_key, labels FROM containers")
         .all() as {
         namespace: string;
         snapshotter: string;
@@ -179,14 +179,13 @@ export class MetadataCollector {
     this.db.tx(() => {
       const now = Date.now();
       const { live, expiredLeases } = this.mark(now);
-      const sql = this.db.sql;
       for (const l of expiredLeases) {
-        sql.prepare("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?").run(l.namespace, l.id);
-        sql.prepare("DELETE FROM leases WHERE namespace = ? AND id = ?").run(l.namespace, l.id);
+        this.db.stmt("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?").run(l.namespace, l.id);
+        this.db.stmt("DELETE FROM leases WHERE namespace = ? AND id = ?").run(l.namespace, l.id);
         removed++;
       }
-      const delContent = sql.prepare("DELETE FROM content WHERE namespace = ? AND digest = ?");
-      for (const c of sql.prepare("SELECT namespace, digest FROM content").all() as {
+      const delContent = this.db.stmt("DELETE FROM content WHERE namespace = ? AND digest = ?");
+      for (const c of this.db.stmt("SELECT namespace, digest FROM content").all() as {
         namespace: string;
         digest: string;
       }[]) {
@@ -194,8 +193,8 @@ export class MetadataCollector {
           removed += delContent.run(c.namespace, c.digest).changes;
       }
       if (this.tableExists("snapshots")) {
-        const del = sql.prepare("DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?");
-        const rows = sql.prepare("SELECT namespace, snapshotter, key FROM snapshots").all() as {
+        const del = this.db.stmt("DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?");
+        const rows = this.db.stmt("SELECT namespace, snapshotter, key FROM snapshots").all() as {
           namespace: string;
           snapshotter: string;
           key: string;
@@ -207,27 +206,27 @@ export class MetadataCollector {
       // Ingests held by no live lease and idle for a day are abandoned.
       const leased = new Set(
         (
-          sql.prepare("SELECT namespace, id FROM lease_resources WHERE type = 'ingests'").all() as {
+          this.db.stmt("SELECT namespace, id FROM lease_resources WHERE type = 'ingests'").all() as {
             namespace: string;
             id: string;
           }[]
         ).map((r) => `${r.namespace}\0${r.id}`),
       );
       if (this.tableExists("ingests")) {
-        const cols = (sql.prepare("PRAGMA table_info(ingests)").all() as { name: string }[]).map(
+        const cols = (this.db.stmt("PRAGMA table_info(ingests)").all() as { name: string }[]).map(
           (c) => c.name,
         );
         if (cols.includes("updated_at")) {
-          const stale = sql
-            .prepare("SELECT namespace, ref FROM ingests WHERE updated_at < ?")
+          const stale = this.db
+            .stmt("SELECT namespace, ref FROM ingests WHERE updated_at < ?")
             .all(now - INGEST_MAX_AGE_MS) as {
             namespace: string;
             ref: string;
           }[];
           for (const i of stale)
             if (!leased.has(`${i.namespace}\0${i.ref}`))
-              removed += sql
-                .prepare("DELETE FROM ingests WHERE namespace = ? AND ref = ?")
+              removed += this.db
+                .stmt("DELETE FROM ingests WHERE namespace = ? AND ref = ?")
                 .run(i.namespace, i.ref).changes;
         }
       }

@@ -72,8 +72,8 @@ export class LeaseStore {
     const now = Date.now();
     this.db.tx(() => {
       this.namespaces.ensure(ns);
-      const r = this.db.sql
-        .prepare("INSERT OR IGNORE INTO leases (namespace, id, created_at, labels) VALUES (?, ?, ?, ?)")
+      const r = this.db
+        .stmt("INSERT OR IGNORE INTO leases (namespace, id, created_at, labels) VALUES (?, ?, ?, ?)")
         .run(ns, id, now, encodeLabels(labels));
       if (r.changes === 0) throw errAlreadyExists(`lease ${JSON.stringify(id)}`);
     });
@@ -81,16 +81,16 @@ export class LeaseStore {
   }
 
   get(ns: string, id: string): Lease | undefined {
-    const r = this.db.sql
-      .prepare("SELECT id, created_at, labels FROM leases WHERE namespace = ? AND id = ?")
+    const r = this.db
+      .stmt("SELECT id, created_at, labels FROM leases WHERE namespace = ? AND id = ?")
       .get(ns, id) as Row | undefined;
     return r ? toLease(r) : undefined;
   }
 
   list(ns: string, filters: string[]): Lease[] {
     const filter: Filter = parseFilters(filters);
-    const rows = this.db.sql
-      .prepare("SELECT id, created_at, labels FROM leases WHERE namespace = ? ORDER BY created_at, id")
+    const rows = this.db
+      .stmt("SELECT id, created_at, labels FROM leases WHERE namespace = ? ORDER BY created_at, id")
       .all(ns) as Row[];
     return rows.map(toLease).filter((l) =>
       filter.match((fp) => {
@@ -103,9 +103,9 @@ export class LeaseStore {
 
   async delete(ns: string, id: string, sync: boolean): Promise<void> {
     this.db.tx(() => {
-      const r = this.db.sql.prepare("DELETE FROM leases WHERE namespace = ? AND id = ?").run(ns, id);
+      const r = this.db.stmt("DELETE FROM leases WHERE namespace = ? AND id = ?").run(ns, id);
       if (r.changes === 0) throw errNotFound(`lease ${JSON.stringify(id)}`);
-      this.db.sql.prepare("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?").run(ns, id);
+      this.db.stmt("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?").run(ns, id);
     });
     this.db.mutated(true);
     if (sync && this.collect) await this.collect();
@@ -115,8 +115,8 @@ export class LeaseStore {
     validateLeaseResource(r);
     this.db.tx(() => {
       if (!this.get(ns, id)) throw errNotFound(`lease ${JSON.stringify(id)}`);
-      this.db.sql
-        .prepare("INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)")
+      this.db
+        .stmt("INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)")
         .run(ns, id, r.type, r.id);
     });
   }
@@ -125,16 +125,16 @@ export class LeaseStore {
     validateLeaseResource(r);
     this.db.tx(() => {
       if (!this.get(ns, id)) throw errNotFound(`lease ${JSON.stringify(id)}`);
-      this.db.sql
-        .prepare("DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?")
+      this.db
+        .stmt("DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?")
         .run(ns, id, r.type, r.id);
     });
   }
 
   listResources(ns: string, id: string): LeaseResource[] {
     if (!this.get(ns, id)) throw errNotFound(`lease ${JSON.stringify(id)}`);
-    return this.db.sql
-      .prepare("SELECT id, type FROM lease_resources WHERE namespace = ? AND lease = ? ORDER BY type, id")
+    return this.db
+      .stmt("SELECT id, type FROM lease_resources WHERE namespace = ? AND lease = ? ORDER BY type, id")
       .all(ns, id) as LeaseResource[];
   }
 }

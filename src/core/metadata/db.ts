@@ -171,6 +171,18 @@ export class MetadataDB {
     for (const fn of this.mutationHooks) fn(dirty);
   }
 
+  private readonly statements = new Map<string, Database.Statement>();
+
+  /** A prepared statement, compiled once per SQL text (preparing costs more than running). */
+  stmt(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) {
+      st = this.sql.prepare(sql);
+      this.statements.set(sql, st);
+    }
+    return st;
+  }
+
   /** Run fn in an immediate (write-locking) transaction. */
   tx<T>(fn: () => T): T {
     return this.sql.transaction(fn).immediate();

@@ -40,10 +40,8 @@ export class NamespaceStore {
   ensure(name: string): void {
     const now = Date.now();
     // Implicit creation publishes no event, as in containerd.
-    this.db.sql
-      .prepare(
-        "INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, '{}', ?, ?)",
-      )
+    this.db
+      .stmt("INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, '{}', ?, ?)")
       .run(name, now, now);
   }
 
@@ -53,10 +51,8 @@ export class NamespaceStore {
     validateLabels(labels);
     const now = Date.now();
     this.db.tx(() => {
-      const r = this.db.sql
-        .prepare(
-          "INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)",
-        )
+      const r = this.db
+        .stmt("INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)")
         .run(name, encodeLabels(labels), now, now);
       if (r.changes === 0) throw errAlreadyExists(`namespace ${JSON.stringify(name)}`);
     });
@@ -69,14 +65,14 @@ export class NamespaceStore {
   }
 
   get(name: string): Namespace | undefined {
-    const row = this.db.sql.prepare("SELECT name, labels FROM namespaces WHERE name = ?").get(name) as
+    const row = this.db.stmt("SELECT name, labels FROM namespaces WHERE name = ?").get(name) as
       | { name: string; labels: string }
       | undefined;
     return row ? { name: row.name, labels: decodeLabels(row.labels) } : undefined;
   }
 
   list(): Namespace[] {
-    const rows = this.db.sql.prepare("SELECT name, labels FROM namespaces ORDER BY name").all() as {
+    const rows = this.db.stmt("SELECT name, labels FROM namespaces ORDER BY name").all() as {
       name: string;
       labels: string;
     }[];
@@ -106,8 +102,8 @@ export class NamespaceStore {
             `cannot update ${JSON.stringify(p)} field on namespace ${JSON.stringify(name)}`,
           );
       }
-      this.db.sql
-        .prepare("UPDATE namespaces SET labels = ?, updated_at = ? WHERE name = ?")
+      this.db
+        .stmt("UPDATE namespaces SET labels = ?, updated_at = ? WHERE name = ?")
         .run(encodeLabels(next), Date.now(), name);
       return { name, labels: next };
     });
@@ -128,10 +124,10 @@ export class NamespaceStore {
           `namespace ${JSON.stringify(name)} must be empty, but it still has ${holds.join(", ")}`,
         );
       // Leases and their resource lists go with the namespace, as in containerd.
-      this.db.sql.prepare("DELETE FROM lease_resources WHERE namespace = ?").run(name);
-      this.db.sql.prepare("DELETE FROM leases WHERE namespace = ?").run(name);
-      this.db.sql.prepare("DELETE FROM ingests WHERE namespace = ?").run(name);
-      this.db.sql.prepare("DELETE FROM namespaces WHERE name = ?").run(name);
+      this.db.stmt("DELETE FROM lease_resources WHERE namespace = ?").run(name);
+      this.db.stmt("DELETE FROM leases WHERE namespace = ?").run(name);
+      this.db.stmt("DELETE FROM ingests WHERE namespace = ?").run(name);
+      this.db.stmt("DELETE FROM namespaces WHERE name = ?").run(name);
     });
     this.db.mutated(true);
     this.events.publish(
