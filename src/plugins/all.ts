@@ -8,6 +8,7 @@ import { imagesGrpcPlugin, imagesServicePlugin } from "./images.js";
 import type { Plugin } from "./registry.js";
 import { pluginKey } from "./registry.js";
 import { snapshotPlugins, snapshotsGrpcPlugin, snapshotsServicePlugin } from "./snapshots.js";
+import { transferPlugins } from "./transfer.js";
 
 export function allPlugins(): Plugin[] {
   return [
@@ -26,6 +27,7 @@ export function allPlugins(): Plugin[] {
     imagesGrpcPlugin,
     containersGrpcPlugin,
     diffGrpcPlugin,
+    ...transferPlugins,
   ];
 }
 

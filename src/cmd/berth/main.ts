@@ -8,6 +8,7 @@ import { type CallOptions, type Client, Connection } from "../../grpc/client.js"
 import { registerContent } from "./content.js";
 import { registerEvents } from "./events.js";
 import { registerGc } from "./gc.js";
+import { registerImages } from "./images.js";
 import { registerLeases } from "./leases.js";
 import { registerNamespaces } from "./namespaces.js";
 import { registerPlugins } from "./plugins.js";
@@ -218,6 +219,7 @@ export function buildProgram(): Command {
   registerNamespaces(program, wire);
   registerSnapshots(program, wire);
   registerGc(program, wire);
+  registerImages(program, wire);
   return program;
 }
 

@@ -1,0 +1,165 @@
+// The Transfer gRPC service (containerd 2.x): registry → image store transfers, i.e. a daemon-side
+// pull. Source and destination arrive as Anys; progress goes to a stream registered on the
+// Streaming service; credentials are asked for on the resolver's auth stream, as ctr 2.x answers.
+import { create } from "@bufbuild/protobuf";
+import { type Any, anyIs, anyPack, anyUnpack, EmptySchema } from "@bufbuild/protobuf/wkt";
+import { errInvalidArgument, errNotImplemented } from "../core/errdefs.js";
+import type { Logger } from "../core/log.js";
+import type { Platform } from "../core/pull/platforms.js";
+import { normalizePlatform } from "../core/pull/platforms.js";
+import { type ProgressEvent, type PullDeps, pull } from "../core/pull/pull.js";
+import type { AnyStream, StreamManager } from "../core/pull/streams.js";
+import { RegistryClient, type RegistryClientOptions } from "../core/remotes/client.js";
+import type { Credentials, RegistryHost } from "../core/remotes/hosts.js";
+import type { Transfer } from "../gen/containerd/services/transfer/v1/transfer_pb.js";
+import { ImageStoreSchema } from "../gen/containerd/types/transfer/imagestore_pb.js";
+import { ProgressSchema } from "../gen/containerd/types/transfer/progress_pb.js";
+import {
+  AuthRequestSchema,
+  AuthResponseSchema,
+  AuthType,
+  OCIRegistrySchema,
+  type RegistryResolver,
+} from "../gen/containerd/types/transfer/registry_pb.js";
+import type { ServiceImpl } from "../grpc/service.js";
+
+export interface LocalTransferConfig {
+  max_concurrent_downloads: number;
+  /** hosts.toml root used when a request names none (ctr's --hosts-dir default). */
+  config_path: string;
+  /** Snapshotter for unpacks that name none. */
+  default_snapshotter: string;
+}
+
+/** The io.containerd.transfer.v1 "local" plugin's instance. */
+export interface LocalTransfer {
+  deps: PullDeps;
+  config: LocalTransferConfig;
+  log: Logger;
+}
+
+/** A registry client whose hosts also carry the request's extra headers. */
+class HeaderClient extends RegistryClient {
+  constructor(
+    opts: RegistryClientOptions,
+    private readonly extra: Record<string, string>,
+  ) {
+    super(opts);
+  }
+  override async hosts(domain: string): Promise<RegistryHost[]> {
+    const hosts = await super.hosts(domain);
+    if (Object.keys(this.extra).length === 0) return hosts;
+    return hosts.map((h) => {
+      const headers = { ...h.headers };
+      for (const [k, v] of Object.entries(this.extra)) headers[k.toLowerCase()] = [v];
+      return { ...h, headers };
+    });
+  }
+}
+
+/** Credentials asked for on the client's auth stream, once per host, one question at a time. */
+function streamCredentials(stream: AnyStream, reference: string) {
+  const cache = new Map<string, Credentials | undefined>();
+  let chain: Promise<unknown> = Promise.resolve();
+  return (host: string): Promise<Credentials | undefined> => {
+    const p = chain.then(async () => {
+      if (cache.has(host)) return cache.get(host);
+      stream.send(anyPack(AuthRequestSchema, create(AuthRequestSchema, { host, reference })));
+      const a = await stream.recv();
+      let creds: Credentials | undefined;
+      if (a && anyIs(a, AuthResponseSchema)) {
+        const r = anyUnpack(a, AuthResponseSchema)!;
+        if (r.authType === AuthType.CREDENTIALS) creds = { username: r.username, password: r.secret };
+        else if (r.authType === AuthType.REFRESH) creds = { identityToken: r.secret };
+      }
+      cache.set(host, creds);
+      return creds;
+    });
+    chain = p.catch(() => {});
+    return p;
+  };
+}
+
+const toPlatform = (p: { os: string; architecture: string; variant: string }): Platform =>
+  normalizePlatform({ os: p.os, architecture: p.architecture, variant: p.variant });
+
+export function transferService(local: LocalTransfer, streams: StreamManager): ServiceImpl<typeof Transfer> {
+  return {
+    async transfer(req, ctx) {
+      const ns = ctx.namespace();
+      const src: Any | undefined = req.source;
+      const dst: Any | undefined = req.destination;
+      if (!src || !dst) throw errInvalidArgument("source and destination are required");
+      if (!anyIs(src, OCIRegistrySchema) || !anyIs(dst, ImageStoreSchema))
+        throw errNotImplemented(
+          `transfer from ${src.typeUrl.split("/").pop()} to ${dst.typeUrl.split("/").pop()} is not supported`,
+        );
+      const reg = anyUnpack(src, OCIRegistrySchema)!;
+      const store = anyUnpack(dst, ImageStoreSchema)!;
+      if (!reg.reference) throw errInvalidArgument("reference is required");
+      const resolver: RegistryResolver | undefined = reg.resolver;
+
+      const progressStream = req.options?.progressStream
+        ? streams.get(ns, req.options.progressStream)
+        : undefined;
+      const authStream = resolver?.authStream ? streams.get(ns, resolver.authStream) : undefined;
+      const hostDir = resolver?.hostDir || local.config.config_path;
+      const client = new HeaderClient(
+        {
+          logger: local.log,
+          hosts: {
+            configPaths: hostDir ? [hostDir] : undefined,
+            plainHttp: resolver?.defaultScheme === "http",
+          },
+          credentials: authStream ? streamCredentials(authStream, reg.reference) : undefined,
+        },
+        { ...(resolver?.headers ?? {}) },
+      );
+      const progress = progressStream
+        ? (ev: ProgressEvent) =>
+            progressStream.send(
+              anyPack(
+                ProgressSchema,
+                create(ProgressSchema, {
+                  event: ev.event,
+                  name: ev.name,
+                  parents: ev.parents ?? [],
+                  progress: BigInt(ev.progress ?? 0),
+                  total: BigInt(ev.total ?? 0),
+                  desc: ev.desc && {
+                    mediaType: ev.desc.mediaType,
+                    digest: ev.desc.digest,
+                    size: BigInt(ev.desc.size),
+                  },
+                }),
+              ),
+            )
+        : undefined;
+      try {
+        await pull(local.deps, {
+          namespace: ns,
+          ref: reg.reference,
+          client,
+          name: store.name || undefined,
+          labels: { ...store.labels },
+          platforms: store.platforms.map(toPlatform),
+          allMetadata: store.allMetadata,
+          unpacks: store.unpacks.map((u) => ({
+            platform: u.platform
+              ? toPlatform(u.platform)
+              : toPlatform({ os: "", architecture: "", variant: "" }),
+            snapshotter: u.snapshotter || local.config.default_snapshotter,
+          })),
+          maxConcurrentDownloads: local.config.max_concurrent_downloads,
+          progress,
+          signal: ctx.signal,
+        });
+      } finally {
+        progressStream?.close();
+        authStream?.close();
+        await client.close().catch(() => {});
+      }
+      return create(EmptySchema);
+    },
+  };
+}
