@@ -8,6 +8,7 @@ import { imagesGrpcPlugin, imagesServicePlugin } from "./images.js";
 import type { Plugin } from "./registry.js";
 import { pluginKey } from "./registry.js";
 import { snapshotPlugins, snapshotsGrpcPlugin, snapshotsServicePlugin } from "./snapshots.js";
+import { taskPlugins } from "./tasks.js";
 import { transferPlugins } from "./transfer.js";
 
 export function allPlugins(): Plugin[] {
@@ -28,6 +29,7 @@ export function allPlugins(): Plugin[] {
     containersGrpcPlugin,
     diffGrpcPlugin,
     ...transferPlugins,
+    ...taskPlugins,
   ];
 }
 

@@ -1,0 +1,263 @@
+// Launching runtime v2 shims the way containerd 1.6 does, and talking to them over ttrpc.
+//
+//   <binary> -namespace NS -address <grpc socket> -publish-binary <helper> -id ID [-debug] start
+//
+// runs with cwd = bundle, env TTRPC_ADDRESS=<ttrpc socket> and GOMAXPROCS=2, the runtime options
+// (a protobuf Any) on stdin. It daemonizes the real shim, prints its ttrpc address and exits. Before
+// that the `log` FIFO in the bundle is opened here read-write, so the shim's open for writing never
+// blocks; what it logs goes to berthd's log. `delete` (same flags plus -bundle) cleans up after a
+// shim that died, printing a task.v2 DeleteResponse.
+import { spawn } from "node:child_process";
+import { closeSync, existsSync, constants as fsc, openSync, readFileSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
+import { Socket } from "node:net";
+import { delimiter, isAbsolute, join } from "node:path";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type Any, AnySchema } from "@bufbuild/protobuf/wkt";
+import {
+  type DeleteResponse,
+  DeleteResponseSchema,
+  Task,
+} from "../../gen/containerd/runtime/v2/task/shim_pb.js";
+import { mknod, S_IFIFO } from "../../sys/mknod.js";
+import { TtrpcClient, type TtrpcServiceClient } from "../../ttrpc/index.js";
+import { errInvalidArgument, errNotFound } from "../errdefs.js";
+import type { Logger } from "../log.js";
+import type { Bundle } from "./bundle.js";
+
+export interface ShimEnv {
+  /** berthd's gRPC socket (the shim's -address). */
+  address: string;
+  /** berthd's ttrpc socket (TTRPC_ADDRESS). */
+  ttrpcAddress: string;
+  /** The -publish-binary path. */
+  publishBinary: string;
+  debug: boolean;
+  log: Logger;
+  /** PIDs of children spawned here, while Node still owns them (the reaper must leave them). */
+  spawned: Set<number>;
+}
+
+/** `io.containerd.runc.v2` → `containerd-shim-runc-v2`; a path is used as it is. */
+export function shimBinaryName(runtime: string): string {
+  if (isAbsolute(runtime) || runtime.includes("/")) return runtime;
+  const parts = runtime.split(".");
+  if (parts.length < 2) throw errInvalidArgument(`invalid runtime name ${runtime}`);
+  return `containerd-shim-${parts[parts.length - 2]}-${parts[parts.length - 1]}`;
+}
+
+export function findShimBinary(runtime: string): string {
+  const name = shimBinaryName(runtime);
+  if (name.includes("/")) {
+    if (!existsSync(name))
+      throw errNotFound(`runtime ${JSON.stringify(runtime)} binary not installed "${name}"`);
+    return name;
+  }
+  for (const dir of (process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(delimiter)) {
+    if (!dir) continue;
+    const p = join(dir, name);
+    if (existsSync(p)) return p;
+  }
+  throw errNotFound(`runtime ${JSON.stringify(runtime)} binary not installed "${name}"`);
+}
+
+interface RunResult {
+  code: number | null;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+function run(
+  env: ShimEnv,
+  binary: string,
+  args: string[],
+  cwd: string | undefined,
+  stdin: Uint8Array | undefined,
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(binary, args, {
+      cwd,
+      env: { ...process.env, GOMAXPROCS: "2", TTRPC_ADDRESS: env.ttrpcAddress },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    const pid = child.pid;
+    if (pid !== undefined) env.spawned.add(pid);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on("data", (b: Buffer) => out.push(b));
+    child.stderr.on("data", (b: Buffer) => err.push(b));
+    child.stdin.on("error", () => {});
+    child.stdin.end(stdin ? Buffer.from(stdin) : undefined);
+    let settled = false;
+    const finish = (code: number | null) => {
+      if (settled) return;
+      settled = true;
+      if (pid !== undefined) env.spawned.delete(pid);
+      resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err) });
+    };
+    child.once("error", (e) => {
+      if (pid !== undefined) env.spawned.delete(pid);
+      if (!settled) {
+        settled = true;
+        reject(e);
+      }
+    });
+    child.once("close", (code) => finish(code));
+    // a daemonized grandchild might keep the pipes open: do not wait for them past the exit
+    child.once("exit", (code) => setTimeout(() => finish(code), 2000).unref());
+  });
+}
+
+/** Open `<bundle>/log` (a FIFO) read-write and copy what the shim writes to the log. */
+function openShimLog(bundle: Bundle, log: Logger): Socket | undefined {
+  const path = join(bundle.path, "log");
+  try {
+    if (!existsSync(path)) mknod(path, S_IFIFO | 0o700);
+    const fd = openSync(path, fsc.O_RDWR | fsc.O_NONBLOCK);
+    let sock: Socket;
+    try {
+      sock = new Socket({ fd, readable: true, writable: false });
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+    let pending = "";
+    sock.on("data", (b: Buffer) => {
+      pending += b.toString("utf8");
+      const lines = pending.split("\n");
+      pending = lines.pop() ?? "";
+      for (const l of lines)
+        if (l.trim()) log.info(l, { id: bundle.id, namespace: bundle.namespace, shim: true });
+    });
+    sock.on("error", () => {});
+    return sock;
+  } catch (err) {
+    log.warn("cannot open shim log", { error: (err as Error).message });
+    return undefined;
+  }
+}
+
+const anyBytes = (a: { typeUrl: string; value: Uint8Array } | undefined): Uint8Array | undefined =>
+  a ? toBinary(AnySchema, create(AnySchema, { typeUrl: a.typeUrl, value: a.value })) : undefined;
+
+/** The address a shim prints: plain, or (newer shims) a JSON bootstrap with `address`. */
+export function parseShimAddress(out: string): string {
+  const s = out.trim();
+  if (s.startsWith("{")) {
+    const j = JSON.parse(s) as { address?: string };
+    if (!j.address) throw new Error(`shim bootstrap without address: ${s}`);
+    return j.address;
+  }
+  return s;
+}
+
+export class Shim {
+  readonly task: TtrpcServiceClient<typeof Task>;
+  shimPid = 0;
+  private constructor(
+    readonly bundle: Bundle,
+    readonly runtime: string,
+    readonly conn: TtrpcClient,
+    private readonly logPipe: Socket | undefined,
+  ) {
+    this.task = conn.service(Task);
+  }
+
+  get namespace(): string {
+    return this.bundle.namespace;
+  }
+  get id(): string {
+    return this.bundle.id;
+  }
+
+  static async start(
+    env: ShimEnv,
+    bundle: Bundle,
+    runtime: string,
+    opts: { typeUrl: string; value: Uint8Array } | undefined,
+  ): Promise<Shim> {
+    const binary = findShimBinary(runtime);
+    const args = [
+      "-namespace",
+      bundle.namespace,
+      "-address",
+      env.address,
+      "-publish-binary",
+      env.publishBinary,
+      "-id",
+      bundle.id,
+    ];
+    if (env.debug) args.push("-debug");
+    args.push("start");
+    const logPipe = openShimLog(bundle, env.log);
+    try {
+      const r = await run(env, binary, args, bundle.path, anyBytes(opts));
+      if (r.code !== 0) {
+        const text = Buffer.concat([r.stdout, r.stderr]).toString("utf8").trim();
+        throw new Error(`${text}: exit status ${r.code}`);
+      }
+      const address = parseShimAddress(r.stdout.toString("utf8"));
+      const conn = await TtrpcClient.connect(address);
+      await writeFile(join(bundle.path, "shim-binary-path"), binary, { mode: 0o600 });
+      const shim = new Shim(bundle, runtime, conn, logPipe);
+      await shim.connect();
+      return shim;
+    } catch (err) {
+      logPipe?.destroy();
+      throw err;
+    }
+  }
+
+  /** Reconnect to a running shim through the bundle's `address` file. */
+  static async load(env: ShimEnv, bundle: Bundle, runtime: string): Promise<Shim> {
+    const address = readFileSync(join(bundle.path, "address"), "utf8").trim();
+    const logPipe = openShimLog(bundle, env.log);
+    try {
+      const conn = await TtrpcClient.connect(address);
+      const shim = new Shim(bundle, runtime, conn, logPipe);
+      await shim.connect(5000);
+      return shim;
+    } catch (err) {
+      logPipe?.destroy();
+      throw err;
+    }
+  }
+
+  private async connect(timeoutMs = 10_000): Promise<void> {
+    const r = await this.task.connect({ id: this.id }, { namespace: this.namespace, timeoutMs });
+    this.shimPid = r.shimPid;
+  }
+
+  close(): void {
+    this.conn.close();
+    this.logPipe?.destroy();
+  }
+}
+
+/** Run `<shim> ... -bundle B delete` for a shim that is gone; its DeleteResponse (exit status). */
+export async function deleteDeadShim(env: ShimEnv, bundle: Bundle, runtime: string): Promise<DeleteResponse> {
+  let binary: string;
+  const recorded = join(bundle.path, "shim-binary-path");
+  binary = existsSync(recorded) ? readFileSync(recorded, "utf8").trim() : findShimBinary(runtime);
+  if (!existsSync(binary)) binary = findShimBinary(runtime);
+  const args = [
+    "-namespace",
+    bundle.namespace,
+    "-address",
+    env.address,
+    "-publish-binary",
+    env.publishBinary,
+    "-id",
+    bundle.id,
+    "-bundle",
+    bundle.path,
+    "delete",
+  ];
+  const r = await run(env, binary, args, bundle.path, undefined);
+  if (r.code !== 0) throw new Error(`${r.stderr.toString("utf8").trim()}: exit status ${r.code}`);
+  const warn = r.stderr.toString("utf8").trim();
+  if (warn) env.log.warn("cleanup warnings", { id: bundle.id, warnings: warn });
+  return fromBinary(DeleteResponseSchema, r.stdout);
+}
+
+export type { Any };

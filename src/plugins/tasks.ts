@@ -1,0 +1,123 @@
+// Runtime and task plugins, with containerd's types and ids:
+//   io.containerd.runtime.v2.task          the shim manager (bundles under <state>/…/<ns>/<id>)
+//   io.containerd.service.v1.tasks-service the task service over it and the container store
+//   io.containerd.grpc.v1.tasks            the Tasks gRPC service
+// The runtime plugin also makes berthd a child subreaper (daemonized shims are reparented here)
+// and serves containerd.services.events.ttrpc.v1.Events on `<address>.ttrpc`, where the shims
+// forward their task events.
+import { mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { create } from "@bufbuild/protobuf";
+import { EmptySchema, timestampDate } from "@bufbuild/protobuf/wkt";
+import type { ContainerStore } from "../core/containers/store.js";
+import { errFailedPrecondition, errInvalidArgument } from "../core/errdefs.js";
+import type { Exchange } from "../core/events/exchange.js";
+import { validateTopic } from "../core/events/exchange.js";
+import { TaskManager } from "../core/runtime/manager.js";
+import { Tasks } from "../gen/containerd/services/tasks/v1/tasks_pb.js";
+import { Events as TtrpcEvents } from "../gen/containerd/services/ttrpc/events/v1/events_pb.js";
+import { tasksService } from "../services/tasks.js";
+import { setChildSubreaper } from "../sys/reaper.js";
+import { TtrpcServer } from "../ttrpc/index.js";
+import { type GrpcServicePlugin, registration } from "./grpc.js";
+import type { Plugin } from "./registry.js";
+import { PluginType, ServiceId } from "./types.js";
+
+/** bin/berth-publish.js: what shims get as -publish-binary. */
+export const PUBLISH_BINARY = join(dirname(fileURLToPath(import.meta.url)), "../../../bin/berth-publish.js");
+
+export const runtimeV2Plugin: Plugin = {
+  type: PluginType.RuntimeV2,
+  id: "task",
+  requires: [PluginType.Event, PluginType.Metadata],
+  async init(ic): Promise<TaskManager> {
+    const events = ic.get<Exchange>(PluginType.Event);
+    try {
+      setChildSubreaper(true);
+    } catch (err) {
+      ic.log.warn("cannot become a child subreaper; exited shims may stay zombies", {
+        error: (err as Error).message,
+      });
+    }
+    mkdirSync(ic.state, { recursive: true, mode: 0o711 });
+    mkdirSync(ic.root, { recursive: true, mode: 0o711 });
+
+    const server = new TtrpcServer({
+      onError: (err) => ic.log.debug("ttrpc connection", { error: String(err) }),
+    });
+    server.register(TtrpcEvents, {
+      forward(req) {
+        const env = req.envelope;
+        if (!env) throw errInvalidArgument("envelope required");
+        validateTopic(env.topic);
+        events.forward({
+          timestamp: env.timestamp ? timestampDate(env.timestamp) : new Date(),
+          namespace: env.namespace,
+          topic: env.topic,
+          event: env.event,
+        });
+        return create(EmptySchema);
+      },
+    });
+    const ttrpcPath = ic.daemon.ttrpcAddress.replace(/^unix:\/\//, "");
+    mkdirSync(dirname(ttrpcPath), { recursive: true });
+    await server.listen(ttrpcPath);
+
+    const manager = new TaskManager(
+      ic.state,
+      ic.root,
+      {
+        address: ic.daemon.address.replace(/^unix:\/\//, ""),
+        ttrpcAddress: ttrpcPath,
+        publishBinary: PUBLISH_BINARY,
+        debug: ic.log.enabled("debug"),
+        log: ic.log,
+        spawned: new Set(),
+      },
+      events,
+      ic.log,
+    );
+    manager.startReaper();
+    ic.onClose(async () => {
+      await manager.close();
+      await server.close();
+    });
+    return manager;
+  },
+};
+
+export const tasksServicePlugin: Plugin = {
+  type: PluginType.Service,
+  id: ServiceId.Tasks,
+  requires: [PluginType.RuntimeV2, PluginType.Service, PluginType.Metadata, PluginType.Event],
+  async init(ic) {
+    const manager = ic.get<TaskManager>(PluginType.RuntimeV2, "task");
+    const containers = ic.get<ContainerStore>(PluginType.Service, ServiceId.Containers);
+    await manager.loadExisting((ns, id) => {
+      try {
+        containers.get(ns, id);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    containers.beforeDelete = (ns, id) => {
+      if (manager.has(ns, id))
+        throw errFailedPrecondition(`cannot delete container ${JSON.stringify(id)}: it has a task`);
+    };
+    return tasksService(containers, manager, ic.log);
+  },
+};
+
+export const tasksGrpcPlugin: Plugin = {
+  type: PluginType.GRPC,
+  id: "tasks",
+  requires: [PluginType.Service],
+  init(ic): GrpcServicePlugin {
+    const impl = ic.get<ReturnType<typeof tasksService>>(PluginType.Service, ServiceId.Tasks);
+    return { services: [registration(Tasks, impl)] };
+  },
+};
+
+export const taskPlugins: Plugin[] = [runtimeV2Plugin, tasksServicePlugin, tasksGrpcPlugin];
