@@ -42,6 +42,9 @@ export const GrpcCode = {
   Unauthenticated: 16,
 } as const;
 
+/** Status code names by number, as grpc-go prints them. */
+export const GRPC_CODE_NAMES: readonly string[] = Object.keys(GrpcCode);
+
 const kindToCode: Record<ErrorKind, number> = {
   unknown: GrpcCode.Unknown,
   "invalid argument": GrpcCode.InvalidArgument,

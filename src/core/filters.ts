@@ -441,3 +441,23 @@ class Parser {
     return errInvalidArgument(`filters: parse error: ${where}: ${reason}`);
   }
 }
+
+/**
+ * What a store's List does with filters: parse them (a syntax error is InvalidArgument, wrapped
+ * once more as containerd's stores do) and keep the items that match.
+ */
+export function selectMatching<T>(
+  filters: readonly string[],
+  items: Iterable<T>,
+  adapt: (item: T) => Adaptor,
+): T[] {
+  let filter: Filter;
+  try {
+    filter = parseFilters([...filters]);
+  } catch (err) {
+    throw errInvalidArgument((err as Error).message);
+  }
+  const out: T[] = [];
+  for (const item of items) if (filter.match(adapt(item))) out.push(item);
+  return out;
+}

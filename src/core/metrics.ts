@@ -1,28 +1,9 @@
 // Prometheus text exposition for the daemon: gRPC call counters (grpc-go's metric names, so
 // existing dashboards read them) and process metrics. Small on purpose: no client library.
 import { cpuUsage, memoryUsage } from "node:process";
+import { GRPC_CODE_NAMES } from "./errdefs.js";
 
 const escapeLabel = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
-
-const CODE_NAMES = [
-  "OK",
-  "Canceled",
-  "Unknown",
-  "InvalidArgument",
-  "DeadlineExceeded",
-  "NotFound",
-  "AlreadyExists",
-  "PermissionDenied",
-  "ResourceExhausted",
-  "FailedPrecondition",
-  "Aborted",
-  "OutOfRange",
-  "Unimplemented",
-  "Internal",
-  "Unavailable",
-  "DataLoss",
-  "Unauthenticated",
-];
 
 const GRPC_TYPE: Record<string, string> = {
   unary: "unary",
@@ -44,7 +25,7 @@ export class Metrics {
     let key = this.keys.get(id);
     if (key === undefined) {
       const [, service = "", method = ""] = path.split("/");
-      key = `grpc_code="${CODE_NAMES[code] ?? String(code)}",grpc_method="${escapeLabel(method)}",grpc_service="${escapeLabel(service)}",grpc_type="${GRPC_TYPE[kind] ?? kind}"`;
+      key = `grpc_code="${GRPC_CODE_NAMES[code] ?? String(code)}",grpc_method="${escapeLabel(method)}",grpc_service="${escapeLabel(service)}",grpc_type="${GRPC_TYPE[kind] ?? kind}"`;
       this.keys.set(id, key);
     }
     this.handled.set(key, (this.handled.get(key) ?? 0) + 1);

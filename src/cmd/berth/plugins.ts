@@ -1,6 +1,7 @@
 // `berth plugins ls`: the daemon's plugins and their init status, as Introspection reports them.
 import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
+import { GRPC_CODE_NAMES } from "../../core/errdefs.js";
 import {
   Introspection,
   type Plugin,
@@ -12,26 +13,6 @@ import { printJson, TabWriter, WIDE, wantsJson } from "./table.js";
 
 /** The marker a plugin's init error carries when the plugin skipped itself. */
 const SKIP_MARKER = "skip plugin";
-
-const GRPC_CODE_NAMES = [
-  "OK",
-  "Canceled",
-  "Unknown",
-  "InvalidArgument",
-  "DeadlineExceeded",
-  "NotFound",
-  "AlreadyExists",
-  "PermissionDenied",
-  "ResourceExhausted",
-  "FailedPrecondition",
-  "Aborted",
-  "OutOfRange",
-  "Unimplemented",
-  "Internal",
-  "Unavailable",
-  "DataLoss",
-  "Unauthenticated",
-];
 
 export function grpcCodeName(code: number): string {
   return GRPC_CODE_NAMES[code] ?? `Code(${code})`;

@@ -24,7 +24,7 @@ import {
 import { errAlreadyExists, errInvalidArgument, errNotFound } from "../errdefs.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
-import { type Adaptor, type Filter, labelAdaptor, parseFilters } from "../filters.js";
+import { type Adaptor, labelAdaptor, selectMatching } from "../filters.js";
 import { validateIdentifier } from "../identifiers.js";
 import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
@@ -264,18 +264,7 @@ export class ContainerStore {
   }
 
   list(ns: string, filters: readonly string[] = []): Container[] {
-    let filter: Filter;
-    try {
-      filter = parseFilters(filters);
-    } catch (err) {
-      throw errInvalidArgument((err as Error).message);
-    }
-    const out: Container[] = [];
-    for (const r of this.stmts.list.all(ns) as Row[]) {
-      const c = toContainer(r);
-      if (filter.match(adapt(c))) out.push(c);
-    }
-    return out;
+    return selectMatching(filters, (this.stmts.list.all(ns) as Row[]).map(toContainer), adapt);
   }
 
   create(ns: string, input: ContainerInput): Container {

@@ -17,7 +17,7 @@ import { digestError } from "../content/local.js";
 import { errAlreadyExists, errInvalidArgument, errNotFound } from "../errdefs.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
-import { type Filter, labelAdaptor, parseFilters } from "../filters.js";
+import { labelAdaptor, selectMatching } from "../filters.js";
 import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 
@@ -178,19 +178,7 @@ export class ImageStore {
   }
 
   list(ns: string, filters: string[] = []): Image[] {
-    let filter: Filter;
-    try {
-      filter = parseFilters(filters);
-    } catch (err) {
-      // containerd wraps the parser's (already InvalidArgument) error once more
-      throw errInvalidArgument((err as Error).message);
-    }
-    const out: Image[] = [];
-    for (const r of this.stmts.list.all(ns) as Row[]) {
-      const img = toImage(r);
-      if (filter.match(adapt(img))) out.push(img);
-    }
-    return out;
+    return selectMatching(filters, (this.stmts.list.all(ns) as Row[]).map(toImage), adapt);
   }
 
   create(ns: string, input: ImageInput): Image {
