@@ -3,8 +3,11 @@
 //   (b) `ctr images pull` (client-side in ctr 1.6) on berthd vs on containerd
 //   (c) raw limit: fetch every blob and `tar -xz` it (layers in parallel, own dirs)
 // Every measurement starts a fresh daemon (cold: empty content store and snapshotter); medians of
-// REPS (default 3), daemons alternated per rep. Usage: node dist/bench/pull.js [reps]
-import { spawn } from "node:child_process";
+// REPS (default 3), daemons alternated per rep. Usage: node dist/bench/pull.js [reps] [--tmpfs]
+// [--settle MS]. --tmpfs puts the daemons' roots (and the raw extraction) on a tmpfs mounted for the
+// run and unmounted after, taking the disk out of the comparison; --settle waits between runs
+// (default 2000 ms with --tmpfs, else 0) after a sync, so one run's writeback does not tax the next.
+import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
@@ -16,7 +19,23 @@ import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
 import { benchLayers } from "./layers.js";
 import { fmt, median, nowMs, renderTable } from "./lib.js";
 
-const REPS = Number(process.argv[2] ?? 3);
+const argv = process.argv.slice(2);
+const flag = (name: string) => {
+  const i = argv.indexOf(name);
+  if (i < 0) return undefined;
+  argv.splice(i, 1);
+  return true;
+};
+const optionValue = (name: string) => {
+  const i = argv.indexOf(name);
+  if (i < 0) return undefined;
+  const v = argv[i + 1];
+  argv.splice(i, 2);
+  return v;
+};
+const TMPFS = flag("--tmpfs") ?? false;
+const SETTLE_MS = Number(optionValue("--settle") ?? (TMPFS ? 2000 : 0));
+const REPS = Number(argv[0] ?? 3);
 const REPO = "bench/big";
 const sha = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
@@ -41,6 +60,22 @@ async function main(): Promise<void> {
   const layers = await benchLayers();
   const reg = await startRegistry();
   const tmp = await makeTempDir("bench-pull");
+  // With --tmpfs every daemon root and the raw extraction live on a tmpfs mounted here.
+  const fast = join(tmp, "tmpfs");
+  let mounted = false;
+  if (TMPFS) {
+    mkdirSync(fast);
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=8g,mode=0711", "tmpfs", fast]);
+    mounted = true;
+  }
+  const base = TMPFS ? fast : tmp;
+  let seq = 0;
+  const rootFor = (kind: string) => (TMPFS ? { root: join(fast, `${kind}-${seq++}`) } : {});
+  const settle = async () => {
+    if (SETTLE_MS <= 0) return;
+    execFileSync("sync");
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
+  };
   try {
     for (const l of layers)
       await pushBlob(reg.url, REPO, {
@@ -81,7 +116,7 @@ async function main(): Promise<void> {
     const total = layers.reduce((n, l) => n + l.size, 0);
     const tarTotal = layers.reduce((n, l) => n + l.tarSize, 0);
     process.stdout.write(
-      `image: ${layers.length} layers, ${(total / 1e6).toFixed(0)} MB gzip, ${(tarTotal / 1e6).toFixed(0)} MB tar\n`,
+      `image: ${layers.length} layers, ${(total / 1e6).toFixed(0)} MB gzip, ${(tarTotal / 1e6).toFixed(0)} MB tar; roots on ${TMPFS ? "tmpfs" : "disk"}, settle ${SETTLE_MS} ms\n`,
     );
 
     const samples: Record<string, number[]> = {
@@ -96,7 +131,7 @@ async function main(): Promise<void> {
           "berthPullBerthd",
           async () =>
             withDaemon(
-              () => startBerthd({ logLevel: "warn" }),
+              () => startBerthd({ logLevel: "warn", ...rootFor("berthd") }),
               (d) => timedPull(d, "berth", ref),
             ),
         ],
@@ -104,7 +139,7 @@ async function main(): Promise<void> {
           "ctrBerthd",
           async () =>
             withDaemon(
-              () => startBerthd({ logLevel: "warn" }),
+              () => startBerthd({ logLevel: "warn", ...rootFor("berthd") }),
               (d) => timedPull(d, "ctr", ref),
             ),
         ],
@@ -112,14 +147,14 @@ async function main(): Promise<void> {
           "ctrContainerd",
           async () =>
             withDaemon(
-              () => startContainerd({ logLevel: "warn" }),
+              () => startContainerd({ logLevel: "warn", ...rootFor("containerd") }),
               (d) => timedPull(d, "ctr", ref),
             ),
         ],
         [
           "raw",
           async () => {
-            const dir = join(tmp, `raw-${rep}`);
+            const dir = join(base, `raw-${rep}`);
             const t0 = nowMs();
             await Promise.all(
               layers.map(async (l, i) => {
@@ -137,6 +172,7 @@ async function main(): Promise<void> {
       ];
       const order = rep % 2 === 0 ? runs : [...runs].reverse();
       for (const [name, fn] of order) {
+        await settle();
         const ms = await fn();
         samples[name]!.push(ms);
         process.stdout.write(`rep ${rep + 1} ${name}: ${fmt(ms)} ms\n`);
@@ -168,6 +204,13 @@ async function main(): Promise<void> {
     );
   } finally {
     await reg.cleanup();
+    if (mounted) {
+      try {
+        execFileSync("umount", [fast]);
+      } catch {
+        execFileSync("umount", ["-l", fast]);
+      }
+    }
     await removeTempDir(tmp);
   }
 }
@@ -178,6 +221,8 @@ async function withDaemon(start: () => Promise<Daemon>, fn: (d: Daemon) => Promi
     return await fn(d);
   } finally {
     await d.cleanup();
+    // a root given to the daemon is not its temp dir: drop it (snapshot mounts are gone by now)
+    if (TMPFS && d.root.startsWith(`${d.dir}/`) === false) rmSync(d.root, { recursive: true, force: true });
   }
 }
 

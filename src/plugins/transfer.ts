@@ -27,7 +27,12 @@ export const localTransferPlugin: Plugin<LocalTransferConfig> = {
   type: PluginType.Transfer,
   id: "local",
   requires: [PluginType.Lease, PluginType.Metadata, PluginType.Service],
-  defaults: () => ({ max_concurrent_downloads: 3, config_path: "", default_snapshotter: "overlayfs" }),
+  defaults: () => ({
+    max_concurrent_downloads: 3,
+    max_concurrent_uploaded_layers: 3,
+    config_path: "",
+    default_snapshotter: "overlayfs",
+  }),
   init(ic): LocalTransfer {
     const md = ic.get<Metadata>(PluginType.Metadata, "bolt");
     return {

@@ -8,6 +8,7 @@ import type { Logger } from "../core/log.js";
 import type { Platform } from "../core/pull/platforms.js";
 import { normalizePlatform } from "../core/pull/platforms.js";
 import { type ProgressEvent, type PullDeps, pull } from "../core/pull/pull.js";
+import { push } from "../core/pull/push.js";
 import type { AnyStream, StreamManager } from "../core/pull/streams.js";
 import { RegistryClient, type RegistryClientOptions } from "../core/remotes/client.js";
 import type { Credentials, RegistryHost } from "../core/remotes/hosts.js";
@@ -25,6 +26,7 @@ import type { ServiceImpl } from "../grpc/service.js";
 
 export interface LocalTransferConfig {
   max_concurrent_downloads: number;
+  max_concurrent_uploaded_layers?: number;
   /** hosts.toml root used when a request names none (ctr's --hosts-dir default). */
   config_path: string;
   /** Snapshotter for unpacks that name none. */
@@ -90,13 +92,15 @@ export function transferService(local: LocalTransfer, streams: StreamManager): S
       const src: Any | undefined = req.source;
       const dst: Any | undefined = req.destination;
       if (!src || !dst) throw errInvalidArgument("source and destination are required");
-      if (!anyIs(src, OCIRegistrySchema) || !anyIs(dst, ImageStoreSchema))
+      const pushing = anyIs(src, ImageStoreSchema) && anyIs(dst, OCIRegistrySchema);
+      if (!pushing && !(anyIs(src, OCIRegistrySchema) && anyIs(dst, ImageStoreSchema)))
         throw errNotImplemented(
           `transfer from ${src.typeUrl.split("/").pop()} to ${dst.typeUrl.split("/").pop()} is not supported`,
         );
-      const reg = anyUnpack(src, OCIRegistrySchema)!;
-      const store = anyUnpack(dst, ImageStoreSchema)!;
+      const reg = anyUnpack(pushing ? dst : src, OCIRegistrySchema)!;
+      const store = anyUnpack(pushing ? src : dst, ImageStoreSchema)!;
       if (!reg.reference) throw errInvalidArgument("reference is required");
+      if (pushing && !store.name) throw errInvalidArgument("the image store source names no image");
       const resolver: RegistryResolver | undefined = reg.resolver;
 
       const progressStream = req.options?.progressStream
@@ -136,6 +140,19 @@ export function transferService(local: LocalTransfer, streams: StreamManager): S
             )
         : undefined;
       try {
+        if (pushing) {
+          await push(local.deps, {
+            namespace: ns,
+            image: store.name,
+            ref: reg.reference,
+            client,
+            platforms: store.platforms.map(toPlatform),
+            maxConcurrentUploads: local.config.max_concurrent_uploaded_layers ?? 3,
+            progress,
+            signal: ctx.signal,
+          });
+          return create(EmptySchema);
+        }
         await pull(local.deps, {
           namespace: ns,
           ref: reg.reference,

@@ -13,6 +13,7 @@ import {
   WriteAction,
   type WriteContentResponse,
 } from "../../gen/containerd/services/content/v1/content_pb.js";
+import { registerContentFetch } from "./images.js";
 import type { CliContext, Wire } from "./main.js";
 import {
   formatLabels,
@@ -213,6 +214,7 @@ async function writeOut(data: Uint8Array): Promise<void> {
 
 export function registerContent(program: Command, wire: Wire): void {
   const content = program.command("content").description("manage content");
+  registerContentFetch(content, wire);
 
   content
     .command("active")

@@ -2,7 +2,7 @@
 // stream), list, remove, tag, label and check images. Output follows ctr's.
 import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { anyIs, anyPack, anyUnpack } from "@bufbuild/protobuf/wkt";
+import { type Any, anyIs, anyPack, anyUnpack } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import { isAlreadyExists, isNotFound } from "../../core/errdefs.js";
 import {
@@ -29,6 +29,8 @@ import {
   OCIRegistrySchema,
 } from "../../gen/containerd/types/transfer/registry_pb.js";
 import type { Client } from "../../grpc/client.js";
+import { registerImageArchive } from "./image-archive.js";
+import { registerImageMount } from "./image-mount.js";
 import type { CliContext, Wire } from "./main.js";
 import { formatLabels, humanSize, parseLabelArgs, TabWriter } from "./table.js";
 
@@ -107,14 +109,12 @@ class ProgressView {
   }
 }
 
-async function pull(ctx: CliContext, ref: string, o: PullOpts): Promise<void> {
-  const platforms: Platform[] = (o.platform ?? []).map(parsePlatform);
-  if (platforms.length > 0 && o.allPlatforms)
-    throw new Error("cannot specify both --platform and --all-platforms");
-  if (platforms.length === 0 && !o.allPlatforms) platforms.push(hostPlatform());
-  const name = formatReference(parseNormalized(ref));
-  const snapshotter = o.snapshotter || defaultSnapshotter();
-
+/** Run one Transfer call with a progress stream (and an auth stream when --user was given). */
+async function runTransfer(
+  ctx: CliContext,
+  o: { user?: string },
+  make: (authStream: string) => { source: Any; destination: Any },
+): Promise<void> {
   const progress = await openStream(ctx);
   const view = new ProgressView();
   const progressDone = (async () => {
@@ -149,40 +149,9 @@ async function pull(ctx: CliContext, ref: string, o: PullOpts): Promise<void> {
   }
 
   const transfer = await ctx.client(Transfer);
-  const t0 = Date.now();
   try {
     await transfer.transfer(
-      {
-        source: anyPack(
-          OCIRegistrySchema,
-          create(OCIRegistrySchema, {
-            reference: name,
-            resolver: {
-              authStream: auth?.id ?? "",
-              hostDir: o.hostsDir ?? "",
-              defaultScheme: o.plainHttp ? "http" : "",
-            },
-          }),
-        ),
-        destination: anyPack(
-          ImageStoreSchema,
-          create(ImageStoreSchema, {
-            name,
-            platforms: platforms.map((p) => ({
-              os: p.os,
-              architecture: p.architecture,
-              variant: p.variant ?? "",
-            })),
-            unpacks: o.skipUnpack
-              ? []
-              : platforms.map((p) => ({
-                  platform: { os: p.os, architecture: p.architecture, variant: p.variant ?? "" },
-                  snapshotter,
-                })),
-          }),
-        ),
-        options: { progressStream: progress.id },
-      },
+      { ...make(auth?.id ?? ""), options: { progressStream: progress.id } },
       ctx.stream(),
     );
   } finally {
@@ -191,15 +160,89 @@ async function pull(ctx: CliContext, ref: string, o: PullOpts): Promise<void> {
     progress.call.end();
     auth?.call.end();
   }
+}
+
+const registryResolver = (o: RegistryOpts, authStream: string) => ({
+  authStream,
+  hostDir: o.hostsDir ?? "",
+  defaultScheme: o.plainHttp ? "http" : "",
+});
+
+async function pull(ctx: CliContext, ref: string, o: PullOpts): Promise<void> {
+  const platforms: Platform[] = (o.platform ?? []).map(parsePlatform);
+  if (platforms.length > 0 && o.allPlatforms)
+    throw new Error("cannot specify both --platform and --all-platforms");
+  if (platforms.length === 0 && !o.allPlatforms) platforms.push(hostPlatform());
+  const name = formatReference(parseNormalized(ref));
+  const snapshotter = o.snapshotter || defaultSnapshotter();
+  const t0 = Date.now();
+  await runTransfer(ctx, o, (authStream) => ({
+    source: anyPack(
+      OCIRegistrySchema,
+      create(OCIRegistrySchema, { reference: name, resolver: registryResolver(o, authStream) }),
+    ),
+    destination: anyPack(
+      ImageStoreSchema,
+      create(ImageStoreSchema, {
+        name,
+        platforms: platforms.map((p) => ({
+          os: p.os,
+          architecture: p.architecture,
+          variant: p.variant ?? "",
+        })),
+        allMetadata: o.allMetadata ?? false,
+        unpacks: o.skipUnpack
+          ? []
+          : platforms.map((p) => ({
+              platform: { os: p.os, architecture: p.architecture, variant: p.variant ?? "" },
+              snapshotter,
+            })),
+      }),
+    ),
+  }));
   process.stdout.write(`${name}: pulled in ${((Date.now() - t0) / 1000).toFixed(1)}s\n`);
 }
 
-interface PullOpts {
+/** Daemon-side push (Transfer: image store → registry). LOCAL defaults to REF. */
+async function push(ctx: CliContext, ref: string, local: string | undefined, o: PushOpts): Promise<void> {
+  const name = formatReference(parseNormalized(ref));
+  const image = local ?? name;
+  const platforms: Platform[] = (o.platform ?? []).map(parsePlatform);
+  const t0 = Date.now();
+  await runTransfer(ctx, o, (authStream) => ({
+    source: anyPack(
+      ImageStoreSchema,
+      create(ImageStoreSchema, {
+        name: image,
+        platforms: platforms.map((p) => ({
+          os: p.os,
+          architecture: p.architecture,
+          variant: p.variant ?? "",
+        })),
+      }),
+    ),
+    destination: anyPack(
+      OCIRegistrySchema,
+      create(OCIRegistrySchema, { reference: name, resolver: registryResolver(o, authStream) }),
+    ),
+  }));
+  process.stdout.write(`${name}: pushed in ${((Date.now() - t0) / 1000).toFixed(1)}s\n`);
+}
+
+interface RegistryOpts {
   plainHttp?: boolean;
   user?: string;
+  hostsDir?: string;
+}
+
+interface PushOpts extends RegistryOpts {
+  platform?: string[];
+}
+
+interface PullOpts extends RegistryOpts {
   platform?: string[];
   allPlatforms?: boolean;
-  hostsDir?: string;
+  allMetadata?: boolean;
   snapshotter?: string;
   skipUnpack?: boolean;
 }
@@ -298,6 +341,25 @@ async function imageSize(cr: ContentReader, i: Image): Promise<number> {
   return size;
 }
 
+/** `berth content fetch`: a pull that fetches content only (no unpack), through the daemon. */
+export function registerContentFetch(content: Command, wire: Wire): void {
+  content
+    .command("fetch")
+    .description("fetch all content for an image into the daemon (no unpack)")
+    .argument("<ref>", "image reference")
+    .option("--plain-http", "allow connections using plain HTTP")
+    .option("-u, --user <user[:password]>", "user[:password] registry credentials")
+    .option("--platform <platform>", "fetch content for a platform (repeatable)", collect, [])
+    .option("--all-platforms", "fetch content for all platforms")
+    .option("--all-metadata", "fetch the manifests and configs of every platform")
+    .option("--hosts-dir <dir>", "custom hosts configuration directory")
+    .action(
+      wire(async (ctx, cmd) => {
+        await pull(ctx, cmd.args[0]!, { ...cmd.opts<PullOpts>(), skipUnpack: true });
+      }),
+    );
+}
+
 export function registerImages(program: Command, wire: Wire): void {
   const images = program.command("images").aliases(["image", "i"]).description("manage images");
 
@@ -317,6 +379,24 @@ export function registerImages(program: Command, wire: Wire): void {
         await pull(ctx, cmd.args[0]!, cmd.opts<PullOpts>());
       }),
     );
+
+  images
+    .command("push")
+    .description("push an image to a registry from the daemon's image store (Transfer service)")
+    .argument("<ref>", "destination reference")
+    .argument("[local]", "local image to push (default: the destination reference)")
+    .option("--plain-http", "allow connections using plain HTTP")
+    .option("-u, --user <user[:password]>", "user[:password] registry credentials")
+    .option("--platform <platform>", "push content for a platform only (repeatable)", collect, [])
+    .option("--hosts-dir <dir>", "custom hosts configuration directory")
+    .action(
+      wire(async (ctx, cmd) => {
+        await push(ctx, cmd.args[0]!, cmd.args[1], cmd.opts<PushOpts>());
+      }),
+    );
+
+  registerImageArchive(images, wire);
+  registerImageMount(images, wire);
 
   images
     .command("list")
