@@ -9,8 +9,9 @@ import { Images } from "../../src/gen/containerd/services/images/v1/images_pb.js
 import { Connection } from "../../src/grpc/client.js";
 import { berth, ctr, ok, run } from "../helpers/ctr.js";
 import { type Daemon, startBerthd, startContainerd } from "../helpers/daemons.js";
-import { type BuiltImage, buildBusyboxImage, busyboxLayerTar, pushImage } from "../helpers/images.js";
-import { type Registry, startRegistry } from "../helpers/registry.js";
+import { registryWithBusybox } from "../helpers/fixtures.js";
+import { type BuiltImage, busyboxLayerTar, pushImage } from "../helpers/images.js";
+import type { Registry } from "../helpers/registry.js";
 import { buildTar, gzip, sha256 } from "../helpers/tarbuild.js";
 import { makeTempDir, removeTempDir, unmountAll } from "../helpers/tmp.js";
 
@@ -30,18 +31,7 @@ describe("berth images export/import: archives ctr and docker understand", () =>
 
   before(async () => {
     tmp = await makeTempDir("archive-berth");
-    reg = await startRegistry();
-    single = buildBusyboxImage();
-    multi = buildBusyboxImage({
-      platforms: [
-        { os: "linux", architecture: "amd64" },
-        { os: "linux", architecture: "arm64", variant: "v8" },
-      ],
-    });
-    await pushImage(reg.url, REPO, "1", single);
-    await pushImage(reg.url, REPO, "multi", multi);
-    ref1 = `${reg.host}/${REPO}:1`;
-    refMulti = `${reg.host}/${REPO}:multi`;
+    ({ reg, single, multi, ref1, refMulti } = await registryWithBusybox(REPO));
     [b, c] = await Promise.all([startBerthd(), startContainerd()]);
     bconn = new Connection(b.address);
     cconn = new Connection(c.address);

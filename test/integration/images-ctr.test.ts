@@ -22,14 +22,9 @@ import type { Envelope } from "../../src/gen/containerd/types/event_pb.js";
 import { type Client, Connection } from "../../src/grpc/client.js";
 import { CTR_BIN, ctr, ok, type RunResult } from "../helpers/ctr.js";
 import { type Daemon, startBerthd, startContainerd } from "../helpers/daemons.js";
-import {
-  type BuiltImage,
-  buildBusyboxImage,
-  formatPlatform,
-  MediaType,
-  pushImage,
-} from "../helpers/images.js";
-import { type Registry, startRegistry } from "../helpers/registry.js";
+import { registryWithBusybox } from "../helpers/fixtures.js";
+import { type BuiltImage, formatPlatform, MediaType } from "../helpers/images.js";
+import type { Registry } from "../helpers/registry.js";
 import { makeTempDir, removeTempDir, unmountAll } from "../helpers/tmp.js";
 
 // No startup collection and no mutation-count trigger (deletions still trigger one), for both.
@@ -128,18 +123,7 @@ describe("images: real ctr pulls from the real registry, berthd beside container
 
   before(async () => {
     tmp = await makeTempDir("images-ctr");
-    reg = await startRegistry();
-    single = buildBusyboxImage();
-    multi = buildBusyboxImage({
-      platforms: [
-        { os: "linux", architecture: "amd64" },
-        { os: "linux", architecture: "arm64", variant: "v8" },
-      ],
-    });
-    await pushImage(reg.url, REPO, "1", single);
-    await pushImage(reg.url, REPO, "multi", multi);
-    ref1 = `${reg.host}/${REPO}:1`;
-    refMulti = `${reg.host}/${REPO}:multi`;
+    ({ reg, single, multi, ref1, refMulti } = await registryWithBusybox(REPO));
     const [b, c] = await Promise.all([
       startBerthd({ config: `version = 2\n${GC_SCHEDULER}` }),
       startContainerd({ config: GC_SCHEDULER }),

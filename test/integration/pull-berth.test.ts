@@ -10,15 +10,9 @@ import { Leases } from "../../src/gen/containerd/services/leases/v1/leases_pb.js
 import { Connection } from "../../src/grpc/client.js";
 import { berth, ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, startBerthd, startContainerd } from "../helpers/daemons.js";
-import {
-  type BuiltImage,
-  buildBusyboxImage,
-  MediaType,
-  pushBlob,
-  pushImage,
-  pushManifest,
-} from "../helpers/images.js";
-import { type Registry, startRegistry } from "../helpers/registry.js";
+import { registryWithBusybox } from "../helpers/fixtures.js";
+import { type BuiltImage, MediaType, pushBlob, pushManifest } from "../helpers/images.js";
+import type { Registry } from "../helpers/registry.js";
 import { buildTar, gzip, sha256 } from "../helpers/tarbuild.js";
 import { makeTempDir, removeTempDir, unmountAll } from "../helpers/tmp.js";
 
@@ -84,18 +78,7 @@ describe("berth images pull: daemon-side pull through the Transfer service", () 
 
   before(async () => {
     tmp = await makeTempDir("pull-berth");
-    reg = await startRegistry();
-    single = buildBusyboxImage();
-    multi = buildBusyboxImage({
-      platforms: [
-        { os: "linux", architecture: "amd64" },
-        { os: "linux", architecture: "arm64", variant: "v8" },
-      ],
-    });
-    await pushImage(reg.url, REPO, "1", single);
-    await pushImage(reg.url, REPO, "multi", multi);
-    ref1 = `${reg.host}/${REPO}:1`;
-    refMulti = `${reg.host}/${REPO}:multi`;
+    ({ reg, single, multi, ref1, refMulti } = await registryWithBusybox(REPO));
     [b, c] = await Promise.all([
       startBerthd({ config: `version = 2\n${GC_SCHEDULER}` }),
       startContainerd({ config: GC_SCHEDULER }),
