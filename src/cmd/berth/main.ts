@@ -5,6 +5,7 @@ import { resolve } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
 import { Command, Option } from "commander";
 import { type CallOptions, type Client, Connection } from "../../grpc/client.js";
+import { registerContainers } from "./containers.js";
 import { registerContent } from "./content.js";
 import { registerEvents } from "./events.js";
 import { registerGc } from "./gc.js";
@@ -12,8 +13,10 @@ import { registerImages } from "./images.js";
 import { registerLeases } from "./leases.js";
 import { registerNamespaces } from "./namespaces.js";
 import { registerPlugins } from "./plugins.js";
+import { registerRun } from "./run.js";
 import { registerSnapshots } from "./snapshots.js";
 import { parseDuration } from "./table.js";
+import { registerTasks } from "./tasks.js";
 import { berthVersion, registerVersion } from "./version.js";
 
 export const DEFAULT_ADDRESS = "/run/berth/berth.sock";
@@ -220,6 +223,9 @@ export function buildProgram(): Command {
   registerSnapshots(program, wire);
   registerGc(program, wire);
   registerImages(program, wire);
+  registerContainers(program, wire);
+  registerTasks(program, wire);
+  registerRun(program, wire);
   return program;
 }
 
