@@ -51,9 +51,12 @@ test-integration: deps build
 test: deps build lint typecheck
 	node --test --test-concurrency=1 dist/test/unit/*.test.js dist/test/integration/*.test.js
 
+# Side-by-side with the real containerd; prints berthd/containerd ratios. Not part of `make test`.
 bench: deps build
 	node dist/bench/core.js
 	node dist/bench/apply.js
+	node dist/bench/pull.js 3 --tmpfs
+	node dist/bench/lifecycle.js
 
 clean:
 	rm -rf dist src/gen
