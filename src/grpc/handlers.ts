@@ -1,7 +1,7 @@
 // What every server transport shares: the typed handler shapes for protobuf-es service
 // descriptors, the per-call context, the observer of finished calls, and the table of a
 // service's implemented methods. Services stay thin: they translate messages and throw
-// BerthErrors; the transports (h2server.ts, grpcjs.ts) map those to gRPC statuses.
+// BerthErrors; the transport (h2server.ts) maps those to gRPC statuses.
 import type { DescMessage, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { errFailedPrecondition } from "../core/errdefs.js";

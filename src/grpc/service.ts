@@ -1,8 +1,7 @@
-// The server side of berth's gRPC layer, in one import: the typed handler shapes and the
-// per-call context (handlers.ts), berthd's HTTP/2 transport (h2server.ts), and the grpc-js
-// wrapping kept for the client and for tests (grpcjs.ts).
+// berth's gRPC layer in one import: the typed handler shapes and per-call context
+// (handlers.ts, served by h2server.ts) and the grpc-js codec the client uses (grpcjs.ts).
 
-export { grpcDefinition, grpcHandlers } from "./grpcjs.js";
+export { grpcDefinition } from "./grpcjs.js";
 export {
   CallContext,
   type CallHeaders,

@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import * as grpc from "@grpc/grpc-js";
 import { LocalContentStore } from "../../src/core/content/local.js";
 import { MetadataContentStore } from "../../src/core/content/metadata.js";
 import { BerthError } from "../../src/core/errdefs.js";
@@ -12,7 +11,7 @@ import { MetadataDB } from "../../src/core/metadata/db.js";
 import { NamespaceStore } from "../../src/core/namespaces/store.js";
 import { Content, WriteAction } from "../../src/gen/containerd/services/content/v1/content_pb.js";
 import { type Client, Connection } from "../../src/grpc/client.js";
-import { grpcDefinition, grpcHandlers } from "../../src/grpc/service.js";
+import { H2GrpcServer } from "../../src/grpc/h2server.js";
 import { contentService } from "../../src/services/content.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
@@ -31,7 +30,7 @@ function kind(k: string, message?: string | RegExp) {
 
 let dir: string;
 let db: MetadataDB;
-let server: grpc.Server;
+let server: H2GrpcServer;
 let conn: Connection;
 let client: Client<typeof Content>;
 let leases: LeaseStore;
@@ -44,14 +43,10 @@ before(async () => {
   leases = new LeaseStore(db, namespaces);
   const backend = await new LocalContentStore(join(dir, "content")).init();
   const store = new MetadataContentStore(db, backend, namespaces, events, "shared");
-  server = new grpc.Server({ "grpc.max_receive_message_length": 16 << 20 });
-  server.addService(grpcDefinition(Content), grpcHandlers(Content, contentService(store)));
+  server = new H2GrpcServer({ maxRecvMessageSize: 16 << 20 });
+  server.addService(Content, contentService(store));
   const sock = join(dir, "c.sock");
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix:${sock}`, grpc.ServerCredentials.createInsecure(), (err) =>
-      err ? reject(err) : resolve(),
-    ),
-  );
+  await server.listen(sock);
   conn = new Connection(sock);
   client = conn.client(Content);
 });

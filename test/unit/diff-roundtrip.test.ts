@@ -19,7 +19,6 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import * as grpc from "@grpc/grpc-js";
 import { applyTar } from "../../src/core/diff/apply.js";
 import { decompress, MediaType } from "../../src/core/diff/compression.js";
 import { writeDiff } from "../../src/core/diff/diff.js";
@@ -29,7 +28,7 @@ import { BerthError } from "../../src/core/errdefs.js";
 import { nopLogger } from "../../src/core/log.js";
 import { Diff } from "../../src/gen/containerd/services/diff/v1/diff_pb.js";
 import { Connection } from "../../src/grpc/client.js";
-import { grpcDefinition, grpcHandlers } from "../../src/grpc/service.js";
+import { H2GrpcServer } from "../../src/grpc/h2server.js";
 import { contentPlugin } from "../../src/plugins/content.js";
 import { corePlugins, type Metadata } from "../../src/plugins/core.js";
 import { differPlugin, diffGrpcPlugin, diffServicePlugin } from "../../src/plugins/diff.js";
@@ -394,16 +393,11 @@ describe("walking differ and diff service", () => {
   });
 
   it("serves containerd.services.diff.v1.Diff over gRPC", async () => {
-    const server = new grpc.Server();
+    const server = new H2GrpcServer();
     const reg = plugins.instance<GrpcServicePlugin>(PluginType.GRPC, "diff");
-    for (const s of reg.services)
-      server.addService(grpcDefinition(s.desc), grpcHandlers(s.desc, s.impl as never));
+    for (const s of reg.services) server.addService(s.desc, s.impl as never);
     const sock = join(fresh("sock"), "diff.sock");
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(`unix:${sock}`, grpc.ServerCredentials.createInsecure(), (err) =>
-        err ? reject(err) : resolve(),
-      ),
-    );
+    await server.listen(sock);
     const conn = new Connection(sock);
     try {
       const client = conn.client(Diff);

@@ -5,7 +5,6 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { DescService } from "@bufbuild/protobuf";
-import * as grpc from "@grpc/grpc-js";
 import { Command } from "commander";
 import type { CliContext, Wire } from "../../src/cmd/berth/main.js";
 import { formatTree, humanBytes, registerSnapshots } from "../../src/cmd/berth/snapshots.js";
@@ -20,7 +19,7 @@ import type { Snapshotter } from "../../src/core/snapshots/snapshotter.js";
 import { Leases } from "../../src/gen/containerd/services/leases/v1/leases_pb.js";
 import { Snapshots } from "../../src/gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { type CallOptions, Connection } from "../../src/grpc/client.js";
-import { grpcDefinition, grpcHandlers } from "../../src/grpc/service.js";
+import { H2GrpcServer } from "../../src/grpc/h2server.js";
 import { leasesService } from "../../src/services/leases.js";
 import { snapshotsService } from "../../src/services/snapshots.js";
 import { mountAll, unmountAll } from "../../src/sys/mount.js";
@@ -29,7 +28,7 @@ import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 let dir: string;
 let sock: string;
-let server: grpc.Server;
+let server: H2GrpcServer;
 let db: MetadataDB;
 let svc: SnapshotService;
 let overlay: OverlaySnapshotter;
@@ -87,21 +86,16 @@ describe("snapshots gRPC service with ctr and berth", { skip: !existsSync(CTR_BI
         ["native", native],
       ]),
     });
-    server = new grpc.Server();
-    server.addService(grpcDefinition(Snapshots), grpcHandlers(Snapshots, snapshotsService(svc)));
-    server.addService(
-      grpcDefinition(Leases),
-      grpcHandlers(Leases, leasesService(new LeaseStore(db, namespaces))),
-    );
-    await new Promise<void>((res, rej) =>
-      server.bindAsync(`unix:${sock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())),
-    );
+    server = new H2GrpcServer();
+    server.addService(Snapshots, snapshotsService(svc));
+    server.addService(Leases, leasesService(new LeaseStore(db, namespaces)));
+    await server.listen(sock);
     conn = new Connection(`unix:${sock}`);
   });
 
   after(async () => {
     conn?.close();
-    await new Promise<void>((res) => (server ? server.tryShutdown(() => res()) : res()));
+    await server?.tryShutdown();
     await svc?.settled();
     await overlay?.close();
     await native?.close();
