@@ -2,7 +2,7 @@
 // Version/Version, and stop them again. Only processes started here are ever signalled (by PID);
 // an exit hook kills any that a test left running before the temp dirs are removed.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import type { Socket } from "node:net";
 import path from "node:path";
@@ -10,6 +10,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { Version } from "../../src/gen/containerd/services/version/v1/version_pb.js";
 import { Connection } from "../../src/grpc/client.js";
+import { procs as listAllProcs } from "./procs.js";
 import { makeTempDir, onExitBeforeRemoval, onShutdown, removeTempDir } from "./tmp.js";
 
 export const CONTAINERD_BIN = "/usr/bin/containerd";
@@ -119,30 +120,6 @@ function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-interface ProcInfo {
-  pid: number;
-  ppid: number;
-  argv: string[];
-}
-
-function listProcs(): ProcInfo[] {
-  const out: ProcInfo[] = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      const argv = readFileSync(`/proc/${name}/cmdline`, "utf8")
-        .split("\0")
-        .filter((a) => a !== "");
-      out.push({ pid: Number(name), ppid, argv });
-    } catch {
-      // the process went away meanwhile
-    }
-  }
-  return out;
-}
-
 const argAfter = (argv: string[], flag: string) => {
   const i = argv.indexOf(flag);
   return i >= 0 ? argv[i + 1] : undefined;
@@ -155,7 +132,7 @@ const argAfter = (argv: string[], flag: string) => {
  * SIGKILLs the shim and every process below it, children first. Returns the PIDs signalled.
  */
 export function killShimsOf(address: string): number[] {
-  const procs = listProcs();
+  const procs = listAllProcs();
   const shims = procs.filter(
     (p) => argAfter(p.argv, "-address") === address && p.argv.some((a) => a.includes("shim")),
   );

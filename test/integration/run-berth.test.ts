@@ -9,58 +9,12 @@ import { setChildSubreaper } from "../../src/sys/reaper.js";
 import { berth, ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, GC_OFF_CONFIG, killShimsOf, startBerthd, startContainerd } from "../helpers/daemons.js";
 import { buildBusyboxImage, pushImage } from "../helpers/images.js";
+import { descendants, shimsOf, until } from "../helpers/procs.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
 import { makeTempDir, mountsUnder, removeTempDir } from "../helpers/tmp.js";
 
 const REPO = "test/busybox";
 const NS = "run-berth-test";
-
-interface Proc {
-  pid: number;
-  ppid: number;
-  state: string;
-  argv: string[];
-}
-
-function procs(): Proc[] {
-  const out: Proc[] = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      const argv = readFileSync(`/proc/${name}/cmdline`, "utf8").split("\0").filter(Boolean);
-      out.push({ pid: Number(name), ppid: Number(ppid), state: state!, argv });
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
-
-const shimsOf = (address: string) =>
-  procs().filter((p) => p.argv.some((a) => a.includes("containerd-shim")) && p.argv.includes(address));
-
-function descendants(pid: number): Proc[] {
-  const all = procs();
-  const out: Proc[] = [];
-  const walk = (p: number) => {
-    for (const c of all.filter((x) => x.ppid === p)) {
-      out.push(c);
-      walk(c.pid);
-    }
-  };
-  walk(pid);
-  return out;
-}
-
-async function until(what: string, fn: () => boolean, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 function hostInterfaces(): string[] {
   return readFileSync("/proc/net/dev", "utf8")

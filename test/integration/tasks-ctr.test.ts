@@ -14,63 +14,12 @@ import { reap, setChildSubreaper } from "../../src/sys/reaper.js";
 import { ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, killShimsOf, startBerthd } from "../helpers/daemons.js";
 import { buildBusyboxImage, pushImage } from "../helpers/images.js";
+import { descendants, shimsOf, until } from "../helpers/procs.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
+import { mountsUnder } from "../helpers/tmp.js";
 
 const REPO = "test/busybox";
 const NS = "tasks-test";
-
-interface Proc {
-  pid: number;
-  ppid: number;
-  state: string;
-  argv: string[];
-}
-
-function procs(): Proc[] {
-  const out: Proc[] = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
-      const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      const argv = readFileSync(`/proc/${name}/cmdline`, "utf8").split("\0").filter(Boolean);
-      out.push({ pid: Number(name), ppid: Number(ppid), state: state!, argv });
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
-
-const shimsOf = (address: string) =>
-  procs().filter((p) => p.argv.some((a) => a.includes("containerd-shim")) && p.argv.includes(address));
-
-function descendants(pid: number): Proc[] {
-  const all = procs();
-  const out: Proc[] = [];
-  const walk = (p: number) => {
-    for (const c of all.filter((x) => x.ppid === p)) {
-      out.push(c);
-      walk(c.pid);
-    }
-  };
-  walk(pid);
-  return out;
-}
-
-const mountsUnder = (dir: string) =>
-  readFileSync("/proc/self/mountinfo", "utf8")
-    .split("\n")
-    .map((l) => l.split(" ")[4] ?? "")
-    .filter((m) => m.startsWith(dir));
-
-async function until(what: string, fn: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 describe("tasks: ctr run against berthd", () => {
   let reg: Registry;
@@ -130,7 +79,7 @@ describe("tasks: ctr run against berthd", () => {
     await sleep(200);
     const r3 = await c(["run", "--rm", ref, "t-exit", "sh", "-c", "exit 3"]);
     assert.equal(r3.code, 3, r3.stderr);
-    await until("/tasks/delete", () => seen.some((e) => e.topic === "/tasks/delete"));
+    await until("/tasks/delete", () => seen.some((e) => e.topic === "/tasks/delete"), 10_000);
     ac.abort();
     await sub;
     conn.close();
@@ -224,7 +173,7 @@ describe("tasks: ctr run against berthd", () => {
     ok(await c(["tasks", "delete", "t-live"]), "delete t-live");
     for (const id of ["t-live", "t-dies", "t-shimdead"]) ok(await c(["containers", "rm", id]), `rm ${id}`);
     // shims of the crashed daemon were reparented to this test process (a subreaper): reap them
-    await until("old shims exit", () => shimPids.every((pid) => reap(pid) !== "running"));
+    await until("old shims exit", () => shimPids.every((pid) => reap(pid) !== "running"), 10_000);
   });
 
   it("leaves no mounts, shims or zombies", async () => {
