@@ -121,6 +121,9 @@ const keyName = (path: string[]) =>
 // Tables whose keys are free-form names (mirrors, runtimes, timeouts, labels, ...): any key
 // is allowed; their values are checked against a sibling entry's shape when one exists.
 const FREEFORM = new Set(["timeouts", "proxy_plugins", "stream_processors", "plugins"]);
+// Inside plugin sections: tables keyed by names the operator chooses (CRI runtimes, registry
+// hosts, a runtime's options, which depend on its type).
+const NAMED_MAPS = new Set(["runtimes", "mirrors", "configs", "auths", "headers", "options"]);
 
 /**
  * Check `value` against the shape of `def` (the default). Type mismatches throw; keys the
@@ -148,9 +151,14 @@ function check(value: unknown, def: unknown, path: string[], ctx: CheckCtx): voi
   const d = def as Table;
   const v = value as Table;
   const defKeys = Object.keys(d);
-  const freeform = defKeys.length === 0 || (path.length === 1 && FREEFORM.has(path[0]!));
+  const last = path[path.length - 1] ?? "";
+  const named = path.length > 1 && NAMED_MAPS.has(last);
+  const freeform = defKeys.length === 0 || named || (path.length === 1 && FREEFORM.has(path[0]!));
   for (const [k, sub] of Object.entries(v)) {
     if (k in d) check(sub, d[k], [...path, k], ctx);
+    // a runtime the operator adds has the shape of the default one (runc)
+    else if (named && last === "runtimes" && defKeys.length > 0)
+      check(sub, d[defKeys[0]!], [...path, k], ctx);
     else if (!freeform)
       ctx.warnings.push(`${ctx.file}:${ctx.line([...path, k]) ?? "?"}: unknown key ${keyName([...path, k])}`);
   }

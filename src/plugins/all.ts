@@ -2,6 +2,7 @@
 import { containersGrpcPlugin, containersServicePlugin } from "./containers.js";
 import { contentGrpcPlugin, contentPlugin, contentServicePlugin } from "./content.js";
 import { corePlugins } from "./core.js";
+import { criPlugin } from "./cri.js";
 import { differPlugin, diffGrpcPlugin, diffServicePlugin } from "./diff.js";
 import { gcPlugin } from "./gc.js";
 import { imagesGrpcPlugin, imagesServicePlugin } from "./images.js";
@@ -30,6 +31,7 @@ export function allPlugins(): Plugin[] {
     diffGrpcPlugin,
     ...transferPlugins,
     ...taskPlugins,
+    criPlugin,
   ];
 }
 

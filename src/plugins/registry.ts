@@ -30,6 +30,11 @@ export interface InitContext<C> {
   config: C;
   log: Logger;
   meta: PluginMeta;
+  /**
+   * Another plugin's effective config by `<type>.<id>` (undefined when unknown): settings one
+   * plugin section holds for several, e.g. the CRI registry tables daemon-side pulls honour.
+   */
+  configOf(key: string): unknown;
   /** The instance of a plugin this one requires (must be initialised ok). */
   get<T>(type: string, id?: string): T;
   /** All ok instances of a type, by id. */
@@ -103,6 +108,8 @@ export interface InitOptions {
   required: string[];
   /** Effective plugin config by `<type>.<id>` (defaults already merged). */
   configFor: (p: Plugin<unknown>) => unknown;
+  /** Effective config of any plugin section by `<type>.<id>`. */
+  configByKey?: (key: string) => unknown;
   log: Logger;
 }
 
@@ -140,6 +147,7 @@ export class PluginSet {
         state: join(opts.daemon.state, key),
         daemon: opts.daemon,
         config: opts.configFor(p),
+        configOf: (k) => opts.configByKey?.(k),
         log,
         meta,
         get: <T>(type: string, id?: string) => this.instance<T>(type, id),

@@ -7,12 +7,18 @@ import type { DiffService } from "../core/diff/service.js";
 import type { ImageStore } from "../core/images/store.js";
 import type { LeaseStore } from "../core/leases/store.js";
 import { StreamManager } from "../core/pull/streams.js";
+import {
+  type CriRegistryConfig,
+  type CriRegistrySettings,
+  criRegistrySettings,
+} from "../core/remotes/cri-registry.js";
 import type { SnapshotService } from "../core/snapshots/metadata.js";
 import { Streaming } from "../gen/containerd/services/streaming/v1/streaming_pb.js";
 import { Transfer } from "../gen/containerd/services/transfer/v1/transfer_pb.js";
 import { streamingService } from "../services/streaming.js";
 import { type LocalTransfer, type LocalTransferConfig, transferService } from "../services/transfer.js";
 import type { Metadata } from "./core.js";
+import { CRI_PLUGIN_KEY } from "./cri.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
 import type { Plugin } from "./registry.js";
 import { PluginType, ServiceId } from "./types.js";
@@ -45,10 +51,29 @@ export const localTransferPlugin: Plugin<LocalTransferConfig> = {
         log: ic.log,
       },
       config: ic.config,
+      criRegistry: criRegistry(ic.configOf(CRI_PLUGIN_KEY), ic.log),
       log: ic.log,
     };
   },
 };
+
+/**
+ * The CRI section's registry table, for pulls that name no hosts dir. A table containerd would
+ * refuse is not used (the CRI plugin reports the error); pulls then see no registry config.
+ */
+function criRegistry(
+  section: unknown,
+  log: { warn(msg: string, f?: Record<string, unknown>): void },
+): CriRegistrySettings | undefined {
+  const registry = (section as { registry?: CriRegistryConfig } | undefined)?.registry;
+  if (!registry) return undefined;
+  try {
+    return criRegistrySettings(registry);
+  } catch (err) {
+    log.warn("CRI registry config is not used", { error: (err as Error).message });
+    return undefined;
+  }
+}
 
 export const streamingGrpcPlugin: Plugin = {
   type: PluginType.GRPC,

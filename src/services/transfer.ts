@@ -11,6 +11,7 @@ import { type ProgressEvent, type PullDeps, pull } from "../core/pull/pull.js";
 import { push } from "../core/pull/push.js";
 import type { AnyStream, StreamManager } from "../core/pull/streams.js";
 import { RegistryClient, type RegistryClientOptions } from "../core/remotes/client.js";
+import { type CriRegistrySettings, criHostsOptions } from "../core/remotes/cri-registry.js";
 import type { Credentials, RegistryHost } from "../core/remotes/hosts.js";
 import type { Transfer } from "../gen/containerd/services/transfer/v1/transfer_pb.js";
 import { ImageStoreSchema } from "../gen/containerd/types/transfer/imagestore_pb.js";
@@ -37,6 +38,8 @@ export interface LocalTransferConfig {
 export interface LocalTransfer {
   deps: PullDeps;
   config: LocalTransferConfig;
+  /** The CRI plugin's registry settings: used when neither the request nor config_path names hosts. */
+  criRegistry?: CriRegistrySettings;
   log: Logger;
 }
 
@@ -44,7 +47,7 @@ export interface LocalTransfer {
 class HeaderClient extends RegistryClient {
   constructor(
     opts: RegistryClientOptions,
-    private readonly extra: Record<string, string>,
+    private readonly extra: Record<string, string[]>,
   ) {
     super(opts);
   }
@@ -53,7 +56,7 @@ class HeaderClient extends RegistryClient {
     if (Object.keys(this.extra).length === 0) return hosts;
     return hosts.map((h) => {
       const headers = { ...h.headers };
-      for (const [k, v] of Object.entries(this.extra)) headers[k.toLowerCase()] = [v];
+      for (const [k, v] of Object.entries(this.extra)) headers[k.toLowerCase()] = v;
       return { ...h, headers };
     });
   }
@@ -108,16 +111,28 @@ export function transferService(local: LocalTransfer, streams: StreamManager): S
         : undefined;
       const authStream = resolver?.authStream ? streams.get(ns, resolver.authStream) : undefined;
       const hostDir = resolver?.hostDir || local.config.config_path;
+      const plainHttp = resolver?.defaultScheme === "http";
+      // CRI's registry tables describe where to pull from (mirrors are pull-only); pushes go to the
+      // registry named, with credentials from the same config.
+      const cri = hostDir || pushing ? undefined : local.criRegistry;
+      const asked = authStream ? streamCredentials(authStream, reg.reference) : undefined;
+      const configured = local.criRegistry;
       const client = new HeaderClient(
         {
           logger: local.log,
-          hosts: {
-            configPaths: hostDir ? [hostDir] : undefined,
-            plainHttp: resolver?.defaultScheme === "http",
-          },
-          credentials: authStream ? streamCredentials(authStream, reg.reference) : undefined,
+          hosts: cri
+            ? criHostsOptions(cri, plainHttp)
+            : { configPaths: hostDir ? [hostDir] : undefined, plainHttp },
+          // The client's answer first; then what config.toml holds for that host.
+          credentials:
+            asked || configured
+              ? async (host) => (await asked?.(host)) ?? configured?.credentials(host)
+              : undefined,
         },
-        { ...(resolver?.headers ?? {}) },
+        {
+          ...(cri?.headers ?? {}),
+          ...Object.fromEntries(Object.entries(resolver?.headers ?? {}).map(([k, v]) => [k, [v]])),
+        },
       );
       const progress = progressStream
         ? (ev: ProgressEvent) =>

@@ -52,6 +52,7 @@ export class Daemon {
       disabled: cfg.disabled_plugins,
       required: cfg.required_plugins,
       configFor: (p) => cfg.plugins[pluginKey(p.type, p.id)] ?? p.defaults?.() ?? {},
+      configByKey: (k) => cfg.plugins[k],
       log: this.log,
     });
 
