@@ -7,7 +7,16 @@ import type { IncomingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { rootCertificates } from "node:tls";
-import { Agent, type Dispatcher, request } from "undici";
+import type { Agent, Dispatcher } from "undici";
+
+// undici is loaded on the first registry request: it is the largest module berthd has (~20 MiB of
+// RSS), and a daemon that only runs containers never needs it.
+let undiciLib: Promise<typeof import("undici")> | undefined;
+const undici = () => {
+  undiciLib ??= import("undici");
+  return undiciLib;
+};
+
 import { BerthError, type ErrorKind } from "../errdefs.js";
 import { type Logger, nopLogger } from "../log.js";
 import { AuthError, Authorizer, type CredentialsFn } from "./auth.js";
@@ -124,7 +133,7 @@ export class Transport {
   }
 
   /** The pool for a host's TLS settings (hosts with the same settings share one). */
-  agentFor(h: RegistryHost | undefined): Agent {
+  async agentFor(h: RegistryHost | undefined): Promise<Agent> {
     const tls = h?.scheme === "https" ? h.tls : undefined;
     const key = JSON.stringify(tls ?? {});
     let a = this.agents.get(key);
@@ -159,6 +168,7 @@ export class Transport {
         }
       }
     }
+    const { Agent } = await undici();
     a = new Agent({
       connect,
       headersTimeout: this.o.headersTimeoutMs,
@@ -185,7 +195,7 @@ export class Transport {
       init.method,
       { ...init.headers, "user-agent": this.o.userAgent },
       init.body,
-      this.agentFor(undefined),
+      await this.agentFor(undefined),
     );
     return { status: res.statusCode, body: await res.body.text() };
   }
@@ -198,6 +208,7 @@ export class Transport {
     dispatcher: Dispatcher,
   ) {
     try {
+      const { request } = await undici();
       return await request(u, {
         method: method as Dispatcher.HttpMethod,
         headers,
@@ -289,8 +300,8 @@ export class Transport {
         throw this.describe(err, "GET", u);
       }
       let method = req.method;
-      let res: Awaited<ReturnType<typeof request>>;
-      let dispatcher: Dispatcher = this.agentFor(req.host);
+      let res: Dispatcher.ResponseData;
+      let dispatcher: Dispatcher = await this.agentFor(req.host);
       try {
         for (let hop = 0; ; hop++) {
           const body = method === "GET" || method === "HEAD" ? undefined : req.body;
@@ -314,7 +325,7 @@ export class Transport {
           if (next.origin !== start.origin) {
             // Credentials for the registry are not for the blob store it redirects to.
             delete headers.authorization;
-            dispatcher = this.agentFor(undefined);
+            dispatcher = await this.agentFor(undefined);
           }
           if (res.statusCode === 303) method = "GET";
           u = next;
