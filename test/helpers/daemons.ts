@@ -48,6 +48,12 @@ export const repoRoot: string = (() => {
 })();
 
 export interface DaemonOptions {
+  /**
+   * The gRPC socket path. Default: `<tempdir>/berth.sock` (containerd: `containerd.sock`). Pass an
+   * exited daemon's address (with its root and state) to start again on the same socket, so shims it
+   * launched (their `-address` and TTRPC_ADDRESS) and clients keep matching; `restartDaemon` does this.
+   */
+  address?: string;
   /** Root dir (persistent data). Default: <tempdir>/root. Pass a previous daemon's root to restart on it. */
   root?: string;
   /** State dir (runtime data). Default: <tempdir>/state. */
@@ -95,7 +101,9 @@ export interface Daemon {
   /**
    * Stops the daemon if running, kills shims it launched for this socket (and their children), and
    * removes its temp dir (unmounting anything below it). Root/state passed in by the caller and lying
-   * outside that dir are left alone.
+   * outside that dir are left alone. While another daemon started here still runs on the same socket
+   * (a restart), shims and the temp dir are left to that daemon's cleanup, which then removes both;
+   * so clean up a crashed daemon only once its restart is up (or after that has been cleaned up).
    */
   cleanup(): Promise<void>;
 }
@@ -104,8 +112,17 @@ const LOG_CAP = 8 << 20;
 
 /** Daemons started here that have not exited yet, by PID. */
 const liveChildren = new Map<number, ChildProcess>();
+/** Daemons started here on one socket (several after restarts) and the dirs awaiting removal. */
+interface AddressUse {
+  /** Started and not cleaned up yet. */
+  members: Set<{ running(): boolean }>;
+  /** Temp dirs of cleaned-up members, removed once no member runs any more. */
+  dirs: string[];
+}
 /** Daemon sockets started here, for killing their shims at exit. */
-const liveAddresses = new Set<string>();
+const addressUses = new Map<string, AddressUse>();
+/** How each daemon was started, for restartDaemon. */
+const startedWith = new WeakMap<Daemon, DaemonOptions>();
 
 function isGone(pid: number): boolean {
   try {
@@ -170,7 +187,7 @@ export function killShimsOf(address: string): number[] {
 
 // Leftovers at the end of a run: SIGKILL and reap them, then their shims.
 onShutdown(async () => {
-  if (liveChildren.size === 0 && liveAddresses.size === 0) return;
+  if (liveChildren.size === 0 && addressUses.size === 0) return;
   await Promise.all(
     [...liveChildren.values()].map((child) => {
       child.ref();
@@ -179,8 +196,8 @@ onShutdown(async () => {
       return gone;
     }),
   );
-  for (const address of liveAddresses) killShimsOf(address);
-  liveAddresses.clear();
+  for (const address of addressUses.keys()) killShimsOf(address);
+  addressUses.clear();
 });
 
 // Last resort when the process exits directly (process.exit): SIGKILL without reaping.
@@ -195,7 +212,7 @@ onExitBeforeRemoval(() => {
   }
   const deadline = Date.now() + 3000;
   while (livePids.some((p) => !isGone(p)) && Date.now() < deadline) sleepSync(20);
-  for (const address of liveAddresses) killShimsOf(address);
+  for (const address of addressUses.keys()) killShimsOf(address);
 });
 
 interface SpawnSpec {
@@ -243,7 +260,14 @@ async function launch(spec: SpawnSpec): Promise<Daemon> {
   }
   const pid = child.pid;
   liveChildren.set(pid, child);
-  liveAddresses.add(spec.address);
+  let use = addressUses.get(spec.address);
+  if (!use) {
+    use = { members: new Set(), dirs: [] };
+    addressUses.set(spec.address, use);
+  }
+  const member = { running: () => !done };
+  use.members.add(member);
+  const addressUse = use;
 
   const stop = async (signal: NodeJS.Signals = "SIGTERM", timeoutMs = 10_000): Promise<ExitInfo> => {
     if (!done) {
@@ -287,9 +311,13 @@ async function launch(spec: SpawnSpec): Promise<Daemon> {
     logs: () => output,
     cleanup: async () => {
       await stop();
+      if (addressUse.members.delete(member) && spec.ownsDir) addressUse.dirs.push(spec.dir);
+      // a daemon restarted on this socket still runs: its shims, socket and root stay for now
+      if ([...addressUse.members].some((m) => m.running())) return;
       killShimsOf(spec.address);
-      liveAddresses.delete(spec.address);
-      if (spec.ownsDir) await removeTempDir(spec.dir);
+      if (addressUse.members.size === 0 && addressUses.get(spec.address) === addressUse)
+        addressUses.delete(spec.address);
+      for (const dir of addressUse.dirs.splice(0)) await removeTempDir(dir);
     },
   };
 
@@ -348,7 +376,7 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
   const entry = path.join(repoRoot, "dist/src/cmd/berthd/main.js");
   if (!existsSync(entry)) throw new Error(`berthd is not built: ${entry} is missing (run npx tsc -p .)`);
   const { dir, root, state, configPath } = await prepare("berthd", opts);
-  const address = path.join(dir, "berth.sock");
+  const address = opts.address ?? path.join(dir, "berth.sock");
   await writeFile(configPath, opts.config ?? "");
   const args = [
     path.join(repoRoot, "bin/berthd.js"),
@@ -364,7 +392,7 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
     opts.logLevel ?? "info",
     ...(opts.args ?? []),
   ];
-  return launch({
+  const d = await launch({
     kind: "berthd",
     command: process.execPath,
     args,
@@ -377,6 +405,8 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
     timeoutMs: opts.timeoutMs ?? 30_000,
     env: opts.env,
   });
+  startedWith.set(d, opts);
+  return d;
 }
 
 const tomlString = (s: string) => JSON.stringify(s);
@@ -385,7 +415,7 @@ const tomlString = (s: string) => JSON.stringify(s);
 export async function startContainerd(opts: DaemonOptions = {}): Promise<Daemon> {
   if (!existsSync(CONTAINERD_BIN)) throw new Error(`${CONTAINERD_BIN} is not installed`);
   const { dir, root, state, configPath } = await prepare("containerd", opts);
-  const address = path.join(dir, "containerd.sock");
+  const address = opts.address ?? path.join(dir, "containerd.sock");
   const disabled = opts.disabledPlugins ?? ["io.containerd.grpc.v1.cri"];
   const config = [
     "version = 2",
@@ -401,7 +431,7 @@ export async function startContainerd(opts: DaemonOptions = {}): Promise<Daemon>
   ].join("\n");
   await writeFile(configPath, config);
   const args = ["--config", configPath, "--log-level", opts.logLevel ?? "info", ...(opts.args ?? [])];
-  return launch({
+  const d = await launch({
     kind: "containerd",
     command: CONTAINERD_BIN,
     args,
@@ -414,4 +444,24 @@ export async function startContainerd(opts: DaemonOptions = {}): Promise<Daemon>
     timeoutMs: opts.timeoutMs ?? 30_000,
     env: opts.env,
   });
+  startedWith.set(d, opts);
+  return d;
+}
+
+/**
+ * Starts the same kind of daemon again on an exited one's socket, root and state (after `kill9` or
+ * `stop`), with the options it was started with unless `opts` overrides them. The new daemon gets a
+ * temp dir of its own (config); the socket stays in the old one's dir, which is removed when both
+ * have been cleaned up, so clean up both (in either order).
+ */
+export async function restartDaemon(prev: Daemon, opts: DaemonOptions = {}): Promise<Daemon> {
+  if (prev.running()) throw new Error(`restartDaemon: ${prev.kind} ${prev.pid} is still running`);
+  const same = {
+    ...startedWith.get(prev),
+    ...opts,
+    address: prev.address,
+    root: prev.root,
+    state: prev.state,
+  };
+  return prev.kind === "berthd" ? startBerthd(same) : startContainerd(same);
 }

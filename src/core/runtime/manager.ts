@@ -239,8 +239,11 @@ export class TaskManager {
     }
   }
 
-  /** After a shim is gone: its `delete`, then /tasks/exit and /tasks/delete like containerd. */
-  private async cleanupAfterDeadShim(bundle: Bundle, runtime: string): Promise<void> {
+  /**
+   * After a shim is gone: its `delete`, then /tasks/exit and /tasks/delete like containerd. Not
+   * when loading after a restart: containerd publishes only for tasks it had in its list.
+   */
+  private async cleanupAfterDeadShim(bundle: Bundle, runtime: string, publish = true): Promise<void> {
     const { namespace: ns, id } = bundle;
     this.log.info("cleaning up dead shim", { id, namespace: ns });
     let pid = 0;
@@ -260,6 +263,7 @@ export class TaskManager {
     }
     await deleteBundle(bundle).catch((e) => this.log.warn("cannot remove bundle", { error: String(e) }));
     this.reapShims();
+    if (!publish) return;
     const ts = timestampFromDate(exitedAt);
     this.events.publish(
       ns,
@@ -319,23 +323,34 @@ export class TaskManager {
             this.tasks.set(key(ns, id), shim);
             await this.delete(ns, id).catch(() => {});
           } catch {
-            await this.cleanupAfterDeadShim(bundle, runtime);
+            await this.cleanupAfterDeadShim(bundle, runtime, false);
           }
           continue;
         }
+        let shim: Shim;
         try {
-          const shim = await Shim.load(this.env, bundle, runtime);
-          this.tasks.set(key(ns, id), shim);
-          this.track(shim);
-          this.log.info("reconnected to shim", { id, namespace: ns, pid: shim.shimPid });
+          shim = await Shim.load(this.env, bundle, runtime);
         } catch (err) {
           this.log.info("shim gone while berthd was down", {
             id,
             namespace: ns,
             error: (err as Error).message,
           });
-          await this.cleanupAfterDeadShim(bundle, runtime);
+          await this.cleanupAfterDeadShim(bundle, runtime, false);
+          continue;
         }
+        if (shim.taskPid === 0) {
+          // berthd died between starting the shim and creating its task (or between deleting the
+          // task and stopping the shim): no task to manage; stop the shim rather than keep a task
+          // that no call can see, delete or let its container go
+          this.log.info("shim holds no task; stopping it", { id, namespace: ns, pid: shim.shimPid });
+          await this.shutdown(shim);
+          await this.cleanupAfterDeadShim(bundle, runtime, false);
+          continue;
+        }
+        this.tasks.set(key(ns, id), shim);
+        this.track(shim);
+        this.log.info("reconnected to shim", { id, namespace: ns, pid: shim.shimPid });
       }
     }
   }

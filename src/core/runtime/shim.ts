@@ -154,6 +154,8 @@ export function parseShimAddress(out: string): string {
 export class Shim {
   readonly task: TtrpcServiceClient<typeof Task>;
   shimPid = 0;
+  /** The init process's PID when (re)connected; 0 when the shim holds no task (never created, or deleted). */
+  taskPid = 0;
   private constructor(
     readonly bundle: Bundle,
     readonly runtime: string,
@@ -226,6 +228,7 @@ export class Shim {
   private async connect(timeoutMs = 10_000): Promise<void> {
     const r = await this.task.connect({ id: this.id }, { namespace: this.namespace, timeoutMs });
     this.shimPid = r.shimPid;
+    this.taskPid = r.taskPid;
   }
 
   close(): void {
