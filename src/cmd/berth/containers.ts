@@ -12,8 +12,8 @@ import type { CliContext, Wire } from "./main.js";
 import {
   addContainerFlags,
   createContainer,
-  DEFAULT_RUNTIME,
   RUNC_OPTIONS_TYPE_URL,
+  readContainerFlags,
   SPEC_TYPE_URL,
 } from "./run.js";
 import { parseLabelArgs, printJson, rfc3339Nano, TabWriter, WIDE } from "./table.js";
@@ -101,25 +101,7 @@ export function registerContainers(program: Command, wire: Wire): void {
       wire(async (ctx, cmd) => {
         const [ref, id, args] = cmd.processedArgs as [string, string, string[]];
         const o = cmd.opts();
-        await createContainer(ctx, ref, id, args ?? [], {
-          tty: o.tty,
-          env: o.env ?? [],
-          envFile: o.envFile,
-          cwd: o.cwd,
-          user: o.user,
-          mount: o.mount ?? [],
-          netHost: o.netHost,
-          withNs: o.withNs ?? [],
-          memoryLimit: o.memoryLimit,
-          cpus: o.cpus,
-          privileged: o.privileged,
-          readOnly: o.readOnly,
-          snapshotter: o.snapshotter,
-          runtime: o.runtime ?? DEFAULT_RUNTIME,
-          runcBinary: o.runcBinary,
-          label: o.label ?? [],
-          config: o.config,
-        });
+        await createContainer(ctx, ref, id, args ?? [], readContainerFlags(o));
       }),
     );
 

@@ -3,7 +3,15 @@
 // standard I/O, start it, wait and exit with its status. Also the pieces `berth containers create`
 // and `berth tasks` share: container flags, spec building, FIFO I/O, signal names.
 import { randomBytes } from "node:crypto";
-import { closeSync, constants as fsc, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
+import {
+  closeSync,
+  constants as fsc,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -11,6 +19,14 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Command, Option } from "commander";
 import { isNotFound } from "../../core/errdefs.js";
+import type { Mount } from "../../core/mount/types.js";
+import {
+  currentCapabilities,
+  hostDevices,
+  type LinuxDevice,
+  replaceOrAppendEnv,
+} from "../../core/oci/linux.js";
+import { additionalGids, numericUser, resolveUser } from "../../core/oci/user.js";
 import { hostPlatform, matchesAny, type Platform } from "../../core/pull/platforms.js";
 import { chainIds } from "../../core/pull/pull.js";
 import { formatReference, parseNormalized } from "../../core/reference.js";
@@ -18,11 +34,14 @@ import { MediaTypes } from "../../core/remotes/media.js";
 import { OptionsSchema } from "../../gen/containerd/runc/v1/oci_pb.js";
 import { Containers } from "../../gen/containerd/services/containers/v1/containers_pb.js";
 import { Content } from "../../gen/containerd/services/content/v1/content_pb.js";
+import { Diff } from "../../gen/containerd/services/diff/v1/diff_pb.js";
 import { Images } from "../../gen/containerd/services/images/v1/images_pb.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { Tasks } from "../../gen/containerd/services/tasks/v1/tasks_pb.js";
 import { mknod, S_IFIFO } from "../../sys/mknod.js";
+import { withTempMount } from "../../sys/mount.js";
+import { type Console, currentConsole } from "./console.js";
 import type { CliContext, Wire } from "./main.js";
 import { parseLabelArgs } from "./table.js";
 
@@ -66,11 +85,13 @@ export interface Spec {
   root: { path: string; readonly?: boolean };
   hostname?: string;
   mounts: SpecMount[];
+  annotations?: Record<string, string>;
   linux: {
+    devices?: LinuxDevice[];
     resources?: {
       devices?: { allow: boolean; type?: string; major?: number; minor?: number; access?: string }[];
       memory?: { limit?: number };
-      cpu?: { quota?: number; period?: number };
+      cpu?: { shares?: number; quota?: number; period?: number };
     };
     cgroupsPath?: string;
     namespaces: { type: string; path?: string }[];
@@ -95,60 +116,6 @@ const DEFAULT_CAPS = [
   "CAP_KILL",
   "CAP_AUDIT_WRITE",
 ];
-
-/** Every capability the running kernel knows (for --privileged), from its last cap number. */
-function allCaps(): string[] {
-  const names = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-  ];
-  let last = names.length - 1;
-  try {
-    last = Number(readFileSync("/proc/sys/kernel/cap_last_cap", "utf8").trim());
-  } catch {
-    // keep the full list
-  }
-  return names.slice(0, last + 1).map((n) => `CAP_${n}`);
-}
 
 function defaultMounts(): SpecMount[] {
   const m = (destination: string, type: string, source: string, options: string[]): SpecMount => ({
@@ -232,31 +199,6 @@ export function defaultSpec(ns: string, id: string): Spec {
   };
 }
 
-/** Replace `K=...` entries of `base` by those of `extra` with the same key, append the rest. */
-export function mergeEnv(base: readonly string[], extra: readonly string[]): string[] {
-  const out = [...base];
-  for (const e of extra) {
-    const key = e.includes("=") ? e.slice(0, e.indexOf("=")) : e;
-    const i = out.findIndex((x) => (x.includes("=") ? x.slice(0, x.indexOf("=")) : x) === key);
-    if (i >= 0) out[i] = e;
-    else out.push(e);
-  }
-  return out;
-}
-
-/** `uid`, `uid:gid`, `root`; names other than root need the image's /etc/passwd (not supported). */
-export function parseUser(user: string): SpecUser {
-  const [u = "", g] = user.split(":", 2);
-  const num = (s: string, what: string): number => {
-    if (s === "root") return 0;
-    if (!/^\d+$/.test(s)) throw new Error(`user ${JSON.stringify(user)}: ${what} must be numeric (or root)`);
-    return Number(s);
-  };
-  const uid = num(u, "the user");
-  const gid = g === undefined ? (uid === 0 ? 0 : uid) : num(g, "the group");
-  return { uid, gid };
-}
-
 /** `type=bind,src=/a,dst=/b,options=rbind:ro` (ctr's --mount syntax). */
 export function parseMountFlag(s: string): SpecMount {
   const m: SpecMount = { destination: "" };
@@ -295,6 +237,9 @@ export interface ContainerFlags {
   withNs: string[];
   memoryLimit?: string;
   cpus?: string;
+  cpuShares?: string;
+  cpuQuota?: string;
+  cpuPeriod?: string;
   privileged?: boolean;
   readOnly?: boolean;
   snapshotter?: string;
@@ -305,76 +250,131 @@ export interface ContainerFlags {
   config?: string;
 }
 
-/** The spec for `id` from the defaults, the image config, the command line and the flags. */
+const NAMESPACE_TYPES = new Set(["pid", "network", "uts", "mount", "user", "ipc", "cgroup"]);
+
+/** An unsigned decimal (or 0x hex, 0 octal) integer flag value, as Go's ParseUint(s, 0, 64) reads it. */
+function parseUintFlag(name: string, v: string): number {
+  let n: bigint;
+  try {
+    if (!/^(0[xX][0-9a-fA-F_]+|0[oO]?[0-7_]*|[1-9][0-9_]*)$/.test(v)) throw new Error();
+    const t = v.replace(/_/g, "");
+    n = /^0[0-7]+$/.test(t) ? BigInt(`0o${t.slice(1)}`) : BigInt(t);
+  } catch {
+    throw new Error(`invalid value "${v}" for flag --${name}: parse error`);
+  }
+  if (n > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new Error(`invalid value "${v}" for flag --${name}: too large`);
+  return Number(n);
+}
+
+function parseIntFlag(name: string, v: string): number {
+  if (!/^[+-]?\d+$/.test(v)) throw new Error(`invalid value "${v}" for flag --${name}: parse error`);
+  return Number(v);
+}
+
+/** Lines of an --env-file, each taken as written (a line without `=` unsets that variable). */
+function envFileLines(file: string): string[] {
+  const text = readFileSync(file, "utf8");
+  const lines = text.split("\n");
+  if (lines[lines.length - 1] === "") lines.pop();
+  return lines.map((l) => (l.endsWith("\r") ? l.slice(0, -1) : l));
+}
+
+/**
+ * The spec for `id` from containerd's defaults, the image config, the command line and the flags,
+ * in ctr's order. `root` is the container's root filesystem (mounted) for resolving user and group
+ * names and supplementary groups; without it only numeric users are accepted.
+ */
 export function buildSpec(
   ns: string,
   id: string,
   image: ImageConfig,
   args: string[],
   f: ContainerFlags,
+  root?: string,
 ): Spec {
   const s = defaultSpec(ns, id);
   const p = s.process;
-  // image config
-  p.env = mergeEnv(image.Env && image.Env.length > 0 ? image.Env : [DEFAULT_PATH_ENV], []);
+  const lookup = (user: string) => {
+    if (root !== undefined) return resolveUser(user, root);
+    const u = numericUser(user);
+    if (!u) throw new Error(`user ${JSON.stringify(user)}: names need the container's /etc/passwd`);
+    return u;
+  };
+  const withGroups = (user: string) => {
+    if (root !== undefined) p.user = additionalGids(user, root, p.user);
+    else if (!(p.user.additionalGids ?? []).includes(p.user.gid))
+      p.user = { ...p.user, additionalGids: [p.user.gid, ...(p.user.additionalGids ?? [])] };
+  };
+  // environment from the flags, then the image config under it
+  let env: string[] = [];
+  if (f.envFile) env = replaceOrAppendEnv(env, envFileLines(f.envFile));
+  env = replaceOrAppendEnv(env, f.env);
+  for (const m of f.mount) s.mounts.push(parseMountFlag(m));
+  p.env = replaceOrAppendEnv(image.Env && image.Env.length > 0 ? image.Env : [DEFAULT_PATH_ENV], env);
   p.args = [...(image.Entrypoint ?? []), ...(args.length > 0 ? args : (image.Cmd ?? []))];
   p.cwd = image.WorkingDir || "/";
-  if (image.User) p.user = parseUser(image.User);
-  // flags
-  let extraEnv: string[] = [];
-  if (f.envFile) {
-    extraEnv = readFileSync(f.envFile, "utf8")
-      .split("\n")
-      .map((l) => l.trim())
-      .filter((l) => l !== "" && !l.startsWith("#"));
+  if (image.User) {
+    p.user = lookup(image.User);
+    withGroups(String(p.user.uid));
+  } else withGroups("root");
+  if (f.readOnly) s.root.readonly = true;
+  if (f.cwd) p.cwd = f.cwd;
+  if (f.user) {
+    p.user = lookup(f.user);
+    withGroups(f.user);
   }
-  extraEnv = [...extraEnv, ...f.env];
   if (f.tty) {
     p.terminal = true;
-    extraEnv.push("TERM=xterm");
+    p.env.push("TERM=xterm");
   }
-  p.env = mergeEnv(p.env, extraEnv);
-  if (f.cwd) p.cwd = f.cwd;
-  if (f.user) p.user = parseUser(f.user);
-  if (f.readOnly) s.root.readonly = true;
-  for (const m of f.mount) s.mounts.push(parseMountFlag(m));
+  s.linux.resources = s.linux.resources ?? {};
+  const res = s.linux.resources;
+  if (f.privileged) {
+    const caps = currentCapabilities();
+    p.capabilities = { bounding: caps, effective: [...caps], permitted: [...caps] };
+    delete s.linux.maskedPaths;
+    delete s.linux.readonlyPaths;
+    for (const m of s.mounts) {
+      if (m.type === "sysfs" || m.type === "cgroup")
+        m.options = (m.options ?? []).map((o) => (o === "ro" ? "rw" : o));
+    }
+    res.devices = [{ allow: true, access: "rwm" }];
+    s.linux.devices = [...(s.linux.devices ?? []), ...hostDevices()];
+  }
   if (f.netHost) {
     s.linux.namespaces = s.linux.namespaces.filter((n) => n.type !== "network");
     for (const file of ["/etc/hosts", "/etc/resolv.conf"]) {
       s.mounts.push({ destination: file, type: "bind", source: file, options: ["rbind", "ro"] });
     }
+    p.env = replaceOrAppendEnv(p.env, [`HOSTNAME=${os.hostname()}`]);
+  }
+  const cpus = f.cpus === undefined ? 0 : Number(f.cpus);
+  if (!Number.isFinite(cpus)) throw new Error(`invalid value "${f.cpus}" for flag --cpus: parse error`);
+  if (cpus > 0) res.cpu = { ...res.cpu, quota: Math.trunc(cpus * 100_000), period: 100_000 };
+  const shares = f.cpuShares === undefined ? 1024 : parseIntFlag("cpu-shares", f.cpuShares);
+  if (shares > 0) res.cpu = { ...res.cpu, shares };
+  const quota = f.cpuQuota === undefined ? -1 : parseIntFlag("cpu-quota", f.cpuQuota);
+  const period = f.cpuPeriod === undefined ? 0 : parseUintFlag("cpu-period", f.cpuPeriod);
+  if (quota !== -1 || period !== 0) {
+    if (cpus > 0) throw new Error("cpus and quota/period should be used separately");
+    res.cpu = { ...res.cpu, quota, period };
   }
   for (const w of f.withNs) {
-    const i = w.indexOf(":");
-    if (i <= 0) throw new Error(`invalid --with-ns ${JSON.stringify(w)}: want type:path`);
-    const type = w.slice(0, i);
-    const nsPath = w.slice(i + 1);
-    const existing = s.linux.namespaces.find((n) => n.type === type);
-    if (existing) existing.path = nsPath;
+    const parts = w.split(":");
+    if (parts.length !== 2)
+      throw new Error("joining a Linux namespace using --with-ns requires the format 'nstype:path'");
+    const [type, nsPath] = parts as [string, string];
+    if (!NAMESPACE_TYPES.has(type))
+      throw new Error(`the Linux namespace type specified in --with-ns is not valid: ${type}`);
+    const i = s.linux.namespaces.findIndex((n) => n.type === type);
+    if (i >= 0) s.linux.namespaces[i] = { type, path: nsPath };
     else s.linux.namespaces.push({ type, path: nsPath });
   }
-  s.linux.resources = s.linux.resources ?? {};
-  const res = s.linux.resources;
-  if (f.memoryLimit !== undefined) {
-    const n = Number(f.memoryLimit);
-    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`invalid --memory-limit ${f.memoryLimit}`);
-    res.memory = { limit: n };
-  }
-  if (f.cpus !== undefined) {
-    const n = Number(f.cpus);
-    if (!Number.isFinite(n) || n <= 0) throw new Error(`invalid --cpus ${f.cpus}`);
-    res.cpu = { period: 100_000, quota: Math.round(n * 100_000) };
-  }
-  if (f.privileged) {
-    const all = allCaps();
-    p.capabilities = { bounding: all, permitted: all, effective: [...all] };
-    s.linux.maskedPaths = [];
-    s.linux.readonlyPaths = [];
-    res.devices = [{ allow: true, access: "rwm" }];
-    for (const m of s.mounts) {
-      if (m.type === "sysfs" || m.type === "cgroup") m.options = (m.options ?? []).filter((o) => o !== "ro");
-    }
-  }
+  const limit = f.memoryLimit === undefined ? 0 : parseUintFlag("memory-limit", f.memoryLimit);
+  if (limit !== 0) res.memory = { ...res.memory, limit };
+  const annotations = parseLabelArgs(f.label);
+  if (Object.keys(annotations).length > 0) s.annotations = { ...s.annotations, ...annotations };
   return s;
 }
 
@@ -385,7 +385,17 @@ interface Json {
   mediaType?: string;
   manifests?: { mediaType: string; digest: string; size: number; platform?: Platform }[];
   config?: { digest: string; mediaType?: string };
+  layers?: { mediaType: string; digest: string; size: number }[];
   rootfs?: { diff_ids?: string[] };
+}
+
+export interface ResolvedImage {
+  name: string;
+  config: ImageConfig;
+  configDigest: string;
+  chainId: string;
+  chain: string[];
+  layers: { mediaType: string; digest: string; size: number }[];
 }
 
 async function readJson<T>(ctx: CliContext, digest: string): Promise<T> {
@@ -398,10 +408,7 @@ async function readJson<T>(ctx: CliContext, digest: string): Promise<T> {
 const isIndex = (mt: string) => mt === MediaTypes.ociIndex || mt === MediaTypes.dockerManifestList;
 
 /** The host platform's image config and rootfs chain ID of a stored image. */
-export async function resolveImage(
-  ctx: CliContext,
-  ref: string,
-): Promise<{ name: string; config: ImageConfig; chainId: string }> {
+export async function resolveImage(ctx: CliContext, ref: string): Promise<ResolvedImage> {
   const images = await ctx.client(Images);
   let name = ref;
   let got: Awaited<ReturnType<typeof images.get>> | undefined;
@@ -445,7 +452,57 @@ export async function resolveImage(
   const chain = chainIds(cfg.rootfs?.diff_ids ?? []);
   const chainId = chain[chain.length - 1];
   if (!chainId) throw new Error(`image "${ref}" has no layers`);
-  return { name, config: cfg.config ?? {}, chainId };
+  const layers = manifest.layers ?? [];
+  if (layers.length !== chain.length) throw new Error(`image "${ref}": layers and diff IDs do not match`);
+  return { name, config: cfg.config ?? {}, configDigest: manifest.config.digest, chainId, chain, layers };
+}
+
+/**
+ * Unpacks the image's layers into `snapshotter` where they are missing (as ctr does before it
+ * creates a container): each missing chain ID is prepared on its parent, the layer applied through
+ * the Diff service and committed under the chain ID; the config then references the top snapshot
+ * for the garbage collector.
+ */
+async function ensureUnpacked(ctx: CliContext, img: ResolvedImage, snapshotter: string, lease: string) {
+  const snaps = await ctx.client(Snapshots);
+  const exists = (key: string) =>
+    snaps.stat({ snapshotter, key }, ctx.call({ lease })).then(
+      () => true,
+      (err: unknown) => {
+        if (isNotFound(err)) return false;
+        throw err;
+      },
+    );
+  if (await exists(img.chainId)) return;
+  let parent = "";
+  for (const [i, chainId] of img.chain.entries()) {
+    if (!(await exists(chainId))) {
+      const layer = img.layers[i]!;
+      const key = `extract-${randomBytes(8).toString("hex")} ${chainId}`;
+      const { mounts } = await snaps.prepare({ snapshotter, key, parent }, ctx.call({ lease }));
+      try {
+        const diff = await ctx.client(Diff);
+        await diff.apply(
+          { diff: { mediaType: layer.mediaType, digest: layer.digest, size: BigInt(layer.size) }, mounts },
+          ctx.call({ lease }),
+        );
+        await snaps.commit({ snapshotter, name: chainId, key }, ctx.call({ lease }));
+      } catch (err) {
+        await snaps.remove({ snapshotter, key }, ctx.call()).catch(() => {});
+        if (!(await exists(chainId))) throw err;
+      }
+    }
+    parent = chainId;
+  }
+  const content = await ctx.client(Content);
+  const label = `containerd.io/gc.ref.snapshot.${snapshotter}`;
+  await content.update(
+    {
+      info: { digest: img.configDigest, labels: { [label]: img.chainId } },
+      updateMask: { paths: [`labels.${label}`] },
+    },
+    ctx.call({ lease }),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,24 +513,27 @@ export function addContainerFlags(cmd: Command): Command {
   return cmd
     .option("-t, --tty", "allocate a TTY for the container")
     .option("--env <K=V>", "environment variable to set in the container", collect, [])
-    .option("--env-file <file>", "read environment variables from a file")
+    .option("--env-file <file>", "read environment variables from a file (K=V, one per line)")
     .option("--cwd <dir>", "working directory of the process")
-    .option("-u, --user <uid[:gid]>", "user id or uid:gid")
+    .option("-u, --user <user>", "username or user id, group optional (<name|uid>[:<group|gid>])")
     .option("--mount <spec>", "mount: type=bind,src=/host,dst=/ctr,options=rbind:ro", collect, [])
     .option("--net-host", "use the host's network namespace")
     .option("--with-ns <type:path>", "join the namespace at path (e.g. network:/proc/1/ns/net)", collect, [])
     .option("--memory-limit <bytes>", "memory limit in bytes")
     .option("--cpus <n>", "CPU limit (CFS quota)")
-    .option("--privileged", "run privileged: all capabilities, all devices, no masked paths")
+    .option("--cpu-shares <n>", "CPU shares", "1024")
+    .option("--cpu-quota <n>", "CFS CPU quota", "-1")
+    .option("--cpu-period <n>", "CFS CPU period", "0")
+    .option("--privileged", "run privileged: all capabilities, all host devices, no masked paths")
     .option("--read-only", "mount the root filesystem read-only")
     .option("--snapshotter <name>", "snapshotter [$CONTAINERD_SNAPSHOTTER]")
     .addOption(new Option("--runtime <name>", "runtime name").default(DEFAULT_RUNTIME))
     .option("--runc-binary <path>", "runc-compatible binary for the runc shim (e.g. /usr/bin/crun)")
-    .option("--label <K=V>", "container label", collect, [])
+    .option("--label <K=V>", "container label (also an OCI annotation)", collect, [])
     .option("--config <file>", "use this OCI spec (JSON) instead of building one");
 }
 
-function readContainerFlags(o: Record<string, unknown>): ContainerFlags {
+export function readContainerFlags(o: Record<string, unknown>): ContainerFlags {
   return {
     tty: o.tty as boolean | undefined,
     env: (o.env as string[]) ?? [],
@@ -485,6 +545,9 @@ function readContainerFlags(o: Record<string, unknown>): ContainerFlags {
     withNs: (o.withNs as string[]) ?? [],
     memoryLimit: o.memoryLimit as string | undefined,
     cpus: o.cpus as string | undefined,
+    cpuShares: o.cpuShares as string | undefined,
+    cpuQuota: o.cpuQuota as string | undefined,
+    cpuPeriod: o.cpuPeriod as string | undefined,
     privileged: o.privileged as boolean | undefined,
     readOnly: o.readOnly as boolean | undefined,
     snapshotter: o.snapshotter as string | undefined,
@@ -492,6 +555,20 @@ function readContainerFlags(o: Record<string, unknown>): ContainerFlags {
     runcBinary: o.runcBinary as string | undefined,
     label: (o.label as string[]) ?? [],
     config: o.config as string | undefined,
+  };
+}
+
+/** The runtime options ctr sends: runc's Options (binary name) for the runc v2 runtime, else none. */
+function runtimeOptions(f: ContainerFlags): { typeUrl: string; value: Uint8Array } | undefined {
+  if (f.runcBinary && f.runtime !== DEFAULT_RUNTIME) {
+    throw new Error(
+      `specifying runc-binary and runc-systemd-cgroup is only supported for "${DEFAULT_RUNTIME}" runtime`,
+    );
+  }
+  if (f.runtime !== DEFAULT_RUNTIME) return undefined;
+  return {
+    typeUrl: RUNC_OPTIONS_TYPE_URL,
+    value: toBinary(OptionsSchema, create(OptionsSchema, { binaryName: f.runcBinary ?? "" })),
   };
 }
 
@@ -508,7 +585,16 @@ async function withLease<T>(ctx: CliContext, fn: (lease: string) => Promise<T>):
   }
 }
 
-/** Creates container `id` from `ref` (snapshot prepared from the image's chain ID). */
+/** A single overlay mount made read-only (the other kinds are left as they are). */
+const readonlyMounts = (mounts: Mount[]): Mount[] =>
+  mounts.length === 1 && mounts[0]!.type === "overlay"
+    ? [{ ...mounts[0]!, options: [...mounts[0]!.options, "ro"] }]
+    : mounts;
+
+/**
+ * Creates container `id` from `ref`: the snapshot first (prepared from the image's chain ID), then
+ * the spec, built with that rootfs mounted read-only on a temp dir for user and group lookups.
+ */
 export async function createContainer(
   ctx: CliContext,
   ref: string,
@@ -517,22 +603,24 @@ export async function createContainer(
   f: ContainerFlags,
 ): Promise<{ spec: Spec; snapshotter: string }> {
   const img = await resolveImage(ctx, ref);
-  const spec: Spec = f.config
-    ? (JSON.parse(readFileSync(f.config, "utf8")) as Spec)
-    : buildSpec(ctx.namespace, id, img.config, args, f);
   const snapshotter = f.snapshotter || defaultSnapshotter();
   const labels = { ...(img.config.Labels ?? {}), ...parseLabelArgs(f.label) };
-  const options = f.runcBinary
-    ? {
-        typeUrl: RUNC_OPTIONS_TYPE_URL,
-        value: toBinary(OptionsSchema, create(OptionsSchema, { binaryName: f.runcBinary })),
-      }
-    : undefined;
+  const options = runtimeOptions(f);
+  let spec: Spec | undefined;
   await withLease(ctx, async (lease) => {
+    await ensureUnpacked(ctx, img, snapshotter, lease);
     const snaps = await ctx.client(Snapshots);
-    await snaps.prepare({ snapshotter, key: id, parent: img.chainId }, ctx.call({ lease }));
-    const containers = await ctx.client(Containers);
+    const { mounts } = await snaps.prepare(
+      { snapshotter, key: id, parent: img.chainId },
+      ctx.call({ lease }),
+    );
     try {
+      spec = f.config
+        ? (JSON.parse(readFileSync(f.config, "utf8")) as Spec)
+        : await withTempMount(readonlyMounts(mounts), async (root) =>
+            buildSpec(ctx.namespace, id, img.config, args, f, root),
+          );
+      const containers = await ctx.client(Containers);
       await containers.create(
         {
           container: {
@@ -554,7 +642,7 @@ export async function createContainer(
       throw err;
     }
   });
-  return { spec, snapshotter };
+  return { spec: spec as Spec, snapshotter };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -658,32 +746,97 @@ export function fifoIO(
   };
 }
 
-/** New FIFOs for `id` in a fresh directory under FIFO_ROOT. */
-export function newFifoIO(id: string, terminal: boolean, execId?: string): TaskIO {
-  mkdirSync(FIFO_ROOT, { recursive: true, mode: 0o700 });
-  const dir = path.join(FIFO_ROOT, randomBytes(8).toString("hex"));
+/**
+ * New FIFOs for `id` in a fresh directory under `fifoDir` (default FIFO_ROOT), piped to our stdio.
+ * With `keep` (a detached task) they are only made, and outlive this process: the shim holds them
+ * open, `tasks attach` reopens them and `tasks delete` removes them.
+ */
+export function newFifoIO(
+  id: string,
+  terminal: boolean,
+  execId?: string,
+  opts: { fifoDir?: string; keep?: boolean } = {},
+): TaskIO {
+  const root = opts.fifoDir || FIFO_ROOT;
+  mkdirSync(root, { recursive: true, mode: 0o700 });
+  const dir = path.join(root, randomBytes(8).toString("hex"));
   mkdirSync(dir, { mode: 0o700 });
   const base = path.join(dir, execId ? `${id}-${execId}` : id);
-  return fifoIO(
-    { stdin: `${base}-stdin`, stdout: `${base}-stdout`, stderr: terminal ? "" : `${base}-stderr` },
-    terminal,
-    { dir },
-  );
+  const paths = {
+    stdin: `${base}-stdin`,
+    stdout: `${base}-stdout`,
+    stderr: terminal ? "" : `${base}-stderr`,
+  };
+  if (opts.keep) {
+    // Detached: the shim wants a reader while it opens the FIFOs, so hold them open (without
+    // reading) until we exit; what the task writes then waits in them for `tasks attach`.
+    const fds: number[] = [];
+    for (const p of [paths.stdin, paths.stdout, paths.stderr]) {
+      if (!p) continue;
+      fifo(p);
+      fds.push(openSync(p, (p === paths.stdin ? fsc.O_RDWR : fsc.O_RDONLY) | fsc.O_NONBLOCK));
+    }
+    return {
+      ...NULL_IO,
+      ...paths,
+      terminal,
+      close() {
+        for (const fd of fds.splice(0)) closeSync(fd);
+      },
+    };
+  }
+  return fifoIO(paths, terminal, { dir });
 }
 
-/** Put our TTY in raw mode and keep the task's pty size in step; returns the undo. */
-export function setupTerminal(resize: (width: number, height: number) => Promise<unknown>): () => void {
-  if (!process.stdin.isTTY) return () => {};
-  process.stdin.setRawMode(true);
-  const onResize = () => {
-    const [w, h] = process.stdout.getWindowSize?.() ?? [80, 24];
-    resize(w, h).catch(() => {});
+/** Removes the FIFO directory of a process's I/O paths when berth made it (under FIFO_ROOT). */
+export function removeFifoDir(paths: { stdin?: string; stdout?: string; stderr?: string }): void {
+  for (const p of [paths.stdin, paths.stdout, paths.stderr]) {
+    if (!p) continue;
+    const dir = path.dirname(p);
+    if (path.dirname(dir) !== FIFO_ROOT) continue;
+    rmSync(dir, { recursive: true, force: true });
+    return;
+  }
+}
+
+/** Our console in raw mode for a `-t` process (undefined when berth has no terminal). */
+export function rawConsole(): Console | undefined {
+  const con = currentConsole();
+  con?.setRaw();
+  return con;
+}
+
+/**
+ * Keeps the task's pty sized like our console: `before()` sizes it ahead of Start (an init process
+ * has its pty from Create on; an exec's comes with Start, so that one may fail quietly), `after()`
+ * once started (as ctr does) and on every SIGWINCH from then on; `undo()` stops listening.
+ */
+export function consoleResizer(
+  con: Console | undefined,
+  resize: (width: number, height: number) => Promise<unknown>,
+): { before(): Promise<void>; after(): Promise<void>; undo(): void } {
+  const once = async (report: boolean) => {
+    if (!con) return;
+    try {
+      const { width, height } = con.size();
+      await resize(width, height);
+    } catch (err) {
+      if (report) process.stderr.write(`berth: resize pty: ${(err as Error).message}\n`);
+    }
   };
-  onResize();
-  process.on("SIGWINCH", onResize);
-  return () => {
-    process.off("SIGWINCH", onResize);
-    process.stdin.setRawMode(false);
+  const onWinch = () => {
+    void once(true);
+  };
+  return {
+    before: () => once(false),
+    async after() {
+      if (!con) return;
+      await once(true);
+      process.on("SIGWINCH", onWinch);
+    },
+    undo() {
+      process.off("SIGWINCH", onWinch);
+    },
   };
 }
 
@@ -719,6 +872,7 @@ async function run(ctx: CliContext, ref: string, id: string, args: string[], o: 
   const detach = o.detach === true;
   const rm = o.rm === true;
   if (detach && rm) throw new Error("flags --detach and --rm cannot be specified together");
+  if (f.tty && o.nullIo) throw new Error("tty and null-io cannot be used together");
   const { snapshotter } = await createContainer(ctx, ref, id, args, f);
   const tasks = await ctx.client(Tasks);
   const cleanup = async () => {
@@ -729,54 +883,72 @@ async function run(ctx: CliContext, ref: string, id: string, args: string[], o: 
     const snaps = await ctx.client(Snapshots);
     await snaps.remove({ snapshotter, key: id }, ctx.call()).catch(() => {});
   };
-  const io = detach || o.nullIo ? NULL_IO : newFifoIO(id, f.tty === true);
-  try {
-    const snaps = await ctx.client(Snapshots);
-    const { mounts } = await snaps.mounts({ snapshotter, key: id }, ctx.call());
-    await tasks.create(
-      {
-        containerId: id,
-        rootfs: mounts,
-        stdin: io.stdin,
-        stdout: io.stdout,
-        stderr: io.stderr,
-        terminal: io.terminal,
-      },
-      ctx.call(),
-    );
-  } catch (err) {
-    io.close();
-    await cleanup();
-    throw err;
-  }
-  io.startInput(() => {
-    tasks.closeIO({ containerId: id, stdin: true }, ctx.call()).catch(() => {});
-  });
+  // ctr puts the console in raw mode before it creates the task, and back when it returns
+  const con = f.tty ? rawConsole() : undefined;
   let exitStatus = 0;
   try {
-    if (detach) {
-      await tasks.start({ containerId: id }, ctx.call());
-      return;
-    }
-    const waiting = tasks.wait({ containerId: id }, ctx.stream());
-    waiting.catch(() => {});
-    await tasks.start({ containerId: id }, ctx.call());
-    const undoTerm = io.terminal
-      ? setupTerminal((width, height) => tasks.resizePty({ containerId: id, width, height }, ctx.call()))
-      : () => {};
-    const undoSig = io.terminal
-      ? () => {}
-      : forwardSignals((signal) => tasks.kill({ containerId: id, signal }, ctx.call()));
+    const io = o.nullIo
+      ? NULL_IO
+      : newFifoIO(id, f.tty === true, undefined, { fifoDir: o.fifoDir as string | undefined, keep: detach });
     try {
-      exitStatus = (await waiting).exitStatus;
-      await io.drained();
+      const snaps = await ctx.client(Snapshots);
+      const { mounts } = await snaps.mounts({ snapshotter, key: id }, ctx.call());
+      const { pid } = await tasks.create(
+        {
+          containerId: id,
+          rootfs: mounts,
+          stdin: io.stdin,
+          stdout: io.stdout,
+          stderr: io.stderr,
+          terminal: io.terminal,
+        },
+        ctx.call(),
+      );
+      if (o.pidFile) writeFileSync(o.pidFile as string, String(pid));
+    } catch (err) {
+      io.close();
+      removeFifoDir(io);
+      await cleanup();
+      throw err;
+    }
+    try {
+      if (detach) {
+        await tasks.start({ containerId: id }, ctx.call());
+        return;
+      }
+      // Without a terminal, the end of our stdin closes the task's; with one, the pty stays open
+      // (closing it would hang up the process), as with ctr.
+      io.startInput(
+        io.terminal
+          ? undefined
+          : () => {
+              tasks.closeIO({ containerId: id, stdin: true }, ctx.call()).catch(() => {});
+            },
+      );
+      const waiting = tasks.wait({ containerId: id }, ctx.stream());
+      waiting.catch(() => {});
+      const resizer = consoleResizer(io.terminal ? con : undefined, (width, height) =>
+        tasks.resizePty({ containerId: id, width, height }, ctx.call()),
+      );
+      const undoSig = io.terminal
+        ? () => {}
+        : forwardSignals((signal) => tasks.kill({ containerId: id, signal }, ctx.call()));
+      try {
+        await resizer.before();
+        await tasks.start({ containerId: id }, ctx.call());
+        await resizer.after();
+        exitStatus = (await waiting).exitStatus;
+        await io.drained();
+      } finally {
+        undoSig();
+        resizer.undo();
+      }
     } finally {
-      undoSig();
-      undoTerm();
+      io.close();
+      if (!detach) await cleanup();
     }
   } finally {
-    io.close();
-    if (!detach) await cleanup();
+    con?.reset();
   }
   if (exitStatus !== 0) process.exitCode = exitStatus;
 }
@@ -791,7 +963,9 @@ export function registerRun(program: Command, wire: Wire): void {
       .argument("[command...]", "command and arguments (default: the image's)")
       .option("--rm", "remove the container after running")
       .option("-d, --detach", "detach from the task after it has started")
-      .option("--null-io", "send all I/O to /dev/null"),
+      .option("--null-io", "send all I/O to /dev/null")
+      .option("--fifo-dir <dir>", "directory for the I/O FIFOs")
+      .option("--pid-file <file>", "file to write the task's pid to"),
   )
     // The container's command may carry its own options (sh -c ...): unknown ones stay arguments.
     .allowUnknownOption()

@@ -1,22 +1,26 @@
 // `berth tasks` (alias task, t): start, list, attach, kill, exec, pause, resume, ps, metrics and
 // delete tasks. Output follows ctr's.
+import { writeFileSync } from "node:fs";
 import type { Command } from "commander";
 import { isNotFound } from "../../core/errdefs.js";
+import { resolveUser } from "../../core/oci/user.js";
 import { Containers } from "../../gen/containerd/services/containers/v1/containers_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { Tasks } from "../../gen/containerd/services/tasks/v1/tasks_pb.js";
 import { Status } from "../../gen/containerd/types/task/task_pb.js";
+import type { Console } from "./console.js";
 import type { CliContext, Wire } from "./main.js";
 import {
+  consoleResizer,
   fifoIO,
   forwardSignals,
   NULL_IO,
   newFifoIO,
   PROCESS_TYPE_URL,
   parseSignal,
-  parseUser,
+  rawConsole,
+  removeFifoDir,
   type Spec,
-  setupTerminal,
   type TaskIO,
 } from "./run.js";
 import { printJson, rfc3339Nano, SPACES, TabWriter, WIDE } from "./table.js";
@@ -42,36 +46,46 @@ async function containerSpecOf(
   };
 }
 
-/** Waits for a process, pipes I/O, forwards signals or runs the terminal; returns the exit status. */
+/**
+ * Waits for a process: pipes I/O, keeps a terminal's size in step (also sized before `start`)
+ * or forwards our signals, and returns the exit status. Our stdin ending closes the process's
+ * stdin only for `closeStdin` without a terminal (closing a pty's input hangs the process up).
+ */
 async function attachAndWait(
   ctx: CliContext,
   id: string,
   execId: string,
   io: TaskIO,
-  start?: () => Promise<unknown>,
+  opts: { con?: Console; start?: () => Promise<unknown>; closeStdin?: boolean } = {},
 ): Promise<number> {
   const tasks = await ctx.client(Tasks);
   const waiting = tasks.wait({ containerId: id, execId }, ctx.stream());
   waiting.catch(() => {});
-  if (start) await start();
-  io.startInput(() => {
-    tasks.closeIO({ containerId: id, execId, stdin: true }, ctx.call()).catch(() => {});
-  });
-  const undoTerm = io.terminal
-    ? setupTerminal((width, height) =>
-        tasks.resizePty({ containerId: id, execId, width, height }, ctx.call()),
-      )
-    : () => {};
+  io.startInput(
+    opts.closeStdin && !io.terminal
+      ? () => {
+          tasks.closeIO({ containerId: id, execId, stdin: true }, ctx.call()).catch(() => {});
+        }
+      : undefined,
+  );
+  const resizer = consoleResizer(io.terminal ? opts.con : undefined, (width, height) =>
+    tasks.resizePty({ containerId: id, execId, width, height }, ctx.call()),
+  );
   const undoSig = io.terminal
     ? () => {}
     : forwardSignals((signal) => tasks.kill({ containerId: id, execId, signal }, ctx.call()));
   try {
+    if (opts.start) {
+      await resizer.before();
+      await opts.start();
+    }
+    await resizer.after();
     const r = await waiting;
     await io.drained();
     return r.exitStatus;
   } finally {
     undoSig();
-    undoTerm();
+    resizer.undo();
     io.close();
   }
 }
@@ -205,37 +219,53 @@ export function registerTasks(program: Command, wire: Wire): void {
         const client = await ctx.client(Tasks);
         const snaps = await ctx.client(Snapshots);
         const rootfs = key ? (await snaps.mounts({ snapshotter, key }, ctx.call())).mounts : [];
-        const io = o.nullIo || o.detach ? NULL_IO : newFifoIO(id, spec.process?.terminal === true);
-        let pid: number;
+        const tty = spec.process?.terminal === true;
+        if (tty && o.nullIo) throw new Error("tty and null-io cannot be used together");
+        const con = tty && !o.detach ? rawConsole() : undefined;
         try {
-          ({ pid } = await client.create(
-            {
-              containerId: id,
-              rootfs,
-              stdin: io.stdin,
-              stdout: io.stdout,
-              stderr: io.stderr,
-              terminal: io.terminal,
-            },
-            ctx.call(),
-          ));
-        } catch (err) {
-          io.close();
-          throw err;
+          const io = o.nullIo
+            ? NULL_IO
+            : newFifoIO(id, tty, undefined, {
+                fifoDir: o.fifoDir as string | undefined,
+                keep: o.detach === true,
+              });
+          let pid: number;
+          try {
+            ({ pid } = await client.create(
+              {
+                containerId: id,
+                rootfs,
+                stdin: io.stdin,
+                stdout: io.stdout,
+                stderr: io.stderr,
+                terminal: io.terminal,
+              },
+              ctx.call(),
+            ));
+          } catch (err) {
+            io.close();
+            removeFifoDir(io);
+            throw err;
+          }
+          if (o.pidFile) writeFileSync(o.pidFile as string, String(pid));
+          if (o.detach) {
+            try {
+              await client.start({ containerId: id }, ctx.call());
+            } finally {
+              io.close();
+            }
+            return;
+          }
+          const code = await attachAndWait(ctx, id, "", io, {
+            con,
+            closeStdin: true,
+            start: () => client.start({ containerId: id }, ctx.call()),
+          });
+          await client.delete({ containerId: id }, ctx.call()).catch(() => {});
+          if (code !== 0) process.exitCode = code;
+        } finally {
+          con?.reset();
         }
-        if (o.pidFile) {
-          const { writeFileSync } = await import("node:fs");
-          writeFileSync(o.pidFile as string, String(pid));
-        }
-        if (o.detach) {
-          await client.start({ containerId: id }, ctx.call());
-          return;
-        }
-        const code = await attachAndWait(ctx, id, "", io, () =>
-          client.start({ containerId: id }, ctx.call()),
-        );
-        await client.delete({ containerId: id }, ctx.call()).catch(() => {});
-        if (code !== 0) process.exitCode = code;
       }),
     );
 
@@ -264,15 +294,26 @@ export function registerTasks(program: Command, wire: Wire): void {
     .action(
       wire(async (ctx, cmd) => {
         const [id] = cmd.processedArgs as [string];
+        const { spec } = await containerSpecOf(ctx, id);
+        const tty = spec.process?.terminal === true;
         const client = await ctx.client(Tasks);
         const { process: p } = await client.get({ containerId: id }, ctx.call());
         if (!p) throw new Error(`task "${id}": not found`);
-        const io =
-          p.stdin || p.stdout || p.stderr
-            ? fifoIO({ stdin: p.stdin, stdout: p.stdout, stderr: p.stderr }, p.terminal)
-            : NULL_IO;
-        const code = await attachAndWait(ctx, id, "", io);
-        if (code !== 0) process.exitCode = code;
+        // ctr reopens the task's own FIFOs (the ones it was created with) and, once the task
+        // exits, deletes it; our stdin ending only stops copying (the task's stdin stays open).
+        const con = tty ? rawConsole() : undefined;
+        try {
+          const io =
+            p.stdin || p.stdout || p.stderr
+              ? fifoIO({ stdin: p.stdin, stdout: p.stdout, stderr: p.stderr }, tty)
+              : { ...NULL_IO, terminal: tty };
+          const code = await attachAndWait(ctx, id, "", io, { con });
+          await client.delete({ containerId: id }, ctx.call()).catch(() => {});
+          removeFifoDir(p);
+          if (code !== 0) process.exitCode = code;
+        } finally {
+          con?.reset();
+        }
       }),
     );
 
@@ -311,45 +352,66 @@ export function registerTasks(program: Command, wire: Wire): void {
     .option("-t, --tty", "allocate a TTY for the container")
     .option("-d, --detach", "detach from the task after it has started execution")
     .option("--fifo-dir <dir>", "directory for the FIFOs")
-    .option("--user <user>", "user id or uid:gid")
+    .option("--user <user>", "user id or name (group optional: <name|uid>[:<group|gid>])")
     .allowUnknownOption()
     .action(
       wire(async (ctx, cmd) => {
         const [id, args] = cmd.processedArgs as [string, string[]];
         const o = cmd.opts();
         const execId = o.execId as string;
+        const tty = o.tty === true;
         const { spec } = await containerSpecOf(ctx, id);
-        const p = { ...spec.process, args, terminal: o.tty === true };
-        if (o.cwd) p.cwd = o.cwd as string;
-        if (o.user) p.user = parseUser(o.user as string);
         const client = await ctx.client(Tasks);
-        const io = o.detach ? NULL_IO : newFifoIO(id, o.tty === true, execId);
+        const p = { ...spec.process, args, terminal: tty };
+        if (o.cwd) p.cwd = o.cwd as string;
+        if (o.user) {
+          // names resolve in the container's own root: the running task's, seen through /proc
+          const { process: init } = await client.get({ containerId: id }, ctx.call());
+          if (!init?.pid) throw new Error(`task "${id}" has no running process`);
+          p.user = resolveUser(o.user as string, `/proc/${init.pid}/root`);
+        }
+        const con = tty && !o.detach ? rawConsole() : undefined;
         try {
-          await client.exec(
-            {
-              containerId: id,
-              execId,
-              stdin: io.stdin,
-              stdout: io.stdout,
-              stderr: io.stderr,
-              terminal: io.terminal,
-              spec: { typeUrl: PROCESS_TYPE_URL, value: Buffer.from(JSON.stringify(p)) },
-            },
-            ctx.call(),
-          );
-        } catch (err) {
-          io.close();
-          throw err;
+          const io = newFifoIO(id, tty, execId, {
+            fifoDir: o.fifoDir as string | undefined,
+            keep: o.detach === true,
+          });
+          try {
+            await client.exec(
+              {
+                containerId: id,
+                execId,
+                stdin: io.stdin,
+                stdout: io.stdout,
+                stderr: io.stderr,
+                terminal: io.terminal,
+                spec: { typeUrl: PROCESS_TYPE_URL, value: Buffer.from(JSON.stringify(p)) },
+              },
+              ctx.call(),
+            );
+          } catch (err) {
+            io.close();
+            removeFifoDir(io);
+            throw err;
+          }
+          if (o.detach) {
+            try {
+              await client.start({ containerId: id, execId }, ctx.call());
+            } finally {
+              io.close();
+            }
+            return;
+          }
+          const code = await attachAndWait(ctx, id, execId, io, {
+            con,
+            closeStdin: true,
+            start: () => client.start({ containerId: id, execId }, ctx.call()),
+          });
+          await client.deleteProcess({ containerId: id, execId }, ctx.call()).catch(() => {});
+          if (code !== 0) process.exitCode = code;
+        } finally {
+          con?.reset();
         }
-        if (o.detach) {
-          await client.start({ containerId: id, execId }, ctx.call());
-          return;
-        }
-        const code = await attachAndWait(ctx, id, execId, io, () =>
-          client.start({ containerId: id, execId }, ctx.call()),
-        );
-        await client.deleteProcess({ containerId: id, execId }, ctx.call()).catch(() => {});
-        if (code !== 0) process.exitCode = code;
       }),
     );
 
@@ -433,16 +495,21 @@ export function registerTasks(program: Command, wire: Wire): void {
         const client = await ctx.client(Tasks);
         for (const id of ids) {
           try {
-            if (o.execId) {
-              if (o.force) await killAndWait(ctx, id, o.execId as string);
-              await client.deleteProcess({ containerId: id, execId: o.execId as string }, ctx.call());
+            // the process's FIFOs, to remove once it is gone when berth made them
+            const execId = (o.execId as string | undefined) ?? "";
+            const p = await client
+              .get({ containerId: id, execId }, ctx.call())
+              .then((r) => r.process)
+              .catch(() => undefined);
+            if (execId) {
+              if (o.force) await killAndWait(ctx, id, execId);
+              await client.deleteProcess({ containerId: id, execId }, ctx.call());
+              if (p) removeFifoDir(p);
               continue;
             }
-            if (o.force) {
-              const { process: p } = await client.get({ containerId: id }, ctx.call());
-              if (p && p.status !== Status.STOPPED) await killAndWait(ctx, id);
-            }
+            if (o.force && p && p.status !== Status.STOPPED) await killAndWait(ctx, id);
             await client.delete({ containerId: id }, ctx.call());
+            if (p) removeFifoDir(p);
           } catch (err) {
             if (ids.length === 1) throw err;
             ctx.fail(`failed to delete task "${id}": ${(err as Error).message}`);

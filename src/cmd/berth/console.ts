@@ -1,0 +1,98 @@
+// The terminal berth runs in, for `-t`: the first of stderr, stdout and stdin that is a TTY (as
+// ctr picks it), switched to raw input the way cfmakeraw does it while output processing stays on
+// (as ctr's console keeps OPOST, so the bytes on screen match ctr's), its window size read with
+// TIOCGWINSZ, and the saved settings put back on reset.
+import tty from "node:tty";
+import { libc } from "../../sys/libc.js";
+
+// struct termios (glibc, Linux): c_iflag, c_oflag, c_cflag, c_lflag (u32), c_line (u8),
+// c_cc[32], then c_ispeed and c_ospeed (u32) at 52 and 56: 60 bytes.
+const TERMIOS_SIZE = 60;
+const IFLAG = 0;
+const CFLAG = 8;
+const LFLAG = 12;
+const CC = 17;
+const VTIME = 5;
+const VMIN = 6;
+
+const I = {
+  IGNBRK: 0o1,
+  BRKINT: 0o2,
+  PARMRK: 0o10,
+  ISTRIP: 0o40,
+  INLCR: 0o100,
+  IGNCR: 0o200,
+  ICRNL: 0o400,
+  IXON: 0o2000,
+};
+const L = { ISIG: 0o1, ICANON: 0o2, ECHO: 0o10, ECHONL: 0o100, IEXTEN: 0o100000 };
+const CSIZE = 0o60;
+const PARENB = 0o400;
+const CS8 = 0o60;
+const TCSANOW = 0;
+const TIOCGWINSZ = 0x5413;
+
+const tcgetattr = () => libc("tcgetattr", "int tcgetattr(int fd, _Out_ uint8_t *termios)");
+const tcsetattr = () => libc("tcsetattr", "int tcsetattr(int fd, int action, const uint8_t *termios)");
+const ioctlWinsize = () => libc("ioctl", "int ioctl(int fd, unsigned long request, _Out_ uint8_t *arg)");
+
+export interface ConsoleSize {
+  width: number;
+  height: number;
+}
+
+export interface Console {
+  readonly fd: number;
+  /** Columns and rows of the terminal window. */
+  size(): ConsoleSize;
+  /** Raw input: keys pass unchanged (no echo, no line editing, no signals from keys). */
+  setRaw(): void;
+  /** Back to the settings found before setRaw (a no-op when it was never called). */
+  reset(): void;
+}
+
+function getTermios(fd: number): Buffer {
+  const b = Buffer.alloc(TERMIOS_SIZE);
+  if (tcgetattr()(fd, b) !== 0) throw new Error(`tcgetattr on fd ${fd} failed`);
+  return b;
+}
+
+function setTermios(fd: number, b: Buffer): void {
+  if (tcsetattr()(fd, TCSANOW, b) !== 0) throw new Error(`tcsetattr on fd ${fd} failed`);
+}
+
+/** The terminal on stderr, stdout or stdin (first found), or undefined when none is one. */
+export function currentConsole(): Console | undefined {
+  const fd = [2, 1, 0].find((f) => tty.isatty(f));
+  if (fd === undefined) return undefined;
+  let saved: Buffer | undefined;
+  return {
+    fd,
+    size() {
+      const ws = Buffer.alloc(8);
+      if (ioctlWinsize()(fd, TIOCGWINSZ, ws) !== 0) throw new Error(`TIOCGWINSZ on fd ${fd} failed`);
+      return { height: ws.readUInt16LE(0), width: ws.readUInt16LE(2) };
+    },
+    setRaw() {
+      const t = getTermios(fd);
+      saved ??= Buffer.from(t);
+      t.writeUInt32LE(
+        (t.readUInt32LE(IFLAG) &
+          ~(I.IGNBRK | I.BRKINT | I.PARMRK | I.ISTRIP | I.INLCR | I.IGNCR | I.ICRNL | I.IXON)) >>>
+          0,
+        IFLAG,
+      );
+      t.writeUInt32LE(
+        (t.readUInt32LE(LFLAG) & ~(L.ECHO | L.ECHONL | L.ICANON | L.ISIG | L.IEXTEN)) >>> 0,
+        LFLAG,
+      );
+      t.writeUInt32LE(((t.readUInt32LE(CFLAG) & ~(CSIZE | PARENB)) | CS8) >>> 0, CFLAG);
+      t[CC + VMIN] = 1;
+      t[CC + VTIME] = 0;
+      setTermios(fd, t);
+    },
+    reset() {
+      if (saved) setTermios(fd, saved);
+    },
+  };
+}
