@@ -40,7 +40,7 @@ lint: node-deps
 	npx biome check .
 
 run: deps build
-	node bin/berthd.js
+	./bin/berthd.js
 
 test-unit: build
 	node --test --test-concurrency=$(TEST_CONCURRENCY) dist/test/unit/*.test.js

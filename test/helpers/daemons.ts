@@ -371,7 +371,10 @@ async function prepare(kind: string, opts: DaemonOptions) {
   return { dir, root, state, configPath: path.join(dir, "config.toml") };
 }
 
-/** Starts berthd (node bin/berthd.js) on temp dirs; resolves once it answers Version/Version. */
+/**
+ * Starts berthd on temp dirs, as an operator does: bin/berthd.js run as a program, so the Node
+ * settings in its first line apply. Resolves once it answers Version/Version.
+ */
 export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
   const entry = path.join(repoRoot, "dist/src/cmd/berthd/main.js");
   if (!existsSync(entry)) throw new Error(`berthd is not built: ${entry} is missing (run npx tsc -p .)`);
@@ -379,7 +382,6 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
   const address = opts.address ?? path.join(dir, "berth.sock");
   await writeFile(configPath, opts.config ?? "");
   const args = [
-    path.join(repoRoot, "bin/berthd.js"),
     "--config",
     configPath,
     "--root",
@@ -394,7 +396,7 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
   ];
   const d = await launch({
     kind: "berthd",
-    command: process.execPath,
+    command: path.join(repoRoot, "bin/berthd.js"),
     args,
     address,
     root,
