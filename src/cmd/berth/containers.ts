@@ -1,21 +1,14 @@
 // `berth containers` (alias container, c): create, list, info, delete and label containers.
 // Output follows ctr's.
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { FieldMaskSchema } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import { isNotFound } from "../../core/errdefs.js";
-import { OptionsSchema } from "../../gen/containerd/runc/v1/oci_pb.js";
 import { type Container, Containers } from "../../gen/containerd/services/containers/v1/containers_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { Tasks } from "../../gen/containerd/services/tasks/v1/tasks_pb.js";
 import type { CliContext, Wire } from "./main.js";
-import {
-  addContainerFlags,
-  createContainer,
-  RUNC_OPTIONS_TYPE_URL,
-  readContainerFlags,
-  SPEC_TYPE_URL,
-} from "./run.js";
+import { addContainerFlags, createContainer, readContainerFlags, SPEC_TYPE_URL } from "./run.js";
 import { parseLabelArgs, printJson, rfc3339Nano, TabWriter, WIDE } from "./table.js";
 
 const aliases = (cmd: Command, ...names: string[]) => {
@@ -37,12 +30,12 @@ function containerInfo(c: Container): unknown {
   const ts = (t: Container["createdAt"]) => (t ? rfc3339Nano(t) : "0001-01-01T00:00:00Z");
   let runtimeOptions: unknown = null;
   const o = c.runtime?.options;
-  if (o) {
-    if (o.typeUrl === RUNC_OPTIONS_TYPE_URL || o.typeUrl.endsWith("/containerd.runc.v1.Options")) {
-      const r = fromBinary(OptionsSchema, o.value);
-      runtimeOptions = { binary_name: r.binaryName || undefined, root: r.root || undefined };
-    } else runtimeOptions = { type_url: o.typeUrl };
-  }
+  // ctr prints the Any as its JSON form: type_url, and value (base64) unless empty
+  if (o)
+    runtimeOptions =
+      o.value.length > 0
+        ? { type_url: o.typeUrl, value: Buffer.from(o.value).toString("base64") }
+        : { type_url: o.typeUrl };
   return {
     ID: c.id,
     Labels: Object.keys(c.labels).length > 0 ? c.labels : null,

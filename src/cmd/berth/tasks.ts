@@ -23,7 +23,7 @@ import {
   type Spec,
   type TaskIO,
 } from "./run.js";
-import { printJson, rfc3339Nano, SPACES, TabWriter, WIDE } from "./table.js";
+import { goTimeString, printJson, SPACES, TabWriter, WIDE } from "./table.js";
 
 const aliases = (cmd: Command, ...names: string[]) => {
   for (const n of names) cmd.alias(n);
@@ -475,7 +475,8 @@ export function registerTasks(program: Command, wire: Wire): void {
           return;
         }
         const tw = new TabWriter({ ...SPACES, padding: 4 });
-        const ts = m.timestamp ? rfc3339Nano(m.timestamp) : "";
+        // ctr prints the Go time.Time's String() form
+        const ts = goTimeString(m.timestamp);
         tw.write(`ID\tTIMESTAMP\t\n${m.id}\t${ts}\t\n\n`);
         tw.write("METRIC\tVALUE\t\n");
         for (const [k, v] of rows) tw.write(`${k}\t${v}\t\n`);
