@@ -57,6 +57,13 @@ export interface ApplyOptions {
    * that has it, so that it does not hide them.
    */
   parents?: string[];
+  /**
+   * Record here the root-relative paths of the parent directories the layer needed but did not
+   * carry, as this applier created them (parents first), minus those the layer then carried
+   * itself. For applying without the lowers at hand (`parents` empty) and giving those
+   * directories their lowers' attributes afterwards (adoptLowerDirs).
+   */
+  implicitDirs?: Set<string>;
   log?: Logger;
   signal?: AbortSignal;
   /** Do not chown and do not create device nodes (default: when not running as root). */
@@ -191,6 +198,7 @@ export class LayerApplier implements TarSink {
   /** Root as a byte string with a trailing slash. */
   private readonly rootB: string;
   private readonly parents: string[];
+  private readonly implicitDirs: Set<string> | undefined;
   /** lexical key → resolved directory; valid while `gen` is unchanged. */
   private dirs = new Map<string, DirInfo>();
   private gen = 0;
@@ -218,6 +226,7 @@ export class LayerApplier implements TarSink {
     this.parents = (opts.parents ?? []).map((p) =>
       Buffer.from(p.replace(/\/+$/, ""), "utf8").toString("latin1"),
     );
+    this.implicitDirs = opts.implicitDirs;
     const st = lstatSync(r);
     if (!st.isDirectory()) throw new Error(`apply target ${r} is not a directory`);
     this.rootInfo = { real: "", sgid: (st.mode & 0o2000) !== 0 };
@@ -342,6 +351,7 @@ export class LayerApplier implements TarSink {
       if (!st.isDirectory()) throw err;
       return (st.mode & 0o2000) !== 0;
     }
+    this.implicitDirs?.add(rel);
     if (this.mode === "overlay" && this.parents.length > 0) {
       const copied = this.copyParentInfo(rel, p);
       if (copied !== undefined) return copied;
@@ -602,6 +612,7 @@ export class LayerApplier implements TarSink {
 
   private createDir(h: TarHeader, key: string, rel: string, perm: number, parentSgid: boolean): void {
     const p = this.full(rel);
+    this.implicitDirs?.delete(rel);
     let existing: Stats | undefined;
     try {
       mkdirSync(p, perm & 0o1777);
@@ -748,6 +759,36 @@ export class LayerApplier implements TarSink {
     }
   }
 
+  /**
+   * For a tree applied in overlay mode without its lowers (`implicitDirs` recorded, `parents`
+   * empty) and now about to sit over them: give each directory the layer needed but did not carry
+   * what applying with `parents` would have given it — the owner, mode, xattrs and times of the
+   * same directory in the first lower that has it, or, when none has it, the group of a setgid
+   * parent. `dirs` parents first; a directory no longer at its path is skipped. Sets times last.
+   */
+  adoptLowerDirs(dirs: Iterable<string>): void {
+    for (const rel of dirs) {
+      let found: { real: string[]; missing: number };
+      this.linksWalked = 0;
+      try {
+        found = this.walk(this.rootB, rel.split("/"), false);
+      } catch (err) {
+        if (errCode(err) === "ENOTDIR") continue;
+        throw err;
+      }
+      if (found.missing >= 0 || found.real.join("/") !== rel) continue;
+      const p = this.full(rel);
+      const st = lstatSync(p, { throwIfNoEntry: false });
+      if (!st?.isDirectory()) continue;
+      if (this.parents.length > 0 && this.copyParentInfo(rel, p) !== undefined) continue;
+      const slash = rel.lastIndexOf("/");
+      if (slash < 0 || this.rootless) continue;
+      const ps = lstatSync(this.full(rel.slice(0, slash)));
+      if ((ps.mode & 0o2000) !== 0 && ps.gid !== st.gid) lchownSync(p, st.uid, ps.gid);
+    }
+    this.finish();
+  }
+
   /** Directory times (and deferred modes) last, once nothing more is created inside them. */
   finish(): void {
     for (const d of this.dirRecords) {
@@ -773,6 +814,19 @@ export class LayerApplier implements TarSink {
       }
     }
   }
+}
+
+/**
+ * Give the directories a layer applied onto `root` created implicitly (ApplyOptions.implicitDirs)
+ * the attributes they would have had if it had been applied with `lowers` (top first) as parents.
+ */
+export function adoptLowerDirs(
+  root: string,
+  dirs: Iterable<string>,
+  lowers: string[],
+  opts: Pick<ApplyOptions, "log" | "rootless"> = {},
+): void {
+  new LayerApplier(root, { ...opts, mode: "overlay", parents: lowers }).adoptLowerDirs(dirs);
 }
 
 /**

@@ -5,11 +5,19 @@
 // Everything happens under a lease that is deleted at the end, so the image record is what holds
 // the tree afterwards; a failure leaves no image record and only collectable content behind.
 //
-// Unpack order: an overlay snapshot's parent is fixed when it is prepared, so layer N can only be
-// applied once layer N-1 is committed. Downloads run ahead in parallel; each layer is applied from
-// the content store as soon as it is there and its parent is committed.
+// Unpack order: a snapshot's parent is fixed when it is prepared, so layer N's snapshot can only
+// be prepared once layer N-1's is committed.
+//   overlayfs  layers are independent directories: each layer is extracted while it downloads
+//              (the verified bytes are teed into the extraction, or read from the store when the
+//              blob is there already) into a staging directory of the snapshotter (stage.ts), all
+//              layers at once; in layer order, each staged tree is then renamed into a snapshot
+//              prepared on its committed parent and committed — only once its blob is committed
+//              and its diff ID matches the config.
+//   others     each layer is applied from the content store (through the differ) once it is there
+//              and its parent is committed.
 import { createHash, randomBytes } from "node:crypto";
 import type { MetadataContentStore } from "../content/metadata.js";
+import type { ApplyMode } from "../diff/apply.js";
 import type { Differ } from "../diff/service.js";
 import { UNCOMPRESSED_LABEL } from "../diff/walking.js";
 import { BerthError, isAlreadyExists, isNotFound } from "../errdefs.js";
@@ -20,8 +28,14 @@ import type { Labels } from "../metadata/db.js";
 import { hostname, parseNormalized } from "../reference.js";
 import type { RegistryClient } from "../remotes/client.js";
 import { type Descriptor, MediaTypes } from "../remotes/media.js";
-import { SNAPSHOT_REF_LABEL, type SnapshotService } from "../snapshots/metadata.js";
+import {
+  type NamespacedSnapshotter,
+  SNAPSHOT_REF_LABEL,
+  type SnapshotService,
+} from "../snapshots/metadata.js";
+import { OverlaySnapshotter } from "../snapshots/overlay.js";
 import { formatPlatform, hostPlatform, matchesAny, type Platform, platformMatches } from "./platforms.js";
+import { ChunkPipe, moveStaged, type StagedLayer, stageLayer } from "./stage.js";
 
 export const DISTRIBUTION_SOURCE_PREFIX = "containerd.io/distribution.source.";
 export const GC_REF_CONTENT = "containerd.io/gc.ref.content";
@@ -150,15 +164,63 @@ function pullError(err: unknown, what: string): Error {
   return new Error(`${what}: ${msg}`, { cause: err });
 }
 
+/** Where a download's bytes go besides the content store. */
+interface Tee {
+  /** Bytes are about to flow. */
+  start(): void;
+  write(chunk: Buffer): Promise<void>;
+  /** All bytes were written (the store has yet to commit them). */
+  end(): void;
+}
+
+interface Tap {
+  pipe: ChunkPipe;
+  /** Told once: whether the bytes will flow through the pipe. */
+  decide(flows: boolean): void;
+}
+
+interface Download {
+  /** Settles once the blob is committed in the store (or was there already). */
+  done: Promise<void>;
+  start(): void;
+  started: boolean;
+  /** Extractions that want the bytes as they arrive; closed to newcomers once `frozen`. */
+  taps: Tap[];
+  frozen: boolean;
+}
+
+interface UnpackPlan {
+  sn: NamespacedSnapshotter;
+  /** The overlay snapshotter, when layers are staged (extracted apart, in parallel). */
+  staged: OverlaySnapshotter | undefined;
+  chain: string[];
+  /** Whether each layer's chain was there already (nothing to extract). */
+  exists: boolean[];
+  taps: (Promise<ChunkPipe | undefined> | undefined)[];
+}
+
+/** An unpack snapshot's key, as containerd's unpacker makes them. */
+function extractKey(chainId: string): string {
+  return `extract-${process.hrtime.bigint() % 1_000_000_000n}-${randomBytes(6).toString("base64url")} ${chainId}`;
+}
+
 /** One pull: state shared by its steps. */
 class PullJob {
   private readonly ns: string;
   private readonly lease: string;
   private readonly sourceLabel: Labels;
   private readonly limiter: Limiter;
+  /** Extractions from the content store into staging directories (streamed ones need none). */
+  private readonly unpackLimiter: Limiter;
   private readonly log: Logger;
-  /** Layer downloads in flight or done, by digest (a layer shared by two manifests is fetched once). */
-  private readonly downloads = new Map<string, Promise<void>>();
+  /** Layer downloads, by digest (a layer shared by two manifests is fetched once). */
+  private readonly downloads = new Map<string, Download>();
+  /** Aborted at the first failure (or with the request): the other steps stop early. */
+  private readonly abort = new AbortController();
+  private readonly signal: AbortSignal;
+  private firstError: { err: unknown } | undefined;
+  /** Undo what ties this job to the request (its abort listener). */
+  dispose: () => void = () => {};
 
   constructor(
     private readonly deps: PullDeps,
@@ -169,8 +231,32 @@ class PullJob {
     this.lease = lease;
     const r = parseNormalized(req.ref);
     this.sourceLabel = { [`${DISTRIBUTION_SOURCE_PREFIX}${hostname(r.domain)}`]: r.path };
-    this.limiter = new Limiter(Math.max(1, req.maxConcurrentDownloads ?? 3));
+    const max = Math.max(1, req.maxConcurrentDownloads ?? 3);
+    this.limiter = new Limiter(max);
+    this.unpackLimiter = new Limiter(max);
     this.log = deps.log ?? nopLogger;
+    // the request's signal aborts ours (AbortSignal.any needs node ≥ 20.3)
+    const outer = req.signal;
+    if (outer?.aborted) this.abort.abort(outer.reason);
+    else if (outer) {
+      const onAbort = () => this.abort.abort(outer.reason);
+      outer.addEventListener("abort", onAbort, { once: true });
+      this.dispose = () => outer.removeEventListener("abort", onAbort);
+    }
+    this.signal = this.abort.signal;
+  }
+
+  /** Remember the first failure of a step and stop the others. */
+  private failed(err: unknown): void {
+    if (this.firstError) return;
+    this.firstError = { err };
+    this.abort.abort(err);
+  }
+
+  /** Run a step whose failure fails the pull. */
+  private step<T>(p: Promise<T>): Promise<T> {
+    p.catch((err: unknown) => this.failed(err));
+    return p;
   }
 
   private emit(ev: ProgressEvent): void {
@@ -182,7 +268,7 @@ class PullJob {
   }
 
   private check(): void {
-    this.req.signal?.throwIfAborted();
+    this.signal.throwIfAborted();
   }
 
   /** Set labels on content that is already there (merged; existing keys overwritten). */
@@ -198,13 +284,15 @@ class PullJob {
 
   /**
    * Write `desc` into the content store from `chunks` (or find it there), then make sure it carries
-   * `labels`. Returns false when the blob was already present.
+   * `labels`. Returns false when the blob was already present. `tee` gets the bytes too, as they
+   * are written (`start` first; not at all when the blob was there).
    */
   private async store(
     desc: Descriptor,
     labels: Labels,
     chunks: () => Promise<AsyncIterable<Uint8Array> | Iterable<Uint8Array>>,
     onBytes?: (n: number) => void,
+    tee?: Tee,
   ): Promise<boolean> {
     const ref = refKey(desc);
     let w: Awaited<ReturnType<MetadataContentStore["writer"]>>;
@@ -222,13 +310,17 @@ class PullJob {
     let committed = false;
     try {
       if (w.status().offset > 0) await w.truncate(0);
+      tee?.start();
       let n = 0;
       for await (const c of await chunks()) {
         this.check();
-        await w.write(c);
+        if (tee)
+          await Promise.all([w.write(c), tee.write(Buffer.from(c.buffer, c.byteOffset, c.byteLength))]);
+        else await w.write(c);
         n += c.length;
         onBytes?.(n);
       }
+      tee?.end();
       try {
         await w.commit(desc.size, desc.digest, labels);
       } catch (err) {
@@ -270,43 +362,140 @@ class PullJob {
     return bytes;
   }
 
-  private download(desc: Descriptor): Promise<void> {
-    let p = this.downloads.get(desc.digest);
-    if (!p) {
-      p = this.downloadLayer(desc);
-      p.catch(() => {});
-      this.downloads.set(desc.digest, p);
+  /** The download of a layer (created on first use, started by start()). */
+  private downloadOf(desc: Descriptor): Download {
+    let dl = this.downloads.get(desc.digest);
+    if (!dl) {
+      let start!: () => void;
+      const go = new Promise<void>((r) => {
+        start = r;
+      });
+      const taps: Tap[] = [];
+      const created: Download = {
+        taps,
+        frozen: false,
+        started: false,
+        start: () => {
+          if (created.started) return;
+          created.started = true;
+          start();
+        },
+        done: go.then(() => this.downloadLayer(desc, created)),
+      };
+      created.done.catch(() => {});
+      dl = created;
+      this.downloads.set(desc.digest, dl);
     }
-    return p;
+    return dl;
   }
 
-  private async downloadLayer(desc: Descriptor): Promise<void> {
-    const name = refKey(desc);
-    this.emit({ event: "waiting", name, total: desc.size, desc });
-    await this.limiter.run(async () => {
-      this.check();
-      this.emit({ event: "downloading", name, progress: 0, total: desc.size, desc });
-      let last = 0;
-      const fresh = await this.store(
-        desc,
-        this.sourceLabel,
-        () => this.req.client.fetch(this.req.ref, desc),
-        (n) => {
-          const now = Date.now();
-          if (now - last >= 100) {
-            last = now;
-            this.emit({ event: "downloading", name, progress: n, total: desc.size, desc });
-          }
-        },
-      );
-      this.emit({
-        event: fresh ? "complete" : "already exists",
-        name,
-        progress: desc.size,
-        total: desc.size,
-        desc,
-      });
+  /** Start (if not yet) and wait for a layer's download. */
+  private download(desc: Descriptor): Promise<void> {
+    const dl = this.downloadOf(desc);
+    dl.start();
+    return dl.done;
+  }
+
+  /**
+   * Ask for a layer's bytes as they are downloaded. Resolves to the pipe once they flow, or to
+   * undefined when they will not (the blob was in the store already, the download had begun
+   * before, or it failed before any byte): then read the store once the download is done.
+   */
+  private tap(desc: Descriptor): Promise<ChunkPipe | undefined> {
+    const dl = this.downloadOf(desc);
+    if (dl.frozen) return Promise.resolve(undefined);
+    const pipe = new ChunkPipe();
+    return new Promise((resolve) => {
+      dl.taps.push({ pipe, decide: (flows) => resolve(flows ? pipe : undefined) });
     });
+  }
+
+  private async downloadLayer(desc: Descriptor, dl: Download): Promise<void> {
+    const name = refKey(desc);
+    const taps = dl.taps;
+    const decide = (flows: boolean) => {
+      dl.frozen = true;
+      for (const t of taps) t.decide(flows);
+    };
+    const tee: Tee | undefined =
+      taps.length === 0
+        ? undefined
+        : {
+            start: () => decide(true),
+            write: async (c) => {
+              if (taps.length === 1) await taps[0]!.pipe.write(c);
+              else await Promise.all(taps.map((t) => t.pipe.write(c)));
+            },
+            end: () => {
+              for (const t of taps) t.pipe.end();
+            },
+          };
+    this.emit({ event: "waiting", name, total: desc.size, desc });
+    try {
+      await this.limiter.run(async () => {
+        this.check();
+        this.emit({ event: "downloading", name, progress: 0, total: desc.size, desc });
+        let last = 0;
+        const fresh = await this.store(
+          desc,
+          this.sourceLabel,
+          () => this.req.client.fetch(this.req.ref, desc),
+          (n) => {
+            const now = Date.now();
+            if (now - last >= 100) {
+              last = now;
+              this.emit({ event: "downloading", name, progress: n, total: desc.size, desc });
+            }
+          },
+          tee,
+        );
+        this.emit({
+          event: fresh ? "complete" : "already exists",
+          name,
+          progress: desc.size,
+          total: desc.size,
+          desc,
+        });
+      });
+    } catch (err) {
+      for (const t of taps) t.pipe.fail(err);
+      throw err;
+    } finally {
+      decide(false); // no-op for the taps told already
+    }
+  }
+
+  private async stat(sn: NamespacedSnapshotter, key: string): Promise<boolean> {
+    return sn.stat(this.ns, key).then(
+      () => true,
+      (err: unknown) => {
+        if (isNotFound(err)) return false;
+        throw err;
+      },
+    );
+  }
+
+  /**
+   * Look at what an unpack needs before any download starts: which chains exist, and for the
+   * overlay way, a tap on each layer to extract.
+   */
+  private async planUnpack(
+    layers: Descriptor[],
+    diffIds: string[],
+    snapshotter: string,
+  ): Promise<UnpackPlan> {
+    if (layers.length !== diffIds.length)
+      throw new BerthError(
+        "invalid argument",
+        `mismatched image rootfs and manifest layers: ${diffIds.length} diff IDs, ${layers.length} layers`,
+      );
+    const sn = this.deps.snapshots.get(snapshotter);
+    const chain = chainIds(diffIds);
+    const exists: boolean[] = [];
+    for (const c of chain) exists.push(await this.stat(sn, c));
+    const staged = sn.backend instanceof OverlaySnapshotter ? sn.backend : undefined;
+    const taps = layers.map((l, i) => (staged && !exists[i] ? this.tap(l) : undefined));
+    return { sn, staged, chain, exists, taps };
   }
 
   /** Unpack a manifest's layers into one snapshotter; returns the top chain ID. */
@@ -315,49 +504,147 @@ class PullJob {
     layers: Descriptor[],
     diffIds: string[],
     snapshotter: string,
+    plan: UnpackPlan,
   ): Promise<string> {
-    if (layers.length !== diffIds.length)
-      throw new BerthError(
-        "invalid argument",
-        `mismatched image rootfs and manifest layers: ${diffIds.length} diff IDs, ${layers.length} layers`,
-      );
-    const sn = this.deps.snapshots.get(snapshotter);
-    const chain = chainIds(diffIds);
-    let parent = "";
-    for (let i = 0; i < layers.length; i++) {
-      const layer = layers[i]!;
-      const chainId = chain[i]!;
-      const name = refKey(layer);
-      const exists = await sn.stat(this.ns, chainId).then(
-        () => true,
-        (err: unknown) => {
-          if (isNotFound(err)) return false;
-          throw err;
-        },
-      );
-      await this.download(layer);
-      this.check();
-      if (!exists) {
-        this.emit({ event: "unpacking", name, total: layer.size, desc: layer });
-        await this.applyLayer(sn, layer, chainId, parent, diffIds[i]!);
+    const { sn, chain } = plan;
+    if (plan.staged) {
+      await this.unpackStaged(sn, plan.staged, layers, diffIds, plan);
+    } else {
+      let parent = "";
+      for (let i = 0; i < layers.length; i++) {
+        const layer = layers[i]!;
+        const chainId = chain[i]!;
+        const name = refKey(layer);
+        await this.download(layer);
+        this.check();
+        if (!plan.exists[i]) {
+          this.emit({ event: "unpacking", name, total: layer.size, desc: layer });
+          await this.applyLayer(sn, layer, chainId, parent, diffIds[i]!);
+        }
+        this.addLabels(layer.digest, { [UNCOMPRESSED_LABEL]: diffIds[i]! });
+        this.emit({ event: "unpacked", name, progress: layer.size, total: layer.size, desc: layer });
+        parent = chainId;
       }
-      this.addLabels(layer.digest, { [UNCOMPRESSED_LABEL]: diffIds[i]! });
-      this.emit({ event: "unpacked", name, progress: layer.size, total: layer.size, desc: layer });
-      parent = chainId;
     }
     const top = chain[chain.length - 1] ?? "";
     if (top) this.addLabels(config.digest, { [`${GC_REF_SNAPSHOT}${snapshotter}`]: top });
     return top;
   }
 
-  private async applyLayer(
-    sn: ReturnType<SnapshotService["get"]>,
+  /**
+   * The overlay way: every layer whose chain is missing is extracted into a staging directory at
+   * once (while it downloads when it can), then moved into its snapshot in layer order.
+   */
+  private async unpackStaged(
+    sn: NamespacedSnapshotter,
+    backend: OverlaySnapshotter,
+    layers: Descriptor[],
+    diffIds: string[],
+    plan: UnpackPlan,
+  ): Promise<void> {
+    const { chain } = plan;
+    const steps: Promise<void>[] = [];
+    let parentDone: Promise<void> = Promise.resolve();
+    for (let i = 0; i < layers.length; i++) {
+      const step = this.unpackLayerStaged(sn, backend, layers[i]!, {
+        chainId: chain[i]!,
+        parent: i > 0 ? chain[i - 1]! : "",
+        diffId: diffIds[i]!,
+        exists: plan.exists[i]!,
+        tap: plan.taps[i],
+        parentDone,
+      });
+      step.catch(() => {});
+      steps.push(step);
+      parentDone = step;
+    }
+    const results = await Promise.allSettled(steps);
+    const failed = results.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
+    if (failed) throw failed.reason;
+  }
+
+  private async unpackLayerStaged(
+    sn: NamespacedSnapshotter,
+    backend: OverlaySnapshotter,
     layer: Descriptor,
+    l: {
+      chainId: string;
+      parent: string;
+      diffId: string;
+      exists: boolean;
+      tap: Promise<ChunkPipe | undefined> | undefined;
+      parentDone: Promise<void>;
+    },
+  ): Promise<void> {
+    const name = refKey(layer);
+    const downloaded = this.download(layer);
+    if (!l.exists) {
+      const dir = backend.createStagingDir();
+      try {
+        const staged = await this.step(
+          this.extract(layer, dir, l.parent === "" ? "plain" : "overlay", l.tap),
+        );
+        await downloaded; // committed: the store verified the digest
+        if (staged.diffId !== l.diffId)
+          throw new BerthError(
+            "failed precondition",
+            `wrong diff id calculated on extraction ${JSON.stringify(l.diffId)}: got ${staged.diffId}`,
+          );
+        await l.parentDone;
+        this.check();
+        await this.commitStaged(sn, staged, l.chainId, l.parent);
+      } finally {
+        await backend.releaseStagingDir(dir);
+      }
+    } else {
+      await downloaded;
+      await l.parentDone;
+    }
+    this.addLabels(layer.digest, { [UNCOMPRESSED_LABEL]: l.diffId });
+    this.emit({ event: "unpacked", name, progress: layer.size, total: layer.size, desc: layer });
+  }
+
+  /** Extract a layer into `dir`: from its download as it flows, else from the store after it. */
+  private async extract(
+    layer: Descriptor,
+    dir: string,
+    mode: ApplyMode,
+    tap: Promise<ChunkPipe | undefined> | undefined,
+  ): Promise<StagedLayer> {
+    const opts = { signal: this.signal, log: this.log };
+    const unpacking = () =>
+      this.emit({ event: "unpacking", name: refKey(layer), total: layer.size, desc: layer });
+    const pipe = await tap;
+    if (pipe) {
+      unpacking(); // the bytes flow
+      try {
+        // not verified here: the staged tree is used only once the store committed the blob
+        return await stageLayer(dir, pipe, layer, mode, { ...opts, verify: false });
+      } finally {
+        pipe.close();
+      }
+    }
+    await this.download(layer);
+    return this.unpackLimiter.run(async () => {
+      this.check();
+      unpacking();
+      const ra = await this.deps.content.readerAt(this.ns, layer.digest);
+      try {
+        return await stageLayer(dir, ra.stream(0, ra.size, 1 << 20), layer, mode, opts);
+      } finally {
+        await ra.close();
+      }
+    });
+  }
+
+  /** Prepare the layer's snapshot on its committed parent, move the staged tree in, commit. */
+  private async commitStaged(
+    sn: NamespacedSnapshotter,
+    staged: StagedLayer,
     chainId: string,
     parent: string,
-    diffId: string,
   ): Promise<void> {
-    const key = `extract-${process.hrtime.bigint() % 1_000_000_000n}-${randomBytes(6).toString("base64url")} ${chainId}`;
+    const key = extractKey(chainId);
     const labels = { [SNAPSHOT_REF_LABEL]: chainId };
     let mounts: Awaited<ReturnType<typeof sn.prepare>>;
     try {
@@ -368,7 +655,38 @@ class PullJob {
     }
     let done = false;
     try {
-      const applied = await this.deps.differ.apply(this.ns, layer, mounts, { signal: this.req.signal });
+      moveStaged(staged, mounts, this.log);
+      try {
+        await sn.commit(this.ns, chainId, key, labels, { lease: this.lease });
+      } catch (err) {
+        if (!isAlreadyExists(err)) throw pullError(err, `failed to commit snapshot ${key}`);
+        await sn.remove(this.ns, key, { lease: this.lease }).catch(() => {});
+      }
+      done = true;
+    } finally {
+      if (!done) await sn.remove(this.ns, key, { lease: this.lease }).catch(() => {});
+    }
+  }
+
+  private async applyLayer(
+    sn: NamespacedSnapshotter,
+    layer: Descriptor,
+    chainId: string,
+    parent: string,
+    diffId: string,
+  ): Promise<void> {
+    const key = extractKey(chainId);
+    const labels = { [SNAPSHOT_REF_LABEL]: chainId };
+    let mounts: Awaited<ReturnType<typeof sn.prepare>>;
+    try {
+      mounts = await sn.prepare(this.ns, key, parent, labels, { lease: this.lease });
+    } catch (err) {
+      if (isAlreadyExists(err)) return; // the chain is there already (a concurrent unpack made it)
+      throw pullError(err, `failed to prepare extraction snapshot ${JSON.stringify(key)}`);
+    }
+    let done = false;
+    try {
+      const applied = await this.deps.differ.apply(this.ns, layer, mounts, { signal: this.signal });
       if (applied.digest !== diffId)
         throw new BerthError(
           "failed precondition",
@@ -462,22 +780,27 @@ class PullJob {
         `no match for platform in manifest ${root.digest}: ${platforms.map(formatPlatform).join(", ")}`,
       );
 
-    // Layers: start every download now (bounded by the limiter), unpack as they land.
-    const jobs: Promise<unknown>[] = [];
-    for (const f of found) if (f.withLayers) for (const l of f.layers) jobs.push(this.download(l));
-    const unpacked: Record<string, string> = {};
+    // Layers: plan the unpacks (taps before bytes flow), start every download now (bounded by
+    // the limiter), unpack as they land.
+    const unpacks: { u: UnpackConfig; f: Found; plan: UnpackPlan }[] = [];
     for (const u of req.unpacks ?? []) {
       const f = found.find((x) => x.withLayers && platformMatches(u.platform, x.platform));
       if (!f) continue;
+      unpacks.push({ u, f, plan: await this.planUnpack(f.layers, f.diffIds, u.snapshotter) });
+    }
+    const jobs: Promise<unknown>[] = [];
+    for (const f of found) if (f.withLayers) for (const l of f.layers) jobs.push(this.step(this.download(l)));
+    const unpacked: Record<string, string> = {};
+    for (const { u, f, plan } of unpacks) {
       jobs.push(
-        this.unpack(f.config, f.layers, f.diffIds, u.snapshotter).then((top) => {
+        this.step(this.unpack(f.config, f.layers, f.diffIds, u.snapshotter, plan)).then((top) => {
           unpacked[`${formatPlatform(u.platform)}@${u.snapshotter}`] = top;
         }),
       );
     }
     const results = await Promise.allSettled(jobs);
     const failed = results.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
-    if (failed) throw failed.reason;
+    if (failed) throw this.firstError ? this.firstError.err : failed.reason;
 
     // Last: the image record.
     const name = req.name || resolved.name;
@@ -501,7 +824,12 @@ export async function pull(deps: PullDeps, req: PullRequest): Promise<PullResult
   const expire = new Date(Date.now() + 24 * 3600 * 1000).toISOString().replace(/\.\d+Z$/, "Z");
   deps.leases.create(req.namespace, lease, { [GC_EXPIRE]: expire });
   try {
-    return await new PullJob(deps, req, lease).run();
+    const job = new PullJob(deps, req, lease);
+    try {
+      return await job.run();
+    } finally {
+      job.dispose();
+    }
   } finally {
     await deps.leases
       .delete(req.namespace, lease, false)

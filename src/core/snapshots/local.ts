@@ -29,6 +29,9 @@ export function wrapError(err: unknown, prefix: string): Error {
   return new Error(`${prefix}: ${String(err)}`);
 }
 
+/** Name prefix of staging directories under snapshots/ (see createStagingDir). */
+export const STAGING_PREFIX = "stage-";
+
 export interface LocalOptions {
   /** Leave removed snapshots' directories for cleanup() instead of deleting them at once. */
   asyncRemove?: boolean;
@@ -60,6 +63,43 @@ export abstract class LocalSnapshotter implements Snapshotter {
       if (m) max = Math.max(max, Number(m[1]));
     }
     this.ms.reserveIdsUpTo(max);
+    // Staging directories a crash left behind belong to nothing: remove them in the background
+    // (close() waits), as cleanup() would.
+    const dir = this.snapshotsDir;
+    const log = this.log;
+    const stale = readdirSync(dir).filter((n) => n.startsWith(STAGING_PREFIX));
+    if (stale.length > 0) {
+      this.cleaning = (async () => {
+        for (const name of stale) {
+          const path = join(dir, name);
+          await rm(path, { recursive: true, force: true }).catch((err: unknown) =>
+            log.warn("failed to remove stale staging directory", { path, error: String(err) }),
+          );
+        }
+      })();
+    }
+  }
+
+  /**
+   * A new empty directory on the snapshots' filesystem (mode 0700) where a snapshot's content can
+   * be built before the snapshot exists, then renamed into it. cleanup() leaves it alone until
+   * releaseStagingDir(); a crash leaves it to the next start (or cleanup()).
+   */
+  createStagingDir(): string {
+    const td = mkdtempSync(join(this.snapshotsDir, STAGING_PREFIX));
+    this.inflight.add(basename(td));
+    return td;
+  }
+
+  /** Remove a staging directory (whatever is still in it) and forget it. */
+  async releaseStagingDir(path: string): Promise<void> {
+    try {
+      await rm(path, { recursive: true, force: true });
+    } catch (err) {
+      this.log.warn("failed to remove staging directory", { path, error: String(err) });
+    } finally {
+      this.inflight.delete(basename(path));
+    }
   }
 
   /** The directory of snapshot `id`. */
