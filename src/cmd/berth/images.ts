@@ -50,12 +50,20 @@ async function openStream(ctx: CliContext) {
 }
 
 interface LayerState {
+  /** The state shown: resolving, waiting, downloading, unpacking, done, ... */
   event: string;
+  /** Bytes downloaded so far, and of how many. */
   progress: number;
   total: number;
-  startedAt: number;
+  /** When bytes started to arrive (for the rate), and when the download ended. */
+  startedAt?: number;
+  downloadedAt?: number;
+  /** The daemon unpacks while it downloads: both can be under way at once. */
+  unpacking: boolean;
   doneAt?: number;
 }
+
+const DONE_EVENTS = new Set(["complete", "already exists", "unpacked", "saved", "resolved"]);
 
 /** Progress display: a live table on a TTY, a line per state change otherwise. */
 class ProgressView {
@@ -70,27 +78,56 @@ class ProgressView {
   }
 
   update(p: Progress): void {
-    const prev = this.states.get(p.name);
     const now = Date.now();
-    const s: LayerState = {
-      event: p.event,
-      progress: Number(p.progress),
-      total: Number(p.total) || prev?.total || 0,
-      startedAt: p.event === "downloading" && prev?.event !== "downloading" ? now : (prev?.startedAt ?? now),
-    };
-    if (["complete", "already exists", "unpacked", "saved"].includes(p.event)) s.doneAt = now;
+    const prev = this.states.get(p.name);
+    const s: LayerState = prev ?? { event: p.event, progress: 0, total: 0, unpacking: false };
+    const shown = this.label(s);
+    s.total = Number(p.total) || s.total;
+    switch (p.event) {
+      case "downloading":
+        s.startedAt ??= now;
+        s.progress = Math.max(s.progress, Number(p.progress));
+        break;
+      case "complete":
+      case "already exists":
+        s.downloadedAt ??= now;
+        s.progress = s.total;
+        break;
+      case "unpacking":
+        s.unpacking = true;
+        break;
+      case "unpacked":
+        s.unpacking = false;
+        s.doneAt = now;
+        break;
+      default:
+        if (DONE_EVENTS.has(p.event)) s.doneAt = now;
+    }
+    // once a blob's bytes are all in, later "downloading" reports change nothing
+    if (p.event !== "downloading" || s.downloadedAt === undefined) s.event = p.event;
     this.states.set(p.name, s);
-    if (!this.tty && prev?.event !== p.event) {
+    const label = this.label(s);
+    if (!this.tty && (prev === undefined || label !== shown)) {
       const bytes = s.total ? ` ${humanSize(s.progress)}/${humanSize(s.total)}` : "";
-      process.stdout.write(`${p.name}: ${p.event}${bytes}\n`);
+      process.stdout.write(`${p.name}: ${label}${bytes}\n`);
     }
   }
 
+  /** The state column: a layer can be downloading and unpacking at the same time. */
+  private label(s: LayerState): string {
+    if (s.event === "unpacked" || s.event === "saved") return "done";
+    const downloading = s.startedAt !== undefined && s.downloadedAt === undefined;
+    if (s.unpacking) return downloading ? "downloading+unpacking" : "unpacking";
+    if (downloading) return "downloading";
+    return s.event;
+  }
+
   private line(name: string, s: LayerState): string {
-    const secs = ((s.doneAt ?? Date.now()) - s.startedAt) / 1000;
-    const rate = s.event === "downloading" && secs > 0 ? `${humanSize(s.progress / secs)}/s` : "";
+    const until = s.downloadedAt ?? Date.now();
+    const secs = s.startedAt !== undefined ? (until - s.startedAt) / 1000 : 0;
+    const rate = secs > 0 && s.progress > 0 ? `${humanSize(s.progress / secs)}/s` : "";
     const bytes = s.total ? `${humanSize(s.progress)}/${humanSize(s.total)}` : "";
-    return `${name.length > 60 ? `${name.slice(0, 57)}...` : name}\t${s.event}\t${bytes}\t${rate}`;
+    return `${name.length > 60 ? `${name.slice(0, 57)}...` : name}\t${this.label(s)}\t${bytes}\t${rate}`;
   }
 
   private draw(): void {
