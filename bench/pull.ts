@@ -1,22 +1,29 @@
-// Cold pull of a ~300 MB, 6-layer gzip image from a local docker-registry:
+// Cold pull of a 6-layer image from a local docker-registry, per image variant:
 //   (a) `berth images pull` on berthd (daemon-side, Transfer service) vs `ctr images pull` on containerd
 //   (b) `ctr images pull` (client-side in ctr 1.6) on berthd vs on containerd
-//   (c) raw limit: fetch every blob and `tar -xz` it (layers in parallel, own dirs)
+//   (c) raw limit: fetch every blob and decompress + `tar -x` it (layers in parallel, own dirs)
+// Variants (bench/layers.ts): gzip — the ~300 MB (tar) mixed set, gzip; zstd — the same set
+// compressed with the zstd binary (application/vnd.oci.image.layer.v1.tar+zstd; the raw limit uses
+// `zstd -d | tar -x`); small — ~20k files of 1-16 KiB in six gzip layers.
 // Every measurement starts a fresh daemon (cold: empty content store and snapshotter); medians of
-// REPS (default 3), daemons alternated per rep. Usage: node dist/bench/pull.js [reps] [--tmpfs]
-// [--settle MS]. --tmpfs puts the daemons' roots (and the raw extraction) on a tmpfs mounted for the
-// run and unmounted after, taking the disk out of the comparison; --settle waits between runs
-// (default 2000 ms with --tmpfs, else 0) after a sync, so one run's writeback does not tax the next.
+// REPS (default 3), the order of the contenders reversed every other rep.
+// Usage: node dist/bench/pull.js [reps] [--variants gzip,zstd,small] [--scale F | --quick] [--tmpfs]
+// [--settle MS]. --scale multiplies the sets' entry counts (F in (0, 1], default 1); --quick is
+// --scale 0.2 with 1 rep unless reps are given. --tmpfs puts the daemons' roots (and the raw
+// extraction) on a tmpfs mounted for the run and unmounted after, taking the disk out of the
+// comparison; --settle waits between runs (default 2000 ms with --tmpfs, else 0) after a sync, so
+// one run's writeback does not tax the next.
 import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { berth, ctr, ok } from "../test/helpers/ctr.js";
 import { type Daemon, startBerthd, startContainerd } from "../test/helpers/daemons.js";
 import { pushBlob, pushManifest } from "../test/helpers/images.js";
-import { startRegistry } from "../test/helpers/registry.js";
+import { type Registry, startRegistry } from "../test/helpers/registry.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
-import { benchLayers } from "./layers.js";
+import { benchLayerSet, type LayerCompression, type LayerFile, type LayerSetName } from "./layers.js";
 import { fmt, median, nowMs, renderTable } from "./lib.js";
 
 const argv = process.argv.slice(2);
@@ -33,10 +40,30 @@ const optionValue = (name: string) => {
   argv.splice(i, 2);
   return v;
 };
+
+interface Variant {
+  set: LayerSetName;
+  compression: LayerCompression;
+  what: string;
+}
+const VARIANTS: Record<string, Variant> = {
+  gzip: { set: "big", compression: "gzip", what: "mixed ~300 MB tar set, gzip" },
+  zstd: { set: "big", compression: "zstd", what: "mixed ~300 MB tar set, zstd" },
+  small: { set: "small", compression: "gzip", what: "~20k files of 1-16 KiB, gzip" },
+};
+
 const TMPFS = flag("--tmpfs") ?? false;
+const QUICK = flag("--quick") ?? false;
 const SETTLE_MS = Number(optionValue("--settle") ?? (TMPFS ? 2000 : 0));
-const REPS = Number(argv[0] ?? 3);
-const REPO = "bench/big";
+const SCALE = Number(optionValue("--scale") ?? (QUICK ? 0.2 : 1));
+const VARIANT_NAMES = (optionValue("--variants") ?? Object.keys(VARIANTS).join(","))
+  .split(",")
+  .map((v) => v.trim())
+  .filter(Boolean);
+for (const v of VARIANT_NAMES)
+  if (!VARIANTS[v]) throw new Error(`unknown variant ${v} (known: ${Object.keys(VARIANTS).join(", ")})`);
+if (!(SCALE > 0 && SCALE <= 1)) throw new Error(`--scale ${SCALE}: want a number in (0, 1]`);
+const REPS = Number(argv[0] ?? (QUICK ? 1 : 3));
 const sha = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
 async function timedPull(d: Daemon, cli: "berth" | "ctr", ref: string): Promise<number> {
@@ -51,13 +78,177 @@ async function timedPull(d: Daemon, cli: "berth" | "ctr", ref: string): Promise<
 
 function sh(cmd: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    const c = spawn("sh", ["-c", cmd], { stdio: ["ignore", "ignore", "inherit"] });
+    const c = spawn("bash", ["-o", "pipefail", "-c", cmd], { stdio: ["ignore", "ignore", "inherit"] });
     c.once("exit", (code) => (code === 0 ? resolve() : reject(new Error(`${cmd}: exit ${code}`))));
   });
 }
 
+/** Pushes the layers with a config and an OCI manifest as `<repo>:1`; returns the reference. */
+async function pushBenchImage(reg: Registry, repo: string, layers: LayerFile[]): Promise<string> {
+  for (const l of layers)
+    await pushBlob(reg.url, repo, {
+      mediaType: l.mediaType,
+      digest: l.digest,
+      size: l.size,
+      data: readFileSync(l.path),
+    });
+  const cfg = Buffer.from(
+    JSON.stringify({
+      architecture: "amd64",
+      os: "linux",
+      rootfs: { type: "layers", diff_ids: layers.map((l) => l.diffId) },
+    }),
+  );
+  const cfgBlob = {
+    mediaType: "application/vnd.oci.image.config.v1+json",
+    digest: sha(cfg),
+    size: cfg.length,
+    data: cfg,
+  };
+  await pushBlob(reg.url, repo, cfgBlob);
+  const man = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      config: { mediaType: cfgBlob.mediaType, digest: cfgBlob.digest, size: cfgBlob.size },
+      layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+    }),
+  );
+  await pushManifest(reg.url, repo, "1", {
+    mediaType: "application/vnd.oci.image.manifest.v1+json",
+    digest: sha(man),
+    size: man.length,
+    data: man,
+  });
+  return `${reg.host}/${repo}:1`;
+}
+
+interface VariantResult {
+  name: string;
+  berthPullBerthd: number;
+  ctrBerthd: number;
+  ctrContainerd: number;
+  raw: number;
+}
+
+interface Env {
+  reg: Registry;
+  /** Where the raw extraction goes (the tmpfs with --tmpfs). */
+  base: string;
+  rootFor: (kind: string) => { root?: string };
+  settle: () => Promise<void>;
+}
+
+async function runVariant(name: string, env: Env): Promise<VariantResult> {
+  const v = VARIANTS[name]!;
+  const t0 = nowMs();
+  const layers = await benchLayerSet({ set: v.set, compression: v.compression, scale: SCALE });
+  const genMs = nowMs() - t0;
+  const repo = `bench/${name}`;
+  const ref = await pushBenchImage(env.reg, repo, layers);
+  const total = layers.reduce((n, l) => n + l.size, 0);
+  const tarTotal = layers.reduce((n, l) => n + l.tarSize, 0);
+  const entries = layers.reduce((n, l) => n + l.entries, 0);
+  process.stdout.write(
+    `\n== variant ${name} (${v.what}, scale ${SCALE}): ${layers.length} layers, ${(total / 1e6).toFixed(1)} MB ${v.compression}, ` +
+      `${(tarTotal / 1e6).toFixed(1)} MB tar, ${entries} entries (layers ready in ${fmt(genMs)} ms)\n`,
+  );
+  const unpack = v.compression === "gzip" ? "tar -xz" : "zstd -dcq | tar -x";
+  const samples: Record<string, number[]> = {
+    berthPullBerthd: [],
+    ctrBerthd: [],
+    ctrContainerd: [],
+    raw: [],
+  };
+  for (let rep = 0; rep < REPS; rep++) {
+    const runs: [string, () => Promise<number>][] = [
+      [
+        "berthPullBerthd",
+        async () =>
+          withDaemon(
+            () => startBerthd({ logLevel: "warn", ...env.rootFor("berthd") }),
+            (d) => timedPull(d, "berth", ref),
+          ),
+      ],
+      [
+        "ctrBerthd",
+        async () =>
+          withDaemon(
+            () => startBerthd({ logLevel: "warn", ...env.rootFor("berthd") }),
+            (d) => timedPull(d, "ctr", ref),
+          ),
+      ],
+      [
+        "ctrContainerd",
+        async () =>
+          withDaemon(
+            () => startContainerd({ logLevel: "warn", ...env.rootFor("containerd") }),
+            (d) => timedPull(d, "ctr", ref),
+          ),
+      ],
+      [
+        "raw",
+        async () => {
+          const dir = join(env.base, `raw-${name}-${rep}`);
+          const t0 = nowMs();
+          await Promise.all(
+            layers.map(async (l, i) => {
+              mkdirSync(join(dir, String(i)), { recursive: true });
+              await sh(
+                `curl -sf ${env.reg.url}/v2/${repo}/blobs/${l.digest} | ${unpack} -C ${join(dir, String(i))}`,
+              );
+            }),
+          );
+          const ms = nowMs() - t0;
+          rmSync(dir, { recursive: true, force: true });
+          return ms;
+        },
+      ],
+    ];
+    const order = rep % 2 === 0 ? runs : [...runs].reverse();
+    for (const [what, fn] of order) {
+      await env.settle();
+      const ms = await fn();
+      samples[what]!.push(ms);
+      process.stdout.write(`rep ${rep + 1} ${what}: ${fmt(ms)} ms\n`);
+    }
+  }
+  const m = Object.fromEntries(Object.entries(samples).map(([k, xs]) => [k, median(xs)]));
+  const r: VariantResult = {
+    name,
+    berthPullBerthd: m.berthPullBerthd!,
+    ctrBerthd: m.ctrBerthd!,
+    ctrContainerd: m.ctrContainerd!,
+    raw: m.raw!,
+  };
+  const rawWhat = v.compression === "gzip" ? "curl | tar -xz" : "curl | zstd -d | tar -x";
+  process.stdout.write(
+    `\n${renderTable(
+      [`${name}: measure`, "median ms", "ratio"],
+      [
+        [
+          "(a) berth images pull @berthd",
+          fmt(r.berthPullBerthd),
+          `${(r.berthPullBerthd / r.ctrContainerd).toFixed(2)}x vs ctr@containerd`,
+        ],
+        [
+          "(b) ctr images pull @berthd",
+          fmt(r.ctrBerthd),
+          `${(r.ctrBerthd / r.ctrContainerd).toFixed(2)}x vs ctr@containerd`,
+        ],
+        ["    ctr images pull @containerd", fmt(r.ctrContainerd), "1.00x"],
+        [
+          `(c) raw: ${rawWhat}, parallel`,
+          fmt(r.raw),
+          `berth pull = ${(r.berthPullBerthd / r.raw).toFixed(2)}x raw`,
+        ],
+      ],
+    )}\n`,
+  );
+  return r;
+}
+
 async function main(): Promise<void> {
-  const layers = await benchLayers();
   const reg = await startRegistry();
   const tmp = await makeTempDir("bench-pull");
   // With --tmpfs every daemon root and the raw extraction live on a tmpfs mounted here.
@@ -68,138 +259,49 @@ async function main(): Promise<void> {
     execFileSync("mount", ["-t", "tmpfs", "-o", "size=8g,mode=0711", "tmpfs", fast]);
     mounted = true;
   }
-  const base = TMPFS ? fast : tmp;
   let seq = 0;
-  const rootFor = (kind: string) => (TMPFS ? { root: join(fast, `${kind}-${seq++}`) } : {});
-  const settle = async () => {
-    if (SETTLE_MS <= 0) return;
-    execFileSync("sync");
-    await new Promise((r) => setTimeout(r, SETTLE_MS));
+  const env: Env = {
+    reg,
+    base: TMPFS ? fast : tmp,
+    rootFor: (kind: string) => (TMPFS ? { root: join(fast, `${kind}-${seq++}`) } : {}),
+    settle: async () => {
+      if (SETTLE_MS <= 0) return;
+      execFileSync("sync");
+      await new Promise((r) => setTimeout(r, SETTLE_MS));
+    },
   };
+  const la = () =>
+    loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" ");
+  process.stdout.write(
+    `pull bench: variants ${VARIANT_NAMES.join(",")}, ${REPS} rep(s), scale ${SCALE}, roots on ${TMPFS ? "tmpfs" : "disk"}, settle ${SETTLE_MS} ms, load ${la()}\n`,
+  );
   try {
-    for (const l of layers)
-      await pushBlob(reg.url, REPO, {
-        mediaType: l.mediaType,
-        digest: l.digest,
-        size: l.size,
-        data: readFileSync(l.path),
-      });
-    const cfg = Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        rootfs: { type: "layers", diff_ids: layers.map((l) => l.diffId) },
-      }),
-    );
-    const cfgBlob = {
-      mediaType: "application/vnd.oci.image.config.v1+json",
-      digest: sha(cfg),
-      size: cfg.length,
-      data: cfg,
-    };
-    await pushBlob(reg.url, REPO, cfgBlob);
-    const man = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: "application/vnd.oci.image.manifest.v1+json",
-        config: { mediaType: cfgBlob.mediaType, digest: cfgBlob.digest, size: cfgBlob.size },
-        layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
-      }),
-    );
-    await pushManifest(reg.url, REPO, "1", {
-      mediaType: "application/vnd.oci.image.manifest.v1+json",
-      digest: sha(man),
-      size: man.length,
-      data: man,
-    });
-    const ref = `${reg.host}/${REPO}:1`;
-    const total = layers.reduce((n, l) => n + l.size, 0);
-    const tarTotal = layers.reduce((n, l) => n + l.tarSize, 0);
+    const results: VariantResult[] = [];
+    for (const name of VARIANT_NAMES) results.push(await runVariant(name, env));
     process.stdout.write(
-      `image: ${layers.length} layers, ${(total / 1e6).toFixed(0)} MB gzip, ${(tarTotal / 1e6).toFixed(0)} MB tar; roots on ${TMPFS ? "tmpfs" : "disk"}, settle ${SETTLE_MS} ms\n`,
-    );
-
-    const samples: Record<string, number[]> = {
-      berthPullBerthd: [],
-      ctrBerthd: [],
-      ctrContainerd: [],
-      raw: [],
-    };
-    for (let rep = 0; rep < REPS; rep++) {
-      const runs: [string, () => Promise<number>][] = [
+      `\nsummary (medians of ${REPS}, ms; load at end ${la()})\n${renderTable(
         [
-          "berthPullBerthd",
-          async () =>
-            withDaemon(
-              () => startBerthd({ logLevel: "warn", ...rootFor("berthd") }),
-              (d) => timedPull(d, "berth", ref),
-            ),
-        ],
-        [
-          "ctrBerthd",
-          async () =>
-            withDaemon(
-              () => startBerthd({ logLevel: "warn", ...rootFor("berthd") }),
-              (d) => timedPull(d, "ctr", ref),
-            ),
-        ],
-        [
-          "ctrContainerd",
-          async () =>
-            withDaemon(
-              () => startContainerd({ logLevel: "warn", ...rootFor("containerd") }),
-              (d) => timedPull(d, "ctr", ref),
-            ),
-        ],
-        [
+          "variant",
+          "berth@berthd",
+          "ctr@berthd",
+          "ctr@containerd",
           "raw",
-          async () => {
-            const dir = join(base, `raw-${rep}`);
-            const t0 = nowMs();
-            await Promise.all(
-              layers.map(async (l, i) => {
-                mkdirSync(join(dir, String(i)), { recursive: true });
-                await sh(
-                  `curl -sf ${reg.url}/v2/${REPO}/blobs/${l.digest} | tar -xz -C ${join(dir, String(i))}`,
-                );
-              }),
-            );
-            const ms = nowMs() - t0;
-            rmSync(dir, { recursive: true, force: true });
-            return ms;
-          },
+          "(a) berth@berthd/ctr@ctrd",
+          "(b) ctr@berthd/ctr@ctrd",
+          "berth/raw",
         ],
-      ];
-      const order = rep % 2 === 0 ? runs : [...runs].reverse();
-      for (const [name, fn] of order) {
-        await settle();
-        const ms = await fn();
-        samples[name]!.push(ms);
-        process.stdout.write(`rep ${rep + 1} ${name}: ${fmt(ms)} ms\n`);
-      }
-    }
-    const m = Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, median(v)]));
-    process.stdout.write(
-      `\n${renderTable(
-        ["measure", "median ms", "ratio"],
-        [
-          [
-            "(a) berth images pull @berthd",
-            fmt(m.berthPullBerthd!),
-            `${(m.berthPullBerthd! / m.ctrContainerd!).toFixed(2)}x vs ctr@containerd`,
-          ],
-          [
-            "(b) ctr images pull @berthd",
-            fmt(m.ctrBerthd!),
-            `${(m.ctrBerthd! / m.ctrContainerd!).toFixed(2)}x vs ctr@containerd`,
-          ],
-          ["    ctr images pull @containerd", fmt(m.ctrContainerd!), "1.00x"],
-          [
-            "(c) raw: curl | tar -xz, parallel",
-            fmt(m.raw!),
-            `berth pull = ${(m.berthPullBerthd! / m.raw!).toFixed(2)}x raw`,
-          ],
-        ],
+        results.map((r) => [
+          r.name,
+          fmt(r.berthPullBerthd),
+          fmt(r.ctrBerthd),
+          fmt(r.ctrContainerd),
+          fmt(r.raw),
+          (r.berthPullBerthd / r.ctrContainerd).toFixed(2),
+          (r.ctrBerthd / r.ctrContainerd).toFixed(2),
+          (r.berthPullBerthd / r.raw).toFixed(2),
+        ]),
       )}\n`,
     );
   } finally {
