@@ -35,7 +35,8 @@ import {
 } from "../snapshots/metadata.js";
 import { OverlaySnapshotter } from "../snapshots/overlay.js";
 import { formatPlatform, hostPlatform, matchesAny, type Platform, platformMatches } from "./platforms.js";
-import { ChunkPipe, moveStaged, type StagedLayer, stageLayer } from "./stage.js";
+import { ChunkPipe, moveStaged, type StagedLayer } from "./stage.js";
+import { stageLayerThreaded } from "./stage-thread.js";
 
 export const DISTRIBUTION_SOURCE_PREFIX = "containerd.io/distribution.source.";
 export const GC_REF_CONTENT = "containerd.io/gc.ref.content";
@@ -204,6 +205,32 @@ function extractKey(chainId: string): string {
   return `extract-${process.hrtime.bigint() % 1_000_000_000n}-${randomBytes(6).toString("base64url")} ${chainId}`;
 }
 
+/** Write size for blobs being stored: a write per network read (16–64 KiB) costs ~6× the CPU. */
+const STORE_WRITE_SIZE = 1 << 20;
+
+/** The same bytes in pieces of at least `min` bytes (the last may be shorter). */
+async function* coalesce(
+  src: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  min = STORE_WRITE_SIZE,
+): AsyncGenerator<Uint8Array> {
+  let parts: Uint8Array[] = [];
+  let size = 0;
+  for await (const c of src) {
+    if (size === 0 && c.length >= min) {
+      yield c;
+      continue;
+    }
+    parts.push(c);
+    size += c.length;
+    if (size >= min) {
+      yield Buffer.concat(parts, size);
+      parts = [];
+      size = 0;
+    }
+  }
+  if (size > 0) yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+}
+
 /** One pull: state shared by its steps. */
 class PullJob {
   private readonly ns: string;
@@ -312,11 +339,11 @@ class PullJob {
       if (w.status().offset > 0) await w.truncate(0);
       tee?.start();
       let n = 0;
-      for await (const c of await chunks()) {
+      for await (const c of coalesce(await chunks())) {
         this.check();
-        if (tee)
-          await Promise.all([w.write(c), tee.write(Buffer.from(c.buffer, c.byteOffset, c.byteLength))]);
-        else await w.write(c);
+        await w.write(c);
+        // after the write: the extraction may take the chunk's memory over (stage-thread.ts)
+        if (tee) await tee.write(Buffer.from(c.buffer, c.byteOffset, c.byteLength));
         n += c.length;
         onBytes?.(n);
       }
@@ -619,7 +646,7 @@ class PullJob {
       unpacking(); // the bytes flow
       try {
         // not verified here: the staged tree is used only once the store committed the blob
-        return await stageLayer(dir, pipe, layer, mode, { ...opts, verify: false });
+        return await stageLayerThreaded(dir, pipe, layer, mode, { ...opts, verify: false, giveChunks: true });
       } finally {
         pipe.close();
       }
@@ -630,7 +657,7 @@ class PullJob {
       unpacking();
       const ra = await this.deps.content.readerAt(this.ns, layer.digest);
       try {
-        return await stageLayer(dir, ra.stream(0, ra.size, 1 << 20), layer, mode, opts);
+        return await stageLayerThreaded(dir, ra.stream(0, ra.size, 1 << 20), layer, mode, opts);
       } finally {
         await ra.close();
       }
