@@ -3,8 +3,7 @@
 // pidfile and socket under a temp dir, no firewall/bridge changes, and containers run with
 // `--network none`. The image is built here from the host's busybox and `docker load`ed.
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, openSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
+import { readdirSync, readFileSync, rmdirSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -14,22 +13,16 @@ import { Namespaces } from "../../src/gen/containerd/services/namespaces/v1/name
 import { Version } from "../../src/gen/containerd/services/version/v1/version_pb.js";
 import { Connection } from "../../src/grpc/client.js";
 import { setChildSubreaper } from "../../src/sys/reaper.js";
-import { ctr, ok, type RunResult, run } from "../helpers/ctr.js";
+import { ctr, ok, run } from "../helpers/ctr.js";
 import { type Daemon, killShimsOf, startBerthd } from "../helpers/daemons.js";
+import { DOCKER_BIN, type Dockerd, dockerSkipReason, startDockerd } from "../helpers/dockerd.js";
 import { BUSYBOX_BIN } from "../helpers/images.js";
 import { buildTar, sha256, type TarEntry } from "../helpers/tarbuild.js";
-import { makeTempDir, mountsUnder, onExitBeforeRemoval, removeTempDir } from "../helpers/tmp.js";
+import { mountsUnder } from "../helpers/tmp.js";
 
-const DOCKER_BIN = "/usr/bin/docker";
-const DOCKERD_BIN = "/usr/sbin/dockerd";
 const IMAGE = "berth-test/busybox:latest";
 const MTIME = 1700000000;
 const APPLETS = ["sh", "ls", "echo", "cat", "sleep", "true", "false", "id", "hostname", "trap"];
-
-const haveDocker = existsSync(DOCKER_BIN) && existsSync(DOCKERD_BIN);
-const skipReason = haveDocker
-  ? false
-  : `docker.io is not installed (${DOCKERD_BIN} or ${DOCKER_BIN} missing): run \`make debs\``;
 
 /** A `docker save` style archive (manifest.json, config, one layer) of a busybox image. */
 function busyboxDockerArchive(): Buffer {
@@ -71,15 +64,6 @@ function busyboxDockerArchive(): Buffer {
   ]);
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return !stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return false;
-  }
-}
-
 const shimsOf = (address: string) =>
   readdirSync("/proc")
     .filter((n) => /^\d+$/.test(n))
@@ -92,63 +76,12 @@ const shimsOf = (address: string) =>
       }
     });
 
-describe("dockerd 20.10 on berthd", { skip: skipReason }, () => {
+describe("dockerd 20.10 on berthd", { skip: dockerSkipReason }, () => {
   let d: Daemon;
-  let dir: string;
-  let dockerd: ChildProcess | undefined;
-  let dockerdPid = 0;
-  let dockerSock = "";
-  const dockerdLog = () => {
-    try {
-      return readFileSync(path.join(dir, "dockerd.log"), "utf8");
-    } catch {
-      return "";
-    }
-  };
-  const docker = (args: string[], timeoutMs = 60_000): Promise<RunResult> =>
-    run(DOCKER_BIN, ["-H", `unix://${dockerSock}`, ...args], {
-      timeoutMs,
-      env: { ...process.env, DOCKER_CONFIG: path.join(dir, "cli") },
-    });
-  const diag = () =>
-    `\n--- berthd ---\n${d.logs().slice(-4000)}\n--- dockerd ---\n${dockerdLog().slice(-4000)}`;
-
-  const stopDockerd = async () => {
-    if (!dockerd || dockerdPid === 0) return;
-    const exited = new Promise<void>((r) => {
-      if (dockerd!.exitCode !== null || dockerd!.signalCode !== null) r();
-      else dockerd!.once("exit", () => r());
-    });
-    try {
-      process.kill(dockerdPid, "SIGTERM");
-    } catch {
-      // gone
-    }
-    const t = setTimeout(() => {
-      try {
-        process.kill(dockerdPid, "SIGKILL");
-      } catch {
-        // gone
-      }
-    }, 20_000);
-    await exited;
-    clearTimeout(t);
-    dockerd = undefined;
-    dockerdPid = 0;
-  };
-
-  onExitBeforeRemoval(() => {
-    if (dockerdPid > 0 && pidAlive(dockerdPid)) {
-      try {
-        process.kill(dockerdPid, "SIGKILL");
-      } catch {
-        // gone
-      }
-    }
-  });
-
-  /** dockerd always makes /run/docker/plugins (plugin discovery is not under --exec-root). */
-  const runDockerExisted = existsSync("/run/docker");
+  let dockerd: Dockerd;
+  let dir = "";
+  const docker = (args: string[], timeoutMs?: number) => dockerd.docker(args, timeoutMs);
+  const diag = () => dockerd?.diag() ?? "";
 
   before(async () => {
     setChildSubreaper(true);
@@ -156,81 +89,25 @@ describe("dockerd 20.10 on berthd", { skip: skipReason }, () => {
       config: "version = 2\n",
       logLevel: process.env.BERTH_TEST_LOG_DIR ? "debug" : "info",
     });
-    dir = await makeTempDir("docker");
-    dockerSock = path.join(dir, "docker.sock");
-    await mkdir(path.join(dir, "cli"), { recursive: true });
-    // the trust key would go to /etc/docker/key.json otherwise (settable only in the config file)
-    await writeFile(
-      path.join(dir, "daemon.json"),
-      JSON.stringify({ "deprecated-key-path": path.join(dir, "key.json") }),
-    );
-    const logFd = openSync(path.join(dir, "dockerd.log"), "a");
-    const args = [
-      `--containerd=${d.address}`,
-      "--config-file",
-      path.join(dir, "daemon.json"),
-      "--data-root",
-      path.join(dir, "docker"),
-      "--exec-root",
-      path.join(dir, "exec"),
-      "--pidfile",
-      path.join(dir, "docker.pid"),
-      "-H",
-      `unix://${dockerSock}`,
-      "--iptables=false",
-      "--ip6tables=false",
-      "--bridge=none",
-      "--ip-forward=false",
-      "--ip-masq=false",
-      "--userland-proxy=false",
-      "--storage-driver=overlay2",
-      "--log-level=debug",
-    ];
-    dockerd = spawn(DOCKERD_BIN, args, { stdio: ["ignore", logFd, logFd] });
-    dockerdPid = dockerd.pid ?? 0;
-    const end = Date.now() + 60_000;
-    for (;;) {
-      if (dockerd.exitCode !== null) throw new Error(`dockerd exited (${dockerd.exitCode}):${diag()}`);
-      if (existsSync(dockerSock)) {
-        const r = await docker(["version", "--format", "{{.Server.Version}}"], 10_000);
-        if (r.code === 0) break;
-      }
-      if (Date.now() > end) throw new Error(`dockerd did not come up:${diag()}`);
-      await sleep(200);
-    }
+    dockerd = await startDockerd(d, "docker");
+    dir = dockerd.dir;
     const archive = path.join(dir, "busybox.tar");
     await writeFile(archive, busyboxDockerArchive());
     ok(await docker(["load", "-i", archive]), "docker load");
   });
 
   after(async () => {
-    if (dockerd) {
-      const ps = await docker(["ps", "-aq"], 20_000).catch(() => undefined);
-      for (const id of ps?.stdout.split("\n").filter(Boolean) ?? []) {
-        await docker(["rm", "-f", id], 30_000).catch(() => {});
-      }
-    }
-    await stopDockerd();
     // BERTH_TEST_LOG_DIR=<dir>: keep both daemons' logs for a look afterwards
     const keep = process.env.BERTH_TEST_LOG_DIR;
     if (keep && d) {
       await mkdir(keep, { recursive: true });
       await writeFile(path.join(keep, "berthd.log"), d.logs());
-      await writeFile(path.join(keep, "dockerd.log"), dockerdLog());
+      if (dockerd) await writeFile(path.join(keep, "dockerd.log"), dockerd.logs());
     }
+    await dockerd?.cleanup();
     if (d) {
       killShimsOf(d.address);
       await d.cleanup();
-    }
-    if (dir) await removeTempDir(dir);
-    if (!runDockerExisted) {
-      for (const p of ["/run/docker/plugins", "/run/docker"]) {
-        try {
-          rmdirSync(p);
-        } catch {
-          // not empty: something else uses it now
-        }
-      }
     }
     // runc state of the berthd shims lives under /run/containerd/runc/<ns> unless dockerd says
     // otherwise (it does: <exec-root>/runtime-runc); remove an empty leftover anyway
@@ -335,7 +212,7 @@ describe("dockerd 20.10 on berthd", { skip: skipReason }, () => {
     assert.equal(started.code, 0, started.stderr + diag());
     const id = started.stdout.trim();
 
-    const cat = await run(DOCKER_BIN, ["-H", `unix://${dockerSock}`, "exec", "-i", "berth-d2", "cat"], {
+    const cat = await run(DOCKER_BIN, ["-H", `unix://${dockerd.socket}`, "exec", "-i", "berth-d2", "cat"], {
       input: "through stdin\n",
       timeoutMs: 30_000,
       env: { ...process.env, DOCKER_CONFIG: path.join(dir, "cli") },
