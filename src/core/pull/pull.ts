@@ -665,60 +665,56 @@ class PullJob {
   }
 
   /** Prepare the layer's snapshot on its committed parent, move the staged tree in, commit. */
-  private async commitStaged(
+  private commitStaged(
     sn: NamespacedSnapshotter,
     staged: StagedLayer,
     chainId: string,
     parent: string,
   ): Promise<void> {
-    const key = extractKey(chainId);
-    const labels = { [SNAPSHOT_REF_LABEL]: chainId };
-    let mounts: Awaited<ReturnType<typeof sn.prepare>>;
-    try {
-      mounts = await sn.prepare(this.ns, key, parent, labels, { lease: this.lease });
-    } catch (err) {
-      if (isAlreadyExists(err)) return; // the chain is there already (a concurrent unpack made it)
-      throw pullError(err, `failed to prepare extraction snapshot ${JSON.stringify(key)}`);
-    }
-    let done = false;
-    try {
-      moveStaged(staged, mounts, this.log);
-      try {
-        await sn.commit(this.ns, chainId, key, labels, { lease: this.lease });
-      } catch (err) {
-        if (!isAlreadyExists(err)) throw pullError(err, `failed to commit snapshot ${key}`);
-        await sn.remove(this.ns, key, { lease: this.lease }).catch(() => {});
-      }
-      done = true;
-    } finally {
-      if (!done) await sn.remove(this.ns, key, { lease: this.lease }).catch(() => {});
-    }
+    return this.intoSnapshot(sn, chainId, parent, async (mounts) => moveStaged(staged, mounts, this.log));
   }
 
-  private async applyLayer(
+  /** Prepare the layer's snapshot on its committed parent, apply the blob from the store, commit. */
+  private applyLayer(
     sn: NamespacedSnapshotter,
     layer: Descriptor,
     chainId: string,
     parent: string,
     diffId: string,
   ): Promise<void> {
-    const key = extractKey(chainId);
-    const labels = { [SNAPSHOT_REF_LABEL]: chainId };
-    let mounts: Awaited<ReturnType<typeof sn.prepare>>;
-    try {
-      mounts = await sn.prepare(this.ns, key, parent, labels, { lease: this.lease });
-    } catch (err) {
-      if (isAlreadyExists(err)) return; // the chain is there already (a concurrent unpack made it)
-      throw pullError(err, `failed to prepare extraction snapshot ${JSON.stringify(key)}`);
-    }
-    let done = false;
-    try {
+    return this.intoSnapshot(sn, chainId, parent, async (mounts) => {
       const applied = await this.deps.differ.apply(this.ns, layer, mounts, { signal: this.signal });
       if (applied.digest !== diffId)
         throw new BerthError(
           "failed precondition",
           `wrong diff id calculated on extraction ${JSON.stringify(diffId)}: got ${applied.digest}`,
         );
+    });
+  }
+
+  /**
+   * containerd's unpack step: an active snapshot keyed `extract-… <chainID>` on `parent`, filled
+   * by `fill`, committed as the chain ID, removed again if anything fails. A chain that exists
+   * already (a concurrent unpack made it) is left as it is.
+   */
+  private async intoSnapshot(
+    sn: NamespacedSnapshotter,
+    chainId: string,
+    parent: string,
+    fill: (mounts: Awaited<ReturnType<NamespacedSnapshotter["prepare"]>>) => Promise<void>,
+  ): Promise<void> {
+    const key = extractKey(chainId);
+    const labels = { [SNAPSHOT_REF_LABEL]: chainId };
+    let mounts: Awaited<ReturnType<typeof sn.prepare>>;
+    try {
+      mounts = await sn.prepare(this.ns, key, parent, labels, { lease: this.lease });
+    } catch (err) {
+      if (isAlreadyExists(err)) return;
+      throw pullError(err, `failed to prepare extraction snapshot ${JSON.stringify(key)}`);
+    }
+    let done = false;
+    try {
+      await fill(mounts);
       try {
         await sn.commit(this.ns, chainId, key, labels, { lease: this.lease });
       } catch (err) {
