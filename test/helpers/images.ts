@@ -48,14 +48,28 @@ const MTIME = 1700000000;
 const CREATED = new Date(MTIME * 1000).toISOString();
 const APPLETS = ["sh", "ls", "echo", "cat"];
 
-const blob = (mediaType: string, data: Buffer): Blob => ({
+const json = (v: unknown) => Buffer.from(JSON.stringify(v));
+
+/** A blob of `data` with its digest and size. */
+export const blob = (mediaType: string, data: Buffer): Blob => ({
   mediaType,
   digest: sha256(data),
   size: data.length,
   data,
 });
 
-const json = (v: unknown) => Buffer.from(JSON.stringify(v));
+/** An OCI image manifest blob for a config and its layers. */
+export function manifestBlob(config: Blob, layers: Blob[]): Blob {
+  return blob(
+    MediaType.manifest,
+    json({
+      schemaVersion: 2,
+      mediaType: MediaType.manifest,
+      config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
+      layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+    }),
+  );
+}
 
 /** The busybox layer: bin/busybox, a few applet symlinks, and the usual /etc files. */
 export function busyboxLayerTar(): Buffer {
@@ -115,15 +129,7 @@ export function buildBusyboxImage(opts: BuildOptions = {}): BuiltImage {
         history: [{ created: CREATED, created_by: "berth test: busybox layer" }],
       }),
     );
-    const manifest = blob(
-      MediaType.manifest,
-      json({
-        schemaVersion: 2,
-        mediaType: MediaType.manifest,
-        config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
-        layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size }],
-      }),
-    );
+    const manifest = manifestBlob(config, [layer]);
     return { platform, manifest, config, layers: [layer], diffIds: [diffId] };
   });
   let index: Blob | undefined;

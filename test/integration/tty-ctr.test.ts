@@ -15,10 +15,11 @@ import { setChildSubreaper } from "../../src/sys/reaper.js";
 import { berth, CTR_BIN, ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, killShimsOf, repoRoot, startBerthd } from "../helpers/daemons.js";
 import {
-  type Blob,
+  blob,
   buildBusyboxImage,
   busyboxLayerTar,
   MediaType,
+  manifestBlob,
   pushBlob,
   pushImage,
   pushManifest,
@@ -92,12 +93,6 @@ async function pushUsersImage(reg: Registry, repo: string): Promise<void> {
     { name: "etc/passwd", type: "symlink", linkname: "../usr/lib/passwd", mtime: 1700000000 },
     { name: "etc/group", type: "symlink", linkname: "/usr/lib/group", mtime: 1700000000 },
   ]);
-  const blob = (mediaType: string, data: Buffer): Blob => ({
-    mediaType,
-    digest: sha256(data),
-    size: data.length,
-    data,
-  });
   const layers = [blob(MediaType.layerGzip, gzip(base)), blob(MediaType.layerGzip, gzip(users))];
   const config = blob(
     MediaType.config,
@@ -110,17 +105,7 @@ async function pushUsersImage(reg: Registry, repo: string): Promise<void> {
       }),
     ),
   );
-  const manifest = blob(
-    MediaType.manifest,
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: MediaType.manifest,
-        config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
-        layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
-      }),
-    ),
-  );
+  const manifest = manifestBlob(config, layers);
   for (const b of [...layers, config]) await pushBlob(reg.url, repo, b);
   await pushManifest(reg.url, repo, "1", manifest);
 }

@@ -26,7 +26,7 @@ import { snapshotPlugins, snapshotsServicePlugin } from "../../src/plugins/snaps
 import { localTransferPlugin, streamingManagerPlugin } from "../../src/plugins/transfer.js";
 import type { LocalTransfer } from "../../src/services/transfer.js";
 import { withTempMount } from "../../src/sys/mount.js";
-import { type Blob, MediaType, pushBlob, pushManifest } from "../helpers/images.js";
+import { type Blob, blob, MediaType, manifestBlob, pushBlob, pushManifest } from "../helpers/images.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
 import { buildTar, gzip, sha256, type TarEntry, zstd } from "../helpers/tarbuild.js";
 import { makeTempDir, removeTempDir, unmountAll } from "../helpers/tmp.js";
@@ -34,13 +34,6 @@ import { describeTree, type TreeEntry } from "../helpers/tree.js";
 
 const REPO = "test/stream";
 const T0 = 1600000000;
-
-const blob = (mediaType: string, data: Buffer): Blob => ({
-  mediaType,
-  digest: sha256(data),
-  size: data.length,
-  data,
-});
 
 interface TestImage {
   ref: string;
@@ -70,17 +63,7 @@ async function pushLayers(
       JSON.stringify({ architecture: "amd64", os: "linux", rootfs: { type: "layers", diff_ids: diffIds } }),
     ),
   );
-  const manifest = blob(
-    MediaType.manifest,
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: MediaType.manifest,
-        config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
-        layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
-      }),
-    ),
-  );
+  const manifest = manifestBlob(config, layers);
   for (const l of layers) await pushBlob(reg.url, REPO, l);
   await pushBlob(reg.url, REPO, config);
   await pushManifest(reg.url, REPO, tag, manifest);
