@@ -20,7 +20,7 @@ import type { MetadataContentStore } from "../content/metadata.js";
 import type { ApplyMode } from "../diff/apply.js";
 import type { Differ } from "../diff/service.js";
 import { UNCOMPRESSED_LABEL } from "../diff/walking.js";
-import { BerthError, isAlreadyExists, isNotFound } from "../errdefs.js";
+import { BerthError, isAlreadyExists, isKind, isNotFound } from "../errdefs.js";
 import type { ImageStore } from "../images/store.js";
 import type { LeaseStore } from "../leases/store.js";
 import { type Logger, nopLogger } from "../log.js";
@@ -351,8 +351,13 @@ class PullJob {
       try {
         await w.commit(desc.size, desc.digest, labels);
       } catch (err) {
-        if (!isAlreadyExists(err)) throw err;
-        this.addLabels(desc.digest, labels);
+        if (isAlreadyExists(err)) this.addLabels(desc.digest, labels);
+        else if (isKind(err, "failed precondition")) {
+          // the registry sent other bytes than the descriptor names
+          const e = new BerthError("data loss", undefined, { cause: err });
+          e.message = `${desc.digest} failed verification: ${(err as Error).message}`;
+          throw e;
+        } else throw err;
       }
       committed = true;
       return true;
@@ -466,7 +471,8 @@ class PullJob {
         const fresh = await this.store(
           desc,
           this.sourceLabel,
-          () => this.req.client.fetch(this.req.ref, desc),
+          // the content writer checks the digest when it commits: no second hash of the bytes here
+          () => this.req.client.fetch(this.req.ref, desc, { verifyDigest: false }),
           (n) => {
             const now = Date.now();
             if (now - last >= 100) {
@@ -647,6 +653,12 @@ class PullJob {
       try {
         // not verified here: the staged tree is used only once the store committed the blob
         return await stageLayerThreaded(dir, pipe, layer, mode, { ...opts, verify: false, giveChunks: true });
+      } catch (err) {
+        // Bytes that do not extract are most often bytes that are not the blob: let the download
+        // finish and its verification speak first.
+        pipe.close();
+        await this.download(layer);
+        throw err;
       } finally {
         pipe.close();
       }

@@ -37,10 +37,13 @@ export class RegistryClient {
     return resolve(this.transport, await this.hosts(r.domain), r);
   }
 
-  /** A verified stream of `desc`'s bytes (errors instead of ending on a wrong digest or size). */
-  async fetch(ref: string | Reference, desc: Descriptor): Promise<Readable> {
+  /**
+   * A verified stream of `desc`'s bytes (errors instead of ending on a wrong digest or size);
+   * `opts` adjusts this call's fetch options (e.g. verifyDigest: false for a verifying writer).
+   */
+  async fetch(ref: string | Reference, desc: Descriptor, opts?: FetchOptions): Promise<Readable> {
     const r = toRef(ref);
-    return fetchBlob(this.transport, await this.hosts(r.domain), r, desc, this.opts.fetch);
+    return fetchBlob(this.transport, await this.hosts(r.domain), r, desc, { ...this.opts.fetch, ...opts });
   }
 
   async fetchBytes(ref: string | Reference, desc: Descriptor): Promise<Buffer> {
