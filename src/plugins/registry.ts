@@ -41,6 +41,11 @@ export interface InitContext<C> {
   getAll<T>(type: string): Map<string, T>;
   /** Register a cleanup to run at shutdown (reverse init order). */
   onClose(fn: () => void | Promise<void>): void;
+  /**
+   * Register a step to run once every plugin is loaded, just before the gRPC socket opens (in
+   * init order): where containerd starts its ttrpc server, for instance.
+   */
+  onServe(fn: () => void | Promise<void>): void;
   /** The whole set (introspection reports every plugin, including later ones). */
   plugins: PluginSet;
 }
@@ -116,6 +121,7 @@ export interface InitOptions {
 export class PluginSet {
   readonly loaded: LoadedPlugin[] = [];
   private closers: (() => void | Promise<void>)[] = [];
+  private servers: (() => void | Promise<void>)[] = [];
 
   find(type: string, id?: string): LoadedPlugin | undefined {
     return this.loaded.find((l) => l.plugin.type === type && (id === undefined || l.plugin.id === id));
@@ -158,6 +164,7 @@ export class PluginSet {
           return m;
         },
         onClose: (fn) => this.closers.push(fn),
+        onServe: (fn) => this.servers.push(fn),
         plugins: this,
       };
       log.debug("loading plugin", { type: p.type });
@@ -182,6 +189,11 @@ export class PluginSet {
       if (l.status.state !== "ok")
         throw new Error(`required plugin ${req} failed to load: ${l.status.reason}`);
     }
+  }
+
+  /** Run the plugins' onServe steps (the daemon calls this just before it opens its socket). */
+  async serve(): Promise<void> {
+    for (const fn of this.servers.splice(0)) await fn();
   }
 
   async close(): Promise<void> {

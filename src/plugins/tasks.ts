@@ -62,7 +62,9 @@ export const runtimeV2Plugin: Plugin = {
     });
     const ttrpcPath = ic.daemon.ttrpcAddress.replace(/^unix:\/\//, "");
     mkdirSync(dirname(ttrpcPath), { recursive: true });
-    await server.listen(ttrpcPath);
+    // Shims forward events here. Opened with the gRPC socket, once tasks are loaded and events
+    // have subscribers to reach: a shim's publisher retries meanwhile, as with containerd.
+    ic.onServe(() => server.listen(ttrpcPath));
 
     const manager = new TaskManager(
       ic.state,

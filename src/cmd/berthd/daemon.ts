@@ -71,6 +71,7 @@ export class Daemon {
         server.addService(s.desc, s.impl as never, observe);
       }
     }
+    await this.plugins.serve();
     await server.listen(address);
     secureSocket(address, cfg.grpc.uid, cfg.grpc.gid);
     this.server = server;
