@@ -9,8 +9,8 @@
 //   view with more parents   → overlay [<mount_options>…, lowerdir=a:b:…]
 // The lowerdir list is never cut short: mounting it (src/sys/mount.ts) falls back to the new
 // mount API when the option string does not fit mount(2)'s one page.
-import { existsSync, readFileSync, statfsSync } from "node:fs";
-import { lchown, lstat, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { existsSync, lchownSync, lstatSync, mkdirSync, readFileSync, statfsSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { supportsDType } from "../../sys/fileops.js";
 import { mountOne, unmountAll } from "../../sys/mount.js";
@@ -131,13 +131,15 @@ export class OverlaySnapshotter extends LocalSnapshotter {
   }
 
   protected async populate(td: string, kind: Kind, parentId: string | undefined): Promise<void> {
+    // A few metadata calls that take microseconds: done in place, not queued on the thread pool
+    // behind whatever else is in flight (that queue is what made Prepare slow under load).
     const fs = join(td, "fs");
-    await mkdir(fs, { mode: 0o755 });
-    if (kind === "active") await mkdir(join(td, "work"), { mode: 0o711 });
+    mkdirSync(fs, { mode: 0o755 });
+    if (kind === "active") mkdirSync(join(td, "work"), { mode: 0o711 });
     if (parentId !== undefined) {
       // The new upper dir takes its owner from the parent's, so the merged root keeps it.
-      const st = await lstat(this.upperPath(parentId));
-      await lchown(fs, st.uid, st.gid);
+      const st = lstatSync(this.upperPath(parentId));
+      lchownSync(fs, st.uid, st.gid);
     }
   }
 
