@@ -28,7 +28,10 @@ export interface Dockerd {
   logs(): string;
   /** The last lines of berthd's and dockerd's logs, for a failure message. */
   diag(): string;
-  /** Removes every container, stops dockerd (SIGTERM, SIGKILL after 20 s) and removes its dir. */
+  /**
+   * Removes every container, stops dockerd (SIGTERM, SIGKILL after 20 s) and removes its dir.
+   * With BERTH_TEST_LOG_DIR=<dir> set, both daemons' logs are kept there first.
+   */
   cleanup(): Promise<void>;
 }
 
@@ -128,6 +131,12 @@ export async function startDockerd(berthd: Daemon, name = "dockerd"): Promise<Do
   };
 
   const cleanup = async () => {
+    const keep = process.env.BERTH_TEST_LOG_DIR;
+    if (keep) {
+      await mkdir(keep, { recursive: true });
+      await writeFile(path.join(keep, "berthd.log"), berthd.logs());
+      await writeFile(path.join(keep, "dockerd.log"), logs());
+    }
     if (child) {
       const ps = await docker(["ps", "-aq"], 20_000).catch(() => undefined);
       for (const id of ps?.stdout.split("\n").filter(Boolean) ?? [])

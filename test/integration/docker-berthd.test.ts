@@ -4,7 +4,7 @@
 // `--network none`. The image is built here from the host's busybox and `docker load`ed.
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync, rmdirSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -97,13 +97,6 @@ describe("dockerd 20.10 on berthd", { skip: dockerSkipReason }, () => {
   });
 
   after(async () => {
-    // BERTH_TEST_LOG_DIR=<dir>: keep both daemons' logs for a look afterwards
-    const keep = process.env.BERTH_TEST_LOG_DIR;
-    if (keep && d) {
-      await mkdir(keep, { recursive: true });
-      await writeFile(path.join(keep, "berthd.log"), d.logs());
-      if (dockerd) await writeFile(path.join(keep, "dockerd.log"), dockerd.logs());
-    }
     await dockerd?.cleanup();
     if (d) {
       killShimsOf(d.address);

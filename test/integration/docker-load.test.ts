@@ -7,7 +7,6 @@
 // zstd, for archives of ctr 1.6's `images export` just the same; berth's archive matches those.)
 import assert from "node:assert/strict";
 import { rmdirSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setChildSubreaper } from "../../src/sys/reaper.js";
@@ -77,12 +76,6 @@ describe("berth images export → docker load (dockerd 20.10 on berthd)", { skip
   });
 
   after(async () => {
-    const keep = process.env.BERTH_TEST_LOG_DIR;
-    if (keep && d) {
-      await mkdir(keep, { recursive: true });
-      await writeFile(path.join(keep, "berthd.log"), d.logs());
-      if (dockerd) await writeFile(path.join(keep, "dockerd.log"), dockerd.logs());
-    }
     await dockerd?.cleanup();
     if (d) {
       killShimsOf(d.address);
