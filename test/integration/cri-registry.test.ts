@@ -4,6 +4,8 @@
 // report an error while the daemon keeps serving.
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
+import { createServer, request as httpRequest } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { berth, ctr, ok } from "../helpers/ctr.js";
@@ -122,6 +124,44 @@ describe("CRI registry config in config.toml drives daemon-side pulls", () => {
         .split("\n")
         .includes(ref),
     );
+  });
+
+  it("registry.headers go with every request to the registry", async () => {
+    // a pass-through proxy in front of the registry that notes the header on each request
+    const seen: (string | undefined)[] = [];
+    const proxy = createServer((req, res) => {
+      seen.push(req.headers["x-team"] as string | undefined);
+      const up = httpRequest(
+        `${open.url}${req.url}`,
+        { method: req.method, headers: { ...req.headers, host: open.host } },
+        (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          r.pipe(res);
+        },
+      );
+      up.on("error", () => res.destroy());
+      req.pipe(up);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    try {
+      const proxyHost = `127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+      const d = await start(
+        [
+          CRI,
+          `  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."${FAKE}"]`,
+          `    endpoint = ["http://${proxyHost}"]`,
+          `  [plugins."io.containerd.grpc.v1.cri".registry.headers]`,
+          '    X-Team = ["blue"]',
+          "",
+        ].join("\n"),
+      );
+      ok(await berth(d.address, ["images", "pull", `${FAKE}/${REPO}:1`]), "pull through the proxy");
+      assert.ok(seen.length >= 3, `requests seen: ${seen.length}`);
+      assert.deepEqual([...new Set(seen)], ["blue"], "every request carried X-Team: blue");
+    } finally {
+      proxy.closeAllConnections();
+      await new Promise<void>((r) => proxy.close(() => r()));
+    }
   });
 
   it("mirrors together with config_path: the CRI plugin errors as containerd's does, the daemon serves", async () => {
