@@ -57,6 +57,7 @@ describe("tasks: ctr run against berthd", () => {
         "t-detach",
         "t-opts",
         "t-crun",
+        "t-rroot",
         "t-live",
         "t-dies",
         "t-shimdead",
@@ -223,6 +224,25 @@ describe("tasks: ctr run against berthd", () => {
       assert.deepEqual(readdirSync(host), ["f"], "nothing written through the read-only bind");
     } finally {
       rmSync(host, { recursive: true, force: true });
+    }
+  });
+
+  it("runc options reach the shim: --runc-root puts runc's state where asked", async () => {
+    const root = mkdtempSync(join(tmpdir(), "berth-runc-root-"));
+    try {
+      ok(await c(["run", "-d", "--runc-root", root, ref, "t-rroot", "busybox", "sleep", "300"]), "run -d");
+      // runc keeps <root>/<container id>/state.json; the shim adds the namespace as a level
+      const state = join(root, NS, "t-rroot", "state.json");
+      assert.ok(existsSync(state), `${state} exists: ${readdirSync(root).join(",")}`);
+      const waiting = c(["tasks", "kill", "-s", "SIGKILL", "t-rroot"]);
+      ok(await waiting, "kill");
+      for (let i = 0; i < 100 && !/t-rroot\s+\d+\s+STOPPED/.test((await c(["tasks", "ls"])).stdout); i++)
+        await sleep(100);
+      ok(await c(["tasks", "delete", "t-rroot"]), "delete");
+      ok(await c(["containers", "rm", "t-rroot"]), "c rm");
+      assert.ok(!existsSync(join(root, NS, "t-rroot")), "runc's state is gone with the task");
+    } finally {
+      rmSync(root, { recursive: true, force: true });
     }
   });
 
