@@ -6,6 +6,7 @@
 import type { DiffService } from "../core/diff/service.js";
 import type { ImageStore } from "../core/images/store.js";
 import type { LeaseStore } from "../core/leases/store.js";
+import type { Logger } from "../core/log.js";
 import { StreamManager } from "../core/pull/streams.js";
 import {
   type CriRegistryConfig,
@@ -61,10 +62,7 @@ export const localTransferPlugin: Plugin<LocalTransferConfig> = {
  * The CRI section's registry table, for pulls that name no hosts dir. A table containerd would
  * refuse is not used (the CRI plugin reports the error); pulls then see no registry config.
  */
-function criRegistry(
-  section: unknown,
-  log: { warn(msg: string, f?: Record<string, unknown>): void },
-): CriRegistrySettings | undefined {
+function criRegistry(section: unknown, log: Logger): CriRegistrySettings | undefined {
   const registry = (section as { registry?: CriRegistryConfig } | undefined)?.registry;
   if (!registry) return undefined;
   try {

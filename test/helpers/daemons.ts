@@ -10,7 +10,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { Version } from "../../src/gen/containerd/services/version/v1/version_pb.js";
 import { Connection } from "../../src/grpc/client.js";
-import { procs as listAllProcs } from "./procs.js";
+import { isGone, procs as listAllProcs } from "./procs.js";
 import { makeTempDir, onExitBeforeRemoval, onShutdown, removeTempDir } from "./tmp.js";
 
 export const CONTAINERD_BIN = "/usr/bin/containerd";
@@ -123,15 +123,6 @@ interface AddressUse {
 const addressUses = new Map<string, AddressUse>();
 /** How each daemon was started, for restartDaemon. */
 const startedWith = new WeakMap<Daemon, DaemonOptions>();
-
-function isGone(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return true;
-  }
-}
 
 function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);

@@ -8,6 +8,7 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type RunResult, run } from "./ctr.js";
 import type { Daemon } from "./daemons.js";
+import { isGone } from "./procs.js";
 import { makeTempDir, onExitBeforeRemoval, removeTempDir } from "./tmp.js";
 
 export const DOCKER_BIN = "/usr/bin/docker";
@@ -33,15 +34,6 @@ export interface Dockerd {
    * With BERTH_TEST_LOG_DIR=<dir> set, both daemons' logs are kept there first.
    */
   cleanup(): Promise<void>;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return !stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return false;
-  }
 }
 
 /** Starts dockerd on `berthd` and waits until `docker version` answers (60 s at most). */
@@ -82,7 +74,7 @@ export async function startDockerd(berthd: Daemon, name = "dockerd"): Promise<Do
   let child: ChildProcess | undefined = spawn(DOCKERD_BIN, args, { stdio: ["ignore", logFd, logFd] });
   const pid = child.pid ?? 0;
   onExitBeforeRemoval(() => {
-    if (pid > 0 && pidAlive(pid)) {
+    if (pid > 0 && !isGone(pid)) {
       try {
         process.kill(pid, "SIGKILL");
       } catch {

@@ -27,6 +27,16 @@ export function procs(): Proc[] {
   return out;
 }
 
+/** True once `pid` has exited (gone, or a zombie waiting to be reaped). */
+export function isGone(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return true;
+  }
+}
+
 /** Shims whose command line names this daemon address. */
 export const shimsOf = (address: string): Proc[] =>
   procs().filter((p) => p.argv.some((a) => a.includes("containerd-shim")) && p.argv.includes(address));

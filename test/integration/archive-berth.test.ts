@@ -46,8 +46,8 @@ describe("berth images export/import: archives ctr and docker understand", () =>
     if (tmp) await removeTempDir(tmp);
   });
 
-  const target = async (conn: Connection, name: string) =>
-    (await conn.client(Images).get({ name }, { namespace: "default" })).image?.target?.digest;
+  const target = async (conn: Connection, name: string, namespace = "default") =>
+    (await conn.client(Images).get({ name }, { namespace })).image?.target?.digest;
 
   const showsBusybox = async (d: Daemon, ref: string) => {
     const dir = join(tmp, `mnt-${Date.now()}`);
@@ -95,7 +95,8 @@ describe("berth images export/import: archives ctr and docker understand", () =>
     assert.equal(await target(bconn, refMulti), multi.target.digest);
     const check = ok(await berth(b.address, ["images", "check"]));
     const row = check.split("\n").find((l) => l.startsWith(`${refMulti} `));
-    assert.match(row ?? check, /complete .*true/);
+    assert.ok(row, check);
+    assert.match(row, /\scomplete \(\d+\/\d+\).*true/);
     await showsBusybox(b, refMulti);
 
     // and back again: berth export --all-platforms → ctr import
@@ -108,10 +109,22 @@ describe("berth images export/import: archives ctr and docker understand", () =>
 
   it("--index-name keeps the archive's index, --skip-unpack leaves the snapshots alone", async () => {
     const out = join(tmp, "berth.tar");
+    // a namespace of its own, so any snapshot there would be this import's
     ok(
-      await berth(b.address, ["images", "import", "--skip-unpack", "--index-name", "example.com/idx:1", out]),
+      await berth(b.address, [
+        "-n",
+        "skip-unpack",
+        "images",
+        "import",
+        "--skip-unpack",
+        "--index-name",
+        "example.com/idx:1",
+        out,
+      ]),
     );
-    const t = await target(bconn, "example.com/idx:1");
+    const snaps = ok(await ctr(b.address, ["-n", "skip-unpack", "snapshots", "ls"]));
+    assert.deepEqual(snaps.trim().split("\n").slice(1).filter(Boolean), [], snaps);
+    const t = await target(bconn, "example.com/idx:1", "skip-unpack");
     assert.match(t ?? "", /^sha256:/);
     assert.notEqual(t, single.target.digest);
   });

@@ -11,7 +11,7 @@ import { Connection } from "../../src/grpc/client.js";
 import { berth, ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, startBerthd, startContainerd } from "../helpers/daemons.js";
 import { registryWithBusybox } from "../helpers/fixtures.js";
-import { type BuiltImage, MediaType, pushBlob, pushManifest } from "../helpers/images.js";
+import { type BuiltImage, blob, MediaType, manifestBlob, pushBlob, pushManifest } from "../helpers/images.js";
 import type { Registry } from "../helpers/registry.js";
 import { buildTar, gzip, sha256 } from "../helpers/tarbuild.js";
 import { makeTempDir, removeTempDir, unmountAll } from "../helpers/tmp.js";
@@ -169,35 +169,18 @@ describe("berth images pull: daemon-side pull through the Transfer service", () 
   it("a corrupt layer fails the pull: no image record, nothing left after a collection", async () => {
     // an image with a layer of its own, whose bytes are damaged in the registry's storage
     const tar = buildTar([{ name: "hello.txt", data: "x".repeat(200_000) }]);
-    const layerData = gzip(tar);
-    const layer = {
-      mediaType: MediaType.layerGzip,
-      digest: sha256(layerData),
-      size: layerData.length,
-      data: layerData,
-    };
-    const cfgData = Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        rootfs: { type: "layers", diff_ids: [sha256(tar)] },
-      }),
+    const layer = blob(MediaType.layerGzip, gzip(tar));
+    const cfg = blob(
+      MediaType.config,
+      Buffer.from(
+        JSON.stringify({
+          architecture: "amd64",
+          os: "linux",
+          rootfs: { type: "layers", diff_ids: [sha256(tar)] },
+        }),
+      ),
     );
-    const cfg = { mediaType: MediaType.config, digest: sha256(cfgData), size: cfgData.length, data: cfgData };
-    const manData = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: MediaType.manifest,
-        config: { mediaType: cfg.mediaType, digest: cfg.digest, size: cfg.size },
-        layers: [{ mediaType: layer.mediaType, digest: layer.digest, size: layer.size }],
-      }),
-    );
-    const man = {
-      mediaType: MediaType.manifest,
-      digest: sha256(manData),
-      size: manData.length,
-      data: manData,
-    };
+    const man = manifestBlob(cfg, [layer]);
     await pushBlob(reg.url, REPO, layer);
     await pushBlob(reg.url, REPO, cfg);
     await pushManifest(reg.url, REPO, "corrupt", man);

@@ -440,9 +440,13 @@ describe("terminals, users, privileged and container flags (berth and ctr agains
       "true",
     ]);
     assert.match(rb.stderr, /runc-binary .* only supported for "io\.containerd\.runc\.v2" runtime/);
-    // --runc-binary: the runc options reach the shim
-    const rc = await b(["run", "--rm", "--runc-binary", "/usr/sbin/runc", ref, "f-runc", "echo", "runc"]);
+    // --runc-binary: the runc options reach the shim (a wrapper that leaves a mark, then runs runc)
+    const mark = path.join(tmp, "runc-wrapper-ran");
+    const wrapper = path.join(tmp, "runc-wrapper");
+    writeFileSync(wrapper, `#!/bin/sh\ntouch ${mark}\nexec /usr/sbin/runc "$@"\n`, { mode: 0o755 });
+    const rc = await b(["run", "--rm", "--runc-binary", wrapper, ref, "f-runc", "echo", "runc"]);
     assert.equal(rc.stdout, "runc\n", rc.stderr);
+    assert.ok(existsSync(mark), "the shim ran the runc binary it was given");
     assert.equal(ok(await b(["c", "ls", "-q"])), "");
 
     // --snapshotter native: the image is unpacked there first (as ctr does), then used
