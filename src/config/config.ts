@@ -275,7 +275,7 @@ export function loadConfig(file: string | undefined, pluginDefaults: Record<stri
     const ctx: CheckCtx = {
       file: abs,
       warnings,
-      line: (p) => locateKey(text, version === 1 && p[0] === "plugins" ? p : p),
+      line: (p) => locateKey(text, p),
       error: (p, detail) => new ConfigError(abs, locateKey(text, p), keyName(p), detail),
     };
     // Plugin sections are checked against their own plugin's defaults.

@@ -10,9 +10,9 @@ import { normalizePlatform } from "../core/pull/platforms.js";
 import { type ProgressEvent, type PullDeps, pull } from "../core/pull/pull.js";
 import { push } from "../core/pull/push.js";
 import type { AnyStream, StreamManager } from "../core/pull/streams.js";
-import { RegistryClient, type RegistryClientOptions } from "../core/remotes/client.js";
+import { RegistryClient } from "../core/remotes/client.js";
 import { type CriRegistrySettings, criHostsOptions } from "../core/remotes/cri-registry.js";
-import type { Credentials, RegistryHost } from "../core/remotes/hosts.js";
+import type { Credentials } from "../core/remotes/hosts.js";
 import type { Transfer } from "../gen/containerd/services/transfer/v1/transfer_pb.js";
 import { ImageStoreSchema } from "../gen/containerd/types/transfer/imagestore_pb.js";
 import { ProgressSchema } from "../gen/containerd/types/transfer/progress_pb.js";
@@ -41,25 +41,6 @@ export interface LocalTransfer {
   /** The CRI plugin's registry settings: used when neither the request nor config_path names hosts. */
   criRegistry?: CriRegistrySettings;
   log: Logger;
-}
-
-/** A registry client whose hosts also carry the request's extra headers. */
-class HeaderClient extends RegistryClient {
-  constructor(
-    opts: RegistryClientOptions,
-    private readonly extra: Record<string, string[]>,
-  ) {
-    super(opts);
-  }
-  override async hosts(domain: string): Promise<RegistryHost[]> {
-    const hosts = await super.hosts(domain);
-    if (Object.keys(this.extra).length === 0) return hosts;
-    return hosts.map((h) => {
-      const headers = { ...h.headers };
-      for (const [k, v] of Object.entries(this.extra)) headers[k.toLowerCase()] = v;
-      return { ...h, headers };
-    });
-  }
 }
 
 /** Credentials asked for on the client's auth stream, once per host, one question at a time. */
@@ -117,23 +98,22 @@ export function transferService(local: LocalTransfer, streams: StreamManager): S
       const cri = hostDir || pushing ? undefined : local.criRegistry;
       const asked = authStream ? streamCredentials(authStream, reg.reference) : undefined;
       const configured = local.criRegistry;
-      const client = new HeaderClient(
-        {
-          logger: local.log,
-          hosts: cri
+      const headers: Record<string, string[]> = { ...(cri?.headers ?? {}) };
+      for (const [k, v] of Object.entries(resolver?.headers ?? {})) headers[k.toLowerCase()] = [v];
+      const client = new RegistryClient({
+        logger: local.log,
+        hosts: {
+          ...(cri
             ? criHostsOptions(cri, plainHttp)
-            : { configPaths: hostDir ? [hostDir] : undefined, plainHttp },
-          // The client's answer first; then what config.toml holds for that host.
-          credentials:
-            asked || configured
-              ? async (host) => (await asked?.(host)) ?? configured?.credentials(host)
-              : undefined,
+            : { configPaths: hostDir ? [hostDir] : undefined, plainHttp }),
+          headers,
         },
-        {
-          ...(cri?.headers ?? {}),
-          ...Object.fromEntries(Object.entries(resolver?.headers ?? {}).map(([k, v]) => [k, [v]])),
-        },
-      );
+        // The client's answer first; then what config.toml holds for that host.
+        credentials:
+          asked || configured
+            ? async (host) => (await asked?.(host)) ?? configured?.credentials(host)
+            : undefined,
+      });
       const progress = progressStream
         ? (ev: ProgressEvent) =>
             progressStream.send(

@@ -8,12 +8,15 @@ import { createHash, randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import type { Command } from "commander";
+import { MediaType } from "../../core/diff/compression.js";
 import { END_OF_ARCHIVE, encodeHeader, padLength, TarType } from "../../core/diff/tar.js";
+import { UNCOMPRESSED_LABEL } from "../../core/diff/walking.js";
 import { isAlreadyExists, isNotFound } from "../../core/errdefs.js";
 import { hostPlatform, matchesAny, type Platform } from "../../core/pull/platforms.js";
 import { chainIds, GC_REF_CONTENT, GC_REF_SNAPSHOT } from "../../core/pull/pull.js";
 import { familiarString, formatReference, parseNormalized } from "../../core/reference.js";
-import { MediaTypes } from "../../core/remotes/media.js";
+import { isImageManifestType, isIndexType, MediaTypes } from "../../core/remotes/media.js";
+import { SNAPSHOT_REF_LABEL } from "../../core/snapshots/metadata.js";
 import { Content, WriteAction } from "../../gen/containerd/services/content/v1/content_pb.js";
 import { Diff } from "../../gen/containerd/services/diff/v1/diff_pb.js";
 import { Images } from "../../gen/containerd/services/images/v1/images_pb.js";
@@ -21,13 +24,9 @@ import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import type { CliContext, Wire } from "./main.js";
 
-const UNCOMPRESSED = "containerd.io/uncompressed";
-const SNAPSHOT_REF = "containerd.io/snapshot.ref";
 const ANN_IMAGE_NAME = "io.containerd.image.name";
 const ANN_REF_NAME = "org.opencontainers.image.ref.name";
 const DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json";
-const DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar";
-const DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 const CHUNK = 1 << 20;
 
 interface Desc {
@@ -49,8 +48,6 @@ interface TreeJson {
   variant?: string;
 }
 
-const isIndex = (mt: string) => mt === MediaTypes.ociIndex || mt === MediaTypes.dockerManifestList;
-const isManifest = (mt: string) => mt === MediaTypes.ociManifest || mt === MediaTypes.dockerManifest;
 const blobPath = (d: string) => `blobs/${d.replace(":", "/")}`;
 const sha256 = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
@@ -119,9 +116,9 @@ async function exportImages(ctx: CliContext, out: string, refs: string[], allPla
     let dockerPick: TreeJson | undefined;
     const walk = async (d: Desc, depth: number): Promise<void> => {
       blobs.set(d.digest, d);
-      if (!isIndex(d.mediaType) && !isManifest(d.mediaType)) return;
+      if (!isIndexType(d.mediaType) && !isImageManifestType(d.mediaType)) return;
       const j = JSON.parse((await readBlob(ctx, d.digest)).toString("utf8")) as TreeJson;
-      if (isIndex(d.mediaType)) {
+      if (isIndexType(d.mediaType)) {
         for (const m of j.manifests ?? []) {
           const match = !m.platform || matchesAny(want, m.platform);
           if (!allPlatforms && !match) continue;
@@ -372,7 +369,7 @@ class Importer {
       );
       if (!exists) {
         const key = `extract-${Date.now()}-${randomBytes(6).toString("base64url")} ${chainId}`;
-        const labels = { [SNAPSHOT_REF]: chainId };
+        const labels = { [SNAPSHOT_REF_LABEL]: chainId };
         const { mounts } = await snaps.prepare({ snapshotter, key, parent, labels }, opts);
         try {
           const { applied } = await diff.apply(
@@ -391,7 +388,7 @@ class Importer {
           throw err;
         }
       }
-      await this.label(layer.digest, { [UNCOMPRESSED]: diffIds[i]! });
+      await this.label(layer.digest, { [UNCOMPRESSED_LABEL]: diffIds[i]! });
       parent = chainId;
     }
     const top = chain[chain.length - 1];
@@ -435,17 +432,17 @@ async function importArchive(ctx: CliContext, file: string, o: ImportOpts): Prom
     /** Import a tree from blobs/ children first; returns false when a part is absent. */
     const putTree = async (d: Desc, depth: number): Promise<void> => {
       if (done.has(d.digest)) return;
-      if (isIndex(d.mediaType) || isManifest(d.mediaType)) {
+      if (isIndexType(d.mediaType) || isImageManifestType(d.mediaType)) {
         const data = await im.bytes(blobPath(d.digest));
         const j = JSON.parse(data.toString("utf8")) as TreeJson;
-        if (isIndex(d.mediaType)) {
+        if (isIndexType(d.mediaType)) {
           for (const m of j.manifests ?? []) {
             const match = !m.platform || matchesAny(want, m.platform);
             if (!hasBlob(m.digest)) {
               if (o.allPlatforms) throw new Error(`${file}: ${m.digest} is not in the archive`);
               continue;
             }
-            if (o.allPlatforms || match || isIndex(m.mediaType)) await putTree(m, depth + 1);
+            if (o.allPlatforms || match || isIndexType(m.mediaType)) await putTree(m, depth + 1);
           }
         } else {
           const cfg = j.config;
@@ -516,7 +513,11 @@ async function importArchive(ctx: CliContext, file: string, o: ImportOpts): Prom
           const gz = magic[0] === 0x1f && magic[1] === 0x8b;
           const digest = await im.digestOf(l);
           await im.put(digest, e.size, im.stream(e), {});
-          layers.push({ mediaType: gz ? DOCKER_LAYER_GZIP : DOCKER_LAYER, digest, size: e.size });
+          layers.push({
+            mediaType: gz ? MediaType.DockerLayerGzip : MediaType.DockerLayer,
+            digest,
+            size: e.size,
+          });
         }
         const manifest: TreeJson & { schemaVersion: number } = {
           schemaVersion: 2,

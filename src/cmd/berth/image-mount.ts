@@ -9,7 +9,7 @@ import { isAlreadyExists, isNotFound } from "../../core/errdefs.js";
 import { hostPlatform, matchesAny, type Platform } from "../../core/pull/platforms.js";
 import { chainIds } from "../../core/pull/pull.js";
 import { formatReference, parseNormalized } from "../../core/reference.js";
-import { MediaTypes } from "../../core/remotes/media.js";
+import { isIndexType } from "../../core/remotes/media.js";
 import { Content } from "../../gen/containerd/services/content/v1/content_pb.js";
 import { Images } from "../../gen/containerd/services/images/v1/images_pb.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
@@ -31,7 +31,6 @@ interface TreeJson {
   rootfs?: { diff_ids?: string[] };
 }
 
-const isIndex = (mt: string) => mt === MediaTypes.ociIndex || mt === MediaTypes.dockerManifestList;
 const defaultSnapshotter = () => process.env.CONTAINERD_SNAPSHOTTER || "overlayfs";
 
 async function json(ctx: CliContext, digest: string): Promise<TreeJson> {
@@ -53,10 +52,10 @@ async function imageLayers(ctx: CliContext, ref: string) {
   }
   const t = image!.target!;
   let desc: Desc = { mediaType: t.mediaType, digest: t.digest, size: Number(t.size) };
-  for (let depth = 0; isIndex(desc.mediaType); depth++) {
+  for (let depth = 0; isIndexType(desc.mediaType); depth++) {
     const idx = await json(ctx, desc.digest);
     const m = (idx.manifests ?? []).find(
-      (x) => isIndex(x.mediaType) || !x.platform || matchesAny([hostPlatform()], x.platform),
+      (x) => isIndexType(x.mediaType) || !x.platform || matchesAny([hostPlatform()], x.platform),
     );
     if (!m || depth > 4) throw new Error(`${ref}: no manifest for the host platform`);
     desc = m;

@@ -14,7 +14,7 @@ import {
 } from "../../core/pull/platforms.js";
 import { chainIds } from "../../core/pull/pull.js";
 import { formatReference, parseNormalized } from "../../core/reference.js";
-import { MediaTypes } from "../../core/remotes/media.js";
+import { isIndexType } from "../../core/remotes/media.js";
 import { Content } from "../../gen/containerd/services/content/v1/content_pb.js";
 import { type Image, Images } from "../../gen/containerd/services/images/v1/images_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
@@ -323,19 +323,17 @@ class ContentReader {
   }
 }
 
-const isIndex = (mt: string) => mt === MediaTypes.ociIndex || mt === MediaTypes.dockerManifestList;
-
 /** The manifest for `want` under a target (the target itself when it is a manifest). */
 async function manifestFor(
   cr: ContentReader,
   target: { digest: string; mediaType: string; size: number },
   want: Platform[],
 ): Promise<{ digest: string; size: number; json: Json } | undefined> {
-  if (!isIndex(target.mediaType))
+  if (!isIndexType(target.mediaType))
     return { digest: target.digest, size: target.size, json: await cr.json(target.digest) };
   const idx = await cr.json(target.digest);
   for (const m of idx.manifests ?? []) {
-    if (isIndex(m.mediaType)) {
+    if (isIndexType(m.mediaType)) {
       const r = await manifestFor(cr, m, want);
       if (r) return r;
     } else if (m.platform && matchesAny(want, m.platform)) {
@@ -351,7 +349,7 @@ async function platformsOf(
   target: { digest: string; mediaType: string },
 ): Promise<string[]> {
   const j = await cr.json(target.digest);
-  if (isIndex(target.mediaType)) {
+  if (isIndexType(target.mediaType)) {
     const out: string[] = [];
     for (const m of j.manifests ?? []) if (m.platform) out.push(formatPlatform(m.platform));
     return out;
@@ -373,7 +371,7 @@ async function imageSize(cr: ContentReader, i: Image): Promise<number> {
   const t = targetOf(i);
   const m = await manifestFor(cr, t, [hostPlatform()]);
   if (!m) throw new Error("no manifest for the default platform");
-  let size = (isIndex(t.mediaType) ? t.size : 0) + m.size + (m.json.config?.size ?? 0);
+  let size = (isIndexType(t.mediaType) ? t.size : 0) + m.size + (m.json.config?.size ?? 0);
   for (const l of m.json.layers ?? []) size += l.size;
   return size;
 }
@@ -573,7 +571,7 @@ export function registerImages(program: Command, wire: Wire): void {
             if (await count(t)) {
               const m = await manifestFor(cr, t, [hostPlatform()]);
               if (m) {
-                if (isIndex(t.mediaType)) await count(m);
+                if (isIndexType(t.mediaType)) await count(m);
                 if (m.json.config && (await count(m.json.config))) {
                   const cfg = await cr.json(m.json.config.digest);
                   const top = chainIds(cfg.rootfs?.diff_ids ?? []).pop();

@@ -30,7 +30,7 @@ import { additionalGids, numericUser, resolveUser } from "../../core/oci/user.js
 import { hostPlatform, matchesAny, type Platform } from "../../core/pull/platforms.js";
 import { chainIds } from "../../core/pull/pull.js";
 import { formatReference, parseNormalized } from "../../core/reference.js";
-import { MediaTypes } from "../../core/remotes/media.js";
+import { isIndexType } from "../../core/remotes/media.js";
 import { OptionsSchema } from "../../gen/containerd/runc/v1/oci_pb.js";
 import { Containers } from "../../gen/containerd/services/containers/v1/containers_pb.js";
 import { Content } from "../../gen/containerd/services/content/v1/content_pb.js";
@@ -405,8 +405,6 @@ async function readJson<T>(ctx: CliContext, digest: string): Promise<T> {
   return JSON.parse(Buffer.concat(parts).toString("utf8")) as T;
 }
 
-const isIndex = (mt: string) => mt === MediaTypes.ociIndex || mt === MediaTypes.dockerManifestList;
-
 /** The host platform's image config and rootfs chain ID of a stored image. */
 export async function resolveImage(ctx: CliContext, ref: string): Promise<ResolvedImage> {
   const images = await ctx.client(Images);
@@ -427,12 +425,12 @@ export async function resolveImage(ctx: CliContext, ref: string): Promise<Resolv
   const target = got.image?.target;
   if (!target) throw new Error(`image "${ref}" has no target`);
   let manifestDigest = target.digest;
-  if (isIndex(target.mediaType)) {
+  if (isIndexType(target.mediaType)) {
     const want = [hostPlatform()];
     const walk = async (digest: string): Promise<string | undefined> => {
       const idx = await readJson<Json>(ctx, digest);
       for (const m of idx.manifests ?? []) {
-        if (isIndex(m.mediaType)) {
+        if (isIndexType(m.mediaType)) {
           const r = await walk(m.digest);
           if (r) return r;
         } else if (!m.platform || matchesAny(want, m.platform)) return m.digest;

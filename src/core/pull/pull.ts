@@ -22,12 +22,12 @@ import type { Differ } from "../diff/service.js";
 import { UNCOMPRESSED_LABEL } from "../diff/walking.js";
 import { BerthError, isAlreadyExists, isKind, isNotFound } from "../errdefs.js";
 import type { ImageStore } from "../images/store.js";
-import type { LeaseStore } from "../leases/store.js";
+import { GC_EXPIRE_LABEL, type LeaseStore } from "../leases/store.js";
 import { type Logger, nopLogger } from "../log.js";
 import type { Labels } from "../metadata/db.js";
 import { hostname, parseNormalized } from "../reference.js";
 import type { RegistryClient } from "../remotes/client.js";
-import { type Descriptor, MediaTypes } from "../remotes/media.js";
+import { type Descriptor, isImageManifestType, isIndexType } from "../remotes/media.js";
 import {
   type NamespacedSnapshotter,
   SNAPSHOT_REF_LABEL,
@@ -41,7 +41,6 @@ import { stageLayerThreaded } from "./stage-thread.js";
 export const DISTRIBUTION_SOURCE_PREFIX = "containerd.io/distribution.source.";
 export const GC_REF_CONTENT = "containerd.io/gc.ref.content";
 export const GC_REF_SNAPSHOT = "containerd.io/gc.ref.snapshot.";
-const GC_EXPIRE = "containerd.io/gc.expire";
 
 /** containerd's progress event names, as the transfer service reports them. */
 export type ProgressEventName =
@@ -116,13 +115,10 @@ interface ConfigJson {
   rootfs?: { diff_ids?: string[] };
 }
 
-const isIndex = (mt: string) => mt === MediaTypes.ociIndex || mt === MediaTypes.dockerManifestList;
-const isManifest = (mt: string) => mt === MediaTypes.ociManifest || mt === MediaTypes.dockerManifest;
-
 /** containerd's ingest keys (remotes.MakeRefKey). */
 function refKey(desc: Descriptor): string {
-  if (isIndex(desc.mediaType)) return `index-${desc.digest}`;
-  if (isManifest(desc.mediaType)) return `manifest-${desc.digest}`;
+  if (isIndexType(desc.mediaType)) return `index-${desc.digest}`;
+  if (isImageManifestType(desc.mediaType)) return `manifest-${desc.digest}`;
   if (desc.mediaType.includes("config") || desc.mediaType.endsWith("+json")) return `config-${desc.digest}`;
   if (desc.mediaType.includes("layer")) return `layer-${desc.digest}`;
   return `unknown-${desc.digest}`;
@@ -760,7 +756,7 @@ class PullJob {
     const found: Found[] = [];
     const walk = async (desc: Descriptor, platform: Platform | undefined, depth: number): Promise<void> => {
       if (depth > 4) throw new BerthError("invalid argument", `${desc.digest}: indexes nested too deep`);
-      if (isIndex(desc.mediaType)) {
+      if (isIndexType(desc.mediaType)) {
         const data = await this.fetchSmall(desc, (b) => {
           const j = JSON.parse(b.toString("utf8")) as ManifestJson;
           const l: Labels = {};
@@ -771,12 +767,12 @@ class PullJob {
         });
         const idx = JSON.parse(data.toString("utf8")) as ManifestJson;
         const children = (idx.manifests ?? []).filter(
-          (m) => req.allMetadata || !m.platform || wanted(m.platform) || isIndex(m.mediaType),
+          (m) => req.allMetadata || !m.platform || wanted(m.platform) || isIndexType(m.mediaType),
         );
         await Promise.all(children.map((m) => walk(m, m.platform ?? platform, depth + 1)));
         return;
       }
-      if (!isManifest(desc.mediaType)) return; // attestations and other artifacts are not followed
+      if (!isImageManifestType(desc.mediaType)) return; // attestations and other artifacts are not followed
       const data = await this.fetchSmall(desc, (b) => {
         const j = JSON.parse(b.toString("utf8")) as ManifestJson;
         const l: Labels = {};
@@ -857,7 +853,7 @@ class PullJob {
 export async function pull(deps: PullDeps, req: PullRequest): Promise<PullResult> {
   const lease = `pull-${Date.now()}-${randomBytes(6).toString("hex")}`;
   const expire = new Date(Date.now() + 24 * 3600 * 1000).toISOString().replace(/\.\d+Z$/, "Z");
-  deps.leases.create(req.namespace, lease, { [GC_EXPIRE]: expire });
+  deps.leases.create(req.namespace, lease, { [GC_EXPIRE_LABEL]: expire });
   try {
     const job = new PullJob(deps, req, lease);
     try {

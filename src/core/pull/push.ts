@@ -9,7 +9,7 @@ import type { ImageStore } from "../images/store.js";
 import { type Logger, nopLogger } from "../log.js";
 import { hostname, parseNormalized } from "../reference.js";
 import type { RegistryClient } from "../remotes/client.js";
-import { type Descriptor, MediaTypes } from "../remotes/media.js";
+import { type Descriptor, isImageManifestType, isIndexType } from "../remotes/media.js";
 import { matchesAny, type Platform } from "./platforms.js";
 import { DISTRIBUTION_SOURCE_PREFIX, type ProgressEvent } from "./pull.js";
 
@@ -39,9 +39,6 @@ interface TreeJson {
   config?: Descriptor;
   layers?: Descriptor[];
 }
-
-const isIndex = (mt: string) => mt === MediaTypes.ociIndex || mt === MediaTypes.dockerManifestList;
-const isManifest = (mt: string) => mt === MediaTypes.ociManifest || mt === MediaTypes.dockerManifest;
 
 export async function push(deps: PushDeps, req: PushRequest): Promise<Descriptor> {
   const ns = req.namespace;
@@ -82,13 +79,16 @@ export async function push(deps: PushDeps, req: PushRequest): Promise<Descriptor
 
   // With platforms named, an index whose other manifests are not all here is replaced by the
   // first matching manifest: a registry refuses an index naming manifests it lacks.
-  if (req.platforms?.length && isIndex(root.mediaType)) {
+  if (req.platforms?.length && isIndexType(root.mediaType)) {
     const idx = JSON.parse((await readAll(root)).toString("utf8")) as TreeJson;
     const children = idx.manifests ?? [];
     if (!children.every((m) => has(m.digest))) {
       const m = children.find(
         (x) =>
-          isManifest(x.mediaType) && x.platform && matchesAny(req.platforms!, x.platform) && has(x.digest),
+          isImageManifestType(x.mediaType) &&
+          x.platform &&
+          matchesAny(req.platforms!, x.platform) &&
+          has(x.digest),
       );
       if (!m) throw new BerthError("not found", `${req.image}: no manifest here for the platforms asked for`);
       root = { mediaType: m.mediaType, digest: m.digest, size: m.size };
@@ -103,10 +103,10 @@ export async function push(deps: PushDeps, req: PushRequest): Promise<Descriptor
     if (seen.has(desc.digest)) return;
     seen.add(desc.digest);
     if (depth > 4) throw new BerthError("invalid argument", `${desc.digest}: indexes nested too deep`);
-    if (isIndex(desc.mediaType) || isManifest(desc.mediaType)) {
+    if (isIndexType(desc.mediaType) || isImageManifestType(desc.mediaType)) {
       const data = await readAll(desc);
       const j = JSON.parse(data.toString("utf8")) as TreeJson;
-      if (isIndex(desc.mediaType)) {
+      if (isIndexType(desc.mediaType)) {
         for (const m of j.manifests ?? []) {
           const want = !req.platforms?.length || !m.platform || matchesAny(req.platforms, m.platform);
           if (!want && depth > 0) continue;
@@ -185,7 +185,7 @@ export async function push(deps: PushDeps, req: PushRequest): Promise<Descriptor
     await req.client.pushManifest(dest, m.desc, m.data, object);
     emit({
       event: "complete",
-      name: `${isIndex(m.desc.mediaType) ? "index" : "manifest"}-${m.desc.digest}`,
+      name: `${isIndexType(m.desc.mediaType) ? "index" : "manifest"}-${m.desc.digest}`,
       desc: m.desc,
     });
   }

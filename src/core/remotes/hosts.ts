@@ -60,6 +60,11 @@ export interface HostsOptions {
   plainHttp?: boolean;
   /** Applied to every host without its own TLS settings (ctr --skip-verify / --tlscacert). */
   defaultTls?: Partial<TlsOptions>;
+  /**
+   * Headers for every host, over those hosts.toml gives (lower-case names): CRI's
+   * `registry.headers`, a transfer request's resolver headers.
+   */
+  headers?: Record<string, string[]>;
 }
 
 const hostDirectory = (host: string): string => {
@@ -316,6 +321,13 @@ function legacyHosts(domain: string, opts: HostsOptions): RegistryHost[] {
  * written, then the upstream (or `server`). An empty list means the configuration allows none.
  */
 export async function resolveHosts(domain: string, opts: HostsOptions = {}): Promise<RegistryHost[]> {
+  const hosts = await configuredHosts(domain, opts);
+  const extra = opts.headers ?? {};
+  if (Object.keys(extra).length === 0) return hosts;
+  return hosts.map((h) => ({ ...h, headers: { ...h.headers, ...extra } }));
+}
+
+async function configuredHosts(domain: string, opts: HostsOptions): Promise<RegistryHost[]> {
   const roots = (opts.configPaths ?? []).filter((p) => p !== "");
   if (roots.length === 0) {
     if (opts.legacy?.mirrors || opts.legacy?.configs) return legacyHosts(domain, opts);

@@ -25,6 +25,11 @@ const MANIFEST_TYPES = new Set<string>([
 ]);
 
 export const isManifestType = (mt: string) => MANIFEST_TYPES.has(mt);
+/** An OCI index or a Docker manifest list. */
+export const isIndexType = (mt: string) => mt === MediaTypes.ociIndex || mt === MediaTypes.dockerManifestList;
+/** An OCI image manifest or a Docker schema-2 manifest. */
+export const isImageManifestType = (mt: string) =>
+  mt === MediaTypes.ociManifest || mt === MediaTypes.dockerManifest;
 export const isSchema1 = (mt: string) =>
   mt === MediaTypes.dockerSchema1 || mt === MediaTypes.dockerSchema1Signed;
 
