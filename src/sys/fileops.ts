@@ -1,32 +1,8 @@
-// File syscalls Node's fs module lacks (xattrs and mknod live in xattr.ts and mknod.ts):
-// utimensat with nanoseconds on the path itself (symlinks not followed), and a d_type probe
-// (getdents64).
+// File syscalls Node's fs module lacks (xattrs in xattr.ts; mknod and the nanosecond utimensat
+// in mknod.ts): a d_type probe (getdents64).
 import { closeSync, constants as fsConstants, openSync } from "node:fs";
 import { lastErrno, libc } from "./libc.js";
 import { SyscallError } from "./mount.js";
-
-const AT_FDCWD = -100;
-const AT_SYMLINK_NOFOLLOW = 0x100;
-
-/** Set access and modification times (nanoseconds since the epoch) of path itself. */
-export function lutimesNs(path: string, atimeNs: bigint, mtimeNs: bigint): void {
-  const fn = libc("utimensat", "int utimensat(int, const char *, const void *, int)");
-  const ts = Buffer.alloc(32);
-  const put = (off: number, ns: bigint) => {
-    let sec = ns / 1_000_000_000n;
-    let nsec = ns % 1_000_000_000n;
-    if (nsec < 0n) {
-      nsec += 1_000_000_000n;
-      sec -= 1n;
-    }
-    ts.writeBigInt64LE(sec, off);
-    ts.writeBigInt64LE(nsec, off + 8);
-  };
-  put(0, atimeNs);
-  put(16, mtimeNs);
-  if (fn(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW) !== 0)
-    throw new SyscallError("utimensat", lastErrno(), path);
-}
 
 const DT_UNKNOWN = 0;
 

@@ -20,8 +20,7 @@ import { BerthError } from "../../src/core/errdefs.js";
 import type { Mount } from "../../src/core/mount/types.js";
 import { diskUsage } from "../../src/core/snapshots/fsutil.js";
 import { NativeSnapshotter } from "../../src/core/snapshots/native.js";
-import { lutimesNs } from "../../src/sys/fileops.js";
-import { makedev, mknod, S_IFCHR, S_IFIFO } from "../../src/sys/mknod.js";
+import { lutimensNs, makedev, mknod, S_IFCHR, S_IFIFO } from "../../src/sys/mknod.js";
 import { mountAll, unmountAll } from "../../src/sys/mount.js";
 import { lgetxattr, lsetxattr } from "../../src/sys/xattr.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
@@ -106,9 +105,9 @@ describe("native snapshotter", () => {
       mknod(join(src, "fifo"), S_IFIFO | 0o600, 0);
       lsetxattr(join(src, "dir", "file"), "user.note", Buffer.from("hello"));
       lsetxattr(join(src, "dir"), "trusted.overlay.opaque", Buffer.from("y"));
-      lutimesNs(join(src, "dir", "file"), 1_600_000_000_123_456_789n, 1_500_000_000_987_654_321n);
-      lutimesNs(join(src, "symlink"), 1_400_000_000_000_000_001n, 1_400_000_000_000_000_002n);
-      lutimesNs(join(src, "dir"), 1_300_000_000_000_000_000n, 1_300_000_000_000_000_005n);
+      lutimensNs(join(src, "dir", "file"), 1_600_000_000_123_456_789n, 1_500_000_000_987_654_321n);
+      lutimensNs(join(src, "symlink"), 1_400_000_000_000_000_001n, 1_400_000_000_000_000_002n);
+      lutimensNs(join(src, "dir"), 1_300_000_000_000_000_000n, 1_300_000_000_000_000_005n);
       await sn.commit("BASE", "base", {});
       const usage = await sn.usage("BASE");
       assert.equal(usage.inodes, 6); // root, dir, file(+hardlink), symlink, null, fifo

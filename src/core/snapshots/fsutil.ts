@@ -3,8 +3,7 @@
 import { constants as fsConstants, lstatSync, readdirSync } from "node:fs";
 import { chmod, copyFile, lchown, link, lstat, mkdir, opendir, readlink, symlink } from "node:fs/promises";
 import { join } from "node:path";
-import { lutimesNs } from "../../sys/fileops.js";
-import { mknod } from "../../sys/mknod.js";
+import { lutimensNs, mknod } from "../../sys/mknod.js";
 import { lgetxattr, llistxattr, lsetxattr } from "../../sys/xattr.js";
 import type { Usage } from "./snapshotter.js";
 
@@ -110,7 +109,7 @@ async function copyInfo(dst: string, src: string, st: BigStats, opts: CopyOption
   await lchown(dst, Number(st.uid), Number(st.gid));
   if (!st.isSymbolicLink()) await chmod(dst, Number(st.mode & 0o7777n));
   copyXattrs(dst, src, opts);
-  lutimesNs(dst, st.atimeNs, st.mtimeNs);
+  lutimensNs(dst, st.atimeNs, st.mtimeNs);
 }
 
 function copyXattrs(dst: string, src: string, opts: CopyOptions): void {

@@ -1,7 +1,8 @@
 // What the local snapshotters (overlayfs, native) share: a MetaStore in <root>/metadata.db and one
 // directory per snapshot id under <root>/snapshots. A new snapshot's directory is filled under a
-// temporary name ("new-…") and renamed to its id inside the transaction that records it, so a
-// crash leaves either nothing or a complete snapshot (plus debris that cleanup() removes).
+// staging name ("stage-…", see createStagingDir) and renamed to its id inside the transaction that
+// records it, so a crash leaves either nothing or a complete snapshot (plus staging debris, removed
+// at the next start).
 // Removal forgets the record first, then renames the directory to "rm-<id>" and deletes it now
 // (sync) or leaves it to cleanup() (async).
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from "node:fs";
@@ -57,8 +58,9 @@ export abstract class LocalSnapshotter implements Snapshotter {
     this.ms = new MetaStore(join(root, "metadata.db"));
     this.snapshotsDir = join(root, "snapshots");
     mkdirSync(this.snapshotsDir, { recursive: true, mode: 0o700 });
+    const names = readdirSync(this.snapshotsDir);
     let max = 0;
-    for (const name of readdirSync(this.snapshotsDir)) {
+    for (const name of names) {
       const m = /^(?:rm-)?(\d+)$/.exec(name);
       if (m) max = Math.max(max, Number(m[1]));
     }
@@ -67,7 +69,7 @@ export abstract class LocalSnapshotter implements Snapshotter {
     // (close() waits), as cleanup() would.
     const dir = this.snapshotsDir;
     const log = this.log;
-    const stale = readdirSync(dir).filter((n) => n.startsWith(STAGING_PREFIX));
+    const stale = names.filter((n) => n.startsWith(STAGING_PREFIX));
     if (stale.length > 0) {
       this.cleaning = (async () => {
         for (const name of stale) {
@@ -157,15 +159,14 @@ export abstract class LocalSnapshotter implements Snapshotter {
   private async create(kind: Kind, key: string, parent: string, labels: Labels): Promise<Mount[]> {
     let parentId: string | undefined;
     try {
-      this.ms.checkCreate(key, parent);
-      if (parent) parentId = this.ms.getInfo(parent).id;
+      const pid = this.ms.checkCreate(key, parent);
+      if (pid !== null) parentId = String(pid);
     } catch (err) {
       throw wrapError(err, "failed to create snapshot");
     }
     let td: string | undefined;
     if (this.needsDir(kind, parent)) {
-      td = mkdtempSync(join(this.snapshotsDir, "new-"));
-      this.inflight.add(basename(td));
+      td = this.createStagingDir();
     }
     let renamedTo: string | undefined;
     try {
