@@ -22,9 +22,9 @@ debs:
 node-deps: $(NODE_STAMP)
 
 $(NODE_STAMP): package.json package-lock.json
-	# npm ci rejects this lockfile under npm 11 (optional per-platform packages are not
-	# recorded with omit-lockfile-registry-resolved); install honours the lockfile all the same.
-	npm install --no-fund --no-audit
+	# the committed lockfile is the one a fresh install writes (every platform's optional
+	# packages), so npm ci installs exactly it and a clean clone stays clean
+	npm ci --no-fund --no-audit
 	@touch $@
 
 gen: node-deps

@@ -20,7 +20,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { isAlreadyExists } from "../src/core/errdefs.js";
+import { isAlreadyExists } from "../src/base/errdefs.js";
 import { Namespaces } from "../src/gen/containerd/services/namespaces/v1/namespace_pb.js";
 import { Version } from "../src/gen/containerd/services/version/v1/version_pb.js";
 import { Connection } from "../src/grpc/client.js";

@@ -17,7 +17,7 @@
 // (an absent field reads as ""); `~=` searches the value (absent reads as "") with the regular
 // expression; an expression that does not compile matches nothing.
 
-import { errInvalidArgument } from "./errdefs.js";
+import { errInvalidArgument } from "../base/errdefs.js";
 
 /** Maps a field path to the field's value; `undefined` means the field is absent. */
 export type Adaptor = (fieldpath: string[]) => string | undefined;

@@ -1,7 +1,7 @@
 // Prometheus text exposition for the daemon: gRPC call counters (grpc-go's metric names, so
 // existing dashboards read them) and process metrics. Small on purpose: no client library.
 import { cpuUsage, memoryUsage } from "node:process";
-import { GRPC_CODE_NAMES } from "./errdefs.js";
+import { GRPC_CODE_NAMES } from "../base/errdefs.js";
 
 const escapeLabel = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
 

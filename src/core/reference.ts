@@ -1,7 +1,7 @@
 // Image references as Docker and containerd read them: `[domain[:port]/]path[:tag][@digest]`,
 // normalised to a fully qualified name (`busybox` → `docker.io/library/busybox:latest`) and back to
 // the familiar short form. Errors are InvalidArgument and say which part is wrong.
-import { errInvalidArgument } from "./errdefs.js";
+import { errInvalidArgument } from "../base/errdefs.js";
 
 export const DEFAULT_DOMAIN = "docker.io";
 export const LEGACY_DEFAULT_DOMAIN = "index.docker.io";

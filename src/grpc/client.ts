@@ -9,7 +9,7 @@ import {
 } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import * as grpc from "@grpc/grpc-js";
-import { fromGrpcStatus } from "../core/errdefs.js";
+import { fromGrpcStatus } from "../base/errdefs.js";
 import { grpcDefinition, LEASE_HEADER, NAMESPACE_HEADER } from "./service.js";
 
 export interface CallOptions {

@@ -18,7 +18,7 @@ import {
   type MessageInitShape,
   toBinary,
 } from "@bufbuild/protobuf";
-import { errCanceled, GrpcCode, toGrpcStatus } from "../core/errdefs.js";
+import { errCanceled, GrpcCode, toGrpcStatus } from "../base/errdefs.js";
 import {
   CallContext,
   type CallObserver,

@@ -4,8 +4,8 @@
 // BerthErrors; the transport (h2server.ts) maps those to gRPC statuses.
 import type { DescMessage, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { errFailedPrecondition } from "../core/errdefs.js";
-import { validateIdentifier } from "../core/identifiers.js";
+import { errFailedPrecondition } from "../base/errdefs.js";
+import { validateIdentifier } from "../base/identifiers.js";
 import { decodeBinaryHeader, FRAME_HEADER } from "./wire.js";
 
 export const NAMESPACE_HEADER = "containerd-namespace";

@@ -2,7 +2,7 @@
 // compressed flag and a 4-byte big-endian length before each message), grpc-timeout values, the
 // percent-encoding of grpc-message, and binary ("-bin") metadata values.
 import { gunzipSync } from "node:zlib";
-import { BerthError } from "../core/errdefs.js";
+import { BerthError } from "../base/errdefs.js";
 
 /** Bytes before each message: the compressed flag and the length. */
 export const FRAME_HEADER = 5;

@@ -4,7 +4,7 @@
 // `skip` with that reason. Its registry table is already live: daemon-side pulls read it (see
 // core/remotes/cri-registry.ts), and a registry table containerd would refuse makes this plugin
 // report `error` with containerd's message.
-import { hostPlatform } from "../core/pull/platforms.js";
+import { hostPlatform } from "../base/platforms.js";
 import { type CriRegistryConfig, criRegistrySettings } from "../core/remotes/cri-registry.js";
 import { type Plugin, SkipPlugin } from "./registry.js";
 import { PluginType } from "./types.js";

@@ -2,6 +2,7 @@
 //   io.containerd.differ.v1.walking        the walking differ over the namespaced content store
 //   io.containerd.service.v1.diff-service  differs in the configured order (`default`)
 //   io.containerd.grpc.v1.diff             the Diff gRPC service
+import { hostPlatform } from "../base/platforms.js";
 import { type Differ, DiffService } from "../core/diff/service.js";
 import { WalkingDiffer } from "../core/diff/walking.js";
 import { Diff } from "../gen/containerd/services/diff/v1/diff_pb.js";
@@ -16,7 +17,7 @@ export const differPlugin: Plugin = {
   id: "walking",
   requires: [PluginType.Metadata],
   init(ic): Differ {
-    ic.meta.platforms.push({ os: "linux", architecture: process.arch === "x64" ? "amd64" : process.arch });
+    ic.meta.platforms.push(hostPlatform());
     const md = ic.get<Metadata>(PluginType.Metadata, "bolt");
     return new WalkingDiffer(md.content, ic.log);
   },

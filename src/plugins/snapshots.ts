@@ -8,6 +8,7 @@
 //   io.containerd.grpc.v1.snapshots             the Snapshots gRPC service
 import { mkdirSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { hostPlatform } from "../base/platforms.js";
 import type { Exchange } from "../core/events/exchange.js";
 import { SnapshotService } from "../core/snapshots/metadata.js";
 import { NativeSnapshotter } from "../core/snapshots/native.js";
@@ -19,21 +20,6 @@ import type { Metadata } from "./core.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
 import { type InitContext, type Plugin, SkipPlugin } from "./registry.js";
 import { PluginType, ServiceId } from "./types.js";
-
-/** The platform a snapshotter serves: this host's, as containerd's platforms.DefaultSpec. */
-function hostPlatform(): { os: string; architecture: string; variant?: string } {
-  const arch: Record<string, string> = {
-    x64: "amd64",
-    ia32: "386",
-    arm64: "arm64",
-    arm: "arm",
-    ppc64: "ppc64le",
-  };
-  const architecture = arch[process.arch] ?? process.arch;
-  return architecture === "arm64"
-    ? { os: "linux", architecture, variant: "v8" }
-    : { os: "linux", architecture };
-}
 
 function rootOf(ic: InitContext<{ root_path: string }>): string {
   return ic.config.root_path ? resolve(ic.config.root_path) : ic.root;

@@ -3,10 +3,11 @@
 //   io.containerd.transfer.v1.local      daemon-side pulls (registry → image store, unpacked)
 //   io.containerd.grpc.v1.streaming      the Streaming gRPC service
 //   io.containerd.grpc.v1.transfer       the Transfer gRPC service
+
+import type { Logger } from "../base/log.js";
 import type { DiffService } from "../core/diff/service.js";
 import type { ImageStore } from "../core/images/store.js";
 import type { LeaseStore } from "../core/leases/store.js";
-import type { Logger } from "../core/log.js";
 import { StreamManager } from "../core/pull/streams.js";
 import {
   type CriRegistryConfig,

@@ -3,8 +3,8 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create } from "@bufbuild/protobuf";
 import { type Any, type AnySchema, EmptySchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { BerthError } from "../base/errdefs.js";
 import type { AnyValue, Container, ContainerInput, ContainerStore } from "../core/containers/store.js";
-import { BerthError } from "../core/errdefs.js";
 import type {
   Container as ContainerPb,
   ContainerSchema,

@@ -4,10 +4,10 @@
 // offset (offset 0 on a non-empty ingest starts over), COMMIT writes any last data and commits.
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { BerthError, type ErrorKind, errCanceled, isNotFound } from "../base/errdefs.js";
 import type { Info, ReaderAt, Status } from "../core/content/local.js";
 import { digestError } from "../core/content/local.js";
 import type { MetadataContentStore } from "../core/content/metadata.js";
-import { BerthError, type ErrorKind, errCanceled, isNotFound } from "../core/errdefs.js";
 import {
   type Content,
   type InfoSchema,

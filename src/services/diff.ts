@@ -1,9 +1,9 @@
 // containerd.services.diff.v1.Diff over the local diff service.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { errInvalidArgument } from "../base/errdefs.js";
+import type { Mount } from "../base/mount.js";
 import type { DiffService } from "../core/diff/service.js";
 import type { Descriptor } from "../core/diff/walking.js";
-import { errInvalidArgument } from "../core/errdefs.js";
-import type { Mount } from "../core/mount/types.js";
 import type { Diff } from "../gen/containerd/services/diff/v1/diff_pb.js";
 import type { Descriptor as PbDescriptor } from "../gen/containerd/types/descriptor_pb.js";
 import type { Mount as PbMount } from "../gen/containerd/types/mount_pb.js";

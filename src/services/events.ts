@@ -1,9 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { errInvalidArgument } from "../core/errdefs.js";
+import { errInvalidArgument } from "../base/errdefs.js";
+import { validateIdentifier } from "../base/identifiers.js";
 import type { Exchange } from "../core/events/exchange.js";
 import { validateTopic } from "../core/events/exchange.js";
-import { validateIdentifier } from "../core/identifiers.js";
 import type { Events } from "../gen/containerd/services/events/v1/events_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
 

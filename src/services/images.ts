@@ -3,7 +3,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { BerthError } from "../core/errdefs.js";
+import { BerthError } from "../base/errdefs.js";
 import type { Image, ImageInput, ImageStore } from "../core/images/store.js";
 import type {
   Image as ImagePb,

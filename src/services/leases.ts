@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { errInvalidArgument } from "../core/errdefs.js";
+import { errInvalidArgument } from "../base/errdefs.js";
 import { type Lease, type LeaseStore, randomLeaseId } from "../core/leases/store.js";
 import type { Leases } from "../gen/containerd/services/leases/v1/leases_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema } from "@bufbuild/protobuf/wkt";
-import { errInvalidArgument, errNotFound } from "../core/errdefs.js";
+import { errInvalidArgument, errNotFound } from "../base/errdefs.js";
 import type { NamespaceStore } from "../core/namespaces/store.js";
 import type { Namespaces } from "../gen/containerd/services/namespaces/v1/namespace_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";

@@ -2,7 +2,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { Mount } from "../core/mount/types.js";
+import type { Mount } from "../base/mount.js";
 import type { SnapshotService } from "../core/snapshots/metadata.js";
 import type { Kind as CoreKind, SnapshotInfo } from "../core/snapshots/snapshotter.js";
 import {

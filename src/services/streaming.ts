@@ -3,7 +3,7 @@
 // for whichever call refers to it by name, until that call closes it or the client goes away.
 import { create } from "@bufbuild/protobuf";
 import { type Any, anyIs, anyPack, anyUnpack, EmptySchema } from "@bufbuild/protobuf/wkt";
-import { errInvalidArgument } from "../core/errdefs.js";
+import { errInvalidArgument } from "../base/errdefs.js";
 import { AsyncQueue, type StreamManager } from "../core/pull/streams.js";
 import { StreamInitSchema, type Streaming } from "../gen/containerd/services/streaming/v1/streaming_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";

@@ -3,10 +3,10 @@
 // exits and stats come from the shim; task events are published by the shim itself.
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema, type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { BerthError, errInvalidArgument, isNotFound } from "../base/errdefs.js";
+import type { Logger } from "../base/log.js";
 import type { ContainerStore } from "../core/containers/store.js";
-import { BerthError, errInvalidArgument, isNotFound } from "../core/errdefs.js";
 import { parseFilters } from "../core/filters.js";
-import type { Logger } from "../core/log.js";
 import type { TaskManager } from "../core/runtime/manager.js";
 import type { Shim } from "../core/runtime/shim.js";
 import type { StateResponse } from "../gen/containerd/runtime/v2/task/shim_pb.js";

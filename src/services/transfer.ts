@@ -3,10 +3,10 @@
 // Streaming service; credentials are asked for on the resolver's auth stream, as ctr 2.x answers.
 import { create } from "@bufbuild/protobuf";
 import { type Any, anyIs, anyPack, anyUnpack, EmptySchema } from "@bufbuild/protobuf/wkt";
-import { errInvalidArgument, errNotImplemented } from "../core/errdefs.js";
-import type { Logger } from "../core/log.js";
-import type { Platform } from "../core/pull/platforms.js";
-import { normalizePlatform } from "../core/pull/platforms.js";
+import { errInvalidArgument, errNotImplemented } from "../base/errdefs.js";
+import type { Logger } from "../base/log.js";
+import type { Platform } from "../base/platforms.js";
+import { normalizePlatform } from "../base/platforms.js";
 import { type ProgressEvent, type PullDeps, pull } from "../core/pull/pull.js";
 import { push } from "../core/pull/push.js";
 import type { AnyStream, StreamManager } from "../core/pull/streams.js";

@@ -3,7 +3,7 @@
 import { closeSync, constants as fsConstants, mkdtempSync, openSync, readSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Mount } from "../core/mount/types.js";
+import type { Mount } from "../base/mount.js";
 import { lastErrno, libc } from "./libc.js";
 
 export const MS = {

@@ -15,7 +15,7 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { BerthError, fromGrpcStatus } from "../core/errdefs.js";
+import { BerthError, fromGrpcStatus } from "../base/errdefs.js";
 import { RequestSchema, ResponseSchema } from "../gen/ttrpc/request_pb.js";
 import {
   encodeFrame,

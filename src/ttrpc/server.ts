@@ -15,8 +15,8 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import { BerthError, errInvalidArgument, GrpcCode, toGrpcStatus } from "../core/errdefs.js";
-import { validateIdentifier } from "../core/identifiers.js";
+import { BerthError, errInvalidArgument, GrpcCode, toGrpcStatus } from "../base/errdefs.js";
+import { validateIdentifier } from "../base/identifiers.js";
 import { type Request, RequestSchema, ResponseSchema } from "../gen/ttrpc/request_pb.js";
 import { encodeFrame, Flag, FrameReader, GRPC_NAMESPACE_KEY, MessageType, NAMESPACE_KEY } from "./wire.js";
 

@@ -2,7 +2,7 @@
 // (4-byte big-endian data length, 4-byte big-endian stream id, 1-byte type, 1-byte flags)
 // followed by the data. Requests and responses carry the protobuf ttrpc.Request/Response; data
 // messages (streaming, ttrpc 1.2) carry one encoded message of the call's own type.
-import { BerthError } from "../core/errdefs.js";
+import { BerthError } from "../base/errdefs.js";
 
 export const HEADER_LENGTH = 10;
 /** The largest data length either side accepts (4 MiB). */

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { fromBinary } from "@bufbuild/protobuf";
-import type { BerthError } from "../../src/core/errdefs.js";
+import type { BerthError } from "../../src/base/errdefs.js";
 import {
   ContainerCreateSchema,
   ContainerDeleteSchema,

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { anyPack } from "@bufbuild/protobuf/wkt";
-import type { BerthError } from "../../src/core/errdefs.js";
+import type { BerthError } from "../../src/base/errdefs.js";
 import {
   ImageCreateSchema,
   ImageDeleteSchema,

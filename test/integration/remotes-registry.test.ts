@@ -10,8 +10,8 @@ import { createServer, type IncomingMessage, request, type Server, type ServerRe
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { BerthError } from "../../src/core/errdefs.js";
-import { createLogger } from "../../src/core/log.js";
+import { BerthError } from "../../src/base/errdefs.js";
+import { createLogger } from "../../src/base/log.js";
 import { RegistryClient, userCredentials } from "../../src/core/remotes/client.js";
 import type { Descriptor } from "../../src/core/remotes/media.js";
 import { type BuiltImage, buildBusyboxImage, pushImage } from "../helpers/images.js";

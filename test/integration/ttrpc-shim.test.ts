@@ -8,7 +8,7 @@ import { type ChildProcess, execFileSync, spawn as spawnChild } from "node:child
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { BerthError } from "../../src/core/errdefs.js";
+import { BerthError } from "../../src/base/errdefs.js";
 import { Task } from "../../src/gen/containerd/runtime/v2/task/shim_pb.js";
 import { isChildSubreaper, reap, setChildSubreaper } from "../../src/sys/reaper.js";
 import { TtrpcClient } from "../../src/ttrpc/client.js";

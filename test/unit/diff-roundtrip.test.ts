@@ -19,13 +19,13 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { BerthError } from "../../src/base/errdefs.js";
+import { nopLogger } from "../../src/base/log.js";
 import { applyTar } from "../../src/core/diff/apply.js";
 import { decompress, MediaType } from "../../src/core/diff/compression.js";
 import { writeDiff } from "../../src/core/diff/diff.js";
 import type { DiffService } from "../../src/core/diff/service.js";
 import { UNCOMPRESSED_LABEL, type WalkingDiffer } from "../../src/core/diff/walking.js";
-import { BerthError } from "../../src/core/errdefs.js";
-import { nopLogger } from "../../src/core/log.js";
 import { Diff } from "../../src/gen/containerd/services/diff/v1/diff_pb.js";
 import { Connection } from "../../src/grpc/client.js";
 import { H2GrpcServer } from "../../src/grpc/h2server.js";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { BerthError } from "../../src/core/errdefs.js";
+import { BerthError } from "../../src/base/errdefs.js";
 import { type Adaptor, labelAdaptor, parseFilter, parseFilters } from "../../src/core/filters.js";
 
 interface Item {

@@ -9,7 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { GenService } from "@bufbuild/protobuf/codegenv2";
-import { BerthError, GrpcCode } from "../../src/core/errdefs.js";
+import { BerthError, GrpcCode } from "../../src/base/errdefs.js";
 import {
   InfoRequestSchema,
   InfoResponseSchema,

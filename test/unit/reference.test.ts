@@ -1,7 +1,7 @@
 // Reference parsing and normalisation, table-driven, against Docker's and containerd's rules.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { BerthError } from "../../src/core/errdefs.js";
+import { BerthError } from "../../src/base/errdefs.js";
 import {
   familiarString,
   formatReference,

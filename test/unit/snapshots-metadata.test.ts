@@ -6,7 +6,7 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fromBinary } from "@bufbuild/protobuf";
-import { BerthError } from "../../src/core/errdefs.js";
+import { BerthError } from "../../src/base/errdefs.js";
 import { type Envelope, Exchange } from "../../src/core/events/exchange.js";
 import { LeaseStore } from "../../src/core/leases/store.js";
 import { MetadataDB } from "../../src/core/metadata/db.js";

@@ -16,8 +16,8 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { BerthError } from "../../src/core/errdefs.js";
-import type { Mount } from "../../src/core/mount/types.js";
+import { BerthError } from "../../src/base/errdefs.js";
+import type { Mount } from "../../src/base/mount.js";
 import { diskUsage } from "../../src/core/snapshots/fsutil.js";
 import { NativeSnapshotter } from "../../src/core/snapshots/native.js";
 import { lutimensNs, makedev, mknod, S_IFCHR, S_IFIFO } from "../../src/sys/mknod.js";

@@ -14,8 +14,8 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { BerthError } from "../../src/core/errdefs.js";
-import type { Mount } from "../../src/core/mount/types.js";
+import { BerthError } from "../../src/base/errdefs.js";
+import type { Mount } from "../../src/base/mount.js";
 import { checkOverlaySupport, OverlaySnapshotter, UPPERDIR_LABEL } from "../../src/core/snapshots/overlay.js";
 import { MOUNT_DATA_MAX, mountAll, splitLowerdir, unmountAll } from "../../src/sys/mount.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";

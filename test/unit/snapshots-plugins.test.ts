@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { nopLogger } from "../../src/core/log.js";
+import { nopLogger } from "../../src/base/log.js";
 import type { SnapshotService } from "../../src/core/snapshots/metadata.js";
 import type { OverlaySnapshotter } from "../../src/core/snapshots/overlay.js";
 import { contentPlugin } from "../../src/plugins/content.js";

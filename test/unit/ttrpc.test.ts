@@ -3,7 +3,7 @@ import { connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { BerthError, errNotFound } from "../../src/core/errdefs.js";
+import { BerthError, errNotFound } from "../../src/base/errdefs.js";
 import { Task } from "../../src/gen/containerd/runtime/v2/task/shim_pb.js";
 import { Content } from "../../src/gen/containerd/services/content/v1/content_pb.js";
 import { RequestSchema, ResponseSchema } from "../../src/gen/ttrpc/request_pb.js";

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { toJson } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
-import { isAlreadyExists, isKind, isNotFound } from "../../core/errdefs.js";
+import { isAlreadyExists, isKind, isNotFound } from "../../base/errdefs.js";
 import {
   Content,
   InfoSchema,

@@ -5,8 +5,8 @@
 // and the unpacked snapshot's usage.
 import { resolve } from "node:path";
 import type { Command } from "commander";
-import { isAlreadyExists, isNotFound } from "../../core/errdefs.js";
-import { hostPlatform, matchesAny, type Platform } from "../../core/pull/platforms.js";
+import { isAlreadyExists, isNotFound } from "../../base/errdefs.js";
+import { hostPlatform, matchesAny, type Platform } from "../../base/platforms.js";
 import { chainIds } from "../../core/pull/pull.js";
 import { formatReference, parseNormalized } from "../../core/reference.js";
 import { isIndexType } from "../../core/remotes/media.js";

@@ -4,14 +4,14 @@ import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { type Any, anyIs, anyPack, anyUnpack } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
-import { isAlreadyExists, isNotFound } from "../../core/errdefs.js";
+import { isAlreadyExists, isNotFound } from "../../base/errdefs.js";
 import {
   formatPlatform,
   hostPlatform,
   matchesAny,
   type Platform,
   parsePlatform,
-} from "../../core/pull/platforms.js";
+} from "../../base/platforms.js";
 import { chainIds } from "../../core/pull/pull.js";
 import { formatReference, parseNormalized } from "../../core/reference.js";
 import { isIndexType } from "../../core/remotes/media.js";

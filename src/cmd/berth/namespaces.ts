@@ -1,7 +1,7 @@
 // `berth namespaces`: create, list, remove and label namespaces.
 import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
-import { isNotFound } from "../../core/errdefs.js";
+import { isNotFound } from "../../base/errdefs.js";
 import { NamespaceSchema, Namespaces } from "../../gen/containerd/services/namespaces/v1/namespace_pb.js";
 import type { Wire } from "./main.js";
 import { formatLabels, parseLabelArgs, printJson, TabWriter, wantsJson } from "./table.js";

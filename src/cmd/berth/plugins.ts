@@ -1,7 +1,8 @@
 // `berth plugins ls`: the daemon's plugins and their init status, as Introspection reports them.
 import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
-import { GRPC_CODE_NAMES } from "../../core/errdefs.js";
+import { GRPC_CODE_NAMES } from "../../base/errdefs.js";
+import { formatPlatform } from "../../base/platforms.js";
 import {
   Introspection,
   type Plugin,
@@ -22,11 +23,6 @@ export function grpcCodeName(code: number): string {
 export function pluginStatus(p: Pick<Plugin, "initErr">): "ok" | "skip" | "error" {
   if (!p.initErr) return "ok";
   return p.initErr.message.includes(SKIP_MARKER) ? "skip" : "error";
-}
-
-function formatPlatform(p: Platform): string {
-  if (!p.os) return "unknown";
-  return [p.os, p.architecture, p.variant].filter((s) => s !== "").join("/");
 }
 
 /** Platforms as sorted `os/arch[/variant]`, comma separated. */

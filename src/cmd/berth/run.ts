@@ -18,8 +18,9 @@ import path from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Command, Option } from "commander";
-import { isNotFound } from "../../core/errdefs.js";
-import type { Mount } from "../../core/mount/types.js";
+import { isNotFound } from "../../base/errdefs.js";
+import type { Mount } from "../../base/mount.js";
+import { hostPlatform, matchesAny, type Platform } from "../../base/platforms.js";
 import {
   currentCapabilities,
   hostDevices,
@@ -27,7 +28,6 @@ import {
   replaceOrAppendEnv,
 } from "../../core/oci/linux.js";
 import { additionalGids, numericUser, resolveUser } from "../../core/oci/user.js";
-import { hostPlatform, matchesAny, type Platform } from "../../core/pull/platforms.js";
 import { chainIds } from "../../core/pull/pull.js";
 import { formatReference, parseNormalized } from "../../core/reference.js";
 import { isIndexType } from "../../core/remotes/media.js";

@@ -2,7 +2,7 @@
 // delete tasks. Output follows ctr's.
 import { writeFileSync } from "node:fs";
 import type { Command } from "commander";
-import { isNotFound } from "../../core/errdefs.js";
+import { isNotFound } from "../../base/errdefs.js";
 import { resolveUser } from "../../core/oci/user.js";
 import { Containers } from "../../gen/containerd/services/containers/v1/containers_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";

@@ -1,8 +1,8 @@
 // The daemon: config → plugins → gRPC server on the unix socket; clean shutdown on signals.
 import { mkdirSync, unlinkSync } from "node:fs";
 import type { Server as HttpServer } from "node:http";
+import type { Logger } from "../../base/log.js";
 import type { Config } from "../../config/config.js";
-import type { Logger } from "../../core/log.js";
 import { Metrics } from "../../core/metrics.js";
 import { H2GrpcServer } from "../../grpc/h2server.js";
 import type { GrpcServicePlugin } from "../../plugins/grpc.js";

@@ -1,6 +1,7 @@
 // berthd: the daemon entry. `berthd [flags]` serves; `berthd config default|dump` prints config.
 import { existsSync } from "node:fs";
 import { Command } from "commander";
+import { createLogger, type Level, parseLevel, stderrSink } from "../../base/log.js";
 import {
   type Config,
   ConfigError,
@@ -9,7 +10,6 @@ import {
   loadConfig,
   printConfig,
 } from "../../config/config.js";
-import { createLogger, type Level, parseLevel, stderrSink } from "../../core/log.js";
 import { allPlugins, pluginDefaults } from "../../plugins/all.js";
 import { sdNotify } from "../../sys/notify.js";
 import { REVISION, VERSION } from "../../version.js";

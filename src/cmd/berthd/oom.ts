@@ -1,5 +1,5 @@
 import { writeFileSync } from "node:fs";
-import type { Logger } from "../../core/log.js";
+import type { Logger } from "../../base/log.js";
 
 /**
  * Apply oom_score to the daemon. Lowering it needs CAP_SYS_RESOURCE, which root lacks on some

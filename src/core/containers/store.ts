@@ -16,16 +16,16 @@
 //     namespace, with containerd's payloads.
 import { create } from "@bufbuild/protobuf";
 import type { Any } from "@bufbuild/protobuf/wkt";
+import { errAlreadyExists, errInvalidArgument, errNotFound } from "../../base/errdefs.js";
+import { validateIdentifier } from "../../base/identifiers.js";
 import {
   ContainerCreateSchema,
   ContainerDeleteSchema,
   ContainerUpdateSchema,
 } from "../../gen/containerd/events/container_pb.js";
-import { errAlreadyExists, errInvalidArgument, errNotFound } from "../errdefs.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { type Adaptor, labelAdaptor, selectMatching } from "../filters.js";
-import { validateIdentifier } from "../identifiers.js";
 import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 

@@ -35,9 +35,9 @@ import {
   errInvalidArgument,
   errNotFound,
   errUnavailable,
-} from "../errdefs.js";
+} from "../../base/errdefs.js";
+import { type Logger, nopLogger } from "../../base/log.js";
 import { parseFilters } from "../filters.js";
-import { type Logger, nopLogger } from "../log.js";
 import type { Labels } from "../metadata/db.js";
 
 export interface Info {

@@ -7,7 +7,6 @@
 // must send the whole blob again unless the blob is held by a namespace labelled
 // containerd.io/namespace.shareable=true.
 import { create } from "@bufbuild/protobuf";
-import { ContentCreateSchema, ContentDeleteSchema } from "../../gen/containerd/events/content_pb.js";
 import {
   errAlreadyExists,
   errFailedPrecondition,
@@ -15,7 +14,8 @@ import {
   errNotFound,
   isAlreadyExists,
   isNotFound,
-} from "../errdefs.js";
+} from "../../base/errdefs.js";
+import { ContentCreateSchema, ContentDeleteSchema } from "../../gen/containerd/events/content_pb.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { parseFilters } from "../filters.js";

@@ -40,9 +40,9 @@ import {
   unlinkSync,
   writeSync,
 } from "node:fs";
+import { type Logger, nopLogger } from "../../base/log.js";
 import { futimensNs, lutimensNs, makedev, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from "../../sys/mknod.js";
 import { ENOTSUP, EPERM, fsetxattr, lgetxattr, llistxattr, lsetxattr } from "../../sys/xattr.js";
-import { type Logger, nopLogger } from "../log.js";
 import type { LayerStream } from "./compression.js";
 import { bytesOf, displayName, type TarHeader, TarParser, type TarSink, TarType } from "./tar.js";
 

@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { createHash, type Hash } from "node:crypto";
 import { Readable } from "node:stream";
 import { createGunzip, createGzip, constants as zc } from "node:zlib";
-import { BerthError, errNotImplemented } from "../errdefs.js";
+import { BerthError, errNotImplemented } from "../../base/errdefs.js";
 
 export const MediaType = {
   OciLayer: "application/vnd.oci.image.layer.v1.tar",

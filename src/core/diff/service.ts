@@ -1,8 +1,8 @@
 // The diff service's local implementation: differs in configured order; the first that does not
 // answer NotImplemented decides (containerd's services/diff "local").
-import { isKind } from "../errdefs.js";
+import { isKind } from "../../base/errdefs.js";
+import type { Mount } from "../../base/mount.js";
 import type { Labels } from "../metadata/db.js";
-import type { Mount } from "../mount/types.js";
 import type { ApplyOpts, CompareOpts, Descriptor } from "./walking.js";
 
 /** A differ: applies layers onto mounts and computes layers from mounts. */

@@ -4,13 +4,19 @@ import { createHash, randomBytes } from "node:crypto";
 import { closeSync, mkdtempSync, openSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import {
+  BerthError,
+  errInvalidArgument,
+  errNotImplemented,
+  isAlreadyExists,
+  isKind,
+} from "../../base/errdefs.js";
+import { type Logger, nopLogger } from "../../base/log.js";
+import type { Mount } from "../../base/mount.js";
 import { syncfs } from "../../sys/mknod.js";
 import { splitLowerdir, withTempMount } from "../../sys/mount.js";
 import type { ContentWriter, Info, ReaderAt } from "../content/local.js";
-import { BerthError, errInvalidArgument, errNotImplemented, isAlreadyExists, isKind } from "../errdefs.js";
-import { type Logger, nopLogger } from "../log.js";
 import type { Labels } from "../metadata/db.js";
-import type { Mount } from "../mount/types.js";
 import { type ApplyMode, applyTar } from "./apply.js";
 import { type Compression, compress, diffCompression, MediaType, openLayer } from "./compression.js";
 import { writeDiff } from "./diff.js";

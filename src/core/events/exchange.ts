@@ -2,9 +2,9 @@
 // over topic, namespace and the event's fields.
 import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import type { Any } from "@bufbuild/protobuf/wkt";
-import { errInvalidArgument } from "../errdefs.js";
+import { errInvalidArgument } from "../../base/errdefs.js";
+import { validateIdentifier } from "../../base/identifiers.js";
 import { type Filter, parseFilters } from "../filters.js";
-import { validateIdentifier } from "../identifiers.js";
 
 export interface Envelope {
   timestamp: Date;

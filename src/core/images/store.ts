@@ -8,13 +8,13 @@
 // take field paths (labels, labels.<key>, annotations, annotations.<key>, target), empty label
 // and annotation values are dropped, and deletes may wait for a collection (`sync`).
 import { create } from "@bufbuild/protobuf";
+import { errAlreadyExists, errInvalidArgument, errNotFound } from "../../base/errdefs.js";
 import {
   ImageCreateSchema,
   ImageDeleteSchema,
   ImageUpdateSchema,
 } from "../../gen/containerd/events/image_pb.js";
 import { digestError } from "../content/local.js";
-import { errAlreadyExists, errInvalidArgument, errNotFound } from "../errdefs.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { labelAdaptor, selectMatching } from "../filters.js";

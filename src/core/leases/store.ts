@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 // Leases: named holds on resources (content, ingests, snapshots) that keep them from GC until
 // the lease is deleted or its containerd.io/gc.expire time passes.
-import { errAlreadyExists, errInvalidArgument, errNotFound } from "../errdefs.js";
+import { errAlreadyExists, errInvalidArgument, errNotFound } from "../../base/errdefs.js";
 import { type Filter, parseFilters } from "../filters.js";
 import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";

@@ -2,14 +2,19 @@
 // namespace that still holds resources cannot be deleted.
 import { create } from "@bufbuild/protobuf";
 import {
+  errAlreadyExists,
+  errFailedPrecondition,
+  errInvalidArgument,
+  errNotFound,
+} from "../../base/errdefs.js";
+import { validateIdentifier } from "../../base/identifiers.js";
+import {
   NamespaceCreateSchema,
   NamespaceDeleteSchema,
   NamespaceUpdateSchema,
 } from "../../gen/containerd/events/namespace_pb.js";
-import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from "../errdefs.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
-import { validateIdentifier } from "../identifiers.js";
 import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
 
 export interface Namespace {

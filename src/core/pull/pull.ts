@@ -16,14 +16,21 @@
 //   others     each layer is applied from the content store (through the differ) once it is there
 //              and its parent is committed.
 import { createHash, randomBytes } from "node:crypto";
+import { BerthError, isAlreadyExists, isKind, isNotFound } from "../../base/errdefs.js";
+import { type Logger, nopLogger } from "../../base/log.js";
+import {
+  formatPlatform,
+  hostPlatform,
+  matchesAny,
+  type Platform,
+  platformMatches,
+} from "../../base/platforms.js";
 import type { MetadataContentStore } from "../content/metadata.js";
 import type { ApplyMode } from "../diff/apply.js";
 import type { Differ } from "../diff/service.js";
 import { UNCOMPRESSED_LABEL } from "../diff/walking.js";
-import { BerthError, isAlreadyExists, isKind, isNotFound } from "../errdefs.js";
 import type { ImageStore } from "../images/store.js";
 import { GC_EXPIRE_LABEL, type LeaseStore } from "../leases/store.js";
-import { type Logger, nopLogger } from "../log.js";
 import type { Labels } from "../metadata/db.js";
 import { hostname, parseNormalized } from "../reference.js";
 import type { RegistryClient } from "../remotes/client.js";
@@ -34,7 +41,6 @@ import {
   type SnapshotService,
 } from "../snapshots/metadata.js";
 import { OverlaySnapshotter } from "../snapshots/overlay.js";
-import { formatPlatform, hostPlatform, matchesAny, type Platform, platformMatches } from "./platforms.js";
 import { ChunkPipe, moveStaged, type StagedLayer } from "./stage.js";
 import { stageLayerThreaded } from "./stage-thread.js";
 

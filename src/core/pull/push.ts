@@ -3,14 +3,14 @@
 // from the repository they were pulled from when that is on the same registry), then PUT the
 // manifests children first and the root under the reference's tag (or digest).
 import { Readable } from "node:stream";
+import { BerthError } from "../../base/errdefs.js";
+import { type Logger, nopLogger } from "../../base/log.js";
+import { matchesAny, type Platform } from "../../base/platforms.js";
 import type { MetadataContentStore } from "../content/metadata.js";
-import { BerthError } from "../errdefs.js";
 import type { ImageStore } from "../images/store.js";
-import { type Logger, nopLogger } from "../log.js";
 import { hostname, parseNormalized } from "../reference.js";
 import type { RegistryClient } from "../remotes/client.js";
 import { type Descriptor, isImageManifestType, isIndexType } from "../remotes/media.js";
-import { matchesAny, type Platform } from "./platforms.js";
 import { DISTRIBUTION_SOURCE_PREFIX, type ProgressEvent } from "./pull.js";
 
 export interface PushDeps {

@@ -4,9 +4,9 @@
 // cores while the event loop keeps downloading. Small layers stay on the event loop: a worker's
 // start-up (~30 ms) costs more than they take.
 import { Worker } from "node:worker_threads";
+import { BerthError, type ErrorKind } from "../../base/errdefs.js";
+import { type Level, type Logger, nopLogger } from "../../base/log.js";
 import type { ApplyMode } from "../diff/apply.js";
-import { BerthError, type ErrorKind } from "../errdefs.js";
-import { type Level, type Logger, nopLogger } from "../log.js";
 import type { Descriptor } from "../remotes/media.js";
 import { type StagedLayer, stageLayer } from "./stage.js";
 import type { StageJob, ToMain, ToWorker } from "./stage-protocol.js";

@@ -3,8 +3,8 @@
 // the sender keeps only a bounded amount in flight. Tar parsing and the file writes run here, off
 // the daemon's event loop, so layers really extract in parallel on several cores.
 import { parentPort, workerData } from "node:worker_threads";
-import { BerthError } from "../errdefs.js";
-import { createLogger, type Fields, type Level } from "../log.js";
+import { BerthError } from "../../base/errdefs.js";
+import { createLogger, type Fields, type Level } from "../../base/log.js";
 import { stageLayer } from "./stage.js";
 import type { StageJob, ToMain, ToWorker } from "./stage-protocol.js";
 

@@ -5,12 +5,12 @@
 // chain is committed, the tree is renamed into a freshly prepared snapshot's upper directory and
 // the snapshot committed under its chain ID (moveStaged). Nothing else ever reaches a snapshot.
 import { chmodSync, lchownSync, lstatSync, renameSync } from "node:fs";
+import { BerthError } from "../../base/errdefs.js";
+import type { Logger } from "../../base/log.js";
+import type { Mount } from "../../base/mount.js";
 import { type ApplyMode, adoptLowerDirs, applyTar } from "../diff/apply.js";
 import { type Compression, diffCompression, openLayer } from "../diff/compression.js";
 import { overlayDirs } from "../diff/walking.js";
-import { BerthError } from "../errdefs.js";
-import type { Logger } from "../log.js";
-import type { Mount } from "../mount/types.js";
 import type { Descriptor } from "../remotes/media.js";
 
 /** Bytes a pipe holds before its writer waits (per layer streamed). */

@@ -2,7 +2,7 @@
 // Streaming service, names it, and passes the name in another call (a transfer's progress
 // stream, a resolver's auth stream). Messages are protobuf Anys in both directions.
 import type { Any } from "@bufbuild/protobuf/wkt";
-import { errAlreadyExists, errNotFound } from "../errdefs.js";
+import { errAlreadyExists, errNotFound } from "../../base/errdefs.js";
 
 export interface AnyStream {
   send(msg: Any): void;

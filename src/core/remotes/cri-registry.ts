@@ -5,7 +5,7 @@
 //
 // Validation follows containerd 1.6: config_path excludes `mirrors` and `configs.*.tls`, `auths`
 // (keyed by URL) folds into `configs` (keyed by host), and the old tables are deprecated (warned).
-import { errInvalidArgument } from "../errdefs.js";
+import { errInvalidArgument } from "../../base/errdefs.js";
 import {
   type Credentials,
   type HostsOptions,

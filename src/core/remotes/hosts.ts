@@ -5,7 +5,7 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { parse as parseToml } from "smol-toml";
-import { errInvalidArgument } from "../errdefs.js";
+import { errInvalidArgument } from "../../base/errdefs.js";
 import { defaultRegistryHost, isLocalhost } from "../reference.js";
 
 export type Capability = "pull" | "resolve" | "push";

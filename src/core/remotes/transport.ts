@@ -17,8 +17,8 @@ const undici = () => {
   return undiciLib;
 };
 
-import { BerthError, type ErrorKind } from "../errdefs.js";
-import { type Logger, nopLogger } from "../log.js";
+import { BerthError, type ErrorKind } from "../../base/errdefs.js";
+import { type Logger, nopLogger } from "../../base/log.js";
 import { AuthError, Authorizer, type CredentialsFn } from "./auth.js";
 import type { RegistryHost } from "./hosts.js";
 

@@ -5,8 +5,8 @@
 import { existsSync } from "node:fs";
 import { mkdir, rename, rm, rmdir, symlink, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { validateIdentifier } from "../../base/identifiers.js";
 import { unmountAll } from "../../sys/mount.js";
-import { validateIdentifier } from "../identifiers.js";
 
 export interface Bundle {
   id: string;

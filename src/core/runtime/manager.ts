@@ -10,13 +10,13 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { BerthError, errAlreadyExists, errNotFound, isNotFound } from "../../base/errdefs.js";
+import type { Logger } from "../../base/log.js";
 import { TaskDeleteSchema, TaskExitSchema } from "../../gen/containerd/events/task_pb.js";
 import type { Mount } from "../../gen/containerd/types/mount_pb.js";
 import { reap } from "../../sys/reaper.js";
-import { BerthError, errAlreadyExists, errNotFound, isNotFound } from "../errdefs.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
-import type { Logger } from "../log.js";
 import { type Bundle, bundlePaths, deleteBundle, newBundle } from "./bundle.js";
 import { deleteDeadShim, Shim, type ShimEnv } from "./shim.js";
 

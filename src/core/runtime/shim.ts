@@ -14,6 +14,8 @@ import { Socket } from "node:net";
 import { delimiter, isAbsolute, join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Any, AnySchema } from "@bufbuild/protobuf/wkt";
+import { errInvalidArgument, errNotFound } from "../../base/errdefs.js";
+import type { Logger } from "../../base/log.js";
 import {
   type DeleteResponse,
   DeleteResponseSchema,
@@ -21,8 +23,6 @@ import {
 } from "../../gen/containerd/runtime/v2/task/shim_pb.js";
 import { mknod, S_IFIFO } from "../../sys/mknod.js";
 import { TtrpcClient, type TtrpcServiceClient } from "../../ttrpc/index.js";
-import { errInvalidArgument, errNotFound } from "../errdefs.js";
-import type { Logger } from "../log.js";
 import type { Bundle } from "./bundle.js";
 
 export interface ShimEnv {

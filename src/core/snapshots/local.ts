@@ -8,10 +8,10 @@
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { basename, join } from "node:path";
-import { BerthError, errAborted, errFailedPrecondition } from "../errdefs.js";
-import { type Logger, nopLogger } from "../log.js";
+import { BerthError, errAborted, errFailedPrecondition } from "../../base/errdefs.js";
+import { type Logger, nopLogger } from "../../base/log.js";
+import type { Mount } from "../../base/mount.js";
 import type { Labels } from "../metadata/db.js";
-import type { Mount } from "../mount/types.js";
 import { diskUsage } from "./fsutil.js";
 import type { Kind, SnapshotInfo, Snapshotter, Usage } from "./snapshotter.js";
 import { MetaStore, type StoredSnapshot } from "./storage.js";

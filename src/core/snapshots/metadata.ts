@@ -10,11 +10,6 @@
 // collect() prunes backend snapshots no namespace refers to, as containerd's GC does.
 import { create } from "@bufbuild/protobuf";
 import {
-  SnapshotCommitSchema,
-  SnapshotPrepareSchema,
-  SnapshotRemoveSchema,
-} from "../../gen/containerd/events/snapshot_pb.js";
-import {
   BerthError,
   errAlreadyExists,
   errFailedPrecondition,
@@ -24,13 +19,18 @@ import {
   isAlreadyExists,
   isKind,
   isNotFound,
-} from "../errdefs.js";
+} from "../../base/errdefs.js";
+import { type Logger, nopLogger } from "../../base/log.js";
+import type { Mount } from "../../base/mount.js";
+import {
+  SnapshotCommitSchema,
+  SnapshotPrepareSchema,
+  SnapshotRemoveSchema,
+} from "../../gen/containerd/events/snapshot_pb.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { parseFilters } from "../filters.js";
-import { type Logger, nopLogger } from "../log.js";
 import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
-import type { Mount } from "../mount/types.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 import type { Kind, SnapshotInfo, Snapshotter, Usage } from "./snapshotter.js";
 import { cleanLabels, updateLabels } from "./storage.js";

@@ -2,7 +2,7 @@
 // copy of its parent's tree in <id>; a view of a parent is a read-only bind of the parent's
 // directory. Works on any filesystem, at the cost of copying.
 import { chmod } from "node:fs/promises";
-import type { Mount } from "../mount/types.js";
+import type { Mount } from "../../base/mount.js";
 import { copyDir } from "./fsutil.js";
 import { type LocalOptions, LocalSnapshotter } from "./local.js";
 import type { Kind } from "./snapshotter.js";

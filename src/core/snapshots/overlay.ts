@@ -12,9 +12,9 @@
 import { existsSync, lchownSync, lstatSync, mkdirSync, readFileSync, statfsSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { Mount } from "../../base/mount.js";
 import { supportsDType } from "../../sys/fileops.js";
 import { mountOne, unmountAll } from "../../sys/mount.js";
-import type { Mount } from "../mount/types.js";
 import { type LocalOptions, LocalSnapshotter } from "./local.js";
 import type { Kind, SnapshotInfo } from "./snapshotter.js";
 import type { StoredSnapshot } from "./storage.js";

@@ -1,7 +1,8 @@
 // The snapshotter contract (containerd's snapshots.Snapshotter): backends are namespace-free;
 // the metadata layer maps per-namespace names to backend keys.
+
+import type { Mount } from "../../base/mount.js";
 import type { Labels } from "../metadata/db.js";
-import type { Mount } from "../mount/types.js";
 
 export type Kind = "view" | "active" | "committed";
 

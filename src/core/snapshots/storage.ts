@@ -5,7 +5,12 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
-import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from "../errdefs.js";
+import {
+  errAlreadyExists,
+  errFailedPrecondition,
+  errInvalidArgument,
+  errNotFound,
+} from "../../base/errdefs.js";
 import { decodeLabels, encodeLabels, type Labels } from "../metadata/db.js";
 import type { Kind, SnapshotInfo, Usage } from "./snapshotter.js";
 

@@ -1,5 +1,5 @@
-// OCI platforms as pull needs them: parse `os/arch[/variant]`, normalise the common aliases,
-// and match a manifest's platform against the wanted ones (containerd's rules: arm64's v8 and
+// OCI platforms, the one home for them: parse `os/arch[/variant]`, normalise the common aliases,
+// format, the host's platform, and match a manifest's platform against the wanted ones (containerd's rules: arm64's v8 and
 // amd64's v1 are the defaults and compare equal to no variant; arm defaults to v7).
 
 export interface Platform {
@@ -49,18 +49,23 @@ export function parsePlatform(s: string): Platform {
   return normalizePlatform({ os: parts[0]!, architecture: parts[1]!, variant: parts[2] });
 }
 
-export function formatPlatform(p: Platform): string {
+/** `os/arch[/variant]`; `unknown` without an OS, as containerd's platforms.Format. */
+export function formatPlatform(p: Pick<Platform, "os" | "architecture" | "variant">): string {
+  if (!p.os) return "unknown";
   return [p.os, p.architecture, p.variant].filter((x) => x).join("/");
 }
 
 function hostArch(): string {
   const a = process.arch;
-  return a === "x64" ? "amd64" : a === "ia32" ? "386" : a;
+  const names: Record<string, string> = { x64: "amd64", ia32: "386", ppc64: "ppc64le" };
+  return names[a] ?? a;
 }
 
 /** The platform of this machine (containerd's platforms.DefaultSpec()). */
 export function hostPlatform(): Platform {
-  return normalizePlatform({ os: "linux", architecture: hostArch() });
+  const p = normalizePlatform({ os: "linux", architecture: hostArch() });
+  // containerd names arm64 hosts with their variant; matching treats v8 and none alike
+  return p.architecture === "arm64" ? { ...p, variant: "v8" } : p;
 }
 
 /** Does a manifest's platform satisfy the wanted one? */
