@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { DescService } from "@bufbuild/protobuf";
 import { Command } from "commander";
-import type { CliContext, Wire } from "../../src/cmd/berth/main.js";
+import type { CliContext, Wire } from "../../src/cmd/berth/context.js";
 import { formatTree, humanBytes, registerSnapshots } from "../../src/cmd/berth/snapshots.js";
 import { Exchange } from "../../src/core/events/exchange.js";
 import { LeaseStore } from "../../src/core/leases/store.js";

@@ -7,7 +7,7 @@ import { isNotFound } from "../../base/errdefs.js";
 import { type Container, Containers } from "../../gen/containerd/services/containers/v1/containers_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { Tasks } from "../../gen/containerd/services/tasks/v1/tasks_pb.js";
-import type { CliContext, Wire } from "./main.js";
+import type { CliContext, Wire } from "./context.js";
 import { addContainerFlags, createContainer, readContainerFlags, SPEC_TYPE_URL } from "./run.js";
 import { parseLabelArgs, printJson, rfc3339Nano, TabWriter, WIDE } from "./table.js";
 

@@ -13,8 +13,8 @@ import {
   WriteAction,
   type WriteContentResponse,
 } from "../../gen/containerd/services/content/v1/content_pb.js";
+import type { CliContext, Wire } from "./context.js";
 import { registerContentFetch } from "./images.js";
-import type { CliContext, Wire } from "./main.js";
 import {
   formatLabels,
   humanAge,

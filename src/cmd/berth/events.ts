@@ -16,7 +16,7 @@ import { file_containerd_events_content } from "../../gen/containerd/events/cont
 import { file_containerd_events_namespace } from "../../gen/containerd/events/namespace_pb.js";
 import { Events } from "../../gen/containerd/services/events/v1/events_pb.js";
 import type { Envelope } from "../../gen/containerd/types/event_pb.js";
-import type { Wire } from "./main.js";
+import type { Wire } from "./context.js";
 import { goTimeString, rfc3339Nano, toJsonText, wantsJson } from "./table.js";
 
 /** Event payload types this client can decode (type URLs like `containerd.events.NamespaceCreate`). */

@@ -5,7 +5,7 @@ import type { Command } from "commander";
 import { randomLeaseId } from "../../core/leases/store.js";
 import { Content } from "../../gen/containerd/services/content/v1/content_pb.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
-import type { CliContext, Wire } from "./main.js";
+import type { CliContext, Wire } from "./context.js";
 
 const LAYER_PREFIX = "containerd.io/gc.ref.content.l.";
 const CONTENT_PREFIX = "containerd.io/gc.ref.content.";

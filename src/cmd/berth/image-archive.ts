@@ -22,7 +22,7 @@ import { Diff } from "../../gen/containerd/services/diff/v1/diff_pb.js";
 import { Images } from "../../gen/containerd/services/images/v1/images_pb.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
-import type { CliContext, Wire } from "./main.js";
+import type { CliContext, Wire } from "./context.js";
 
 const ANN_IMAGE_NAME = "io.containerd.image.name";
 const ANN_REF_NAME = "org.opencontainers.image.ref.name";

@@ -15,7 +15,7 @@ import { Images } from "../../gen/containerd/services/images/v1/images_pb.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { mountAll, unmountAll } from "../../sys/mount.js";
-import type { CliContext, Wire } from "./main.js";
+import type { CliContext, Wire } from "./context.js";
 import { humanSize, TabWriter } from "./table.js";
 
 interface Desc {

@@ -29,9 +29,9 @@ import {
   OCIRegistrySchema,
 } from "../../gen/containerd/types/transfer/registry_pb.js";
 import type { Client } from "../../grpc/client.js";
+import type { CliContext, Wire } from "./context.js";
 import { registerImageArchive } from "./image-archive.js";
 import { registerImageMount } from "./image-mount.js";
-import type { CliContext, Wire } from "./main.js";
 import { formatLabels, humanSize, parseLabelArgs, TabWriter } from "./table.js";
 
 const collect = (v: string, prev: string[]) => [...prev, v];

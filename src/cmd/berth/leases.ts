@@ -4,7 +4,7 @@ import { toJson } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import { LeaseSchema, Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
-import type { Wire } from "./main.js";
+import type { Wire } from "./context.js";
 import {
   formatLabels,
   parseDuration,

@@ -3,7 +3,7 @@ import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
 import { isNotFound } from "../../base/errdefs.js";
 import { NamespaceSchema, Namespaces } from "../../gen/containerd/services/namespaces/v1/namespace_pb.js";
-import type { Wire } from "./main.js";
+import type { Wire } from "./context.js";
 import { formatLabels, parseLabelArgs, printJson, TabWriter, wantsJson } from "./table.js";
 
 export function registerNamespaces(program: Command, wire: Wire): void {

@@ -9,7 +9,7 @@ import {
   PluginSchema,
 } from "../../gen/containerd/services/introspection/v1/introspection_pb.js";
 import type { Platform } from "../../gen/containerd/types/platform_pb.js";
-import type { Wire } from "./main.js";
+import type { Wire } from "./context.js";
 import { printJson, TabWriter, WIDE, wantsJson } from "./table.js";
 
 /** The marker a plugin's init error carries when the plugin skipped itself. */

@@ -42,7 +42,7 @@ import { Tasks } from "../../gen/containerd/services/tasks/v1/tasks_pb.js";
 import { mknod, S_IFIFO } from "../../sys/mknod.js";
 import { withTempMount } from "../../sys/mount.js";
 import { type Console, currentConsole } from "./console.js";
-import type { CliContext, Wire } from "./main.js";
+import type { CliContext, Wire } from "./context.js";
 import { parseLabelArgs } from "./table.js";
 
 export const SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec";

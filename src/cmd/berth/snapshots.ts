@@ -9,7 +9,7 @@ import { Diff } from "../../gen/containerd/services/diff/v1/diff_pb.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import { type Info, Kind, Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import type { Mount } from "../../gen/containerd/types/mount_pb.js";
-import type { CliContext, Wire } from "./main.js";
+import type { CliContext, Wire } from "./context.js";
 import { parseLabelArgs, rfc3339Nano, TabWriter } from "./table.js";
 
 export const DEFAULT_SNAPSHOTTER = "overlayfs";

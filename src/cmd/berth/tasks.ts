@@ -9,7 +9,7 @@ import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_
 import { Tasks } from "../../gen/containerd/services/tasks/v1/tasks_pb.js";
 import { Status } from "../../gen/containerd/types/task/task_pb.js";
 import type { Console } from "./console.js";
-import type { CliContext, Wire } from "./main.js";
+import type { CliContext, Wire } from "./context.js";
 import {
   consoleResizer,
   fifoIO,

@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import { Introspection } from "../../gen/containerd/services/introspection/v1/introspection_pb.js";
 import { Version } from "../../gen/containerd/services/version/v1/version_pb.js";
 import { REVISION, VERSION } from "../../version.js";
-import type { Wire } from "./main.js";
+import type { Wire } from "./context.js";
 import { printJson, wantsJson } from "./table.js";
 
 export interface BerthVersion {
