@@ -1,4 +1,7 @@
 // Every plugin berthd registers, in registration order (init order is by dependencies).
+
+import type { Plugin } from "../base/plugin.js";
+import { pluginKey } from "../base/plugin.js";
 import { containersGrpcPlugin, containersServicePlugin } from "./containers.js";
 import { contentGrpcPlugin, contentPlugin, contentServicePlugin } from "./content.js";
 import { corePlugins } from "./core.js";
@@ -6,8 +9,6 @@ import { criPlugin } from "./cri.js";
 import { differPlugin, diffGrpcPlugin, diffServicePlugin } from "./diff.js";
 import { gcPlugin } from "./gc.js";
 import { imagesGrpcPlugin, imagesServicePlugin } from "./images.js";
-import type { Plugin } from "./registry.js";
-import { pluginKey } from "./registry.js";
 import { snapshotPlugins, snapshotsGrpcPlugin, snapshotsServicePlugin } from "./snapshots.js";
 import { taskPlugins } from "./tasks.js";
 import { transferPlugins } from "./transfer.js";

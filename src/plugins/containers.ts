@@ -1,14 +1,15 @@
 // Container plugins, with containerd's types and ids:
 //   io.containerd.service.v1.containers-service  the namespaced container store over the metadata DB
 //   io.containerd.grpc.v1.containers             the Containers gRPC service
+
+import type { Plugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
 import { ContainerStore } from "../core/containers/store.js";
 import type { Exchange } from "../core/events/exchange.js";
 import { Containers } from "../gen/containerd/services/containers/v1/containers_pb.js";
 import { containersService } from "../services/containers.js";
 import type { Metadata } from "./core.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
-import type { Plugin } from "./registry.js";
-import { PluginType, ServiceId } from "./types.js";
 
 export const containersServicePlugin: Plugin = {
   type: PluginType.Service,

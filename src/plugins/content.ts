@@ -2,13 +2,14 @@
 //   io.containerd.content.v1.content          the local blob store under <root>/io.containerd.content.v1.content
 //   io.containerd.service.v1.content-service  the namespaced store (owned by the metadata plugin)
 //   io.containerd.grpc.v1.content             the Content gRPC service
+
+import type { Plugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
 import { LocalContentStore } from "../core/content/local.js";
 import type { MetadataContentStore } from "../core/content/metadata.js";
 import { Content } from "../gen/containerd/services/content/v1/content_pb.js";
 import { contentService } from "../services/content.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
-import type { Plugin } from "./registry.js";
-import { PluginType, ServiceId } from "./types.js";
 
 /** What the metadata plugin ("bolt") exposes for content. */
 export interface MetadataWithContent {

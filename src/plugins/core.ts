@@ -1,6 +1,8 @@
 // The core plugins: event exchange, metadata DB (with namespaces and the namespaced content
 // view), lease manager, and the gRPC services over them.
 import { join } from "node:path";
+import type { Plugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
 import type { LocalContentStore } from "../core/content/local.js";
 import { MetadataContentStore } from "../core/content/metadata.js";
 import { Exchange } from "../core/events/exchange.js";
@@ -20,8 +22,6 @@ import { leasesService } from "../services/leases.js";
 import { namespacesService } from "../services/namespaces.js";
 import { versionService } from "../services/version.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
-import type { Plugin } from "./registry.js";
-import { PluginType, ServiceId } from "./types.js";
 
 export interface Metadata {
   db: MetadataDB;

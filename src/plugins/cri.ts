@@ -5,9 +5,9 @@
 // core/remotes/cri-registry.ts), and a registry table containerd would refuse makes this plugin
 // report `error` with containerd's message.
 import { hostPlatform } from "../base/platforms.js";
+import { type Plugin, SkipPlugin } from "../base/plugin.js";
+import { PluginType } from "../base/plugin-types.js";
 import { type CriRegistryConfig, criRegistrySettings } from "../core/remotes/cri-registry.js";
-import { type Plugin, SkipPlugin } from "./registry.js";
-import { PluginType } from "./types.js";
 
 export const CRI_PLUGIN_KEY = `${PluginType.GRPC}.cri`;
 

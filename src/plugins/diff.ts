@@ -3,14 +3,14 @@
 //   io.containerd.service.v1.diff-service  differs in the configured order (`default`)
 //   io.containerd.grpc.v1.diff             the Diff gRPC service
 import { hostPlatform } from "../base/platforms.js";
+import type { Plugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
 import { type Differ, DiffService } from "../core/diff/service.js";
 import { WalkingDiffer } from "../core/diff/walking.js";
 import { Diff } from "../gen/containerd/services/diff/v1/diff_pb.js";
 import { diffService } from "../services/diff.js";
 import type { Metadata } from "./core.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
-import type { Plugin } from "./registry.js";
-import { PluginType, ServiceId } from "./types.js";
 
 export const differPlugin: Plugin = {
   type: PluginType.Diff,

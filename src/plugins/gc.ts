@@ -1,5 +1,8 @@
 // io.containerd.gc.v1.scheduler: containerd's config keys, the metadata collector, and the
 // backends' sweeps (content blobs, snapshotter dirs).
+
+import type { Plugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
 import { MetadataCollector } from "../core/gc/collector.js";
 import {
   GcScheduler,
@@ -10,8 +13,6 @@ import {
 import type { LeaseStore } from "../core/leases/store.js";
 import type { SnapshotService } from "../core/snapshots/metadata.js";
 import type { Metadata } from "./core.js";
-import type { Plugin } from "./registry.js";
-import { PluginType, ServiceId } from "./types.js";
 
 export const gcPlugin: Plugin<SchedulerConfig> = {
   type: PluginType.GC,

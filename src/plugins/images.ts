@@ -1,6 +1,9 @@
 // Image plugins, with containerd's types and ids:
 //   io.containerd.service.v1.images-service  the namespaced image store over the metadata DB
 //   io.containerd.grpc.v1.images             the Images gRPC service
+
+import type { Plugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
 import type { Exchange } from "../core/events/exchange.js";
 import { ImageStore } from "../core/images/store.js";
 import type { LeaseStore } from "../core/leases/store.js";
@@ -8,8 +11,6 @@ import { Images } from "../gen/containerd/services/images/v1/images_pb.js";
 import { imagesService } from "../services/images.js";
 import type { Metadata } from "./core.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
-import type { Plugin } from "./registry.js";
-import { PluginType, ServiceId } from "./types.js";
 
 export const imagesServicePlugin: Plugin = {
   type: PluginType.Service,

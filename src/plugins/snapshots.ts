@@ -9,6 +9,8 @@
 import { mkdirSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { hostPlatform } from "../base/platforms.js";
+import { type InitContext, type Plugin, SkipPlugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
 import type { Exchange } from "../core/events/exchange.js";
 import { SnapshotService } from "../core/snapshots/metadata.js";
 import { NativeSnapshotter } from "../core/snapshots/native.js";
@@ -18,8 +20,6 @@ import { Snapshots } from "../gen/containerd/services/snapshots/v1/snapshots_pb.
 import { snapshotsService } from "../services/snapshots.js";
 import type { Metadata } from "./core.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
-import { type InitContext, type Plugin, SkipPlugin } from "./registry.js";
-import { PluginType, ServiceId } from "./types.js";
 
 function rootOf(ic: InitContext<{ root_path: string }>): string {
   return ic.config.root_path ? resolve(ic.config.root_path) : ic.root;

@@ -11,6 +11,8 @@ import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { EmptySchema, timestampDate } from "@bufbuild/protobuf/wkt";
 import { errFailedPrecondition, errInvalidArgument } from "../base/errdefs.js";
+import type { Plugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
 import type { ContainerStore } from "../core/containers/store.js";
 import type { Exchange } from "../core/events/exchange.js";
 import { validateTopic } from "../core/events/exchange.js";
@@ -21,8 +23,6 @@ import { tasksService } from "../services/tasks.js";
 import { setChildSubreaper } from "../sys/reaper.js";
 import { TtrpcServer } from "../ttrpc/index.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
-import type { Plugin } from "./registry.js";
-import { PluginType, ServiceId } from "./types.js";
 
 /** bin/berth-publish.js: what shims get as -publish-binary. */
 export const PUBLISH_BINARY = join(dirname(fileURLToPath(import.meta.url)), "../../../bin/berth-publish.js");

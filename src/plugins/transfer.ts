@@ -5,6 +5,8 @@
 //   io.containerd.grpc.v1.transfer       the Transfer gRPC service
 
 import type { Logger } from "../base/log.js";
+import type { Plugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
 import type { DiffService } from "../core/diff/service.js";
 import type { ImageStore } from "../core/images/store.js";
 import type { LeaseStore } from "../core/leases/store.js";
@@ -22,8 +24,6 @@ import { type LocalTransfer, type LocalTransferConfig, transferService } from ".
 import type { Metadata } from "./core.js";
 import { CRI_PLUGIN_KEY } from "./cri.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
-import type { Plugin } from "./registry.js";
-import { PluginType, ServiceId } from "./types.js";
 
 export const streamingManagerPlugin: Plugin = {
   type: PluginType.Streaming,

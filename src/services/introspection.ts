@@ -2,10 +2,10 @@ import { randomUUID } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { errNotFound, GrpcCode } from "../base/errdefs.js";
+import type { LoadedPlugin, PluginSet } from "../base/plugin.js";
 import { parseFilters } from "../core/filters.js";
 import type { Introspection } from "../gen/containerd/services/introspection/v1/introspection_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
-import type { LoadedPlugin, PluginSet } from "../plugins/registry.js";
 
 function toProto(l: LoadedPlugin) {
   const p = l.plugin;

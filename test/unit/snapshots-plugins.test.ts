@@ -4,11 +4,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { nopLogger } from "../../src/base/log.js";
+import { type Plugin, PluginSet, pluginKey } from "../../src/base/plugin.js";
 import type { SnapshotService } from "../../src/core/snapshots/metadata.js";
 import type { OverlaySnapshotter } from "../../src/core/snapshots/overlay.js";
 import { contentPlugin } from "../../src/plugins/content.js";
 import { corePlugins } from "../../src/plugins/core.js";
-import { type Plugin, PluginSet, pluginKey } from "../../src/plugins/registry.js";
 import {
   filesystemOf,
   snapshotPlugins,

@@ -2,12 +2,12 @@
 import { mkdirSync, unlinkSync } from "node:fs";
 import type { Server as HttpServer } from "node:http";
 import type { Logger } from "../../base/log.js";
+import { type Plugin, PluginSet, pluginKey } from "../../base/plugin.js";
+import { PluginType } from "../../base/plugin-types.js";
 import type { Config } from "../../config/config.js";
 import { Metrics } from "../../core/metrics.js";
 import { H2GrpcServer } from "../../grpc/h2server.js";
 import type { GrpcServicePlugin } from "../../plugins/grpc.js";
-import { type Plugin, PluginSet, pluginKey } from "../../plugins/registry.js";
-import { PluginType } from "../../plugins/types.js";
 import { REVISION, VERSION } from "../../version.js";
 import { serveDebug, serveMetrics } from "./http.js";
 import { applyOomScore } from "./oom.js";

@@ -1,7 +1,7 @@
 // Plugin registry and graph init: {type, id, requires, config defaults, init}. Plugins are
 // initialised in dependency order; "skip" is not an error; required_plugins are enforced.
 import { join } from "node:path";
-import type { Logger } from "../base/log.js";
+import type { Logger } from "./log.js";
 
 /** Thrown by an init function when the plugin does not apply on this host. */
 export class SkipPlugin extends Error {
