@@ -4,15 +4,14 @@ import { after, before, describe, it } from "node:test";
 import { fromBinary } from "@bufbuild/protobuf";
 import { BerthError } from "../../src/base/errdefs.js";
 import { type AnyValue, ContainerStore } from "../../src/core/containers/store.js";
-import { type Envelope, Exchange } from "../../src/core/events/exchange.js";
 import { MetadataCollector } from "../../src/core/gc/collector.js";
-import { MetadataDB } from "../../src/core/metadata/db.js";
-import { NamespaceStore } from "../../src/core/namespaces/store.js";
 import {
   ContainerCreateSchema,
   ContainerDeleteSchema,
   ContainerUpdateSchema,
 } from "../../src/gen/containerd/events/container_pb.js";
+import { kind } from "../helpers/assert.js";
+import { openTestMetadata } from "../helpers/metadata.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -22,33 +21,14 @@ const spec = (json: object): AnyValue => ({
 });
 const runtime = { name: "io.containerd.runc.v2" };
 
-function kind(k: string, message?: string) {
-  return (err: unknown) => {
-    assert.ok(err instanceof BerthError, `expected BerthError, got ${String(err)}`);
-    assert.equal(err.kind, k);
-    if (message !== undefined) assert.equal(err.message, message);
-    return true;
-  };
-}
-
 let dir: string;
 let n = 0;
 const cleanups: (() => void)[] = [];
 
 function setup() {
-  const db = new MetadataDB(join(dir, `env-${n++}`, "meta.db"));
-  const exchange = new Exchange();
-  const ac = new AbortController();
-  const events: Envelope[] = [];
-  const sub = exchange.subscribe([], ac.signal);
-  (async () => {
-    for await (const e of sub) events.push(e);
-  })();
-  cleanups.push(() => {
-    ac.abort();
-    db.close();
-  });
-  const namespaces = new NamespaceStore(db, exchange);
+  const md = openTestMetadata(join(dir, `env-${n++}`));
+  cleanups.push(md.close);
+  const { db, exchange, events, namespaces } = md;
   const store = new ContainerStore(db, namespaces, exchange);
   return { db, namespaces, store, events };
 }

@@ -4,27 +4,18 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fromBinary } from "@bufbuild/protobuf";
-import { BerthError } from "../../src/base/errdefs.js";
 import { LocalContentStore } from "../../src/core/content/local.js";
 import { MetadataContentStore, type SharingPolicy } from "../../src/core/content/metadata.js";
-import { type Envelope, Exchange } from "../../src/core/events/exchange.js";
+import type { Envelope } from "../../src/core/events/exchange.js";
 import { LeaseStore } from "../../src/core/leases/store.js";
-import { MetadataDB } from "../../src/core/metadata/db.js";
-import { NamespaceStore } from "../../src/core/namespaces/store.js";
+import type { MetadataDB } from "../../src/core/metadata/db.js";
+import type { NamespaceStore } from "../../src/core/namespaces/store.js";
 import { ContentCreateSchema, ContentDeleteSchema } from "../../src/gen/containerd/events/content_pb.js";
+import { kind } from "../helpers/assert.js";
+import { openTestMetadata } from "../helpers/metadata.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const sha256 = (b: Uint8Array) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
-
-function kind(k: string, message?: string | RegExp) {
-  return (err: unknown) => {
-    assert.ok(err instanceof BerthError, `expected BerthError, got ${String(err)}`);
-    assert.equal(err.kind, k);
-    if (typeof message === "string") assert.equal(err.message, message);
-    else if (message) assert.match(err.message, message);
-    return true;
-  };
-}
 
 async function collect(it: AsyncIterable<Buffer>): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -47,19 +38,9 @@ interface Env {
 
 async function setup(policy: SharingPolicy = "shared"): Promise<Env> {
   const root = join(dir, `env-${n++}`);
-  const db = new MetadataDB(join(root, "meta.db"));
-  const exchange = new Exchange();
-  const ac = new AbortController();
-  const events: Envelope[] = [];
-  const sub = exchange.subscribe([], ac.signal);
-  (async () => {
-    for await (const e of sub) events.push(e);
-  })();
-  cleanups.push(() => {
-    ac.abort();
-    db.close();
-  });
-  const namespaces = new NamespaceStore(db, exchange);
+  const md = openTestMetadata(root);
+  cleanups.push(md.close);
+  const { db, exchange, events, namespaces } = md;
   const backend = await new LocalContentStore(join(root, "content")).init();
   const store = new MetadataContentStore(db, backend, namespaces, exchange, policy);
   return { db, backend, namespaces, leases: new LeaseStore(db, namespaces), store, events };

@@ -13,20 +13,11 @@ import { Content, WriteAction } from "../../src/gen/containerd/services/content/
 import { type Client, Connection } from "../../src/grpc/client.js";
 import { H2GrpcServer } from "../../src/grpc/h2server.js";
 import { contentService } from "../../src/services/content.js";
+import { kind } from "../helpers/assert.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const sha256 = (b: Uint8Array) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 const NS = { namespace: "svc" };
-
-function kind(k: string, message?: string | RegExp) {
-  return (err: unknown) => {
-    assert.ok(err instanceof BerthError, `expected BerthError, got ${String(err)}`);
-    assert.equal(err.kind, k);
-    if (typeof message === "string") assert.equal(err.message, message);
-    else if (message) assert.match(err.message, message);
-    return true;
-  };
-}
 
 let dir: string;
 let db: MetadataDB;

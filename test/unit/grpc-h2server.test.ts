@@ -9,7 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { GenService } from "@bufbuild/protobuf/codegenv2";
-import { BerthError, GrpcCode } from "../../src/base/errdefs.js";
+import { GrpcCode } from "../../src/base/errdefs.js";
 import {
   InfoRequestSchema,
   InfoResponseSchema,
@@ -31,6 +31,7 @@ import {
   parseTimeout,
   statusError,
 } from "../../src/grpc/wire.js";
+import { kind } from "../helpers/assert.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 // --- a test service: one method of each shape, on containerd's content messages --------------
@@ -186,16 +187,6 @@ const impl: Omit<ServiceImpl<typeof Test>, "missing"> = {
     for (let i = 0; i < got.length; i++) yield { offset: BigInt(i), digest: got[i]! };
   },
 };
-
-function kind(k: string, message?: string | RegExp) {
-  return (err: unknown) => {
-    assert.ok(err instanceof BerthError, `expected BerthError, got ${String(err)}`);
-    assert.equal(err.kind, k, `kind of ${err.message}`);
-    if (typeof message === "string") assert.equal(err.message, message);
-    else if (message) assert.match(err.message, message);
-    return true;
-  };
-}
 
 async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
   const end = Date.now() + ms;

@@ -3,28 +3,20 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fromBinary } from "@bufbuild/protobuf";
 import Database from "better-sqlite3";
-import { BerthError } from "../../src/base/errdefs.js";
 import { LocalContentStore } from "../../src/core/content/local.js";
 import { MetadataContentStore } from "../../src/core/content/metadata.js";
-import { type Envelope, Exchange } from "../../src/core/events/exchange.js";
+import { Exchange } from "../../src/core/events/exchange.js";
 import { MetadataCollector } from "../../src/core/gc/collector.js";
 import { ImageStore } from "../../src/core/images/store.js";
 import { MetadataDB } from "../../src/core/metadata/db.js";
 import { NamespaceStore } from "../../src/core/namespaces/store.js";
 import { ImageCreateSchema, ImageUpdateSchema } from "../../src/gen/containerd/events/image_pb.js";
+import { kind } from "../helpers/assert.js";
+import { openTestMetadata } from "../helpers/metadata.js";
 import { sha256 } from "../helpers/tarbuild.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const MANIFEST = "application/vnd.oci.image.manifest.v1+json";
-
-function kind(k: string, message?: string) {
-  return (err: unknown) => {
-    assert.ok(err instanceof BerthError, `expected BerthError, got ${String(err)}`);
-    assert.equal(err.kind, k);
-    if (message !== undefined) assert.equal(err.message, message);
-    return true;
-  };
-}
 
 let dir: string;
 let n = 0;
@@ -32,19 +24,9 @@ const cleanups: (() => void)[] = [];
 
 async function setup() {
   const root = join(dir, `env-${n++}`);
-  const db = new MetadataDB(join(root, "meta.db"));
-  const exchange = new Exchange();
-  const ac = new AbortController();
-  const events: Envelope[] = [];
-  const sub = exchange.subscribe([], ac.signal);
-  (async () => {
-    for await (const e of sub) events.push(e);
-  })();
-  cleanups.push(() => {
-    ac.abort();
-    db.close();
-  });
-  const namespaces = new NamespaceStore(db, exchange);
+  const md = openTestMetadata(root);
+  cleanups.push(md.close);
+  const { db, exchange, events, namespaces } = md;
   const backend = await new LocalContentStore(join(root, "content")).init();
   const content = new MetadataContentStore(db, backend, namespaces, exchange);
   const images = new ImageStore(db, namespaces, exchange);

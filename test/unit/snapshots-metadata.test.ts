@@ -6,7 +6,6 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fromBinary } from "@bufbuild/protobuf";
-import { BerthError } from "../../src/base/errdefs.js";
 import { type Envelope, Exchange } from "../../src/core/events/exchange.js";
 import { LeaseStore } from "../../src/core/leases/store.js";
 import { MetadataDB } from "../../src/core/metadata/db.js";
@@ -19,17 +18,8 @@ import {
   SnapshotPrepareSchema,
   SnapshotRemoveSchema,
 } from "../../src/gen/containerd/events/snapshot_pb.js";
+import { kind } from "../helpers/assert.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
-
-function kind(k: string, message?: string | RegExp) {
-  return (err: unknown) => {
-    assert.ok(err instanceof BerthError, `expected BerthError, got ${String(err)}`);
-    assert.equal(err.kind, k);
-    if (typeof message === "string") assert.equal(err.message, message);
-    else if (message) assert.match(err.message, message);
-    return true;
-  };
-}
 
 let dir: string;
 let n = 0;

@@ -3,7 +3,7 @@ import { connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { BerthError, errNotFound } from "../../src/base/errdefs.js";
+import { errNotFound } from "../../src/base/errdefs.js";
 import { Task } from "../../src/gen/containerd/runtime/v2/task/shim_pb.js";
 import { Content } from "../../src/gen/containerd/services/content/v1/content_pb.js";
 import { RequestSchema, ResponseSchema } from "../../src/gen/ttrpc/request_pb.js";
@@ -18,16 +18,8 @@ import {
   MessageType,
   NAMESPACE_KEY,
 } from "../../src/ttrpc/wire.js";
+import { kind } from "../helpers/assert.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
-
-function kind(k: string, message?: string) {
-  return (err: unknown) => {
-    assert.ok(err instanceof BerthError, `expected BerthError, got ${String(err)}`);
-    assert.equal(err.kind, k);
-    if (message !== undefined) assert.equal(err.message, message);
-    return true;
-  };
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
