@@ -1,8 +1,8 @@
 // File syscalls Node's fs module lacks (xattrs in xattr.ts; mknod and the nanosecond utimensat
 // in mknod.ts): a d_type probe (getdents64).
 import { closeSync, constants as fsConstants, openSync } from "node:fs";
+import { SyscallError } from "./errors.js";
 import { lastErrno, libc } from "./libc.js";
-import { SyscallError } from "./mount.js";
 
 const DT_UNKNOWN = 0;
 

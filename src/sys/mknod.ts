@@ -1,7 +1,8 @@
 // mknod(2) for device nodes and fifos, syncfs(2), and utimensat(2)/futimens(2) for nanosecond
 // times; paths as strings or byte buffers.
+
+import { SyscallError } from "./errors.js";
 import { lastErrno, libc } from "./libc.js";
-import { SyscallError } from "./mount.js";
 
 export const S_IFMT = 0o170000;
 export const S_IFIFO = 0o010000;

@@ -1,7 +1,8 @@
 // Extended attributes (l*xattr / f*xattr) through libc. Paths and attribute names may be given as
 // strings (UTF-8) or as byte buffers, so that names which are not valid UTF-8 survive unchanged.
+
+import { SyscallError } from "./errors.js";
 import { lastErrno, libc } from "./libc.js";
-import { SyscallError } from "./mount.js";
 
 export type PathLike = string | Uint8Array;
 

@@ -11,6 +11,7 @@ import { formatTree, humanBytes, registerSnapshots } from "../../src/cmd/berth/s
 import { Exchange } from "../../src/core/events/exchange.js";
 import { LeaseStore } from "../../src/core/leases/store.js";
 import { MetadataDB } from "../../src/core/metadata/db.js";
+import { mountAll, unmountAll } from "../../src/core/mount/mount.js";
 import { NamespaceStore } from "../../src/core/namespaces/store.js";
 import { SnapshotService } from "../../src/core/snapshots/metadata.js";
 import { NativeSnapshotter } from "../../src/core/snapshots/native.js";
@@ -22,7 +23,6 @@ import { type CallOptions, Connection } from "../../src/grpc/client.js";
 import { H2GrpcServer } from "../../src/grpc/h2server.js";
 import { leasesService } from "../../src/services/leases.js";
 import { snapshotsService } from "../../src/services/snapshots.js";
-import { mountAll, unmountAll } from "../../src/sys/mount.js";
 import { CTR_BIN, ctr, ok } from "../helpers/ctr.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 

@@ -18,10 +18,10 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { BerthError } from "../../src/base/errdefs.js";
 import type { Mount } from "../../src/base/mount.js";
+import { mountAll, unmountAll } from "../../src/core/mount/mount.js";
 import { diskUsage } from "../../src/core/snapshots/fsutil.js";
 import { NativeSnapshotter } from "../../src/core/snapshots/native.js";
 import { lutimensNs, makedev, mknod, S_IFCHR, S_IFIFO } from "../../src/sys/mknod.js";
-import { mountAll, unmountAll } from "../../src/sys/mount.js";
 import { lgetxattr, lsetxattr } from "../../src/sys/xattr.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 

@@ -19,16 +19,10 @@
 // header asks for something the kernel did not already give us).
 import { createHash } from "node:crypto";
 import {
-  chmodSync,
   closeSync,
-  fchmodSync,
-  fchownSync,
   constants as fsc,
-  futimesSync,
-  lchownSync,
   linkSync,
   lstatSync,
-  lutimesSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -40,9 +34,10 @@ import {
   unlinkSync,
   writeSync,
 } from "node:fs";
+import { constants as osc } from "node:os";
 import { type Logger, nopLogger } from "../../base/log.js";
-import { futimensNs, lutimensNs, makedev, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from "../../sys/mknod.js";
-import { ENOTSUP, EPERM, fsetxattr, lgetxattr, llistxattr, lsetxattr } from "../../sys/xattr.js";
+import { makedev, S_IFBLK, S_IFCHR, S_IFIFO } from "../../sys/mknod.js";
+import { realSyscalls, type Syscalls } from "../../sys/syscalls.js";
 import type { LayerStream } from "./compression.js";
 import { bytesOf, displayName, type TarHeader, TarParser, type TarSink, TarType } from "./tar.js";
 
@@ -68,6 +63,11 @@ export interface ApplyOptions {
   signal?: AbortSignal;
   /** Do not chown and do not create device nodes (default: when not running as root). */
   rootless?: boolean;
+  /**
+   * Device nodes, owners, modes, times and xattrs go through these calls (default: the
+   * kernel's); file contents, directories and links through node:fs.
+   */
+  sys?: Syscalls;
 }
 
 export interface ApplyResult {
@@ -98,6 +98,8 @@ const MAX_LINKS = 255;
 const MAX_TIME_SEC = 9223372036;
 
 const OPEN_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+const { EEXIST, ENODATA, ENOTSUP, EPERM } = osc.errno;
+const XATTR_CREATE = 1;
 
 function processUmask(): number {
   try {
@@ -164,12 +166,6 @@ function entryTimes(h: TarHeader): Times {
   return { atime, mtime, ns: [a, m] };
 }
 
-/** Set times on a path without following a final symlink. */
-function setPathTimes(p: Buffer, t: Times): void {
-  if (t.ns) lutimensNs(p, t.ns[0], t.ns[1]);
-  else lutimesSync(p, t.atime, t.mtime);
-}
-
 interface DirInfo {
   /** Real root-relative path (no symlinks in it). */
   real: string;
@@ -191,6 +187,7 @@ const ROOT_KEY = "";
 export class LayerApplier implements TarSink {
   private readonly mode: ApplyMode;
   private readonly log: Logger;
+  private readonly sys: Syscalls;
   private readonly rootless: boolean;
   private readonly euid: number;
   private readonly egid: number;
@@ -217,6 +214,7 @@ export class LayerApplier implements TarSink {
   constructor(root: string, opts: ApplyOptions = {}) {
     this.mode = opts.mode ?? "plain";
     this.log = opts.log ?? nopLogger;
+    this.sys = opts.sys ?? realSyscalls;
     this.euid = process.geteuid?.() ?? 0;
     this.egid = process.getegid?.() ?? 0;
     this.rootless = opts.rootless ?? this.euid !== 0;
@@ -235,6 +233,12 @@ export class LayerApplier implements TarSink {
   /** Absolute path (bytes) of a root-relative real path. */
   private full(rel: string): Buffer {
     return Buffer.from(this.rootB + rel, "latin1");
+  }
+
+  /** Set times on a path without following a final symlink. */
+  private setPathTimes(p: Buffer, t: Times): void {
+    if (t.ns) this.sys.lutimes(p, t.ns[0], t.ns[1]);
+    else this.sys.lutimes(p, t.atime, t.mtime);
   }
 
   private invalidate(): void {
@@ -356,7 +360,7 @@ export class LayerApplier implements TarSink {
       const copied = this.copyParentInfo(rel, p);
       if (copied !== undefined) return copied;
     }
-    if (this.umask & 0o755 || parentSgid) chmodSync(p, 0o755);
+    if (this.umask & 0o755 || parentSgid) this.sys.chmod(p, 0o755);
     return false;
   }
 
@@ -376,17 +380,17 @@ export class LayerApplier implements TarSink {
       const st = lstatSync(lp, { throwIfNoEntry: false, bigint: true });
       if (!st) continue;
       if (!st.isDirectory()) break; // replaced below: keep defaults
-      if (!this.rootless) lchownSync(p, Number(st.uid), Number(st.gid));
-      chmodSync(p, Number(st.mode) & 0o7777);
-      for (const name of llistxattr(lp)) {
+      if (!this.rootless) this.sys.lchown(p, Number(st.uid), Number(st.gid));
+      this.sys.chmod(p, Number(st.mode) & 0o7777);
+      for (const name of this.sys.llistxattr(lp)) {
         if (name.toString("latin1").startsWith("trusted.")) continue;
-        const v = lgetxattr(lp, name);
+        const v = this.sys.lgetxattr(lp, name);
         if (v === undefined) continue;
         try {
-          lsetxattr(p, name, v, 1 /* XATTR_CREATE */);
+          this.sys.lsetxattr(p, name, v, XATTR_CREATE);
         } catch (err) {
           const e = (err as { errno?: number }).errno;
-          if (e !== ENOTSUP && e !== 61 && e !== 17) throw err;
+          if (e !== ENOTSUP && e !== ENODATA && e !== EEXIST) throw err;
         }
       }
       this.dirRecords.push({
@@ -448,14 +452,14 @@ export class LayerApplier implements TarSink {
       const perm = h.mode & 0o7777;
       let chowned = false;
       if (this.needChown(h, this.curParentSgid)) {
-        fchownSync(fd, h.uid, h.gid);
+        this.sys.fchown(fd, h.uid, h.gid);
         chowned = true;
       }
       if (h.xattrs) this.setXattrs(h, fd);
-      if (perm & this.umask || (chowned && perm & 0o6000)) fchmodSync(fd, perm);
+      if (perm & this.umask || (chowned && perm & 0o6000)) this.sys.fchmod(fd, perm);
       const t = entryTimes(h);
-      if (t.ns) futimensNs(fd, t.ns[0], t.ns[1]);
-      else futimesSync(fd, t.atime, t.mtime);
+      if (t.ns) this.sys.futimes(fd, t.ns[0], t.ns[1]);
+      else this.sys.futimes(fd, t.atime, t.mtime);
     } catch (err) {
       throw this.wrap(err);
     } finally {
@@ -545,7 +549,7 @@ export class LayerApplier implements TarSink {
   private whiteout(h: TarHeader, parent: DirInfo, base: string): void {
     if (base === WHITEOUT_OPAQUE) {
       if (this.mode === "overlay") {
-        lsetxattr(this.full(parent.real), "trusted.overlay.opaque", Buffer.from("y"));
+        this.sys.lsetxattr(this.full(parent.real), "trusted.overlay.opaque", Buffer.from("y"));
       } else {
         this.removeLower(parent.real);
       }
@@ -558,13 +562,13 @@ export class LayerApplier implements TarSink {
     if (this.mode === "overlay") {
       const p = this.full(rel);
       try {
-        mknod(p, S_IFCHR, 0);
+        this.sys.mknod(p, S_IFCHR, 0);
       } catch (err) {
-        if ((err as { errno?: number }).errno !== 17) throw err;
+        if ((err as { errno?: number }).errno !== EEXIST) throw err;
         this.clear(rel);
-        mknod(p, S_IFCHR, 0);
+        this.sys.mknod(p, S_IFCHR, 0);
       }
-      if (this.needChown(h, parent.sgid)) lchownSync(p, h.uid, h.gid);
+      if (this.needChown(h, parent.sgid)) this.sys.lchown(p, h.uid, h.gid);
     } else {
       this.clear(rel);
     }
@@ -630,16 +634,17 @@ export class LayerApplier implements TarSink {
     let chowned = false;
     if (existing) {
       if (!this.rootless && (existing.uid !== h.uid || existing.gid !== h.gid)) {
-        lchownSync(p, h.uid, h.gid);
+        this.sys.lchown(p, h.uid, h.gid);
         chowned = true;
       }
-      if (!deferMode && ((existing.mode & 0o7777) !== perm || chowned)) chmodSync(p, perm);
+      if (!deferMode && ((existing.mode & 0o7777) !== perm || chowned)) this.sys.chmod(p, perm);
     } else {
       if (this.needChown(h, parentSgid)) {
-        lchownSync(p, h.uid, h.gid);
+        this.sys.lchown(p, h.uid, h.gid);
         chowned = true;
       }
-      if (!deferMode && (perm & this.umask || perm & 0o6000 || parentSgid || chowned)) chmodSync(p, perm);
+      if (!deferMode && (perm & this.umask || perm & 0o6000 || parentSgid || chowned))
+        this.sys.chmod(p, perm);
     }
     if (h.xattrs) this.setXattrs(h, undefined, p);
     const sgid = (perm & 0o2000) !== 0;
@@ -664,9 +669,9 @@ export class LayerApplier implements TarSink {
       this.clear(rel);
       symlinkSync(target, p);
     }
-    if (this.needChown(h, parentSgid)) lchownSync(p, h.uid, h.gid);
+    if (this.needChown(h, parentSgid)) this.sys.lchown(p, h.uid, h.gid);
     if (h.xattrs) this.setXattrs(h, undefined, p);
-    setPathTimes(p, entryTimes(h));
+    this.setPathTimes(p, entryTimes(h));
   }
 
   private createHardlink(h: TarHeader, rel: string, perm: number): void {
@@ -700,10 +705,10 @@ export class LayerApplier implements TarSink {
     }
     // containerd applies the header's owner, mode and times to the (shared) inode as well
     const st = lstatSync(p);
-    if (!this.rootless && (st.uid !== h.uid || st.gid !== h.gid)) lchownSync(p, h.uid, h.gid);
+    if (!this.rootless && (st.uid !== h.uid || st.gid !== h.gid)) this.sys.lchown(p, h.uid, h.gid);
     if (h.xattrs) this.setXattrs(h, undefined, p);
-    if (!st.isSymbolicLink() && (st.mode & 0o7777) !== perm) chmodSync(p, perm);
-    setPathTimes(p, entryTimes(h));
+    if (!st.isSymbolicLink() && (st.mode & 0o7777) !== perm) this.sys.chmod(p, perm);
+    this.setPathTimes(p, entryTimes(h));
   }
 
   private createSpecial(h: TarHeader, rel: string, perm: number, parentSgid: boolean): void {
@@ -711,20 +716,20 @@ export class LayerApplier implements TarSink {
     const type = h.type === TarType.Char ? S_IFCHR : h.type === TarType.Block ? S_IFBLK : S_IFIFO;
     const dev = type === S_IFIFO ? 0n : makedev(h.devmajor, h.devminor);
     try {
-      mknod(p, type | perm, dev);
+      this.sys.mknod(p, type | perm, dev);
     } catch (err) {
-      if ((err as { errno?: number }).errno !== 17) throw err;
+      if ((err as { errno?: number }).errno !== EEXIST) throw err;
       this.clear(rel);
-      mknod(p, type | perm, dev);
+      this.sys.mknod(p, type | perm, dev);
     }
     let chowned = false;
     if (this.needChown(h, parentSgid)) {
-      lchownSync(p, h.uid, h.gid);
+      this.sys.lchown(p, h.uid, h.gid);
       chowned = true;
     }
     if (h.xattrs) this.setXattrs(h, undefined, p);
-    if (perm & this.umask || perm & 0o6000 || chowned) chmodSync(p, perm);
-    setPathTimes(p, entryTimes(h));
+    if (perm & this.umask || perm & 0o6000 || chowned) this.sys.chmod(p, perm);
+    this.setPathTimes(p, entryTimes(h));
   }
 
   /** SCHILY.xattr.* records; trusted.* ones are refused (as containerd does) and skipped. */
@@ -739,8 +744,8 @@ export class LayerApplier implements TarSink {
       }
       const kb = bytesOf(key);
       try {
-        if (fd !== undefined) fsetxattr(fd, kb, value);
-        else lsetxattr(p!, kb, value);
+        if (fd !== undefined) this.sys.fsetxattr(fd, kb, value);
+        else this.sys.lsetxattr(p!, kb, value);
       } catch (err) {
         const errno = (err as { errno?: number }).errno;
         const ignorable =
@@ -784,7 +789,7 @@ export class LayerApplier implements TarSink {
       const slash = rel.lastIndexOf("/");
       if (slash < 0 || this.rootless) continue;
       const ps = lstatSync(this.full(rel.slice(0, slash)));
-      if ((ps.mode & 0o2000) !== 0 && ps.gid !== st.gid) lchownSync(p, st.uid, ps.gid);
+      if ((ps.mode & 0o2000) !== 0 && ps.gid !== st.gid) this.sys.lchown(p, st.uid, ps.gid);
     }
     this.finish();
   }
@@ -805,9 +810,9 @@ export class LayerApplier implements TarSink {
         if (d.mode !== undefined) {
           const st = lstatSync(p);
           if (!st.isDirectory()) continue;
-          chmodSync(p, d.mode);
+          this.sys.chmod(p, d.mode);
         }
-        setPathTimes(p, d.times);
+        this.setPathTimes(p, d.times);
       } catch (err) {
         if (errCode(err) === "ENOENT") continue;
         throw err;
@@ -824,7 +829,7 @@ export function adoptLowerDirs(
   root: string,
   dirs: Iterable<string>,
   lowers: string[],
-  opts: Pick<ApplyOptions, "log" | "rootless"> = {},
+  opts: Pick<ApplyOptions, "log" | "rootless" | "sys"> = {},
 ): void {
   new LayerApplier(root, { ...opts, mode: "overlay", parents: lowers }).adoptLowerDirs(dirs);
 }

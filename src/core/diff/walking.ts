@@ -14,9 +14,10 @@ import {
 import { type Logger, nopLogger } from "../../base/log.js";
 import type { Mount } from "../../base/mount.js";
 import { syncfs } from "../../sys/mknod.js";
-import { splitLowerdir, withTempMount } from "../../sys/mount.js";
 import type { ContentWriter, Info, ReaderAt } from "../content/local.js";
 import type { Labels } from "../metadata/db.js";
+import { withTempMount } from "../mount/mount.js";
+import { splitLowerdir } from "../mount/options.js";
 import { type ApplyMode, applyTar } from "./apply.js";
 import { type Compression, compress, diffCompression, MediaType, openLayer } from "./compression.js";
 import { writeDiff } from "./diff.js";

@@ -6,7 +6,8 @@ import { existsSync } from "node:fs";
 import { mkdir, rename, rm, rmdir, symlink, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { validateIdentifier } from "../../base/identifiers.js";
-import { unmountAll } from "../../sys/mount.js";
+import { realSyscalls, type Syscalls } from "../../sys/syscalls.js";
+import { unmountAll } from "../mount/mount.js";
 
 export interface Bundle {
   id: string;
@@ -25,6 +26,7 @@ export async function newBundle(
   ns: string,
   id: string,
   spec: Uint8Array | undefined,
+  sys: Syscalls = realSyscalls,
 ): Promise<Bundle> {
   validateIdentifier(id);
   const b = bundlePaths(stateDir, rootDir, ns, id);
@@ -38,7 +40,7 @@ export async function newBundle(
     if (spec) await writeFile(join(b.path, "config.json"), spec, { mode: 0o666 });
     await mkdir(join(b.path, "rootfs"), { mode: 0o711 });
   } catch (err) {
-    await deleteBundle(b).catch(() => {});
+    await deleteBundle(b, sys).catch(() => {});
     throw err;
   }
   return b;
@@ -59,11 +61,11 @@ async function atomicDelete(path: string): Promise<void> {
 }
 
 /** Unmount the rootfs (the shim normally has), then remove work dir and bundle. */
-export async function deleteBundle(b: Bundle): Promise<void> {
+export async function deleteBundle(b: Bundle, sys: Syscalls = realSyscalls): Promise<void> {
   await atomicDelete(b.workDir);
   const rootfs = join(b.path, "rootfs");
   if (existsSync(rootfs)) {
-    unmountAll(rootfs, 0);
+    unmountAll(rootfs, 0, sys);
     await rmdir(rootfs).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== "ENOENT") throw err;
     });

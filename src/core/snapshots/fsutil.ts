@@ -1,10 +1,9 @@
 // Filesystem helpers for the local snapshotters: disk usage of a tree (what a committed
 // snapshot records) and a faithful tree copy (what the native snapshotter makes of its parent).
 import { constants as fsConstants, lstatSync, readdirSync } from "node:fs";
-import { chmod, copyFile, lchown, link, lstat, mkdir, opendir, readlink, symlink } from "node:fs/promises";
+import { copyFile, link, lstat, mkdir, opendir, readlink, symlink } from "node:fs/promises";
 import { join } from "node:path";
-import { lutimensNs, mknod } from "../../sys/mknod.js";
-import { lgetxattr, llistxattr, lsetxattr } from "../../sys/xattr.js";
+import { realSyscalls, type Syscalls } from "../../sys/syscalls.js";
 import type { Usage } from "./snapshotter.js";
 
 /** Bytes of st_blocks. */
@@ -42,6 +41,8 @@ export async function diskUsage(root: string): Promise<Usage> {
 }
 
 export interface CopyOptions {
+  /** Device nodes, owners, modes, xattrs and times go through these calls (default: the kernel's). */
+  sys?: Syscalls;
   /** Called when an extended attribute cannot be copied; rethrow to fail the copy. */
   onXattrError?: (path: string, name: string, err: unknown) => void;
 }
@@ -97,25 +98,26 @@ async function copyTree(
       await symlink(await readlink(s), d);
     } else {
       // character/block devices, fifos, sockets
-      mknod(d, Number(est.mode), est.rdev);
+      (opts.sys ?? realSyscalls).mknod(d, Number(est.mode), est.rdev);
     }
-    await copyInfo(d, s, est, opts);
+    copyInfo(d, s, est, opts);
   }
-  await copyInfo(dst, src, st, opts);
+  copyInfo(dst, src, st, opts);
 }
 
 /** Owner, mode, extended attributes, then times (in this order: chown clears set-id bits). */
-async function copyInfo(dst: string, src: string, st: BigStats, opts: CopyOptions): Promise<void> {
-  await lchown(dst, Number(st.uid), Number(st.gid));
-  if (!st.isSymbolicLink()) await chmod(dst, Number(st.mode & 0o7777n));
-  copyXattrs(dst, src, opts);
-  lutimensNs(dst, st.atimeNs, st.mtimeNs);
+function copyInfo(dst: string, src: string, st: BigStats, opts: CopyOptions): void {
+  const sys = opts.sys ?? realSyscalls;
+  sys.lchown(dst, Number(st.uid), Number(st.gid));
+  if (!st.isSymbolicLink()) sys.chmod(dst, Number(st.mode & 0o7777n));
+  copyXattrs(dst, src, sys, opts);
+  sys.lutimes(dst, st.atimeNs, st.mtimeNs);
 }
 
-function copyXattrs(dst: string, src: string, opts: CopyOptions): void {
+function copyXattrs(dst: string, src: string, sys: Syscalls, opts: CopyOptions): void {
   let names: Buffer[];
   try {
-    names = llistxattr(src);
+    names = sys.llistxattr(src);
   } catch (err) {
     if (!opts.onXattrError) throw err;
     opts.onXattrError(src, "", err);
@@ -123,8 +125,8 @@ function copyXattrs(dst: string, src: string, opts: CopyOptions): void {
   }
   for (const name of names) {
     try {
-      const v = lgetxattr(src, name);
-      if (v !== undefined) lsetxattr(dst, name, v);
+      const v = sys.lgetxattr(src, name);
+      if (v !== undefined) sys.lsetxattr(dst, name, v);
     } catch (err) {
       if (!opts.onXattrError) throw err;
       opts.onXattrError(dst, name.toString(), err);
