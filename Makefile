@@ -1,6 +1,6 @@
 # berth — `make run` sets up a fresh machine and starts berthd; `make test` runs everything.
 SHELL := /bin/bash
-DEBS := runc crun containerd docker.io docker-registry busybox-static containernetworking-plugins util-linux iproute2 sqlite3 zstd apache2-utils openssl
+DEBS := runc crun containerd docker.io docker-registry busybox-static containernetworking-plugins iptables util-linux iproute2 sqlite3 zstd apache2-utils openssl
 NODE_STAMP := node_modules/.install-stamp
 TEST_CONCURRENCY ?= 2
 
@@ -36,7 +36,8 @@ build: node-deps gen
 typecheck: gen
 	npx tsc -p tsconfig.json --noEmit
 
-lint: node-deps
+lint: build
+	node dist/scripts/check-layers.js src
 	npx biome check .
 
 run: deps build
