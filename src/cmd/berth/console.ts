@@ -2,6 +2,12 @@
 // ctr picks it), switched to raw input the way cfmakeraw does it while output processing stays on
 // (as ctr's console keeps OPOST, so the bytes on screen match ctr's), its window size read with
 // TIOCGWINSZ, and the saved settings put back on reset.
+//
+// Not Node's tty.ReadStream#setRawMode: it works on stdin only (ctr's console is stderr first),
+// and libuv's raw mode is not cfmakeraw's. Measured on a pty (termios before/after): from a
+// default terminal both give the same flags, but from one with IGNBRK, PARMRK, INLCR, IGNCR or
+// ECHONL set libuv leaves those on (and clears INPCK, which cfmakeraw keeps), so CR
+// and NL could still be translated or dropped.
 import tty from "node:tty";
 import { libc } from "../../sys/libc.js";
 
@@ -93,6 +99,47 @@ export function currentConsole(): Console | undefined {
     },
     reset() {
       if (saved) setTermios(fd, saved);
+    },
+  };
+}
+
+/** Our console in raw mode for a `-t` process (undefined when berth has no terminal). */
+export function rawConsole(): Console | undefined {
+  const con = currentConsole();
+  con?.setRaw();
+  return con;
+}
+
+/**
+ * Keeps the task's pty sized like our console: `before()` sizes it ahead of Start (an init process
+ * has its pty from Create on; an exec's comes with Start, so that one may fail quietly), `after()`
+ * once started (as ctr does) and on every SIGWINCH from then on; `undo()` stops listening.
+ */
+export function consoleResizer(
+  con: Console | undefined,
+  resize: (width: number, height: number) => Promise<unknown>,
+): { before(): Promise<void>; after(): Promise<void>; undo(): void } {
+  const once = async (report: boolean) => {
+    if (!con) return;
+    try {
+      const { width, height } = con.size();
+      await resize(width, height);
+    } catch (err) {
+      if (report) process.stderr.write(`berth: resize pty: ${(err as Error).message}\n`);
+    }
+  };
+  const onWinch = () => {
+    void once(true);
+  };
+  return {
+    before: () => once(false),
+    async after() {
+      if (!con) return;
+      await once(true);
+      process.on("SIGWINCH", onWinch);
+    },
+    undo() {
+      process.off("SIGWINCH", onWinch);
     },
   };
 }

@@ -4,11 +4,13 @@ import { create } from "@bufbuild/protobuf";
 import { FieldMaskSchema } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import { isNotFound } from "../../base/errdefs.js";
+import { SPEC_TYPE_URL } from "../../core/oci/index.js";
 import { type Container, Containers } from "../../gen/containerd/services/containers/v1/containers_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { Tasks } from "../../gen/containerd/services/tasks/v1/tasks_pb.js";
+import { createContainer } from "./container-create.js";
+import { addContainerFlags, readContainerFlags } from "./container-flags.js";
 import type { CliContext, Wire } from "./context.js";
-import { addContainerFlags, createContainer, readContainerFlags, SPEC_TYPE_URL } from "./run.js";
 import { parseLabelArgs, printJson, rfc3339Nano, TabWriter, WIDE } from "./table.js";
 
 const aliases = (cmd: Command, ...names: string[]) => {

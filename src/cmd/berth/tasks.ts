@@ -3,27 +3,17 @@
 import { writeFileSync } from "node:fs";
 import type { Command } from "commander";
 import { isNotFound } from "../../base/errdefs.js";
-import { resolveUser } from "../../core/oci/user.js";
+import { logURIIO, NULL_IO, removeFifoDir, type TaskIO } from "../../core/cio/index.js";
+import { PROCESS_TYPE_URL, resolveUser, type Spec } from "../../core/oci/index.js";
 import { Containers } from "../../gen/containerd/services/containers/v1/containers_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { Tasks } from "../../gen/containerd/services/tasks/v1/tasks_pb.js";
 import { Status } from "../../gen/containerd/types/task/task_pb.js";
-import type { Console } from "./console.js";
+import { type Console, consoleResizer, rawConsole } from "./console.js";
 import type { CliContext, Wire } from "./context.js";
-import {
-  consoleResizer,
-  fifoIO,
-  forwardSignals,
-  NULL_IO,
-  newFifoIO,
-  PROCESS_TYPE_URL,
-  parseSignal,
-  rawConsole,
-  removeFifoDir,
-  type Spec,
-  type TaskIO,
-} from "./run.js";
+import { forwardSignals, parseSignal } from "./signals.js";
 import { goTimeString, printJson, SPACES, TabWriter, WIDE } from "./table.js";
+import { fifoIO, newFifoIO } from "./task-io.js";
 
 const aliases = (cmd: Command, ...names: string[]) => {
   for (const n of names) cmd.alias(n);
@@ -208,6 +198,7 @@ export function registerTasks(program: Command, wire: Wire): void {
     .description("start a container that has been created")
     .argument("<id>", "container id")
     .option("--null-io", "send all I/O to /dev/null")
+    .option("--log-uri <uri>", "stdout and stderr to file:///path or binary:///path?arg=value")
     .option("--fifo-dir <dir>", "directory for the FIFOs")
     .option("--pid-file <file>", "file to write the process id to")
     .option("-d, --detach", "detach from the task after it has started")
@@ -225,10 +216,12 @@ export function registerTasks(program: Command, wire: Wire): void {
         try {
           const io = o.nullIo
             ? NULL_IO
-            : newFifoIO(id, tty, undefined, {
-                fifoDir: o.fifoDir as string | undefined,
-                keep: o.detach === true,
-              });
+            : o.logUri && !tty
+              ? logURIIO(o.logUri as string)
+              : newFifoIO(id, tty, undefined, {
+                  fifoDir: o.fifoDir as string | undefined,
+                  keep: o.detach === true,
+                });
           let pid: number;
           try {
             ({ pid } = await client.create(
