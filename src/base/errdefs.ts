@@ -143,3 +143,27 @@ export function fromGrpcStatus(code: number, message: string): BerthError {
   err.message = message;
   return err;
 }
+
+/**
+ * An error of `kind` whose message is exactly `message`, with no `: <kind>` suffix: for texts that
+ * containerd sends as they are (its status.Errorf), so clients print the same line.
+ */
+export function errorf(kind: ErrorKind, message: string, cause?: unknown): BerthError {
+  const err = new BerthError(kind, undefined, cause === undefined ? undefined : { cause });
+  err.message = message;
+  return err;
+}
+
+/**
+ * `err` with `<prefix>: ` before its message, keeping what callers branch on: a BerthError keeps
+ * its kind, a system error its errno `code` (so the gRPC mapping stays the same). The original is
+ * the new error's cause.
+ */
+export function wrap(err: unknown, prefix: string): Error {
+  if (err instanceof BerthError) return errorf(err.kind, `${prefix}: ${err.message}`, err);
+  if (!(err instanceof Error)) return new Error(`${prefix}: ${String(err)}`);
+  const out: Error & { code?: unknown } = new Error(`${prefix}: ${err.message}`, { cause: err });
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code !== undefined) out.code = code;
+  return out;
+}

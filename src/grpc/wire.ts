@@ -2,17 +2,13 @@
 // compressed flag and a 4-byte big-endian length before each message), grpc-timeout values, the
 // percent-encoding of grpc-message, and binary ("-bin") metadata values.
 import { gunzipSync } from "node:zlib";
-import { BerthError } from "../base/errdefs.js";
+import { errorf } from "../base/errdefs.js";
 
 /** Bytes before each message: the compressed flag and the length. */
 export const FRAME_HEADER = 5;
 
-/** An error that travels as the given status; its message is sent as is. */
-export function statusError(kind: BerthError["kind"], message: string): BerthError {
-  const e = new BerthError(kind);
-  e.message = message;
-  return e;
-}
+/** An error that travels as the given status; its message is sent as is (errdefs' errorf). */
+export const statusError = errorf;
 
 /** One message with its 5-byte prefix, in a single buffer (one write per message). */
 export function frameMessage(msg: Uint8Array): Buffer {

@@ -8,20 +8,16 @@
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { create } from "@bufbuild/protobuf";
-import { EmptySchema, timestampDate } from "@bufbuild/protobuf/wkt";
-import { errFailedPrecondition, errInvalidArgument } from "../base/errdefs.js";
+import { errFailedPrecondition } from "../base/errdefs.js";
 import type { Plugin } from "../base/plugin.js";
 import { PluginType, ServiceId } from "../base/plugin-types.js";
 import type { ContainerStore } from "../core/containers/store.js";
 import type { Exchange } from "../core/events/exchange.js";
-import { validateTopic } from "../core/events/exchange.js";
+import { shimEventsServer } from "../core/runtime/events.js";
 import { TaskManager } from "../core/runtime/manager.js";
 import { Tasks } from "../gen/containerd/services/tasks/v1/tasks_pb.js";
-import { Events as TtrpcEvents } from "../gen/containerd/services/ttrpc/events/v1/events_pb.js";
 import { tasksService } from "../services/tasks.js";
 import { setChildSubreaper } from "../sys/reaper.js";
-import { TtrpcServer } from "../ttrpc/index.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
 
 /** bin/berth-publish.js: what shims get as -publish-binary. */
@@ -43,23 +39,7 @@ export const runtimeV2Plugin: Plugin = {
     mkdirSync(ic.state, { recursive: true, mode: 0o711 });
     mkdirSync(ic.root, { recursive: true, mode: 0o711 });
 
-    const server = new TtrpcServer({
-      onError: (err) => ic.log.debug("ttrpc connection", { error: String(err) }),
-    });
-    server.register(TtrpcEvents, {
-      forward(req) {
-        const env = req.envelope;
-        if (!env) throw errInvalidArgument("envelope required");
-        validateTopic(env.topic);
-        events.forward({
-          timestamp: env.timestamp ? timestampDate(env.timestamp) : new Date(),
-          namespace: env.namespace,
-          topic: env.topic,
-          event: env.event,
-        });
-        return create(EmptySchema);
-      },
-    });
+    const server = shimEventsServer(events, ic.log);
     const ttrpcPath = ic.daemon.ttrpcAddress.replace(/^unix:\/\//, "");
     mkdirSync(dirname(ttrpcPath), { recursive: true });
     // Shims forward events here. Opened with the gRPC socket, once tasks are loaded and events

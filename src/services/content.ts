@@ -4,7 +4,7 @@
 // offset (offset 0 on a non-empty ingest starts over), COMMIT writes any last data and commits.
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { BerthError, type ErrorKind, errCanceled, isNotFound } from "../base/errdefs.js";
+import { BerthError, errCanceled, errorf, isNotFound, wrap } from "../base/errdefs.js";
 import type { Info, ReaderAt, Status } from "../core/content/local.js";
 import { digestError } from "../core/content/local.js";
 import type { MetadataContentStore } from "../core/content/metadata.js";
@@ -78,13 +78,6 @@ async function readReply(
   return { msg: new EncodedMessage(buf), dataLength: n };
 }
 
-/** An error whose message is sent as is (containerd builds these with status.Errorf). */
-function statusError(kind: ErrorKind, message: string): BerthError {
-  const e = new BerthError(kind);
-  e.message = message;
-  return e;
-}
-
 function infoToProto(i: Info): MessageInitShape<typeof InfoSchema> {
   return {
     digest: i.digest,
@@ -140,7 +133,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
     info(req, ctx) {
       const ns = ctx.namespace();
       if (digestError(req.digest))
-        throw statusError("invalid argument", `${JSON.stringify(req.digest)} failed validation`);
+        throw errorf("invalid argument", `${JSON.stringify(req.digest)} failed validation`);
       return { info: infoToProto(store.info(ns, req.digest)) };
     },
 
@@ -148,7 +141,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
       const ns = ctx.namespace();
       const digest = req.info?.digest ?? "";
       if (digestError(digest))
-        throw statusError("invalid argument", `${JSON.stringify(digest)} failed validation`);
+        throw errorf("invalid argument", `${JSON.stringify(digest)} failed validation`);
       const info = store.update(ns, { digest, labels: req.info?.labels ?? {} }, req.updateMask?.paths ?? []);
       return { info: infoToProto(info) };
     },
@@ -164,7 +157,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
     delete(req, ctx) {
       const ns = ctx.namespace();
       const e = digestError(req.digest);
-      if (e) throw statusError("invalid argument", e);
+      if (e) throw errorf("invalid argument", e);
       store.delete(ns, req.digest, ctx.lease());
       return {};
     },
@@ -172,7 +165,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
     async *read(req, ctx) {
       const ns = ctx.namespace();
       const e = digestError(req.digest);
-      if (e) throw statusError("invalid argument", `${req.digest}: ${e}`);
+      if (e) throw errorf("invalid argument", `${req.digest}: ${e}`);
       // one visibility check; the blob's size is the file's (the same as its info's)
       const ra = await store.readerAt(ns, req.digest);
       const blobSize = ra.size;
@@ -180,7 +173,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
         let offset = Number(req.offset);
         let size = Number(req.size);
         if (offset < 0) offset = 0;
-        if (offset > blobSize) throw statusError("out of range", `read past object length ${blobSize} bytes`);
+        if (offset > blobSize) throw errorf("out of range", `read past object length ${blobSize} bytes`);
         // size is how much to read, not the blob's size; past the end reads to the end
         if (size <= 0 || offset + size > blobSize) size = blobSize - offset;
         // containerd numbers reply offsets from the start of this read, not of the blob. Each
@@ -214,10 +207,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
         return { status: statusToProto(await store.status(ns, req.ref)) };
       } catch (err) {
         if (err instanceof BerthError)
-          throw statusError(
-            err.kind,
-            `could not get status for ref ${JSON.stringify(req.ref)}: ${err.message}`,
-          );
+          throw wrap(err, `could not get status for ref ${JSON.stringify(req.ref)}`);
         throw err;
       }
     },
@@ -234,7 +224,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
       if (r.done) return;
       let req = r.value;
       const ref = req.ref;
-      if (!ref) throw statusError("invalid argument", "first message must have a reference");
+      if (!ref) throw errorf("invalid argument", "first message must have a reference");
       let total = Number(req.total);
       let expected = req.expected;
 
@@ -253,7 +243,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
             if (hasInfo(store, ns, expected)) {
               await wr.close();
               await store.abort(ns, ref).catch(() => {});
-              throw statusError("already exists", `blob with expected digest ${expected} exists`);
+              throw errorf("already exists", `blob with expected digest ${expected} exists`);
             }
           }
           // the total may be announced late, typically with the commit
@@ -267,15 +257,14 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
           } else if (req.action === WriteAction.WRITE || req.action === WriteAction.COMMIT) {
             const at = Number(req.offset);
             if (at > 0 && at !== ws.offset)
-              throw statusError("out of range", `write @${at} must occur at current offset ${ws.offset}`);
+              throw errorf("out of range", `write @${at} must occur at current offset ${ws.offset}`);
             if (at === 0 && ws.offset > 0) {
               await wr.truncate(0);
               msg.offset = 0n;
             }
             if (req.data.length > 0) {
               const n = await wr.write(req.data);
-              if (n !== req.data.length)
-                throw statusError("data loss", `wrote ${n} of ${req.data.length} bytes`);
+              if (n !== req.data.length) throw errorf("data loss", `wrote ${n} of ${req.data.length} bytes`);
               msg.offset = (msg.offset ?? 0n) + BigInt(n);
             }
             if (req.action === WriteAction.COMMIT) await wr.commit(total, expected, req.labels);

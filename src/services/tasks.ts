@@ -1,39 +1,40 @@
-// The Tasks gRPC service (containerd.services.tasks.v1.Tasks): a thin adapter over the runtime v2
-// task manager and the container store, with containerd 1.6's checks and messages. Process state,
-// exits and stats come from the shim; task events are published by the shim itself.
-import { create } from "@bufbuild/protobuf";
-import { EmptySchema, type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { BerthError, errInvalidArgument, isNotFound } from "../base/errdefs.js";
+// The Tasks gRPC service (containerd.services.tasks.v1.Tasks): a thin adapter over the in-process
+// Task API (src/core/runtime) and the container store, with containerd 1.6's checks and messages.
+// Process state, exits and stats come from the shims; task events are published by the shims.
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { EmptySchema, type Timestamp, type TimestampSchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { BerthError, errInvalidArgument, errorf, isNotFound } from "../base/errdefs.js";
 import type { Logger } from "../base/log.js";
 import type { ContainerStore } from "../core/containers/store.js";
 import { parseFilters } from "../core/filters.js";
-import type { TaskManager } from "../core/runtime/manager.js";
-import type { Shim } from "../core/runtime/shim.js";
-import type { StateResponse } from "../gen/containerd/runtime/v2/task/shim_pb.js";
+import type { ProcessState, Task, TaskManager } from "../core/runtime/manager.js";
+import { statusNumber } from "../core/runtime/process.js";
 import type { Tasks } from "../gen/containerd/services/tasks/v1/tasks_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
 
 const STATE_TIMEOUT_MS = 2000;
 
-function withMessage(kind: BerthError["kind"], message: string): BerthError {
-  const err = new BerthError(kind);
-  err.message = message;
-  return err;
+const taskNotFound = (id: string) => errorf("not found", `task ${id} not found`);
+
+/** Nanoseconds since the epoch as a Timestamp, exactly (what the shim sent). */
+function timestampOfNs(ns: bigint | undefined): MessageInitShape<typeof TimestampSchema> | undefined {
+  if (ns === undefined) return undefined;
+  let seconds = ns / 1_000_000_000n;
+  if (ns < 0n && seconds * 1_000_000_000n !== ns) seconds -= 1n;
+  return { seconds, nanos: Number(ns - seconds * 1_000_000_000n) };
 }
 
-const taskNotFound = (id: string) => withMessage("not found", `task ${id} not found`);
-
-function processFromState(id: string, s: StateResponse) {
+function processFromState(s: ProcessState) {
   return {
-    id,
+    id: s.id,
     pid: s.pid,
-    status: s.status,
+    status: statusNumber(s.status),
     stdin: s.stdin,
     stdout: s.stdout,
     stderr: s.stderr,
     terminal: s.terminal,
     exitStatus: s.exitStatus,
-    exitedAt: s.exitedAt,
+    exitedAt: timestampOfNs(s.exitedAtNs),
   };
 }
 
@@ -44,7 +45,7 @@ export function tasksService(
   tasks: TaskManager,
   log: Logger,
 ): ServiceImpl<typeof Tasks> {
-  const getTask = (ns: string, containerId: string): Shim => {
+  const getTask = (ns: string, containerId: string): Task => {
     const c = containers.get(ns, containerId);
     try {
       return tasks.get(ns, c.id);
@@ -52,22 +53,14 @@ export function tasksService(
       throw taskNotFound(c.id);
     }
   };
-  const state = async (shim: Shim, execId: string) => {
+  const processInfo = async (task: Task, execId: string) => {
     try {
-      return await shim.task.state(
-        { id: shim.id, execId },
-        { namespace: shim.namespace, timeoutMs: STATE_TIMEOUT_MS },
-      );
+      return processFromState(await task.process(execId).state({ timeoutMs: STATE_TIMEOUT_MS }));
     } catch (err) {
       if (isNotFound(err)) throw err;
-      log.warn("get state failed", { id: execId || shim.id, error: (err as Error).message });
-      return undefined;
+      log.warn("get state failed", { id: execId || task.id, error: (err as Error).message });
+      return { id: execId || task.id };
     }
-  };
-  const processInfo = async (shim: Shim, execId: string) => {
-    const s = await state(shim, execId);
-    const id = execId || shim.id;
-    return s ? processFromState(id, s) : { id };
   };
   const empty = () => create(EmptySchema);
 
@@ -77,7 +70,7 @@ export function tasksService(
       const c = containers.get(ns, req.containerId);
       if (req.checkpoint) throw errInvalidArgument("checkpoint restore is not supported by berth (no CRIU)");
       if (tasks.has(ns, c.id)) throw new BerthError("already exists", `task ${c.id}`);
-      const { pid } = await tasks.create(ns, c.id, {
+      const task = await tasks.create(ns, c.id, {
         spec: c.spec,
         runtime: req.runtimePath || c.runtime.name,
         runtimeOptions: c.runtime.options,
@@ -88,12 +81,11 @@ export function tasksService(
         stderr: req.stderr,
         terminal: req.terminal,
       });
-      return { containerId: c.id, pid };
+      return { containerId: c.id, pid: task.pid };
     },
     async start(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      const r = await shim.task.start({ id: shim.id, execId: req.execId }, { namespace: shim.namespace });
-      return { pid: r.pid };
+      const task = getTask(ctx.namespace(), req.containerId);
+      return { pid: await task.process(req.execId).start() };
     },
     async delete(req, ctx) {
       const ns = ctx.namespace();
@@ -103,24 +95,30 @@ export function tasksService(
       return {
         pid: exit.pid,
         exitStatus: exit.exitStatus,
-        exitedAt: exit.exitedAt ? timestampFromDate(exit.exitedAt) : zeroTime(),
+        exitedAt: timestampOfNs(exit.exitedAtNs) ?? zeroTime(),
       };
     },
     async deleteProcess(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      const r = await shim.task.delete({ id: shim.id, execId: req.execId }, { namespace: shim.namespace });
-      return { id: req.execId, pid: r.pid, exitStatus: r.exitStatus, exitedAt: r.exitedAt };
+      const task = getTask(ctx.namespace(), req.containerId);
+      // the shim-level delete, also for exec id "" (as containerd does), not the whole task's
+      const exit = await task.process(req.execId).delete();
+      return {
+        id: req.execId,
+        pid: exit.pid,
+        exitStatus: exit.exitStatus,
+        exitedAt: timestampOfNs(exit.exitedAtNs),
+      };
     },
     async get(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      return { process: await processInfo(shim, req.execId) };
+      const task = getTask(ctx.namespace(), req.containerId);
+      return { process: await processInfo(task, req.execId) };
     },
     async list(_req, ctx) {
       const ns = ctx.namespace();
       const out = [];
-      for (const shim of tasks.list(ns)) {
+      for (const task of tasks.list(ns)) {
         try {
-          out.push(await processInfo(shim, ""));
+          out.push(await processInfo(task, ""));
         } catch (err) {
           if (!isNotFound(err)) throw err;
         }
@@ -128,108 +126,87 @@ export function tasksService(
       return { tasks: out };
     },
     async kill(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      await shim.task.kill(
-        { id: shim.id, execId: req.execId, signal: req.signal, all: req.all },
-        { namespace: shim.namespace },
-      );
+      const task = getTask(ctx.namespace(), req.containerId);
+      await task.process(req.execId).kill(req.signal, { all: req.all });
       return empty();
     },
     async exec(req, ctx) {
-      if (!req.execId) throw withMessage("invalid argument", "exec id cannot be empty");
-      const shim = getTask(ctx.namespace(), req.containerId);
-      await shim.task.exec(
-        {
-          id: shim.id,
-          execId: req.execId,
-          terminal: req.terminal,
-          stdin: req.stdin,
-          stdout: req.stdout,
-          stderr: req.stderr,
-          spec: req.spec,
-        },
-        { namespace: shim.namespace },
-      );
+      if (!req.execId) throw errorf("invalid argument", "exec id cannot be empty");
+      const task = getTask(ctx.namespace(), req.containerId);
+      await task.exec(req.execId, {
+        terminal: req.terminal,
+        stdin: req.stdin,
+        stdout: req.stdout,
+        stderr: req.stderr,
+        spec: req.spec && { typeUrl: req.spec.typeUrl, value: req.spec.value },
+      });
       return empty();
     },
     async resizePty(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      await shim.task.resizePty(
-        { id: shim.id, execId: req.execId, width: req.width, height: req.height },
-        { namespace: shim.namespace },
-      );
+      const task = getTask(ctx.namespace(), req.containerId);
+      await task.process(req.execId).resize(req.width, req.height);
       return empty();
     },
     async closeIO(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      if (req.stdin)
-        await shim.task.closeIO(
-          { id: shim.id, execId: req.execId, stdin: true },
-          { namespace: shim.namespace },
-        );
+      const task = getTask(ctx.namespace(), req.containerId);
+      await task.process(req.execId).closeIO({ stdin: req.stdin });
       return empty();
     },
     async pause(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      await shim.task.pause({ id: shim.id }, { namespace: shim.namespace });
+      await getTask(ctx.namespace(), req.containerId).pause();
       return empty();
     },
     async resume(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      await shim.task.resume({ id: shim.id }, { namespace: shim.namespace });
+      await getTask(ctx.namespace(), req.containerId).resume();
       return empty();
     },
     async listPids(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      const r = await shim.task.pids({ id: shim.id }, { namespace: shim.namespace });
-      return { processes: r.processes.map((p) => ({ pid: p.pid, info: p.info })) };
+      const task = getTask(ctx.namespace(), req.containerId);
+      return { processes: await task.pids() };
     },
     checkpoint() {
-      throw withMessage("not implemented", "checkpoint is not supported by berth: no CRIU on this host");
+      throw errorf("not implemented", "checkpoint is not supported by berth: no CRIU on this host");
     },
     async update(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      await shim.task.update(
-        { id: shim.id, resources: req.resources, annotations: req.annotations },
-        { namespace: shim.namespace },
-      );
+      const task = getTask(ctx.namespace(), req.containerId);
+      await task.update({
+        resources: req.resources && { typeUrl: req.resources.typeUrl, value: req.resources.value },
+        annotations: req.annotations,
+      });
       return empty();
     },
     async metrics(req, ctx) {
       const ns = ctx.namespace();
       const filter = parseFilters(req.filters);
       const metrics = [];
-      for (const shim of tasks.list(ns)) {
+      for (const task of tasks.list(ns)) {
         const match = filter.match((fp) => {
           switch (fp[0]) {
             case "id":
-              return shim.id;
+              return task.id;
             case "namespace":
-              return shim.namespace;
+              return task.namespace;
             case "runtime":
-              return shim.runtime;
+              return task.runtime;
             default:
               return undefined;
           }
         });
         if (!match) continue;
         try {
-          const r = await shim.task.stats({ id: shim.id }, { namespace: shim.namespace });
-          metrics.push({ timestamp: timestampFromDate(new Date()), id: shim.id, data: r.stats });
+          const data = await task.metrics();
+          metrics.push({ timestamp: timestampFromDate(new Date()), id: task.id, data });
         } catch (err) {
           if (isNotFound(err)) continue;
-          log.error("collecting metrics", { id: shim.id, error: (err as Error).message });
+          log.error("collecting metrics", { id: task.id, error: (err as Error).message });
         }
       }
       return { metrics };
     },
     async wait(req, ctx) {
-      const shim = getTask(ctx.namespace(), req.containerId);
-      const r = await shim.task.wait(
-        { id: shim.id, execId: req.execId },
-        { namespace: shim.namespace, signal: ctx.signal },
-      );
-      return { exitStatus: r.exitStatus, exitedAt: r.exitedAt };
+      const task = getTask(ctx.namespace(), req.containerId);
+      const exit = await task.process(req.execId).wait({ signal: ctx.signal });
+      return { exitStatus: exit.exitStatus, exitedAt: timestampOfNs(exit.exitedAtNs) };
     },
   };
 }

@@ -1,11 +1,13 @@
-// The runtime v2 task manager (plugin io.containerd.runtime.v2 "task"): one shim per task, a
-// bundle per task under `<state>/<ns>/<id>`, reconnection to live shims after a restart, and the
-// clean-up containerd does when a shim dies under it (run the shim's `delete`, publish
-// /tasks/exit and /tasks/delete). Task events proper come from the shims themselves, forwarded
-// over berthd's ttrpc socket.
+// The runtime v2 task manager (plugin io.containerd.runtime.v2 "task"), and the entry point of the
+// in-process Task API (task.ts): a bundle per task under `<state>/<ns>/<id>`, one shim per task or
+// per group of tasks (see create), reconnection to live shims after a restart, and the clean-up
+// containerd does when a shim dies under it (run the shim's `delete`, publish /tasks/exit and
+// /tasks/delete). Task events proper come from the shims themselves, forwarded over berthd's ttrpc
+// socket (events.ts); the manager reads the exits back from the exchange for onExit.
 //
 // berthd is a child subreaper: the shims daemonize and are reparented here, so their PIDs are
 // reaped here too (after each shutdown and on a timer), as no init on these machines reaps.
+import { EventEmitter } from "node:events";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -13,36 +15,26 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { BerthError, errAlreadyExists, errNotFound, isNotFound } from "../../base/errdefs.js";
 import type { Logger } from "../../base/log.js";
 import { TaskDeleteSchema, TaskExitSchema } from "../../gen/containerd/events/task_pb.js";
-import type { Mount } from "../../gen/containerd/types/mount_pb.js";
 import { reap } from "../../sys/reaper.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { type Bundle, bundlePaths, deleteBundle, newBundle } from "./bundle.js";
-import { deleteDeadShim, Shim, type ShimEnv } from "./shim.js";
+import { TASK_EXIT_TOPIC, taskExitOf } from "./events.js";
+import { exitStatusOf, ShimTask, specBytes } from "./process.js";
+import {
+  deleteDeadShim,
+  openShimLog,
+  ShimConnection,
+  type ShimEnv,
+  shimAddressOf,
+  startShim,
+} from "./shim.js";
+import type { CreateTaskOptions, ExitInfo, Task, TaskExitEvent } from "./task.js";
 
-export interface AnyValue {
-  typeUrl: string;
-  value: Uint8Array;
-}
+export * from "./task.js";
 
-export interface CreateOpts {
-  spec?: AnyValue;
-  /** Runtime name (io.containerd.runc.v2) or a shim binary path. */
-  runtime: string;
-  runtimeOptions?: AnyValue;
-  taskOptions?: AnyValue;
-  rootfs: Mount[];
-  stdin: string;
-  stdout: string;
-  stderr: string;
-  terminal: boolean;
-}
-
-export interface TaskExitInfo {
-  pid: number;
-  exitStatus: number;
-  exitedAt: Date | undefined;
-}
+/** The runtime a task gets when CreateTaskOptions.runtime is not set. */
+export const DEFAULT_RUNTIME = "io.containerd.runc.v2";
 
 const key = (ns: string, id: string) => `${ns}/${id}`;
 
@@ -76,12 +68,27 @@ function childPids(): string[] | undefined {
   }
 }
 
+/**
+ * The tasks of all namespaces and the shims that run them.
+ *
+ * Shim groups: a task whose spec carries the annotation `io.kubernetes.cri.sandbox-id` (or
+ * `io.containerd.runc.v2.group`) runs in the shim of that group — the CRI's one shim per pod — as
+ * containerd-shim-runc-v2 answers `start` with the address of the group's running shim. Tasks on one
+ * address share one connection; the shim is stopped when the last of them is deleted (or when its
+ * first task's create fails and no other task uses it).
+ */
 export class TaskManager {
-  private readonly tasks = new Map<string, Shim>();
+  private readonly tasks = new Map<string, ShimTask>();
   private readonly creating = new Set<string>();
   private readonly deleting = new Set<string>();
+  /** Shims by ttrpc address, as promises while connecting so that tasks of a group share one. */
+  private readonly shims = new Map<string, Promise<ShimConnection>>();
+  /** The open connections by address (what close() closes). */
+  private readonly live = new Map<string, ShimConnection>();
   /** Shim PIDs to reap once they exit. */
   private readonly shimPids = new Set<number>();
+  private readonly exits = new EventEmitter();
+  private readonly stopWatching = new AbortController();
   private timer: NodeJS.Timeout | undefined;
   /** Set at shutdown: shims outlive berthd, so closing their connections is not their death. */
   private closing = false;
@@ -92,7 +99,43 @@ export class TaskManager {
     private readonly env: ShimEnv,
     private readonly events: Exchange,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.exits.setMaxListeners(0);
+    void this.watchExits();
+  }
+
+  /**
+   * Call `listener` for every process exit (init and exec'd) in any namespace, as the shims report
+   * them, and for tasks whose shim died. Returns the function that unsubscribes. A listener that
+   * throws is logged, not propagated.
+   */
+  onExit(listener: (e: TaskExitEvent) => void): () => void {
+    const wrapped = (e: TaskExitEvent) => {
+      try {
+        listener(e);
+      } catch (err) {
+        this.log.error("task exit listener failed", { id: e.id, error: String(err) });
+      }
+    };
+    this.exits.on("exit", wrapped);
+    return () => this.exits.off("exit", wrapped);
+  }
+
+  private async watchExits(): Promise<void> {
+    const sub = this.events.subscribe(
+      [`topic==${JSON.stringify(TASK_EXIT_TOPIC)}`],
+      this.stopWatching.signal,
+    );
+    for await (const env of sub) {
+      let e: TaskExitEvent | undefined;
+      try {
+        e = taskExitOf(env);
+      } catch (err) {
+        this.log.warn("undecodable task exit event", { error: String(err) });
+      }
+      if (e) this.exits.emit("exit", e);
+    }
+  }
 
   /** Start the periodic reaper. */
   startReaper(intervalMs = 1000): void {
@@ -137,66 +180,121 @@ export class TaskManager {
     }
   }
 
+  /** Stop (berthd shutdown): close the shim connections; the shims and their tasks keep running. */
   async close(): Promise<void> {
     this.closing = true;
+    this.stopWatching.abort();
     if (this.timer) clearInterval(this.timer);
-    for (const s of this.tasks.values()) s.close();
+    for (const s of this.live.values()) s.close();
+    this.live.clear();
+    this.shims.clear();
     this.tasks.clear();
   }
 
+  /** Whether the task exists or is being created. */
   has(ns: string, id: string): boolean {
     return this.tasks.has(key(ns, id)) || this.creating.has(key(ns, id));
   }
 
-  get(ns: string, id: string): Shim {
-    const s = this.tasks.get(key(ns, id));
-    if (!s) throw errNotFound(`task ${id}`);
-    return s;
+  /** The task `id` in `ns`; throws kind "not found" (`task <id>: not found`) when there is none. */
+  get(ns: string, id: string): Task {
+    return this.getTask(ns, id);
   }
 
-  list(ns?: string): Shim[] {
-    return [...this.tasks.values()].filter((s) => ns === undefined || s.namespace === ns);
+  private getTask(ns: string, id: string): ShimTask {
+    const t = this.tasks.get(key(ns, id));
+    if (!t) throw errNotFound(`task ${id}`);
+    return t;
   }
 
-  async create(ns: string, id: string, opts: CreateOpts): Promise<{ shim: Shim; pid: number }> {
+  /** The tasks of `ns` (of every namespace when undefined). */
+  list(ns?: string): Task[] {
+    return [...this.tasks.values()].filter((t) => ns === undefined || t.namespace === ns);
+  }
+
+  /** The connection for a shim address: the one open, or a new one (then tracked). */
+  private async shimAt(address: string): Promise<ShimConnection> {
+    const existing = this.shims.get(address);
+    if (existing) {
+      const s = await existing.catch(() => undefined);
+      if (s && !s.closed) return s;
+      if (this.shims.get(address) === existing) this.shims.delete(address);
+    }
+    const p = ShimConnection.connect(address).then((s) => {
+      this.live.set(address, s);
+      this.track(s);
+      return s;
+    });
+    this.shims.set(address, p);
+    p.catch(() => {
+      if (this.shims.get(address) === p) this.shims.delete(address);
+    });
+    return p;
+  }
+
+  /**
+   * Create a task: a bundle with the spec, the shim's `start` (a new shim, or the group's running
+   * one), then the shim's Create. The task's init process is created, not started: call start().
+   * Throws kind "already exists" when the task exists; on failure nothing is left behind.
+   */
+  async create(ns: string, id: string, opts: CreateTaskOptions): Promise<Task> {
     const k = key(ns, id);
     if (this.tasks.has(k) || this.creating.has(k)) throw errAlreadyExists(`task ${id}`);
     this.creating.add(k);
+    const runtime = opts.runtime || DEFAULT_RUNTIME;
     let bundle: Bundle | undefined;
-    let shim: Shim | undefined;
+    let shim: ShimConnection | undefined;
     try {
-      bundle = await newBundle(this.stateDir, this.rootDir, ns, id, opts.spec?.value);
+      bundle = await newBundle(this.stateDir, this.rootDir, ns, id, specBytes(opts.spec));
       const topts = opts.taskOptions ?? opts.runtimeOptions;
-      shim = await Shim.start(this.env, bundle, opts.runtime, topts);
-      this.track(shim);
-      const r = await shim.task.create(
+      const started = await startShim(this.env, bundle, runtime, topts);
+      try {
+        shim = await this.shimAt(started.address);
+      } catch (err) {
+        started.logPipe?.destroy();
+        throw err;
+      }
+      // kept with the connection: the shim of a group writes to its first bundle's log
+      shim.addLog(started.logPipe);
+      shim.tasks.add(k);
+      const { shimPid } = await shim.connectTask(ns, id);
+      if (shimPid > 0) this.shimPids.add(shimPid);
+      const r = await shim.client.create(
         {
           id,
           bundle: bundle.path,
-          rootfs: opts.rootfs,
-          terminal: opts.terminal,
-          stdin: opts.stdin,
-          stdout: opts.stdout,
-          stderr: opts.stderr,
+          rootfs: (opts.rootfs ?? []).map((m) => ({
+            type: m.type,
+            source: m.source,
+            target: m.target ?? "",
+            options: m.options,
+          })),
+          terminal: opts.terminal ?? false,
+          stdin: opts.stdin ?? "",
+          stdout: opts.stdout ?? "",
+          stderr: opts.stderr ?? "",
           options: topts && { typeUrl: topts.typeUrl, value: topts.value },
         },
         { namespace: ns },
       );
-      this.tasks.set(k, shim);
-      return { shim, pid: r.pid };
+      const task = new ShimTask(shim, bundle, runtime, r.pid, (t) => this.remove(t));
+      this.tasks.set(k, task);
+      return task;
     } catch (err) {
       if (shim) {
+        const s = shim;
         this.deleting.add(k);
         try {
-          await shim.task.delete({ id }, { namespace: ns, timeoutMs: 10_000 }).catch(() => {});
-          await this.shutdown(shim);
+          await s.client.delete({ id }, { namespace: ns, timeoutMs: 10_000 }).catch(() => {});
+          s.tasks.delete(k);
+          if (s.tasks.size === 0) await this.shutdown(s, ns, id);
         } finally {
           this.deleting.delete(k);
         }
       }
       if (bundle) {
         const b = bundle;
-        await deleteDeadShim(this.env, b, opts.runtime).catch(() => {});
+        await deleteDeadShim(this.env, b, runtime).catch(() => {});
         await deleteBundle(b).catch((e) => this.log.warn("cannot remove bundle", { error: String(e) }));
       }
       throw err;
@@ -205,23 +303,37 @@ export class TaskManager {
     }
   }
 
-  private track(shim: Shim): void {
-    if (shim.shimPid > 0) this.shimPids.add(shim.shimPid);
+  /** Watch a new connection: when it closes by itself, its tasks are cleaned up as dead. */
+  private track(shim: ShimConnection): void {
     shim.conn.once("closed", () => {
+      this.forget(shim);
+      shim.close(); // its log pipes
+
       setTimeout(() => this.reapShims(), 50).unref();
-      const k = key(shim.namespace, shim.id);
-      if (this.closing || this.deleting.has(k) || this.tasks.get(k) !== shim) return;
-      this.tasks.delete(k);
-      void this.cleanupAfterDeadShim(shim.bundle, shim.runtime);
+      if (this.closing) return;
+      for (const k of shim.tasks) {
+        const t = this.tasks.get(k);
+        if (!t || t.shim !== shim || this.deleting.has(k)) continue;
+        this.tasks.delete(k);
+        void this.cleanupAfterDeadShim(t.bundleInfo, t.runtime);
+      }
     });
   }
 
-  /** Shut a shim down and wait for its connection to close, then reap it. */
-  private async shutdown(shim: Shim): Promise<void> {
-    if (!shim.conn.closed) {
+  /** No new task joins this connection (it is closed or being shut down). */
+  private forget(shim: ShimConnection): void {
+    if (this.live.get(shim.address) !== shim) return;
+    this.live.delete(shim.address);
+    this.shims.delete(shim.address);
+  }
+
+  /** Shut a shim down (as asked for by its last task) and wait for its connection to close, then reap it. */
+  private async shutdown(shim: ShimConnection, ns: string, id: string): Promise<void> {
+    this.forget(shim);
+    if (!shim.closed) {
       const closed = new Promise<void>((r) => shim.conn.once("closed", () => r()));
       try {
-        await shim.task.shutdown({ id: shim.id }, { namespace: shim.namespace, timeoutMs: 5000 });
+        await shim.client.shutdown({ id }, { namespace: ns, timeoutMs: 5000 });
       } catch {
         // the shim closes its socket while answering; either way it is going
       }
@@ -231,31 +343,31 @@ export class TaskManager {
     this.reapShims();
   }
 
-  /** Delete the init process, stop the shim and remove the bundle. */
-  async delete(ns: string, id: string): Promise<TaskExitInfo> {
+  /** Delete the init process, stop the shim (unless other tasks use it) and remove the bundle. */
+  async delete(ns: string, id: string): Promise<ExitInfo> {
+    return this.remove(this.getTask(ns, id));
+  }
+
+  private async remove(task: ShimTask): Promise<ExitInfo> {
+    const { namespace: ns, taskId: id, shim } = task;
     const k = key(ns, id);
-    const shim = this.get(ns, id);
+    if (this.tasks.get(k) !== task) throw errNotFound(`task ${id}`);
     if (this.deleting.has(k)) throw new BerthError("failed precondition", `task ${id} is being deleted`);
     this.deleting.add(k);
     try {
-      let exit: TaskExitInfo | undefined;
+      let exit: ExitInfo | undefined;
       let shimErr: unknown;
       try {
-        const r = await shim.task.delete({ id }, { namespace: ns });
-        exit = {
-          pid: r.pid,
-          exitStatus: r.exitStatus,
-          exitedAt: r.exitedAt
-            ? new Date(Number(r.exitedAt.seconds) * 1000 + r.exitedAt.nanos / 1e6)
-            : undefined,
-        };
+        const r = await shim.client.delete({ id }, { namespace: ns });
+        exit = { pid: r.pid, ...exitStatusOf(r.exitStatus, r.exitedAt) };
       } catch (err) {
         if (!isNotFound(err)) throw err;
         shimErr = err;
       }
       this.tasks.delete(k);
-      await this.shutdown(shim);
-      await deleteBundle(shim.bundle).catch((e) =>
+      shim.tasks.delete(k);
+      if (shim.tasks.size === 0) await this.shutdown(shim, ns, id);
+      await deleteBundle(task.bundleInfo).catch((e) =>
         this.log.warn("cannot remove bundle", { id, namespace: ns, error: String(e) }),
       );
       if (shimErr) throw shimErr;
@@ -310,8 +422,9 @@ export class TaskManager {
   }
 
   /**
-   * After a restart: reconnect to the shims of the bundles left in the state dir; bundles whose
-   * shim is gone (or whose container no longer exists) are cleaned up and their exit reported.
+   * After a restart: reconnect to the shims of the bundles left in the state dir (tasks of one
+   * group share one connection again); bundles whose shim is gone, whose shim holds no such task,
+   * or whose container no longer exists are cleaned up.
    */
   async loadExisting(containerExists: (ns: string, id: string) => boolean): Promise<void> {
     let nss: string[];
@@ -320,6 +433,9 @@ export class TaskManager {
     } catch {
       return;
     }
+    const gone: ShimTask[] = [];
+    /** Each connection with a task that loaded on it, to shut down the ones left without tasks. */
+    const seen = new Map<ShimConnection, { ns: string; id: string }>();
     for (const ns of nss) {
       if (ns.startsWith(".")) continue;
       let ids: string[];
@@ -335,50 +451,50 @@ export class TaskManager {
           await deleteBundle({ ...bundle, id: id.slice(1), path: bundle.path }).catch(() => {});
           continue;
         }
-        let runtime = "io.containerd.runc.v2";
+        let runtime = DEFAULT_RUNTIME;
         try {
           runtime = readFileSync(join(bundle.path, "shim-binary-path"), "utf8").trim() || runtime;
         } catch {
           // no shim was started for this bundle
         }
-        if (!containerExists(ns, id)) {
-          this.log.info("container for bundle is gone; cleaning up", { id, namespace: ns });
-          try {
-            const shim = await Shim.load(this.env, bundle, runtime);
-            this.track(shim);
-            this.tasks.set(key(ns, id), shim);
-            await this.delete(ns, id).catch(() => {});
-          } catch {
-            await this.cleanupAfterDeadShim(bundle, runtime, false);
-          }
-          continue;
-        }
-        let shim: Shim;
+        const exists = containerExists(ns, id);
+        if (!exists) this.log.info("container for bundle is gone; cleaning up", { id, namespace: ns });
+        let shim: ShimConnection;
+        let taskPid: number;
         try {
-          shim = await Shim.load(this.env, bundle, runtime);
+          shim = await this.shimAt(shimAddressOf(bundle));
+          seen.set(shim, { ns, id });
+          shim.addLog(openShimLog(bundle, this.env.log));
+          const c = await shim.connectTask(ns, id, 5000);
+          taskPid = c.taskPid;
+          if (c.shimPid > 0) this.shimPids.add(c.shimPid);
         } catch (err) {
-          this.log.info("shim gone while berthd was down", {
-            id,
-            namespace: ns,
-            error: (err as Error).message,
-          });
+          if (exists)
+            this.log.info("shim gone while berthd was down", {
+              id,
+              namespace: ns,
+              error: (err as Error).message,
+            });
           await this.cleanupAfterDeadShim(bundle, runtime, false);
           continue;
         }
-        if (shim.taskPid === 0) {
+        if (taskPid === 0) {
           // berthd died between starting the shim and creating its task (or between deleting the
-          // task and stopping the shim): no task to manage; stop the shim rather than keep a task
-          // that no call can see, delete or let its container go
+          // task and stopping the shim): no task to manage; the shim is stopped below unless other
+          // tasks use it, rather than keep a task that no call can see, delete or let its container go
           this.log.info("shim holds no task; stopping it", { id, namespace: ns, pid: shim.shimPid });
-          await this.shutdown(shim);
           await this.cleanupAfterDeadShim(bundle, runtime, false);
           continue;
         }
-        this.tasks.set(key(ns, id), shim);
-        this.track(shim);
-        this.log.info("reconnected to shim", { id, namespace: ns, pid: shim.shimPid });
+        const task = new ShimTask(shim, bundle, runtime, taskPid, (t) => this.remove(t));
+        this.tasks.set(key(ns, id), task);
+        shim.tasks.add(key(ns, id));
+        if (exists) this.log.info("reconnected to shim", { id, namespace: ns, pid: shim.shimPid });
+        else gone.push(task);
       }
     }
+    for (const t of gone) await this.remove(t).catch(() => {});
+    for (const [s, t] of seen) if (s.tasks.size === 0 && !s.closed) await this.shutdown(s, t.ns, t.id);
   }
 }
 

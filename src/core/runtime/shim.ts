@@ -5,7 +5,8 @@
 // runs with cwd = bundle, env TTRPC_ADDRESS=<ttrpc socket> and GOMAXPROCS=2, the runtime options
 // (a protobuf Any) on stdin. It daemonizes the real shim, prints its ttrpc address and exits. Before
 // that the `log` FIFO in the bundle is opened here read-write, so the shim's open for writing never
-// blocks; what it logs goes to berthd's log. `delete` (same flags plus -bundle) cleans up after a
+// blocks; what it logs goes to berthd's log. A shim may serve several tasks (a group, see
+// ShimConnection). `delete` (same flags plus -bundle) cleans up after a
 // shim that died, printing a task.v2 DeleteResponse.
 import { spawn } from "node:child_process";
 import { closeSync, existsSync, constants as fsc, openSync, readFileSync } from "node:fs";
@@ -13,7 +14,7 @@ import { writeFile } from "node:fs/promises";
 import { Socket } from "node:net";
 import { delimiter, isAbsolute, join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { type Any, AnySchema } from "@bufbuild/protobuf/wkt";
+import { AnySchema } from "@bufbuild/protobuf/wkt";
 import { errInvalidArgument, errNotFound } from "../../base/errdefs.js";
 import type { Logger } from "../../base/log.js";
 import {
@@ -109,7 +110,7 @@ function run(
 }
 
 /** Open `<bundle>/log` (a FIFO) read-write and copy what the shim writes to the log. */
-function openShimLog(bundle: Bundle, log: Logger): Socket | undefined {
+export function openShimLog(bundle: Bundle, log: Logger): Socket | undefined {
   const path = join(bundle.path, "log");
   try {
     if (!existsSync(path)) mknod(path, S_IFIFO | 0o700);
@@ -151,90 +152,103 @@ export function parseShimAddress(out: string): string {
   return s;
 }
 
-export class Shim {
-  readonly task: TtrpcServiceClient<typeof Task>;
+/**
+ * One running shim and berthd's ttrpc connection to it. Several tasks may share it: a shim started
+ * for a task whose spec names a group (containerd-shim-runc-v2 reads the annotations
+ * `io.containerd.runc.v2.group` and `io.kubernetes.cri.sandbox-id`) answers `start` for the other
+ * tasks of that group with its own address, so the CRI's pod gets one shim. `tasks` holds the keys
+ * of the tasks using it; the shim is stopped when the last of them is deleted.
+ */
+export class ShimConnection {
+  readonly client: TtrpcServiceClient<typeof Task>;
   shimPid = 0;
-  /** The init process's PID when (re)connected; 0 when the shim holds no task (never created, or deleted). */
-  taskPid = 0;
+  /** `<ns>/<id>` of the tasks (being created or created) on this shim. */
+  readonly tasks = new Set<string>();
+  private readonly logPipes: Socket[] = [];
+
   private constructor(
-    readonly bundle: Bundle,
-    readonly runtime: string,
+    readonly address: string,
     readonly conn: TtrpcClient,
-    private readonly logPipe: Socket | undefined,
   ) {
-    this.task = conn.service(Task);
+    this.client = conn.service(Task);
   }
 
-  get namespace(): string {
-    return this.bundle.namespace;
-  }
-  get id(): string {
-    return this.bundle.id;
+  static async connect(address: string): Promise<ShimConnection> {
+    return new ShimConnection(address, await TtrpcClient.connect(address));
   }
 
-  static async start(
-    env: ShimEnv,
-    bundle: Bundle,
-    runtime: string,
-    opts: { typeUrl: string; value: Uint8Array } | undefined,
-  ): Promise<Shim> {
-    const binary = findShimBinary(runtime);
-    const args = [
-      "-namespace",
-      bundle.namespace,
-      "-address",
-      env.address,
-      "-publish-binary",
-      env.publishBinary,
-      "-id",
-      bundle.id,
-    ];
-    if (env.debug) args.push("-debug");
-    args.push("start");
-    const logPipe = openShimLog(bundle, env.log);
-    try {
-      const r = await run(env, binary, args, bundle.path, anyBytes(opts));
-      if (r.code !== 0) {
-        const text = Buffer.concat([r.stdout, r.stderr]).toString("utf8").trim();
-        throw new Error(`${text}: exit status ${r.code}`);
-      }
-      const address = parseShimAddress(r.stdout.toString("utf8"));
-      const conn = await TtrpcClient.connect(address);
-      await writeFile(join(bundle.path, "shim-binary-path"), binary, { mode: 0o600 });
-      const shim = new Shim(bundle, runtime, conn, logPipe);
-      await shim.connect();
-      return shim;
-    } catch (err) {
-      logPipe?.destroy();
-      throw err;
-    }
+  get closed(): boolean {
+    return this.conn.closed;
   }
 
-  /** Reconnect to a running shim through the bundle's `address` file. */
-  static async load(env: ShimEnv, bundle: Bundle, runtime: string): Promise<Shim> {
-    const address = readFileSync(join(bundle.path, "address"), "utf8").trim();
-    const logPipe = openShimLog(bundle, env.log);
-    try {
-      const conn = await TtrpcClient.connect(address);
-      const shim = new Shim(bundle, runtime, conn, logPipe);
-      await shim.connect(5000);
-      return shim;
-    } catch (err) {
-      logPipe?.destroy();
-      throw err;
-    }
+  /** Keep reading a log FIFO the shim writes to, until this connection is closed. */
+  addLog(pipe: Socket | undefined): void {
+    if (!pipe) return;
+    if (this.conn.closed) pipe.destroy();
+    else this.logPipes.push(pipe);
   }
 
-  private async connect(timeoutMs = 10_000): Promise<void> {
-    const r = await this.task.connect({ id: this.id }, { namespace: this.namespace, timeoutMs });
+  /** Connect for one task: the shim's PID and that task's init PID (0 when the shim has no such task). */
+  async connectTask(
+    ns: string,
+    id: string,
+    timeoutMs = 10_000,
+  ): Promise<{ shimPid: number; taskPid: number }> {
+    const r = await this.client.connect({ id }, { namespace: ns, timeoutMs });
     this.shimPid = r.shimPid;
-    this.taskPid = r.taskPid;
+    return { shimPid: r.shimPid, taskPid: r.taskPid };
   }
 
   close(): void {
     this.conn.close();
-    this.logPipe?.destroy();
+    for (const p of this.logPipes) p.destroy();
+    this.logPipes.length = 0;
   }
+}
+
+/**
+ * Run the shim's `start` for a bundle: resolves with the shim's ttrpc address (a new shim's, or the
+ * running shim of the bundle's group) and the bundle's log FIFO, opened here (the caller keeps it
+ * with the shim's connection, or destroys it when the shim was already running).
+ */
+export async function startShim(
+  env: ShimEnv,
+  bundle: Bundle,
+  runtime: string,
+  opts: { typeUrl: string; value: Uint8Array } | undefined,
+): Promise<{ address: string; logPipe: Socket | undefined }> {
+  const binary = findShimBinary(runtime);
+  const args = [
+    "-namespace",
+    bundle.namespace,
+    "-address",
+    env.address,
+    "-publish-binary",
+    env.publishBinary,
+    "-id",
+    bundle.id,
+  ];
+  if (env.debug) args.push("-debug");
+  args.push("start");
+  const logPipe = openShimLog(bundle, env.log);
+  try {
+    const r = await run(env, binary, args, bundle.path, anyBytes(opts));
+    if (r.code !== 0) {
+      const text = Buffer.concat([r.stdout, r.stderr]).toString("utf8").trim();
+      throw new Error(`${text}: exit status ${r.code}`);
+    }
+    const address = parseShimAddress(r.stdout.toString("utf8"));
+    await writeFile(join(bundle.path, "shim-binary-path"), binary, { mode: 0o600 });
+    return { address, logPipe };
+  } catch (err) {
+    logPipe?.destroy();
+    throw err;
+  }
+}
+
+/** The address a bundle's shim wrote at `start` (the bundle's `address` file). */
+export function shimAddressOf(bundle: Bundle): string {
+  return readFileSync(join(bundle.path, "address"), "utf8").trim();
 }
 
 /** Run `<shim> ... -bundle B delete` for a shim that is gone; its DeleteResponse (exit status). */
@@ -262,5 +276,3 @@ export async function deleteDeadShim(env: ShimEnv, bundle: Bundle, runtime: stri
   if (warn) env.log.warn("cleanup warnings", { id: bundle.id, warnings: warn });
   return fromBinary(DeleteResponseSchema, r.stdout);
 }
-
-export type { Any };
