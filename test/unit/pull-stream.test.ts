@@ -1,4 +1,4 @@
-// The daemon-side pull's streamed overlay unpack (src/core/pull/pull.ts, stage.ts): layers are
+// The daemon-side pull's streamed overlay unpack (src/core/pull, src/core/unpack/layers.ts, stage.ts): layers are
 // extracted into staging directories while they download and moved into their snapshots in
 // order. Checked against the sequential way (each layer applied by the differ onto a snapshot
 // prepared on its committed parent), against a native-snapshotter pull (merged trees), with a
@@ -11,13 +11,15 @@ import { after, before, describe, it } from "node:test";
 import { isNotFound } from "../../src/base/errdefs.js";
 import { nopLogger } from "../../src/base/log.js";
 import { type Plugin, PluginSet } from "../../src/base/plugin.js";
-import { chainIds, type ProgressEvent, type PullDeps, pull } from "../../src/core/pull/pull.js";
-import { ChunkPipe } from "../../src/core/pull/stage.js";
-import { stageTuning } from "../../src/core/pull/stage-thread.js";
+import { chainIds } from "../../src/core/images/image.js";
+import { withTempMount } from "../../src/core/mount/mount.js";
+import { type ProgressEvent, type PullDeps, pull } from "../../src/core/pull/pull.js";
 import { RegistryClient } from "../../src/core/remotes/client.js";
 import { STAGING_PREFIX } from "../../src/core/snapshots/local.js";
 import type { NamespacedSnapshotter } from "../../src/core/snapshots/metadata.js";
 import { OverlaySnapshotter } from "../../src/core/snapshots/overlay.js";
+import { ChunkPipe } from "../../src/core/unpack/stage.js";
+import { stageTuning } from "../../src/core/unpack/stage-thread.js";
 import { contentPlugin } from "../../src/plugins/content.js";
 import { corePlugins } from "../../src/plugins/core.js";
 import { differPlugin, diffServicePlugin } from "../../src/plugins/diff.js";
@@ -25,7 +27,6 @@ import { imagesServicePlugin } from "../../src/plugins/images.js";
 import { snapshotPlugins, snapshotsServicePlugin } from "../../src/plugins/snapshots.js";
 import { localTransferPlugin, streamingManagerPlugin } from "../../src/plugins/transfer.js";
 import type { LocalTransfer } from "../../src/services/transfer.js";
-import { withTempMount } from "../../src/sys/mount.js";
 import { type Blob, blob, MediaType, manifestBlob, pushBlob, pushManifest } from "../helpers/images.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
 import { buildTar, gzip, sha256, type TarEntry, zstd } from "../helpers/tarbuild.js";

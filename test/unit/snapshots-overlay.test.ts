@@ -16,8 +16,10 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { BerthError } from "../../src/base/errdefs.js";
 import type { Mount } from "../../src/base/mount.js";
+import { mountAll, unmountAll } from "../../src/core/mount/mount.js";
+import { splitLowerdir } from "../../src/core/mount/options.js";
 import { checkOverlaySupport, OverlaySnapshotter, UPPERDIR_LABEL } from "../../src/core/snapshots/overlay.js";
-import { MOUNT_DATA_MAX, mountAll, splitLowerdir, unmountAll } from "../../src/sys/mount.js";
+import { MOUNT_DATA_MAX } from "../../src/sys/mount.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const indexOff = existsSync("/sys/module/overlay/parameters/index") ? ["index=off"] : [];

@@ -14,7 +14,8 @@ import {
   type WriteContentResponse,
 } from "../../gen/containerd/services/content/v1/content_pb.js";
 import type { CliContext, Wire } from "./context.js";
-import { registerContentFetch } from "./images.js";
+import { collect } from "./image-common.js";
+import { type PullOpts, pullImage } from "./image-transfer.js";
 import {
   formatLabels,
   humanAge,
@@ -214,7 +215,23 @@ async function writeOut(data: Uint8Array): Promise<void> {
 
 export function registerContent(program: Command, wire: Wire): void {
   const content = program.command("content").description("manage content");
-  registerContentFetch(content, wire);
+
+  // a pull that fetches content only (no unpack), through the daemon
+  content
+    .command("fetch")
+    .description("fetch all content for an image into the daemon (no unpack)")
+    .argument("<ref>", "image reference")
+    .option("--plain-http", "allow connections using plain HTTP")
+    .option("-u, --user <user[:password]>", "user[:password] registry credentials")
+    .option("--platform <platform>", "fetch content for a platform (repeatable)", collect, [])
+    .option("--all-platforms", "fetch content for all platforms")
+    .option("--all-metadata", "fetch the manifests and configs of every platform")
+    .option("--hosts-dir <dir>", "custom hosts configuration directory")
+    .action(
+      wire(async (ctx, cmd) => {
+        await pullImage(ctx, cmd.args[0]!, { ...cmd.opts<PullOpts>(), skipUnpack: true });
+      }),
+    );
 
   content
     .command("active")

@@ -6,72 +6,12 @@
 import { resolve } from "node:path";
 import type { Command } from "commander";
 import { isAlreadyExists, isNotFound } from "../../base/errdefs.js";
-import { hostPlatform, matchesAny, type Platform } from "../../base/platforms.js";
-import { chainIds } from "../../core/pull/pull.js";
-import { formatReference, parseNormalized } from "../../core/reference.js";
-import { isIndexType } from "../../core/remotes/media.js";
-import { Content } from "../../gen/containerd/services/content/v1/content_pb.js";
-import { Images } from "../../gen/containerd/services/images/v1/images_pb.js";
+import { mountAll, unmountAll } from "../../core/mount/mount.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
-import { mountAll, unmountAll } from "../../sys/mount.js";
-import type { CliContext, Wire } from "./context.js";
+import type { Wire } from "./context.js";
+import { defaultSnapshotter, resolveStoredImage } from "./image-common.js";
 import { humanSize, TabWriter } from "./table.js";
-
-interface Desc {
-  mediaType: string;
-  digest: string;
-  size: number;
-  platform?: Platform;
-}
-interface TreeJson {
-  manifests?: Desc[];
-  config?: Desc;
-  layers?: Desc[];
-  rootfs?: { diff_ids?: string[] };
-}
-
-const defaultSnapshotter = () => process.env.CONTAINERD_SNAPSHOTTER || "overlayfs";
-
-async function json(ctx: CliContext, digest: string): Promise<TreeJson> {
-  const content = await ctx.client(Content);
-  const parts: Uint8Array[] = [];
-  for await (const r of content.read({ digest }, ctx.stream())) parts.push(r.data);
-  return JSON.parse(Buffer.concat(parts).toString("utf8")) as TreeJson;
-}
-
-/** The host platform's manifest of an image, its layers and chain IDs. */
-async function imageLayers(ctx: CliContext, ref: string) {
-  const images = await ctx.client(Images);
-  let image: Awaited<ReturnType<typeof images.get>>["image"];
-  try {
-    image = (await images.get({ name: ref }, ctx.call())).image;
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-    image = (await images.get({ name: formatReference(parseNormalized(ref)) }, ctx.call())).image;
-  }
-  const t = image!.target!;
-  let desc: Desc = { mediaType: t.mediaType, digest: t.digest, size: Number(t.size) };
-  for (let depth = 0; isIndexType(desc.mediaType); depth++) {
-    const idx = await json(ctx, desc.digest);
-    const m = (idx.manifests ?? []).find(
-      (x) => isIndexType(x.mediaType) || !x.platform || matchesAny([hostPlatform()], x.platform),
-    );
-    if (!m || depth > 4) throw new Error(`${ref}: no manifest for the host platform`);
-    desc = m;
-  }
-  const manifest = await json(ctx, desc.digest);
-  if (!manifest.config) throw new Error(`${ref}: manifest ${desc.digest} has no config`);
-  const cfg = await json(ctx, manifest.config.digest);
-  const diffIds = cfg.rootfs?.diff_ids ?? [];
-  return {
-    name: image!.name,
-    manifest: desc,
-    layers: manifest.layers ?? [],
-    diffIds,
-    chain: chainIds(diffIds),
-  };
-}
 
 export function registerImageMount(images: Command, wire: Wire): void {
   images
@@ -87,8 +27,8 @@ export function registerImageMount(images: Command, wire: Wire): void {
         const target = resolve(t);
         const o = cmd.opts<{ rw?: boolean; snapshotter?: string }>();
         const snapshotter = o.snapshotter || defaultSnapshotter();
-        const img = await imageLayers(ctx, ref);
-        const top = img.chain[img.chain.length - 1];
+        const img = await resolveStoredImage(ctx, ref);
+        const top = img.topChainId;
         if (!top) throw new Error(`${ref}: the image has no layers`);
         const snaps = await ctx.client(Snapshots);
         await snaps.stat({ snapshotter, key: top }, ctx.call()).catch((err: unknown) => {
@@ -156,14 +96,14 @@ export function registerImageMount(images: Command, wire: Wire): void {
     .action(
       wire(async (ctx, cmd) => {
         const snapshotter = cmd.opts<{ snapshotter?: string }>().snapshotter || defaultSnapshotter();
-        const img = await imageLayers(ctx, cmd.args[0]!);
+        const img = await resolveStoredImage(ctx, cmd.args[0]!);
         const snaps = await ctx.client(Snapshots);
         const tw = new TabWriter().row("LAYER", "SIZE", "CHAIN ID", "UNPACKED", "INODES");
         let size = 0;
         let unpacked = 0;
         for (let i = 0; i < img.layers.length; i++) {
           const l = img.layers[i]!;
-          const chain = img.chain[i] ?? "";
+          const chain = img.chainIds[i] ?? "";
           size += l.size;
           const u = await snaps.usage({ snapshotter, key: chain }, ctx.call()).catch(() => undefined);
           if (u) unpacked += Number(u.size);

@@ -3,15 +3,24 @@
 // from the repository they were pulled from when that is on the same registry), then PUT the
 // manifests children first and the root under the reference's tag (or digest).
 import { Readable } from "node:stream";
-import { BerthError } from "../../base/errdefs.js";
+import { BerthError, isNotFound } from "../../base/errdefs.js";
 import { type Logger, nopLogger } from "../../base/log.js";
-import { matchesAny, type Platform } from "../../base/platforms.js";
+import type { Platform } from "../../base/platforms.js";
 import type { MetadataContentStore } from "../content/metadata.js";
+import { contentStoreReader } from "../images/content.js";
+import { manifestForPlatform, platformEntries, platformMatcher, walk } from "../images/image.js";
+import { DISTRIBUTION_SOURCE_PREFIX } from "../images/labels.js";
+import {
+  type Descriptor,
+  type Index,
+  isImageManifestType,
+  isIndexType,
+  type Manifest,
+} from "../images/media.js";
 import type { ImageStore } from "../images/store.js";
 import { hostname, parseNormalized } from "../reference.js";
 import type { RegistryClient } from "../remotes/client.js";
-import { type Descriptor, isImageManifestType, isIndexType } from "../remotes/media.js";
-import { DISTRIBUTION_SOURCE_PREFIX, type ProgressEvent } from "./pull.js";
+import type { ProgressEvent } from "./progress.js";
 
 export interface PushDeps {
   content: MetadataContentStore;
@@ -31,13 +40,6 @@ export interface PushRequest {
   maxConcurrentUploads?: number;
   progress?: (ev: ProgressEvent) => void;
   signal?: AbortSignal;
-}
-
-interface TreeJson {
-  mediaType?: string;
-  manifests?: (Descriptor & { platform?: Platform })[];
-  config?: Descriptor;
-  layers?: Descriptor[];
 }
 
 export async function push(deps: PushDeps, req: PushRequest): Promise<Descriptor> {
@@ -78,57 +80,61 @@ export async function push(deps: PushDeps, req: PushRequest): Promise<Descriptor
   };
 
   // With platforms named, an index whose other manifests are not all here is replaced by the
-  // first matching manifest: a registry refuses an index naming manifests it lacks.
+  // manifest for them: a registry refuses an index naming manifests it lacks.
+  const wanted = platformMatcher(req.platforms ?? []);
   if (req.platforms?.length && isIndexType(root.mediaType)) {
-    const idx = JSON.parse((await readAll(root)).toString("utf8")) as TreeJson;
-    const children = idx.manifests ?? [];
-    if (!children.every((m) => has(m.digest))) {
-      const m = children.find(
-        (x) =>
-          isImageManifestType(x.mediaType) &&
-          x.platform &&
-          matchesAny(req.platforms!, x.platform) &&
-          has(x.digest),
-      );
-      if (!m) throw new BerthError("not found", `${req.image}: no manifest here for the platforms asked for`);
-      root = { mediaType: m.mediaType, digest: m.digest, size: m.size };
+    const idx = JSON.parse((await readAll(root)).toString("utf8")) as Index;
+    if (!(idx.manifests ?? []).every((m) => has(m.digest))) {
+      try {
+        root = (await manifestForPlatform(contentStoreReader(deps.content, ns), root, wanted)).desc;
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        throw new BerthError("not found", `${req.image}: no manifest here for the platforms asked for`);
+      }
+      root = { mediaType: root.mediaType, digest: root.digest, size: root.size };
     }
   }
 
   // Collect: blobs (configs, layers) and manifests in children-first order.
   const blobs = new Map<string, Descriptor>();
   const manifests: { desc: Descriptor; data: Buffer }[] = [];
-  const seen = new Set<string>();
-  const walk = async (desc: Descriptor, depth: number): Promise<void> => {
-    if (seen.has(desc.digest)) return;
-    seen.add(desc.digest);
-    if (depth > 4) throw new BerthError("invalid argument", `${desc.digest}: indexes nested too deep`);
-    if (isIndexType(desc.mediaType) || isImageManifestType(desc.mediaType)) {
+  const docs = new Map<string, Buffer>();
+  await walk(root, {
+    enter: async (desc, { depth }) => {
+      if (!isIndexType(desc.mediaType) && !isImageManifestType(desc.mediaType)) {
+        blobs.set(desc.digest, desc);
+        return;
+      }
       const data = await readAll(desc);
-      const j = JSON.parse(data.toString("utf8")) as TreeJson;
-      if (isIndexType(desc.mediaType)) {
-        for (const m of j.manifests ?? []) {
-          const want = !req.platforms?.length || !m.platform || matchesAny(req.platforms, m.platform);
-          if (!want && depth > 0) continue;
-          if (!has(m.digest)) {
-            if (!want) continue;
-            throw new BerthError(
-              "not found",
-              `content ${m.digest} of ${req.image} is missing: pull it with --all-platforms to push the whole index`,
-            );
-          }
-          await walk(m, depth + 1);
-        }
-      } else {
+      docs.set(desc.digest, data);
+      const j = JSON.parse(data.toString("utf8")) as Index & Manifest;
+      if (!isIndexType(desc.mediaType)) {
         if (j.config) blobs.set(j.config.digest, j.config);
         for (const l of j.layers ?? []) blobs.set(l.digest, l);
+        return;
       }
-      manifests.push({ desc, data });
-      return;
-    }
-    blobs.set(desc.digest, desc);
-  };
-  await walk(root, 0);
+      // the root index is pushed whole (its absent manifests fail); nested ones for the platforms
+      const matching = new Set(platformEntries(j, wanted));
+      const kids: Descriptor[] = [];
+      for (const m of j.manifests ?? []) {
+        const want = matching.has(m);
+        if (!want && depth > 0) continue;
+        if (!has(m.digest)) {
+          if (!want) continue;
+          throw new BerthError(
+            "not found",
+            `content ${m.digest} of ${req.image} is missing: pull it with --all-platforms to push the whole index`,
+          );
+        }
+        kids.push(m);
+      }
+      return kids;
+    },
+    leave: (desc) => {
+      const data = docs.get(desc.digest);
+      if (data) manifests.push({ desc, data });
+    },
+  });
 
   // Blobs, a few at a time.
   const queue = [...blobs.values()];

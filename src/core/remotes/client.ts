@@ -2,11 +2,11 @@
 // looked up afresh for every operation, one transport (connection pools, auth state, token cache)
 // for the client's life.
 import type { Readable } from "node:stream";
+import type { Descriptor } from "../images/media.js";
 import { parseNormalized, type Reference } from "../reference.js";
 import type { CredentialsFn } from "./auth.js";
 import { type FetchOptions, fetchBlob, fetchBytes } from "./fetcher.js";
 import { type HostsOptions, type RegistryHost, resolveHosts } from "./hosts.js";
-import type { Descriptor } from "./media.js";
 import { type BlobPushResult, pushBlob, pushManifest } from "./pusher.js";
 import { type Resolved, resolve } from "./resolver.js";
 import { type Body, Transport, type TransportOptions } from "./transport.js";

@@ -5,10 +5,11 @@
 import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { Descriptor } from "../images/media.js";
 import { formatReference, type Reference } from "../reference.js";
 import { repositoryScope } from "./auth.js";
 import type { RegistryHost } from "./hosts.js";
-import { type Descriptor, isManifestType, MANIFEST_ACCEPT } from "./media.js";
+import { isManifestType, MANIFEST_ACCEPT } from "./media.js";
 import { allHostsFailed } from "./resolver.js";
 import { errorDetail, type HttpResponse, header, RegistryError, type Transport } from "./transport.js";
 

@@ -1,10 +1,11 @@
 // Push to a registry (OCI distribution spec): a blob is skipped when the registry has it, mounted
 // from another repository when asked, else uploaded (POST a session, PATCH the bytes, PUT with
 // ?digest=); manifests and indexes are PUT by tag or digest and their digest checked.
+
+import type { Descriptor } from "../images/media.js";
 import { formatReference, type Reference } from "../reference.js";
 import { repositoryScope } from "./auth.js";
 import type { RegistryHost } from "./hosts.js";
-import type { Descriptor } from "./media.js";
 import { type Body, errorDetail, header, RegistryError, type Transport } from "./transport.js";
 
 export type BlobPushResult = "exists" | "mounted" | "uploaded";

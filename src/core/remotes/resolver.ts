@@ -2,10 +2,11 @@
 // Accept list, fall back to GET when the registry leaves out the digest, type or size, and try the
 // next resolve-capable host when one fails.
 import { createHash } from "node:crypto";
+import { type Descriptor, MediaTypes } from "../images/media.js";
 import { formatReference, type Reference, validateDigest } from "../reference.js";
 import { repositoryScope } from "./auth.js";
 import type { RegistryHost } from "./hosts.js";
-import { type Descriptor, isSchema1, MANIFEST_ACCEPT, MediaTypes } from "./media.js";
+import { isSchema1, MANIFEST_ACCEPT } from "./media.js";
 import { errorDetail, header, RegistryError, type Transport } from "./transport.js";
 
 export interface Resolved {

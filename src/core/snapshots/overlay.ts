@@ -7,14 +7,14 @@
 //   active with parents      → overlay [<mount_options>…, workdir=, upperdir=, lowerdir=a:b:…]
 //   view with one parent     → bind <parent fs> [ro, rbind]
 //   view with more parents   → overlay [<mount_options>…, lowerdir=a:b:…]
-// The lowerdir list is never cut short: mounting it (src/sys/mount.ts) falls back to the new
+// The lowerdir list is never cut short: mounting it (src/core/mount) falls back to the new
 // mount API when the option string does not fit mount(2)'s one page.
-import { existsSync, lchownSync, lstatSync, mkdirSync, readFileSync, statfsSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readFileSync, statfsSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Mount } from "../../base/mount.js";
-import { supportsDType } from "../../sys/fileops.js";
-import { mountOne, unmountAll } from "../../sys/mount.js";
+import { realSyscalls, type Syscalls } from "../../sys/syscalls.js";
+import { mountOne, unmountAll } from "../mount/mount.js";
 import { type LocalOptions, LocalSnapshotter } from "./local.js";
 import type { Kind, SnapshotInfo } from "./snapshotter.js";
 import type { StoredSnapshot } from "./storage.js";
@@ -26,6 +26,8 @@ export interface OverlayOptions extends LocalOptions {
   upperdirLabel?: boolean;
   /** Options added to every overlay mount (not to bind mounts). */
   mountOptions?: string[];
+  /** The calls that change ownership (default: the kernel's). */
+  sys?: Syscalls;
 }
 
 const TMPFS_MAGIC = 0x01021994;
@@ -71,12 +73,12 @@ export function overlayMountOptions(root: string, configured: string[] = []): st
  * Check that overlay works under root: the filesystem reports d_type, and an overlay with two
  * lower layers, an upper and a work directory mounts. Throws the reason when not.
  */
-export async function checkOverlaySupport(root: string): Promise<void> {
+export async function checkOverlaySupport(root: string, sys: Syscalls = realSyscalls): Promise<void> {
   await mkdir(root, { recursive: true, mode: 0o700 });
   const td = await mkdtemp(join(root, "overlay-check-"));
   try {
     await writeFile(join(td, "probe"), "");
-    if (!supportsDType(td))
+    if (!sys.supportsDType(td))
       throw new Error(
         `${root} does not support d_type. If the backing filesystem is xfs, please reformat with ftype=1 to enable d_type support`,
       );
@@ -94,23 +96,28 @@ export async function checkOverlaySupport(root: string): Promise<void> {
           ],
         },
         merged,
+        sys,
       );
     } catch (err) {
       throw new Error(`failed to mount overlay: ${(err as Error).message}`);
     }
-    unmountAll(merged);
+    unmountAll(merged, 0, sys);
   } finally {
     await rm(td, { recursive: true, force: true });
   }
 }
 
 export class OverlaySnapshotter extends LocalSnapshotter {
+  /** A staged tree renamed over a new snapshot's upper directory is its content. */
+  readonly stagedExtraction = this;
   readonly options: string[];
   private readonly upperdirLabel: boolean;
+  private readonly sys: Syscalls;
 
   constructor(root: string, opts: OverlayOptions = {}) {
     super(root, opts);
     this.upperdirLabel = opts.upperdirLabel ?? false;
+    this.sys = opts.sys ?? realSyscalls;
     this.options = overlayMountOptions(root, opts.mountOptions);
   }
 
@@ -139,7 +146,7 @@ export class OverlaySnapshotter extends LocalSnapshotter {
     if (parentId !== undefined) {
       // The new upper dir takes its owner from the parent's, so the merged root keeps it.
       const st = lstatSync(this.upperPath(parentId));
-      lchownSync(fs, st.uid, st.gid);
+      this.sys.lchown(fs, st.uid, st.gid);
     }
   }
 

@@ -23,7 +23,21 @@ export interface Usage {
   inodes: number;
 }
 
+/**
+ * A snapshotter whose snapshots' content is a plain directory (overlay's upper directory) can have
+ * a layer extracted apart from any snapshot, into a staging directory on its filesystem, and the
+ * tree renamed into a freshly prepared snapshot afterwards: layers then extract in parallel.
+ */
+export interface StagedExtraction {
+  /** A new empty directory on the snapshots' filesystem, left alone by cleanup until released. */
+  createStagingDir(): string;
+  /** Remove a staging directory (and whatever is still in it). */
+  releaseStagingDir(path: string): Promise<void>;
+}
+
 export interface Snapshotter {
+  /** Present when layers can be staged (see StagedExtraction); absent: apply into the mounts. */
+  readonly stagedExtraction?: StagedExtraction;
   stat(key: string): Promise<SnapshotInfo>;
   /** Field paths: "labels", "labels.<k>"; none means labels. */
   update(info: Pick<SnapshotInfo, "name" | "labels">, paths: string[]): Promise<SnapshotInfo>;

@@ -11,7 +11,7 @@ import type { Mount } from "../../base/mount.js";
 import { type ApplyMode, adoptLowerDirs, applyTar } from "../diff/apply.js";
 import { type Compression, diffCompression, openLayer } from "../diff/compression.js";
 import { overlayDirs } from "../diff/walking.js";
-import type { Descriptor } from "../remotes/media.js";
+import type { Descriptor } from "../images/media.js";
 
 /** Bytes a pipe holds before its writer waits (per layer streamed). */
 const PIPE_HIGH_WATER = 16 << 20;

@@ -1,6 +1,6 @@
 // Messages between the pull pipeline and a staging worker (stage-thread.ts, stage-worker.ts).
 import type { ApplyMode } from "../diff/apply.js";
-import type { Descriptor } from "../remotes/media.js";
+import type { Descriptor } from "../images/media.js";
 
 /** What a worker is started with. */
 export interface StageJob {

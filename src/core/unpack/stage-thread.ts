@@ -7,7 +7,7 @@ import { Worker } from "node:worker_threads";
 import { BerthError, type ErrorKind } from "../../base/errdefs.js";
 import { type Level, type Logger, nopLogger } from "../../base/log.js";
 import type { ApplyMode } from "../diff/apply.js";
-import type { Descriptor } from "../remotes/media.js";
+import type { Descriptor } from "../images/media.js";
 import { type StagedLayer, stageLayer } from "./stage.js";
 import type { StageJob, ToMain, ToWorker } from "./stage-protocol.js";
 

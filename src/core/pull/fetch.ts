@@ -1,0 +1,371 @@
+// The fetching half of a pull: handlers that walk an image's tree from the registry into the
+// content store with containerd's labels (distribution source, gc.ref.content.*), and layer
+// downloads (bounded by max_concurrent_downloads, one per digest however many manifests share
+// it) whose verified bytes can be teed, as they arrive, into extractions (ChunkPipe taps).
+import { BerthError, isAlreadyExists, isKind, isNotFound } from "../../base/errdefs.js";
+import type { Platform } from "../../base/platforms.js";
+import type { MetadataContentStore } from "../content/metadata.js";
+import { type PlatformMatcher, platformEntries, walk } from "../images/image.js";
+import { childrenLabels, refKey } from "../images/labels.js";
+import {
+  configPlatform,
+  type Descriptor,
+  type ImageConfig,
+  type Index,
+  isImageManifestType,
+  isIndexType,
+  type Manifest,
+} from "../images/media.js";
+import type { Labels } from "../metadata/db.js";
+import type { RegistryClient } from "../remotes/client.js";
+import { ChunkPipe } from "../unpack/stage.js";
+import type { ProgressEvent } from "./progress.js";
+
+/** A counting semaphore. */
+export class Limiter {
+  private active = 0;
+  private readonly queue: (() => void)[] = [];
+  constructor(private readonly max: number) {}
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.active >= this.max) await new Promise<void>((r) => this.queue.push(r));
+    this.active++;
+    try {
+      return await fn();
+    } finally {
+      this.active--;
+      this.queue.shift()?.();
+    }
+  }
+}
+
+/** Where a download's bytes go besides the content store. */
+interface Tee {
+  /** Bytes are about to flow. */
+  start(): void;
+  write(chunk: Buffer): Promise<void>;
+  /** All bytes were written (the store has yet to commit them). */
+  end(): void;
+}
+
+interface Tap {
+  pipe: ChunkPipe;
+  /** Told once: whether the bytes will flow through the pipe. */
+  decide(flows: boolean): void;
+}
+
+interface Download {
+  /** Settles once the blob is committed in the store (or was there already). */
+  done: Promise<void>;
+  start(): void;
+  started: boolean;
+  /** Extractions that want the bytes as they arrive; closed to newcomers once `frozen`. */
+  taps: Tap[];
+  frozen: boolean;
+}
+
+/** Write size for blobs being stored: a write per network read (16–64 KiB) costs ~6× the CPU. */
+const STORE_WRITE_SIZE = 1 << 20;
+
+/** The same bytes in pieces of at least `min` bytes (the last may be shorter). */
+async function* coalesce(
+  src: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  min = STORE_WRITE_SIZE,
+): AsyncGenerator<Uint8Array> {
+  let parts: Uint8Array[] = [];
+  let size = 0;
+  for await (const c of src) {
+    if (size === 0 && c.length >= min) {
+      yield c;
+      continue;
+    }
+    parts.push(c);
+    size += c.length;
+    if (size >= min) {
+      yield Buffer.concat(parts, size);
+      parts = [];
+      size = 0;
+    }
+  }
+  if (size > 0) yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+}
+
+/** A manifest found by the walk, with what fetching and unpacking it need. */
+export interface FoundManifest {
+  manifest: Descriptor;
+  platform?: Platform;
+  config: Descriptor;
+  layers: Descriptor[];
+  diffIds: string[];
+  /** Its layers are wanted (else only its metadata was fetched). */
+  withLayers: boolean;
+}
+
+export interface FetcherOptions {
+  content: MetadataContentStore;
+  namespace: string;
+  /** The lease new content is written under. */
+  lease: string;
+  client: RegistryClient;
+  ref: string;
+  /** The distribution source label set on every blob fetched. */
+  sourceLabel: Labels;
+  maxConcurrentDownloads: number;
+  signal: AbortSignal;
+  emit: (ev: ProgressEvent) => void;
+}
+
+/** Fetches one image's content into the store. */
+export class Fetcher {
+  private readonly limiter: Limiter;
+  /** Layer downloads, by digest (a layer shared by two manifests is fetched once). */
+  private readonly downloads = new Map<string, Download>();
+
+  constructor(private readonly o: FetcherOptions) {
+    this.limiter = new Limiter(o.maxConcurrentDownloads);
+  }
+
+  private check(): void {
+    this.o.signal.throwIfAborted();
+  }
+
+  /** Set labels on content that is already there (merged; existing keys overwritten). */
+  addLabels(dgst: string, labels: Labels): void {
+    const keys = Object.keys(labels);
+    if (keys.length === 0) return;
+    this.o.content.update(
+      this.o.namespace,
+      { digest: dgst, labels },
+      keys.map((k) => `labels.${k}`),
+    );
+  }
+
+  /**
+   * Write `desc` into the content store from `chunks` (or find it there), then make sure it carries
+   * `labels`. Returns false when the blob was already present. `tee` gets the bytes too, as they
+   * are written (`start` first; not at all when the blob was there).
+   */
+  private async store(
+    desc: Descriptor,
+    labels: Labels,
+    chunks: () => Promise<AsyncIterable<Uint8Array> | Iterable<Uint8Array>>,
+    onBytes?: (n: number) => void,
+    tee?: Tee,
+  ): Promise<boolean> {
+    const { content, namespace: ns, lease } = this.o;
+    const ref = refKey(desc);
+    let w: Awaited<ReturnType<MetadataContentStore["writer"]>>;
+    try {
+      w = await content.writer(ns, ref, { total: desc.size, expected: desc.digest, lease });
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+      this.addLabels(desc.digest, labels);
+      return false;
+    }
+    let committed = false;
+    try {
+      if (w.status().offset > 0) await w.truncate(0);
+      tee?.start();
+      let n = 0;
+      for await (const c of coalesce(await chunks())) {
+        this.check();
+        await w.write(c);
+        // after the write: the extraction may take the chunk's memory over (stage-thread.ts)
+        if (tee) await tee.write(Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+        n += c.length;
+        onBytes?.(n);
+      }
+      tee?.end();
+      try {
+        await w.commit(desc.size, desc.digest, labels);
+      } catch (err) {
+        if (isAlreadyExists(err)) this.addLabels(desc.digest, labels);
+        else if (isKind(err, "failed precondition")) {
+          // the registry sent other bytes than the descriptor names
+          const e = new BerthError("data loss", undefined, { cause: err });
+          e.message = `${desc.digest} failed verification: ${(err as Error).message}`;
+          throw e;
+        } else throw err;
+      }
+      committed = true;
+      return true;
+    } finally {
+      if (!committed) {
+        await w.close().catch(() => {});
+        await content.abort(ns, ref, lease).catch(() => {});
+      }
+    }
+  }
+
+  /** Fetch a small JSON object (index, manifest, config) into the store; returns its bytes. */
+  private async fetchSmall(desc: Descriptor, labels: (data: Buffer) => Labels): Promise<Buffer> {
+    this.check();
+    let data: Buffer | undefined;
+    try {
+      const ra = await this.o.content.readerAt(this.o.namespace, desc.digest);
+      try {
+        const parts: Buffer[] = [];
+        for await (const c of ra.stream(0, ra.size)) parts.push(Buffer.from(c));
+        data = Buffer.concat(parts);
+      } finally {
+        await ra.close();
+      }
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    if (data) {
+      this.addLabels(desc.digest, { ...this.o.sourceLabel, ...labels(data) });
+      return data;
+    }
+    const bytes = await this.o.client.fetchBytes(this.o.ref, desc);
+    await this.store(desc, { ...this.o.sourceLabel, ...labels(bytes) }, async () => [bytes]);
+    return bytes;
+  }
+
+  private async fetchJson<T>(desc: Descriptor, labels: (doc: T) => Labels): Promise<T> {
+    let doc: T | undefined;
+    const parse = (b: Buffer) => {
+      doc ??= JSON.parse(b.toString("utf8")) as T;
+      return doc;
+    };
+    return parse(await this.fetchSmall(desc, (b) => labels(parse(b))));
+  }
+
+  /**
+   * Fetch the tree under `root`: indexes (only the entries for `platforms` unless `allMetadata`),
+   * manifests and their configs; layers are left to download(). Returns the manifests found.
+   */
+  async walk(root: Descriptor, platforms: PlatformMatcher, allMetadata: boolean): Promise<FoundManifest[]> {
+    const found: FoundManifest[] = [];
+    await walk(
+      root,
+      {
+        enter: async (desc, at) => {
+          if (isIndexType(desc.mediaType)) {
+            const idx = await this.fetchJson<Index>(desc, childrenLabels);
+            return allMetadata ? (idx.manifests ?? []) : platformEntries(idx, platforms);
+          }
+          if (!isImageManifestType(desc.mediaType)) return; // attestations and other artifacts are not followed
+          const m = await this.fetchJson<Manifest>(desc, childrenLabels);
+          if (!m.config) throw new BerthError("invalid argument", `manifest ${desc.digest} has no config`);
+          const cfg = await this.fetchJson<ImageConfig>(m.config, () => ({}));
+          found.push({
+            manifest: desc,
+            platform: at.platform ?? configPlatform(cfg),
+            config: m.config,
+            layers: m.layers ?? [],
+            diffIds: cfg.rootfs?.diff_ids ?? [],
+            withLayers: at.platform === undefined || platforms.match(at.platform),
+          });
+          return; // layers are downloaded apart (download())
+        },
+      },
+      { parallel: true },
+    );
+    return found;
+  }
+
+  /** The download of a layer (created on first use, started by start()). */
+  private downloadOf(desc: Descriptor): Download {
+    let dl = this.downloads.get(desc.digest);
+    if (!dl) {
+      let start!: () => void;
+      const go = new Promise<void>((r) => {
+        start = r;
+      });
+      const taps: Tap[] = [];
+      const created: Download = {
+        taps,
+        frozen: false,
+        started: false,
+        start: () => {
+          if (created.started) return;
+          created.started = true;
+          start();
+        },
+        done: go.then(() => this.downloadLayer(desc, created)),
+      };
+      created.done.catch(() => {});
+      dl = created;
+      this.downloads.set(desc.digest, dl);
+    }
+    return dl;
+  }
+
+  /** Start (if not yet) and wait for a layer's download. */
+  download(desc: Descriptor): Promise<void> {
+    const dl = this.downloadOf(desc);
+    dl.start();
+    return dl.done;
+  }
+
+  /**
+   * Ask for a layer's bytes as they are downloaded. Resolves to the pipe once they flow, or to
+   * undefined when they will not (the blob was in the store already, the download had begun
+   * before, or it failed before any byte): then read the store once the download is done.
+   */
+  tap(desc: Descriptor): Promise<ChunkPipe | undefined> {
+    const dl = this.downloadOf(desc);
+    if (dl.frozen) return Promise.resolve(undefined);
+    const pipe = new ChunkPipe();
+    return new Promise((resolve) => {
+      dl.taps.push({ pipe, decide: (flows) => resolve(flows ? pipe : undefined) });
+    });
+  }
+
+  private async downloadLayer(desc: Descriptor, dl: Download): Promise<void> {
+    const { emit } = this.o;
+    const name = refKey(desc);
+    const taps = dl.taps;
+    const decide = (flows: boolean) => {
+      dl.frozen = true;
+      for (const t of taps) t.decide(flows);
+    };
+    const tee: Tee | undefined =
+      taps.length === 0
+        ? undefined
+        : {
+            start: () => decide(true),
+            write: async (c) => {
+              if (taps.length === 1) await taps[0]!.pipe.write(c);
+              else await Promise.all(taps.map((t) => t.pipe.write(c)));
+            },
+            end: () => {
+              for (const t of taps) t.pipe.end();
+            },
+          };
+    emit({ event: "waiting", name, total: desc.size, desc });
+    try {
+      await this.limiter.run(async () => {
+        this.check();
+        emit({ event: "downloading", name, progress: 0, total: desc.size, desc });
+        let last = 0;
+        const fresh = await this.store(
+          desc,
+          this.o.sourceLabel,
+          // the content writer checks the digest when it commits: no second hash of the bytes here
+          () => this.o.client.fetch(this.o.ref, desc, { verifyDigest: false }),
+          (n) => {
+            const now = Date.now();
+            if (now - last >= 100) {
+              last = now;
+              emit({ event: "downloading", name, progress: n, total: desc.size, desc });
+            }
+          },
+          tee,
+        );
+        emit({
+          event: fresh ? "complete" : "already exists",
+          name,
+          progress: desc.size,
+          total: desc.size,
+          desc,
+        });
+      });
+    } catch (err) {
+      for (const t of taps) t.pipe.fail(err);
+      throw err;
+    } finally {
+      decide(false); // no-op for the taps told already
+    }
+  }
+}
