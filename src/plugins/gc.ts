@@ -1,15 +1,11 @@
 // io.containerd.gc.v1.scheduler: containerd's config keys, the metadata collector, and the
 // backends' sweeps (content blobs, snapshotter dirs).
 
+import { parseDuration } from "../base/duration.js";
 import type { Plugin } from "../base/plugin.js";
 import { PluginType, ServiceId } from "../base/plugin-types.js";
 import { MetadataCollector } from "../core/gc/collector.js";
-import {
-  GcScheduler,
-  parseDuration,
-  SCHEDULER_DEFAULTS,
-  type SchedulerConfig,
-} from "../core/gc/scheduler.js";
+import { GcScheduler, SCHEDULER_DEFAULTS, type SchedulerConfig } from "../core/gc/scheduler.js";
 import type { LeaseStore } from "../core/leases/store.js";
 import type { SnapshotService } from "../core/snapshots/metadata.js";
 import type { Metadata } from "./core.js";

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { anyPack } from "@bufbuild/protobuf/wkt";
+import { parseDuration } from "../../src/base/duration.js";
 import { rechunk, validateDigest } from "../../src/cmd/berth/content.js";
 import { eventJson, formatEventLine } from "../../src/cmd/berth/events.js";
 import { randomLeaseId } from "../../src/cmd/berth/leases.js";
@@ -13,7 +14,6 @@ import {
   goTimeString,
   humanDuration,
   humanSize,
-  parseDuration,
   parseLabelArgs,
   rfc3339Nano,
   SPACES,

@@ -3,13 +3,9 @@ import { createHash, randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { goDuration } from "../../src/base/duration.js";
 import { BerthError } from "../../src/base/errdefs.js";
-import {
-  digestError,
-  goDuration,
-  LocalContentStore,
-  type LocalWriter,
-} from "../../src/core/content/local.js";
+import { digestError, LocalContentStore, type LocalWriter } from "../../src/core/content/local.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const sha256 = (b: Uint8Array) => `sha256:${createHash("sha256").update(b).digest("hex")}`;

@@ -3,17 +3,10 @@ import { randomBytes } from "node:crypto";
 import { toJson } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
+import { parseDuration } from "../../base/duration.js";
 import { LeaseSchema, Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import type { Wire } from "./context.js";
-import {
-  formatLabels,
-  parseDuration,
-  parseLabelArgs,
-  printJson,
-  rfc3339Local,
-  TabWriter,
-  wantsJson,
-} from "./table.js";
+import { formatLabels, parseLabelArgs, printJson, rfc3339Local, TabWriter, wantsJson } from "./table.js";
 
 /** Label that makes the garbage collector drop a lease after the given time. */
 export const GC_EXPIRE_LABEL = "containerd.io/gc.expire";

@@ -1,6 +1,7 @@
 // berth: the command line client. Global options and wiring live here; each command group has
 // its own file. Commands talk to berthd (or containerd) over gRPC, one connection per run.
 import { Command, Option } from "commander";
+import { parseDuration } from "../../base/duration.js";
 import { registerContainers } from "./containers.js";
 import { registerContent } from "./content.js";
 import { DEFAULT_ADDRESS, wire } from "./context.js";
@@ -14,7 +15,6 @@ import { registerNamespaces } from "./namespaces.js";
 import { registerPlugins } from "./plugins.js";
 import { registerRun } from "./run.js";
 import { registerSnapshots } from "./snapshots.js";
-import { parseDuration } from "./table.js";
 import { registerTasks } from "./tasks.js";
 import { berthVersion, registerVersion } from "./version.js";
 

@@ -231,42 +231,6 @@ export function parseLabelArgs(
   return labels;
 }
 
-const DURATION_UNITS: Record<string, number> = {
-  ns: 1e-6,
-  us: 1e-3,
-  µs: 1e-3,
-  μs: 1e-3,
-  ms: 1,
-  s: 1000,
-  m: 60_000,
-  h: 3_600_000,
-};
-
-/** Parse a Go duration ("10s", "1h30m", "500ms", "0", "24h0m0s") into milliseconds. */
-export function parseDuration(input: string): number {
-  const s = input.trim();
-  let rest = s;
-  let sign = 1;
-  if (rest.startsWith("-") || rest.startsWith("+")) {
-    if (rest[0] === "-") sign = -1;
-    rest = rest.slice(1);
-  }
-  if (rest === "0") return 0;
-  if (rest === "") throw new Error(`invalid duration ${JSON.stringify(input)}`);
-  let total = 0;
-  const re = /^(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/;
-  while (rest.length > 0) {
-    const m = re.exec(rest);
-    if (!m) {
-      const unitless = /^(\d+(?:\.\d*)?|\.\d+)$/.test(rest);
-      throw new Error(`${unitless ? "missing unit in" : "invalid"} duration ${JSON.stringify(input)}`);
-    }
-    total += Number(m[1]) * DURATION_UNITS[m[2]!]!;
-    rest = rest.slice(m[0].length);
-  }
-  return sign * total;
-}
-
 /** JSON.stringify that writes bigint as a decimal string. */
 export function toJsonText(value: unknown, indent?: number): string {
   return JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? v.toString() : v), indent);

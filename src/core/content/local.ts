@@ -10,6 +10,7 @@
 //
 // A blob only appears under blobs/ through a rename after its data was fsynced, so a crash never
 // leaves a partial blob visible. One writer per ref at a time (in-process locks).
+
 import { createHash, type Hash } from "node:crypto";
 import * as fsCb from "node:fs";
 import { constants as fsc } from "node:fs";
@@ -28,6 +29,7 @@ import {
 } from "node:fs/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { goDuration } from "../../base/duration.js";
 import {
   BerthError,
   errAlreadyExists,
@@ -119,32 +121,6 @@ export function validateDigest(d: string): void {
 const algorithmOf = (d: string) => d.slice(0, d.indexOf(":"));
 
 // --- Go-style formatting for the lock message ---------------------------------------------------
-
-function fracString(v: bigint, div: bigint): string {
-  const i = v / div;
-  const f = v % div;
-  if (f === 0n) return `${i}`;
-  const digits = div.toString().length - 1;
-  return `${i}.${f.toString().padStart(digits, "0").replace(/0+$/, "")}`;
-}
-
-/** Go's time.Duration String() for nanoseconds: "0s", "850µs", "1.5s", "2m3.25s", "1h0m0s". */
-export function goDuration(ns: bigint): string {
-  if (ns === 0n) return "0s";
-  const sign = ns < 0n ? "-" : "";
-  let u = ns < 0n ? -ns : ns;
-  if (u < 1000n) return `${sign}${u}ns`;
-  if (u < 1_000_000n) return `${sign}${fracString(u, 1000n)}µs`;
-  if (u < 1_000_000_000n) return `${sign}${fracString(u, 1_000_000n)}ms`;
-  const h = u / 3_600_000_000_000n;
-  u %= 3_600_000_000_000n;
-  const m = u / 60_000_000_000n;
-  u %= 60_000_000_000n;
-  const s = `${fracString(u, 1_000_000_000n)}s`;
-  if (h > 0n) return `${sign}${h}h${m}m${s}`;
-  if (m > 0n) return `${sign}${m}m${s}`;
-  return `${sign}${s}`;
-}
 
 const pad = (n: number, w = 2) => String(n).padStart(w, "0");
 

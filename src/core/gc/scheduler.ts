@@ -1,6 +1,7 @@
 // When to collect: containerd's gc.v1.scheduler semantics. Deletions ("dirty" mutations) and
 // plain mutations are counted; a collection is scheduled by thresholds or an explicit trigger
 // (sync deletes), and the pause between collections keeps GC under pause_threshold of time.
+import { parseDuration } from "../../base/duration.js";
 
 export interface GcStats {
   /** Milliseconds the collection took. */
@@ -27,27 +28,6 @@ export const SCHEDULER_DEFAULTS: SchedulerConfig = {
   schedule_delay: "0s",
   startup_delay: "100ms",
 };
-
-const UNITS: Record<string, number> = {
-  ns: 1e-6,
-  us: 1e-3,
-  µs: 1e-3,
-  ms: 1,
-  s: 1000,
-  m: 60_000,
-  h: 3_600_000,
-};
-
-/** Go's time.ParseDuration, in milliseconds ("1h30m", "100ms", "0s", "-1.5s"). */
-export function parseDuration(s: string): number {
-  const m = /^([-+]?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$/.exec(s);
-  if (s === "0") return 0;
-  if (!m) throw new Error(`invalid duration ${JSON.stringify(s)}`);
-  let total = 0;
-  for (const part of s.replace(/^[-+]/, "").matchAll(/(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/g))
-    total += Number(part[1]) * UNITS[part[2]!]!;
-  return m[1] === "-" ? -total : total;
-}
 
 export class GcScheduler {
   private readonly pauseThreshold: number;
