@@ -9,11 +9,10 @@
 // ECHONL set libuv leaves those on (and clears INPCK, which cfmakeraw keeps), so CR
 // and NL could still be translated or dropped.
 import tty from "node:tty";
-import { libc } from "../../sys/libc.js";
+import { getTermios, setTermios, windowSize } from "../../sys/terminal.js";
 
-// struct termios (glibc, Linux): c_iflag, c_oflag, c_cflag, c_lflag (u32), c_line (u8),
-// c_cc[32], then c_ispeed and c_ospeed (u32) at 52 and 56: 60 bytes.
-const TERMIOS_SIZE = 60;
+// offsets in struct termios (glibc, Linux): c_iflag, c_oflag, c_cflag, c_lflag (u32), c_line
+// (u8), then c_cc[32]
 const IFLAG = 0;
 const CFLAG = 8;
 const LFLAG = 12;
@@ -35,12 +34,6 @@ const L = { ISIG: 0o1, ICANON: 0o2, ECHO: 0o10, ECHONL: 0o100, IEXTEN: 0o100000 
 const CSIZE = 0o60;
 const PARENB = 0o400;
 const CS8 = 0o60;
-const TCSANOW = 0;
-const TIOCGWINSZ = 0x5413;
-
-const tcgetattr = () => libc("tcgetattr", "int tcgetattr(int fd, _Out_ uint8_t *termios)");
-const tcsetattr = () => libc("tcsetattr", "int tcsetattr(int fd, int action, const uint8_t *termios)");
-const ioctlWinsize = () => libc("ioctl", "int ioctl(int fd, unsigned long request, _Out_ uint8_t *arg)");
 
 export interface ConsoleSize {
   width: number;
@@ -57,16 +50,6 @@ export interface Console {
   reset(): void;
 }
 
-function getTermios(fd: number): Buffer {
-  const b = Buffer.alloc(TERMIOS_SIZE);
-  if (tcgetattr()(fd, b) !== 0) throw new Error(`tcgetattr on fd ${fd} failed`);
-  return b;
-}
-
-function setTermios(fd: number, b: Buffer): void {
-  if (tcsetattr()(fd, TCSANOW, b) !== 0) throw new Error(`tcsetattr on fd ${fd} failed`);
-}
-
 /** The terminal on stderr, stdout or stdin (first found), or undefined when none is one. */
 export function currentConsole(): Console | undefined {
   const fd = [2, 1, 0].find((f) => tty.isatty(f));
@@ -74,11 +57,7 @@ export function currentConsole(): Console | undefined {
   let saved: Buffer | undefined;
   return {
     fd,
-    size() {
-      const ws = Buffer.alloc(8);
-      if (ioctlWinsize()(fd, TIOCGWINSZ, ws) !== 0) throw new Error(`TIOCGWINSZ on fd ${fd} failed`);
-      return { height: ws.readUInt16LE(0), width: ws.readUInt16LE(2) };
-    },
+    size: () => windowSize(fd),
     setRaw() {
       const t = getTermios(fd);
       saved ??= Buffer.from(t);
