@@ -1,115 +1,178 @@
-// The CRI plugin's place (io.containerd.grpc.v1 "cri"): its config section with containerd 1.6's
-// keys and defaults, so a Kubernetes node's config.toml loads unchanged and `config default` prints
-// what operators expect. The CRI RuntimeService/ImageService are not served yet: the plugin reports
-// `skip` with that reason. Its registry table is already live: daemon-side pulls read it (see
-// core/remotes/cri-registry.ts), and a registry table containerd would refuse makes this plugin
-// report `error` with containerd's message.
+// The CRI plugin (io.containerd.grpc.v1 "cri"): Kubernetes' RuntimeService and ImageService on
+// berthd's main gRPC socket, in the k8s.io namespace, over the daemon's stores and task manager.
+// Its config section keeps containerd 1.6's keys (src/cri/config.ts). A registry table
+// containerd would refuse makes this plugin report `error` with containerd's message; keys berth
+// does not implement are named in the log once at start, never silently ignored.
+import { mkdirSync } from "node:fs";
+import type { Logger } from "../base/log.js";
 import { hostPlatform } from "../base/platforms.js";
-import { type Plugin, SkipPlugin } from "../base/plugin.js";
-import { PluginType } from "../base/plugin-types.js";
-import { type CriRegistryConfig, criRegistrySettings } from "../core/remotes/cri-registry.js";
+import type { Plugin } from "../base/plugin.js";
+import { PluginType, ServiceId } from "../base/plugin-types.js";
+import type { ContainerStore } from "../core/containers/store.js";
+import type { DiffService } from "../core/diff/service.js";
+import type { Exchange } from "../core/events/exchange.js";
+import type { ImageStore } from "../core/images/store.js";
+import type { LeaseStore } from "../core/leases/store.js";
+import { criRegistrySettings } from "../core/remotes/cri-registry.js";
+import type { TaskManager } from "../core/runtime/manager.js";
+import type { SnapshotService } from "../core/snapshots/metadata.js";
+import { type CriConfig, criDefaults } from "../cri/config.js";
+import { CRI_NAMESPACE, type CriDeps } from "../cri/context.js";
+import { createCriImages } from "../cri/images.js";
+import { criServices } from "../cri/service.js";
+import { startStreamServer } from "../cri/streaming/methods.js";
+import type { Tasks } from "../gen/containerd/services/tasks/v1/tasks_pb.js";
+import { ImageService, RuntimeService } from "../gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
+import type { ServiceImpl } from "../grpc/service.js";
+import type { Metadata } from "./core.js";
+import { type GrpcServicePlugin, registration } from "./grpc.js";
+
+export { type CriConfig, criDefaults } from "../cri/config.js";
 
 export const CRI_PLUGIN_KEY = `${PluginType.GRPC}.cri`;
 
-const runtimeDefaults = (runtimeType: string, options: Record<string, unknown>) => ({
-  base_runtime_spec: "",
-  cni_conf_dir: "",
-  cni_max_conf_num: 0,
-  container_annotations: [] as string[],
-  pod_annotations: [] as string[],
-  privileged_without_host_devices: false,
-  runtime_engine: "",
-  runtime_path: "",
-  runtime_root: "",
-  runtime_type: runtimeType,
-  options,
-});
+/**
+ * Config keys berth acts on (dotted paths; `*` is any one map key). A key under one of these
+ * is read by some part of the CRI plugin; any other key set to a non-default value is reported
+ * at start. Keep this list to what the code reads.
+ */
+export const IMPLEMENTED_KEYS: readonly string[] = [
+  "sandbox_image",
+  "max_concurrent_downloads",
+  "max_container_log_line_size",
+  "restrict_oom_score_adj",
+  "ignore_image_defined_volumes",
+  "netns_mounts_under_state_dir",
+  "enable_unprivileged_ports",
+  "enable_unprivileged_icmp",
+  "device_ownership_from_security_context",
+  "unset_seccomp_profile",
+  "systemd_cgroup",
+  "disable_cgroup",
+  "disable_hugetlb_controller",
+  "tolerate_missing_hugetlb_controller",
+  "stream_server_address",
+  "stream_server_port",
+  "stream_idle_timeout",
+  "enable_tls_streaming",
+  "x509_key_pair_streaming",
+  // berth applies no AppArmor profile, so turning AppArmor off is what already happens
+  "disable_apparmor",
+  "cni.bin_dir",
+  "cni.conf_dir",
+  "cni.max_conf_num",
+  "cni.conf_template",
+  "containerd.snapshotter",
+  "containerd.default_runtime_name",
+  "containerd.runtimes.*.runtime_type",
+  "containerd.runtimes.*.options",
+  "containerd.runtimes.*.pod_annotations",
+  "containerd.runtimes.*.container_annotations",
+  "registry",
+];
 
-/** containerd 1.6's CRI defaults on Linux (`containerd config default`). */
-export function criDefaults() {
-  return {
-    device_ownership_from_security_context: false,
-    disable_apparmor: false,
-    disable_cgroup: false,
-    disable_hugetlb_controller: true,
-    disable_proc_mount: false,
-    disable_tcp_service: true,
-    enable_selinux: false,
-    enable_tls_streaming: false,
-    enable_unprivileged_icmp: false,
-    enable_unprivileged_ports: false,
-    ignore_image_defined_volumes: false,
-    max_concurrent_downloads: 3,
-    max_container_log_line_size: 16384,
-    netns_mounts_under_state_dir: false,
-    restrict_oom_score_adj: false,
-    sandbox_image: "registry.k8s.io/pause:3.6",
-    selinux_category_range: 1024,
-    stats_collect_period: 10,
-    stream_idle_timeout: "4h0m0s",
-    stream_server_address: "127.0.0.1",
-    stream_server_port: "0",
-    systemd_cgroup: false,
-    tolerate_missing_hugetlb_controller: true,
-    unset_seccomp_profile: "",
-    cni: {
-      bin_dir: "/opt/cni/bin",
-      conf_dir: "/etc/cni/net.d",
-      conf_template: "",
-      ip_pref: "",
-      max_conf_num: 1,
-    },
-    containerd: {
-      default_runtime_name: "runc",
-      disable_snapshot_annotations: true,
-      discard_unpacked_layers: false,
-      ignore_rdt_not_enabled_errors: false,
-      no_pivot: false,
-      snapshotter: "overlayfs",
-      default_runtime: runtimeDefaults("", {}),
-      runtimes: {
-        runc: runtimeDefaults("io.containerd.runc.v2", {
-          BinaryName: "",
-          CriuImagePath: "",
-          CriuPath: "",
-          CriuWorkPath: "",
-          IoGid: 0,
-          IoUid: 0,
-          NoNewKeyring: false,
-          NoPivotRoot: false,
-          Root: "",
-          ShimCgroup: "",
-          SystemdCgroup: false,
-        }),
-      } as Record<string, ReturnType<typeof runtimeDefaults>>,
-      untrusted_workload_runtime: runtimeDefaults("", {}),
-    },
-    image_decryption: { key_model: "node" },
-    registry: {
-      config_path: "",
-      auths: {},
-      configs: {},
-      headers: {},
-      mirrors: {},
-    } as CriRegistryConfig,
-    x509_key_pair_streaming: { tls_cert_file: "", tls_key_file: "" },
-  };
+/** Dotted paths of the leaves of a TOML table (arrays and empty tables are leaves). */
+function leaves(v: unknown, prefix: string, out: Map<string, unknown>): Map<string, unknown> {
+  if (v !== null && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length > 0) {
+    for (const [k, x] of Object.entries(v)) leaves(x, prefix ? `${prefix}.${k}` : k, out);
+  } else out.set(prefix, v);
+  return out;
 }
 
-export type CriConfig = ReturnType<typeof criDefaults>;
+function covered(path: string, patterns: readonly string[]): boolean {
+  const parts = path.split(".");
+  return patterns.some((p) => {
+    const pp = p.split(".");
+    if (pp.length > parts.length) return false;
+    return pp.every((x, i) => x === "*" || x === parts[i]);
+  });
+}
+
+/** Keys of `config` that differ from the defaults and that berth does not implement. */
+export function unimplementedKeys(
+  config: CriConfig,
+  implemented: readonly string[] = IMPLEMENTED_KEYS,
+): string[] {
+  const defaults = leaves(criDefaults(), "", new Map());
+  const given = leaves(config, "", new Map());
+  const out: string[] = [];
+  for (const [k, v] of given) {
+    if (covered(k, implemented)) continue;
+    // a new runtime's keys count against that runtime's defaults (runc's)
+    const m = /^containerd\.runtimes\.([^.]+)\.(.*)$/.exec(k);
+    const def = defaults.has(k)
+      ? defaults.get(k)
+      : m
+        ? defaults.get(`containerd.runtimes.runc.${m[2]}`)
+        : undefined;
+    if (JSON.stringify(v) !== JSON.stringify(def)) out.push(k);
+  }
+  return out.sort();
+}
+
+function logUnimplemented(config: CriConfig, log: Logger): void {
+  for (const key of unimplementedKeys(config))
+    log.warn(`CRI config key ${key} is not implemented by berth; its value is ignored`, { key });
+}
 
 export const criPlugin: Plugin<CriConfig> = {
   type: PluginType.GRPC,
   id: "cri",
+  requires: [
+    PluginType.Event,
+    PluginType.Metadata,
+    PluginType.Lease,
+    PluginType.Service,
+    PluginType.RuntimeV2,
+  ],
   defaults: criDefaults,
-  init(ic) {
+  async init(ic): Promise<GrpcServicePlugin> {
     ic.meta.platforms.push(hostPlatform());
     // The same checks containerd makes before it serves anything: a bad table is this plugin's error.
     const registry = criRegistrySettings(ic.config.registry);
     for (const w of registry.warnings) ic.log.warn(w);
-    throw new SkipPlugin(
-      "the CRI RuntimeService and ImageService are not implemented in berthd yet " +
-        "(its registry settings are used by daemon-side pulls)",
-    );
+    logUnimplemented(ic.config, ic.log);
+    mkdirSync(ic.root, { recursive: true, mode: 0o711 });
+    mkdirSync(ic.state, { recursive: true, mode: 0o711 });
+
+    const md = ic.get<Metadata>(PluginType.Metadata, "bolt");
+    const snapshots = ic.get<SnapshotService>(PluginType.Service, ServiceId.Snapshots);
+    const snapshotter = ic.config.containerd.snapshotter;
+    if (!snapshots.names().includes(snapshotter))
+      throw new Error(`failed to find snapshotter ${JSON.stringify(snapshotter)}`);
+    let podCIDR = () => "";
+    const base: Omit<CriDeps, "criImages"> = {
+      config: ic.config,
+      namespace: CRI_NAMESPACE,
+      rootDir: ic.root,
+      stateDir: ic.state,
+      daemon: {
+        root: ic.daemon.root,
+        state: ic.daemon.state,
+        address: ic.daemon.address,
+        ttrpcAddress: ic.daemon.ttrpcAddress,
+        version: ic.daemon.version,
+      },
+      containers: ic.get<ContainerStore>(PluginType.Service, ServiceId.Containers),
+      images: ic.get<ImageStore>(PluginType.Service, ServiceId.Images),
+      content: md.content,
+      snapshots,
+      leases: ic.get<LeaseStore>(PluginType.Lease),
+      diff: ic.get<DiffService>(PluginType.Service, ServiceId.Diff),
+      taskManager: ic.get<TaskManager>(PluginType.RuntimeV2, "task"),
+      tasks: ic.get<ServiceImpl<typeof Tasks>>(PluginType.Service, ServiceId.Tasks),
+      events: ic.get<Exchange>(PluginType.Event),
+      log: ic.log,
+      podCIDR: () => podCIDR(),
+      onClose: (fn) => ic.onClose(fn),
+    };
+    const deps: CriDeps = { ...base, criImages: createCriImages(base) };
+    const services = criServices(deps);
+    podCIDR = services.info.podCIDR;
+    // Exec/Attach/PortForward URLs point at it; a port that cannot be bound fails the plugin
+    await startStreamServer(deps);
+    return {
+      services: [registration(RuntimeService, services.runtime), registration(ImageService, services.image)],
+    };
   },
 };

@@ -1,0 +1,70 @@
+// A CRI client for tests: typed RuntimeService/ImageService clients (runtime.v1, over grpc-js via
+// src/grpc/client.ts) on a daemon's socket, a raw call for arbitrary method paths, and the real
+// `crictl` when it is installed.
+import { existsSync } from "node:fs";
+import path from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import { ImageService, RuntimeService } from "../../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
+import { type Client, Connection, grpcTarget } from "../../src/grpc/client.js";
+import { type RunOptions, type RunResult, run } from "./ctr.js";
+
+export interface CriClient {
+  runtime: Client<typeof RuntimeService>;
+  image: Client<typeof ImageService>;
+  /** Call any method path with raw request bytes; resolves with the status code and details. */
+  raw(methodPath: string, body?: Buffer): Promise<{ code: number; details: string; response?: Buffer }>;
+  close(): void;
+}
+
+/** The CRI services on a daemon's gRPC socket (kubelet sends no namespace header; none is set). */
+export function criClient(address: string): CriClient {
+  const conn = new Connection(address);
+  const raw = new grpc.Client(grpcTarget(address), grpc.credentials.createInsecure(), {
+    "grpc.default_authority": "localhost",
+  });
+  return {
+    runtime: conn.client(RuntimeService),
+    image: conn.client(ImageService),
+    raw: (methodPath, body = Buffer.alloc(0)) =>
+      new Promise((resolve) => {
+        raw.makeUnaryRequest(
+          methodPath,
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          body,
+          (err, res) =>
+            resolve(
+              err
+                ? { code: err.code, details: err.details }
+                : { code: 0, details: "", response: res ?? undefined },
+            ),
+        );
+      }),
+    close() {
+      raw.close();
+      conn.close();
+    },
+  };
+}
+
+/** The crictl binary on PATH, if any. */
+export function crictlBin(): string | undefined {
+  for (const dir of (process.env.PATH ?? "").split(":")) {
+    if (dir === "") continue;
+    const p = path.join(dir, "crictl");
+    if (existsSync(p)) return p;
+  }
+  return undefined;
+}
+
+/** Run crictl against a CRI socket (image and runtime endpoint both); a missing crictl throws. */
+export function crictl(address: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  const bin = crictlBin();
+  if (!bin) throw new Error("crictl is not installed");
+  const endpoint = `unix://${address}`;
+  return run(
+    bin,
+    ["--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout", "60s", ...args],
+    opts,
+  );
+}
