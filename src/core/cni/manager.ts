@@ -113,6 +113,8 @@ export class CniManager {
   private networks: NetworkConfigList[] = [];
   private loadError = "cni config not loaded yet";
   private signature: string | undefined;
+  /** Reloads run one at a time: a second caller waits for the load in progress, then checks. */
+  private reloads: Promise<void> = Promise.resolve();
 
   constructor(opts: CniManagerOptions) {
     this.opts = { loopback: true, ...opts };
@@ -144,7 +146,12 @@ export class CniManager {
   }
 
   /** Loads conf_dir again when it changed since the last load. Never throws. */
-  async reload(force = false): Promise<void> {
+  reload(force = false): Promise<void> {
+    this.reloads = this.reloads.then(() => this.reloadNow(force));
+    return this.reloads;
+  }
+
+  private async reloadNow(force: boolean): Promise<void> {
     const sig = await this.dirSignature();
     if (!force && sig === this.signature) return;
     this.signature = sig;

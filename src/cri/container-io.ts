@@ -1,0 +1,51 @@
+// A container's output, from its stdio FIFOs into its CRI log file (when the kubelet gave a log
+// path; else the output is read and dropped so the container never blocks on a full pipe).
+import { dirname } from "node:path";
+import { FifoReader, type FifoSet } from "./fifo.js";
+import { CriLogFile, copyToCriLog } from "./logs.js";
+import type { ContainerIO, CriState } from "./state.js";
+import type { ContainerRecord } from "./store.js";
+
+/**
+ * Open readers on the FIFOs and start copying. With `reattach` (after a restart) the shim
+ * already holds the write ends, so the readers start without a placeholder writer.
+ */
+export async function attachOutput(
+  st: CriState,
+  c: ContainerRecord,
+  fifos: FifoSet,
+  reattach = false,
+): Promise<ContainerIO> {
+  const set: FifoSet = { ...fifos, dir: fifos.dir || dirname(fifos.stdout) };
+  const readers: FifoReader[] = [];
+  let log: CriLogFile | undefined;
+  try {
+    if (c.logPath) {
+      log = new CriLogFile(c.logPath);
+      await log.open();
+    }
+    const copies: Promise<void>[] = [];
+    const maxLine = st.deps.config.max_container_log_line_size;
+    for (const [stream, path] of [
+      ["stdout", set.stdout],
+      ["stderr", set.stderr],
+    ] as const) {
+      if (!path) continue;
+      const r = new FifoReader(path);
+      readers.push(r);
+      if (log) copies.push(copyToCriLog(r.socket, stream, log, maxLine));
+      else {
+        r.socket.resume();
+        copies.push(new Promise((res) => r.socket.once("close", () => res())));
+      }
+    }
+    if (reattach) for (const r of readers) r.release();
+    const io: ContainerIO = { fifos: set, readers, log, drained: Promise.all(copies).then(() => {}) };
+    st.io.set(c.id, io);
+    return io;
+  } catch (err) {
+    for (const r of readers) r.close();
+    log?.close();
+    throw err;
+  }
+}

@@ -1,0 +1,466 @@
+// Pod sandboxes: RunPodSandbox (sandbox image, network namespace + CNI, the pod's files, the
+// pause container), StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox and the
+// pod stats calls. Stop and remove are idempotent, as the kubelet expects.
+import { randomBytes } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, writeFile } from "node:fs/promises";
+import { hostname as osHostname } from "node:os";
+import { join } from "node:path";
+import { BerthError, errInvalidArgument, isNotFound } from "../base/errdefs.js";
+import type { CapabilityArgs } from "../core/cni/types.js";
+import {
+  type DNSConfig,
+  NamespaceMode,
+  type PodSandbox,
+  type PodSandboxConfig,
+  PodSandboxState,
+  Protocol,
+} from "../gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
+import { MNT_DETACH, MS, mountSyscall, unmount } from "../sys/mount.js";
+import { createNetns, netnsDirFor, netnsExists, removeNetns } from "../sys/netns.js";
+import { KIND_LABEL, SANDBOX_METADATA_EXT } from "./annotations.js";
+import { applyCgroupConfig } from "./container-spec.js";
+import type { CriDeps, RuntimeMethods } from "./context.js";
+import { sandboxName, sandboxRequest } from "./naming.js";
+import { sandboxSpec } from "./sandbox-spec.js";
+import {
+  type CriState,
+  criState,
+  removeContainer,
+  removeSnapshot,
+  runtimeFor,
+  specAny,
+  stopContainer,
+  taskOf,
+  watchSandbox,
+  writeSandboxStatus,
+} from "./state.js";
+import { podSandboxStats } from "./stats.js";
+import { encodeSandbox, nowNs, SANDBOX_METADATA_TYPE, type SandboxRecord } from "./store.js";
+
+const DEFAULT_SHM_SIZE = "size=65536k";
+
+const newId = () => randomBytes(32).toString("hex");
+
+const hostNetwork = (cfg: PodSandboxConfig) =>
+  cfg.linux?.securityContext?.namespaceOptions?.network === NamespaceMode.NODE;
+const hostIpc = (cfg: PodSandboxConfig) =>
+  cfg.linux?.securityContext?.namespaceOptions?.ipc === NamespaceMode.NODE;
+
+/** The pod's files, as its containers see them. */
+export const sandboxFiles = (st: CriState, id: string) => ({
+  hostname: join(st.dirs.sandboxRoot(id), "hostname"),
+  hosts: join(st.dirs.sandboxRoot(id), "hosts"),
+  resolv: join(st.dirs.sandboxRoot(id), "resolv.conf"),
+  shm: join(st.dirs.sandboxState(id), "shm"),
+});
+
+export function shmPathFor(st: CriState, s: { id: string; config: PodSandboxConfig }): string {
+  return hostIpc(s.config) ? "/dev/shm" : sandboxFiles(st, s.id).shm;
+}
+
+const DEFAULT_HOSTS = `127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+fe00::0	ip6-localnet
+ff00::0	ip6-mcastprefix
+ff02::1	ip6-allnodes
+ff02::2	ip6-allrouters
+`;
+
+/** resolv.conf from the kubelet's DNSConfig; the host's when it gives none. */
+export function resolvConf(dns: DNSConfig | undefined): string | undefined {
+  if (!dns || (dns.servers.length === 0 && dns.searches.length === 0 && dns.options.length === 0))
+    return undefined;
+  let out = "";
+  if (dns.searches.length > 0) out += `search ${dns.searches.join(" ")}\n`;
+  for (const s of dns.servers) out += `nameserver ${s}\n`;
+  if (dns.options.length > 0) out += `options ${dns.options.join(" ")}\n`;
+  return out;
+}
+
+const readHostFile = (p: string, fallback: string) => {
+  try {
+    return readFileSync(p, "utf8");
+  } catch {
+    return fallback;
+  }
+};
+
+async function writePodFiles(st: CriState, id: string, cfg: PodSandboxConfig): Promise<void> {
+  const f = sandboxFiles(st, id);
+  const hostname = cfg.hostname || (hostNetwork(cfg) ? osHostname() : "");
+  await writeFile(f.hostname, `${hostname}\n`, { mode: 0o644 });
+  await writeFile(f.hosts, hostNetwork(cfg) ? readHostFile("/etc/hosts", DEFAULT_HOSTS) : DEFAULT_HOSTS, {
+    mode: 0o644,
+  });
+  await writeFile(f.resolv, resolvConf(cfg.dnsConfig) ?? readHostFile("/etc/resolv.conf", ""), {
+    mode: 0o644,
+  });
+  if (!hostIpc(cfg)) {
+    await mkdir(f.shm, { recursive: true, mode: 0o700 });
+    mountSyscall("shm", f.shm, "tmpfs", MS.NOSUID | MS.NODEV | MS.NOEXEC, `mode=1777,${DEFAULT_SHM_SIZE}`);
+  }
+}
+
+function unmountShm(st: CriState, id: string): void {
+  const shm = sandboxFiles(st, id).shm;
+  if (!existsSync(shm)) return;
+  for (let i = 0; i < 4; i++) {
+    try {
+      unmount(shm, MNT_DETACH);
+    } catch {
+      break;
+    }
+  }
+}
+
+const protocolName = (p: Protocol) => (p === Protocol.UDP ? "udp" : p === Protocol.SCTP ? "sctp" : "tcp");
+
+function cniCapabilities(cfg: PodSandboxConfig): CapabilityArgs {
+  const caps: CapabilityArgs = {
+    portMappings: cfg.portMappings.map((m) => ({
+      hostPort: m.hostPort,
+      containerPort: m.containerPort,
+      protocol: protocolName(m.protocol),
+      ...(m.hostIp ? { hostIP: m.hostIp } : {}),
+    })),
+  };
+  const dns = cfg.dnsConfig;
+  if (dns && (dns.servers.length > 0 || dns.searches.length > 0 || dns.options.length > 0))
+    caps.dns = { servers: dns.servers, searches: dns.searches, options: dns.options };
+  return caps;
+}
+
+const podIdentity = (cfg: PodSandboxConfig) => ({
+  namespace: cfg.metadata?.namespace ?? "",
+  name: cfg.metadata?.name ?? "",
+  uid: cfg.metadata?.uid ?? "",
+});
+
+/** Undo steps of a half-made sandbox, run newest first. */
+type Undo = () => Promise<void> | void;
+
+async function runSandbox(
+  st: CriState,
+  id: string,
+  name: string,
+  cfg: PodSandboxConfig,
+  handler: string,
+): Promise<void> {
+  const { deps } = st;
+  const ns = deps.namespace;
+  const undo: Undo[] = [];
+  try {
+    const runtime = runtimeFor(deps, handler);
+    const image = await deps.criImages.ensure(deps.config.sandbox_image, { sandboxConfig: cfg });
+    await st.dirs.makeSandboxDirs(id);
+    undo.push(() => st.dirs.removeSandboxDirs(id));
+
+    // network: a namespace of its own and the CNI networks, unless the pod uses the host's
+    let netnsPath = "";
+    let ip = "";
+    let additionalIps: string[] = [];
+    let cniResult: unknown;
+    if (!hostNetwork(cfg)) {
+      netnsPath = await createNetns(netnsDirFor(deps.stateDir, deps.config.netns_mounts_under_state_dir));
+      const nsFile = netnsPath;
+      undo.push(() => removeNetns(nsFile));
+      undo.push(() => st.cni.teardown(id, nsFile, podIdentity(cfg), cniCapabilities(cfg)));
+      const r = await st.cni.setup(id, netnsPath, podIdentity(cfg), cniCapabilities(cfg));
+      ip = r.ip;
+      additionalIps = r.additionalIps;
+      cniResult = r.networks.map((n) => ({ name: n.name, ifName: n.ifName, result: n.result }));
+    }
+
+    await writePodFiles(st, id, cfg);
+    undo.push(() => unmountShm(st, id));
+
+    const spec = sandboxSpec(
+      {
+        id,
+        namespace: ns,
+        config: cfg,
+        image: image.config,
+        imageName: deps.config.sandbox_image,
+        netnsPath,
+        shmPath: shmPathFor(st, { id, config: cfg }),
+        systemdCgroup: runtime.systemdCgroup,
+        restrictOomScoreAdj: deps.config.restrict_oom_score_adj,
+        enableUnprivilegedPorts: deps.config.enable_unprivileged_ports,
+        enableUnprivilegedIcmp: deps.config.enable_unprivileged_icmp,
+        podAnnotations: runtime.podAnnotations,
+        readLocalProfile: (p) => JSON.parse(readFileSync(p, "utf8")),
+      },
+      st.ownOomScoreAdj,
+    );
+
+    applyCgroupConfig(spec, {
+      disableCgroup: deps.config.disable_cgroup,
+      disableHugetlb: deps.config.disable_hugetlb_controller,
+      tolerateMissingHugetlb: deps.config.tolerate_missing_hugetlb_controller,
+    });
+    const snapshotter = deps.config.containerd.snapshotter;
+    const sn = deps.snapshots.get(snapshotter);
+    const mounts = await sn.prepare(ns, id, image.chainId);
+    undo.push(() => removeSnapshot(st, id));
+
+    const rec: SandboxRecord = {
+      id,
+      name,
+      config: cfg,
+      runtimeHandler: handler,
+      runtimeType: runtime.type,
+      netnsPath,
+      ip,
+      additionalIps,
+      cniResult,
+      image: deps.config.sandbox_image,
+      imageId: image.id,
+      createdAt: nowNs(),
+      status: { state: "notready", pid: 0 },
+      containers: new Set(),
+    };
+    deps.containers.create(ns, {
+      id,
+      labels: { ...cfg.labels, [KIND_LABEL]: "sandbox" },
+      image: deps.config.sandbox_image,
+      runtime: { name: runtime.type, options: runtime.options },
+      spec: specAny(spec),
+      snapshotter,
+      snapshotKey: id,
+      extensions: { [SANDBOX_METADATA_EXT]: { typeUrl: SANDBOX_METADATA_TYPE, value: encodeSandbox(rec) } },
+    });
+    undo.push(() => {
+      try {
+        deps.containers.delete(ns, id);
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+      }
+    });
+
+    const task = await deps.taskManager.create(ns, id, {
+      spec,
+      runtime: runtime.type,
+      runtimeOptions: runtime.options,
+      rootfs: mounts,
+    });
+    undo.push(async () => {
+      await task.kill(9, { all: true }).catch(() => {});
+      await task.wait().catch(() => {});
+      await task.delete().catch(() => {});
+    });
+    const pid = await task.start();
+    rec.status = { state: "ready", pid };
+    writeSandboxStatus(st, rec);
+    st.store.sandboxes.set(id, rec);
+    watchSandbox(st, rec, task);
+  } catch (err) {
+    for (const u of undo.reverse()) {
+      try {
+        await u();
+      } catch (e) {
+        deps.log.warn("CRI: cleanup after failed RunPodSandbox", { id, error: String(e) });
+      }
+    }
+    throw err;
+  }
+}
+
+/** Stop a pod: its containers, the pause container, its network; idempotent. */
+export async function stopSandbox(st: CriState, s: SandboxRecord): Promise<void> {
+  for (const cid of [...s.containers]) {
+    const c = st.store.findContainer(cid);
+    if (c) await stopContainer(st, c, 0);
+  }
+  const task = taskOf(st, s.id);
+  if (task) {
+    await task.kill(9, { all: true }).catch((err) => {
+      if (!isNotFound(err) && !String(err).includes("process already finished")) throw err;
+    });
+    await (st.exits.get(s.id) ?? task.wait().catch(() => {}));
+    await task.delete().catch((err) => {
+      if (!isNotFound(err)) throw err;
+    });
+  }
+  if (s.status.state !== "notready") {
+    s.status = { state: "notready", pid: 0, exitCode: 137, exitedAt: String(nowNs()) };
+  }
+  writeSandboxStatus(st, s);
+  if (s.netnsPath && !s.status.networkDown) {
+    // CNI DEL also when the namespace is already gone: the plugins free what they hold outside it
+    await st.cni.teardown(s.id, s.netnsPath, podIdentity(s.config), cniCapabilities(s.config));
+    if (netnsExists(s.netnsPath) || existsSync(s.netnsPath)) removeNetns(s.netnsPath);
+    s.status.networkDown = true;
+    writeSandboxStatus(st, s);
+  }
+  unmountShm(st, s.id);
+}
+
+async function removeSandbox(st: CriState, s: SandboxRecord): Promise<void> {
+  const { deps } = st;
+  await stopSandbox(st, s);
+  for (const cid of [...s.containers]) {
+    const c = st.store.findContainer(cid);
+    if (c) await removeContainer(st, c);
+  }
+  try {
+    deps.containers.delete(deps.namespace, s.id);
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+  await removeSnapshot(st, s.id);
+  await st.dirs.removeSandboxDirs(s.id);
+  st.store.sandboxes.delete(s.id);
+  st.sandboxNames.release(s.name);
+}
+
+const criState_ = (s: SandboxRecord) =>
+  s.status.state === "ready" ? PodSandboxState.SANDBOX_READY : PodSandboxState.SANDBOX_NOTREADY;
+
+function podSandboxOf(s: SandboxRecord): PodSandbox {
+  return {
+    $typeName: "runtime.v1.PodSandbox",
+    id: s.id,
+    metadata: s.config.metadata,
+    state: criState_(s),
+    createdAt: s.createdAt,
+    labels: s.config.labels,
+    annotations: s.config.annotations,
+    runtimeHandler: s.runtimeHandler,
+  };
+}
+
+const matchLabels = (labels: Record<string, string>, sel: Record<string, string>) =>
+  Object.entries(sel).every(([k, v]) => labels[k] === v);
+
+/** Per-sandbox locks: stop/remove/status of one pod do not interleave. */
+const locks = new WeakMap<SandboxRecord, Promise<unknown>>();
+function locked<T>(s: SandboxRecord, fn: () => Promise<T>): Promise<T> {
+  const prev = locks.get(s) ?? Promise.resolve();
+  const p = prev.then(fn, fn);
+  locks.set(
+    s,
+    p.catch(() => {}),
+  );
+  return p;
+}
+
+export function podSandboxMethods(deps: CriDeps): RuntimeMethods {
+  const st = criState(deps);
+  return {
+    async runPodSandbox(req) {
+      await st.ready;
+      const cfg = req.config;
+      const meta = cfg?.metadata;
+      if (!cfg || !meta) throw errInvalidArgument("sandbox config must include metadata");
+      if (!meta.name || !meta.namespace || !meta.uid)
+        throw errInvalidArgument("sandbox metadata must include name, namespace and uid");
+      const name = sandboxName(meta);
+      // the attempt is not tied to this call (no abort signal): when the caller gives up, the
+      // kubelet's retry takes its result
+      const id = await st.sandboxNames.create(name, newId(), sandboxRequest(cfg, req.runtimeHandler), (id) =>
+        runSandbox(st, id, name, cfg, req.runtimeHandler),
+      );
+      return { podSandboxId: id };
+    },
+
+    async stopPodSandbox(req) {
+      await st.ready;
+      const s = st.store.sandbox(req.podSandboxId);
+      await locked(s, () => stopSandbox(st, s));
+      return {};
+    },
+
+    async removePodSandbox(req) {
+      await st.ready;
+      const s = st.store.findSandbox(req.podSandboxId);
+      if (!s) return {};
+      await locked(s, () => removeSandbox(st, s));
+      return {};
+    },
+
+    async podSandboxStatus(req) {
+      await st.ready;
+      const s = st.store.sandbox(req.podSandboxId);
+      const nsOpts = s.config.linux?.securityContext?.namespaceOptions;
+      const info: Record<string, string> = {};
+      if (req.verbose) {
+        info.info = JSON.stringify({
+          pid: s.status.pid,
+          processStatus: s.status.state === "ready" ? "running" : "stopped",
+          netNamespaceClosed: s.netnsPath ? !netnsExists(s.netnsPath) : false,
+          image: s.image,
+          snapshotKey: s.id,
+          snapshotter: deps.config.containerd.snapshotter,
+          runtimeHandler: s.runtimeHandler,
+          runtimeType: s.runtimeType,
+          netnsPath: s.netnsPath,
+          cniResult: s.cniResult,
+          config: s.config.metadata,
+        });
+      }
+      return {
+        status: {
+          id: s.id,
+          metadata: s.config.metadata,
+          state: criState_(s),
+          createdAt: s.createdAt,
+          network: {
+            ip: s.ip,
+            additionalIps: s.additionalIps.map((ip) => ({ ip })),
+          },
+          linux: {
+            namespaces: {
+              options: {
+                network: nsOpts?.network ?? NamespaceMode.POD,
+                pid: nsOpts?.pid ?? NamespaceMode.POD,
+                ipc: nsOpts?.ipc ?? NamespaceMode.POD,
+                targetId: nsOpts?.targetId ?? "",
+              },
+            },
+          },
+          labels: s.config.labels,
+          annotations: s.config.annotations,
+          runtimeHandler: s.runtimeHandler,
+        },
+        info,
+      };
+    },
+
+    async listPodSandbox(req) {
+      await st.ready;
+      const f = req.filter;
+      const items: PodSandbox[] = [];
+      for (const s of st.store.sandboxes.values()) {
+        if (f?.id && !s.id.startsWith(f.id)) continue;
+        if (f?.state && criState_(s) !== f.state.state) continue;
+        if (f && !matchLabels(s.config.labels, f.labelSelector)) continue;
+        items.push(podSandboxOf(s));
+      }
+      return { items };
+    },
+
+    async podSandboxStats(req) {
+      await st.ready;
+      const s = st.store.sandbox(req.podSandboxId);
+      return { stats: await podSandboxStats(st, s) };
+    },
+
+    async listPodSandboxStats(req) {
+      await st.ready;
+      const f = req.filter;
+      const stats = [];
+      for (const s of st.store.sandboxes.values()) {
+        if (s.status.state !== "ready") continue;
+        if (f?.id && !s.id.startsWith(f.id)) continue;
+        if (f && !matchLabels(s.config.labels, f.labelSelector)) continue;
+        try {
+          stats.push(await podSandboxStats(st, s));
+        } catch (err) {
+          if (!(err instanceof BerthError)) throw err;
+        }
+      }
+      return { stats };
+    },
+  };
+}
