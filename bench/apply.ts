@@ -31,7 +31,13 @@ import { contentPlugin } from "../src/plugins/content.js";
 import { corePlugins, type Metadata } from "../src/plugins/core.js";
 import { differPlugin } from "../src/plugins/diff.js";
 import { ctr, ok } from "../test/helpers/ctr.js";
-import { type Daemon, GC_OFF_CONFIG, startBerthd, startContainerd } from "../test/helpers/daemons.js";
+import {
+  CRI_PLUGIN,
+  type Daemon,
+  GC_OFF_CONFIG,
+  startBerthd,
+  startContainerd,
+} from "../test/helpers/daemons.js";
 import { benchLayers, type LayerFile } from "./layers.js";
 import { fmt, median, nowMs } from "./lib.js";
 
@@ -302,12 +308,16 @@ async function main(): Promise<void> {
     closers.push(dc.close);
     all.push(dc);
     if (DAEMONS) {
-      const c = await startContainerd({ root: fresh("containerd-root"), config: GC_OFF_CONFIG });
+      const c = await startContainerd({
+        root: fresh("containerd-root"),
+        config: GC_OFF_CONFIG,
+        disabledPlugins: [CRI_PLUGIN],
+      });
       daemons.push(c);
       const cc = await daemonContender("containerd", c);
       if (cc) all.push(cc);
       try {
-        const b = await startBerthd({ root: fresh("berthd-root") });
+        const b = await startBerthd({ root: fresh("berthd-root"), disabledPlugins: [CRI_PLUGIN] });
         daemons.push(b);
         const bc = await daemonContender("berthd", b);
         if (bc) all.push(bc);

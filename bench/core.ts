@@ -25,7 +25,13 @@ import { Namespaces } from "../src/gen/containerd/services/namespaces/v1/namespa
 import { Version } from "../src/gen/containerd/services/version/v1/version_pb.js";
 import { Connection } from "../src/grpc/client.js";
 import { ctr } from "../test/helpers/ctr.js";
-import { type Daemon, GC_OFF_CONFIG, startBerthd, startContainerd } from "../test/helpers/daemons.js";
+import {
+  CRI_PLUGIN,
+  type Daemon,
+  GC_OFF_CONFIG,
+  startBerthd,
+  startContainerd,
+} from "../test/helpers/daemons.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
 import {
   DAEMONS,
@@ -277,8 +283,8 @@ async function main(): Promise<number> {
         const start = nowMs();
         const d =
           name === "containerd"
-            ? await startContainerd({ ...dirs, config: GC_OFF_CONFIG })
-            : await startBerthd({ ...dirs, config: GC_OFF_CONFIG });
+            ? await startContainerd({ ...dirs, config: GC_OFF_CONFIG, disabledPlugins: [CRI_PLUGIN] })
+            : await startBerthd({ ...dirs, config: GC_OFF_CONFIG, disabledPlugins: [CRI_PLUGIN] });
         daemons.set(name, d);
         log(`${name} ready in ${(nowMs() - start).toFixed(0)} ms (pid ${d.pid}, ${d.address})`);
       } catch (err) {

@@ -25,6 +25,7 @@ import { Connection } from "../src/grpc/client.js";
 import { reap, setChildSubreaper } from "../src/sys/reaper.js";
 import { ctr, ok, run } from "../test/helpers/ctr.js";
 import {
+  CRI_PLUGIN,
   type Daemon,
   GC_OFF_CONFIG,
   killShimsOf,
@@ -260,8 +261,8 @@ async function main(): Promise<void> {
       log(`starting ${name}`);
       const d =
         name === "berthd"
-          ? await startBerthd({ config: "version = 2\n" })
-          : await startContainerd({ config: GC_OFF_CONFIG });
+          ? await startBerthd({ config: "version = 2\n", disabledPlugins: [CRI_PLUGIN] })
+          : await startContainerd({ config: GC_OFF_CONFIG, disabledPlugins: [CRI_PLUGIN] });
       daemons.push(d);
       ok(await ctr(d.address, ["images", "pull", "--plain-http", ref], { namespace: NS }), `${name}: pull`);
       // warm-up: one container through the whole cycle

@@ -19,7 +19,7 @@ import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { berth, ctr, ok } from "../test/helpers/ctr.js";
-import { type Daemon, startBerthd, startContainerd } from "../test/helpers/daemons.js";
+import { CRI_PLUGIN, type Daemon, startBerthd, startContainerd } from "../test/helpers/daemons.js";
 import { pushBlob, pushManifest } from "../test/helpers/images.js";
 import { type Registry, startRegistry } from "../test/helpers/registry.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
@@ -166,7 +166,7 @@ async function runVariant(name: string, env: Env): Promise<VariantResult> {
         "berthPullBerthd",
         async () =>
           withDaemon(
-            () => startBerthd({ logLevel: "warn", ...env.rootFor("berthd") }),
+            () => startBerthd({ logLevel: "warn", disabledPlugins: [CRI_PLUGIN], ...env.rootFor("berthd") }),
             (d) => timedPull(d, "berth", ref),
           ),
       ],
@@ -174,7 +174,7 @@ async function runVariant(name: string, env: Env): Promise<VariantResult> {
         "ctrBerthd",
         async () =>
           withDaemon(
-            () => startBerthd({ logLevel: "warn", ...env.rootFor("berthd") }),
+            () => startBerthd({ logLevel: "warn", disabledPlugins: [CRI_PLUGIN], ...env.rootFor("berthd") }),
             (d) => timedPull(d, "ctr", ref),
           ),
       ],
@@ -182,7 +182,12 @@ async function runVariant(name: string, env: Env): Promise<VariantResult> {
         "ctrContainerd",
         async () =>
           withDaemon(
-            () => startContainerd({ logLevel: "warn", ...env.rootFor("containerd") }),
+            () =>
+              startContainerd({
+                logLevel: "warn",
+                disabledPlugins: [CRI_PLUGIN],
+                ...env.rootFor("containerd"),
+              }),
             (d) => timedPull(d, "ctr", ref),
           ),
       ],

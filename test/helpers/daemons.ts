@@ -65,7 +65,10 @@ export interface DaemonOptions {
   config?: string;
   /** Extra command-line arguments. */
   args?: string[];
-  /** containerd only: plugins to disable (default: the CRI plugin). */
+  /**
+   * Plugins to disable. containerd's default: the CRI plugin. berthd's default: none (its config is
+   * the caller's); given, `disabled_plugins` is put at the top of berthd's config.
+   */
   disabledPlugins?: string[];
   /** Log level passed to the daemon (default "info"). */
   logLevel?: string;
@@ -366,12 +369,20 @@ async function prepare(kind: string, opts: DaemonOptions) {
  * Starts berthd on temp dirs, as an operator does: bin/berthd.js run as a program, so the Node
  * settings in its first line apply. Resolves once it answers Version/Version.
  */
+const tomlString = (s: string) => JSON.stringify(s);
+
+/** The CRI plugin: the benchmarks other than bench/cri.ts run both daemons without it. */
+export const CRI_PLUGIN = "io.containerd.grpc.v1.cri";
+
 export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
   const entry = path.join(repoRoot, "dist/src/cmd/berthd/main.js");
   if (!existsSync(entry)) throw new Error(`berthd is not built: ${entry} is missing (run npx tsc -p .)`);
   const { dir, root, state, configPath } = await prepare("berthd", opts);
   const address = opts.address ?? path.join(dir, "berth.sock");
-  await writeFile(configPath, opts.config ?? "");
+  const disabled = opts.disabledPlugins
+    ? `disabled_plugins = [${opts.disabledPlugins.map(tomlString).join(", ")}]\n`
+    : "";
+  await writeFile(configPath, disabled + (opts.config ?? ""));
   const args = [
     "--config",
     configPath,
@@ -401,8 +412,6 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
   startedWith.set(d, opts);
   return d;
 }
-
-const tomlString = (s: string) => JSON.stringify(s);
 
 /** Starts the real /usr/bin/containerd on temp dirs; resolves once it answers Version/Version. */
 export async function startContainerd(opts: DaemonOptions = {}): Promise<Daemon> {
