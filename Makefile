@@ -58,6 +58,7 @@ bench: deps build
 	node dist/bench/apply.js
 	node dist/bench/pull.js 3 --tmpfs
 	node dist/bench/lifecycle.js
+	node dist/bench/cri.js
 
 clean:
 	rm -rf dist src/gen

@@ -1,7 +1,7 @@
 // A container's output, from its stdio FIFOs into its CRI log file (when the kubelet gave a log
 // path; else the output is read and dropped so the container never blocks on a full pipe).
 import { dirname } from "node:path";
-import { FifoReader, type FifoSet } from "./fifo.js";
+import { FifoReader, type FifoPaths, type FifoSet } from "../core/cio/fifo.js";
 import { CriLogFile, copyToCriLog } from "./logs.js";
 import type { ContainerIO, CriState } from "./state.js";
 import type { ContainerRecord } from "./store.js";
@@ -13,10 +13,10 @@ import type { ContainerRecord } from "./store.js";
 export async function attachOutput(
   st: CriState,
   c: ContainerRecord,
-  fifos: FifoSet,
+  fifos: FifoPaths & { dir?: string },
   reattach = false,
 ): Promise<ContainerIO> {
-  const set: FifoSet = { ...fifos, dir: fifos.dir || dirname(fifos.stdout) };
+  const set: FifoSet = { ...fifos, dir: fifos.dir || dirname(fifos.stdout), terminal: fifos.stderr === "" };
   const readers: FifoReader[] = [];
   let log: CriLogFile | undefined;
   try {

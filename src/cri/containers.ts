@@ -12,10 +12,12 @@ import {
   errNotFound,
   isNotFound,
 } from "../base/errdefs.js";
+import { FifoReader, newFifoSet, removeFifoSet } from "../core/cio/fifo.js";
 import { withTempMount } from "../core/mount/mount.js";
 import { additionalGids, type ProcessUser, resolveUser } from "../core/oci/user.js";
 import { PROCESS_SPEC_TYPE_URL } from "../core/runtime/task.js";
 import {
+  ContainerSchema,
   ContainerState,
   type Container as CriContainer,
   NamespaceMode,
@@ -30,7 +32,7 @@ import {
   userString,
 } from "./container-spec.js";
 import type { CriDeps, RuntimeMethods } from "./context.js";
-import { FifoReader, newFifoSet, removeFifoSet } from "./fifo.js";
+import { EncodedItems } from "./encoded-list.js";
 import { collectCapped } from "./logs.js";
 import { containerName, containerRequest } from "./naming.js";
 import type { Spec } from "./oci.js";
@@ -231,8 +233,10 @@ async function startContainer(st: CriState, c: ContainerRecord): Promise<void> {
   const runtime = runtimeFor(deps, s.runtimeHandler);
   const spec = specOf(st, c.id);
   const mounts = await deps.snapshots.get(deps.config.containerd.snapshotter).mounts(ns, c.id);
-  const fifos = await newFifoSet(join(st.dirs.containerState(c.id), "io"), c.id, false);
-  if (c.config.tty) fifos.stderr = "";
+  const fifos = newFifoSet(join(st.dirs.containerState(c.id), "io"), c.id, {
+    terminal: c.config.tty,
+    stdin: false,
+  });
   const io = await attachOutput(st, c, fifos);
   try {
     const task = await deps.taskManager.create(ns, c.id, {
@@ -258,7 +262,7 @@ async function startContainer(st: CriState, c: ContainerRecord): Promise<void> {
     for (const r of io.readers) r.close();
     io.log?.close();
     st.io.delete(c.id);
-    await removeFifoSet(fifos).catch(() => {});
+    removeFifoSet(fifos);
     c.status = {
       ...c.status,
       state: "exited",
@@ -286,7 +290,7 @@ async function execSync(
   if (!task) throw errNotFound(`task ${c.id}`);
   const spec = specOf(st, c.id);
   const execId = randomBytes(16).toString("hex");
-  const fifos = await newFifoSet(join(st.dirs.containerState(c.id), "io"), execId, false);
+  const fifos = newFifoSet(join(st.dirs.containerState(c.id), "io"), execId, { stdin: false });
   const out = new FifoReader(fifos.stdout);
   const errR = new FifoReader(fifos.stderr);
   const outBuf = collectCapped(out.socket, EXEC_SYNC_MAX_OUTPUT);
@@ -333,9 +337,16 @@ async function execSync(
   } finally {
     out.close();
     errR.close();
-    await removeFifoSet(fifos).catch(() => {});
+    removeFifoSet(fifos);
   }
 }
+
+/** ListContainers' items, each encoded once per state. */
+const containerItems = new EncodedItems(
+  ContainerSchema,
+  (c: ContainerRecord) => criContainerOf(c),
+  (c) => String(stateOf(c)),
+);
 
 function criContainerOf(c: ContainerRecord): CriContainer {
   return {
@@ -406,15 +417,15 @@ export function containerMethods(deps: CriDeps): RuntimeMethods {
     async listContainers(req) {
       await st.ready;
       const f = req.filter;
-      const containers: CriContainer[] = [];
+      const containers: ContainerRecord[] = [];
       for (const c of st.store.containers.values()) {
         if (f?.id && !c.id.startsWith(f.id)) continue;
         if (f?.podSandboxId && !c.sandboxId.startsWith(f.podSandboxId)) continue;
         if (f?.state && stateOf(c) !== f.state.state) continue;
         if (f && !matchLabels(c.config.labels, f.labelSelector)) continue;
-        containers.push(criContainerOf(c));
+        containers.push(c);
       }
-      return { containers };
+      return containerItems.response(containers);
     },
 
     async containerStatus(req) {

@@ -13,6 +13,7 @@ import {
   NamespaceMode,
   type PodSandbox,
   type PodSandboxConfig,
+  PodSandboxSchema,
   PodSandboxState,
   Protocol,
 } from "../gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
@@ -21,6 +22,7 @@ import { createNetns, netnsDirFor, netnsExists, removeNetns } from "../sys/netns
 import { KIND_LABEL, SANDBOX_METADATA_EXT } from "./annotations.js";
 import { applyCgroupConfig } from "./container-spec.js";
 import type { CriDeps, RuntimeMethods } from "./context.js";
+import { EncodedItems } from "./encoded-list.js";
 import { sandboxName, sandboxRequest } from "./naming.js";
 import { sandboxSpec } from "./sandbox-spec.js";
 import {
@@ -317,6 +319,13 @@ async function removeSandbox(st: CriState, s: SandboxRecord): Promise<void> {
 const criState_ = (s: SandboxRecord) =>
   s.status.state === "ready" ? PodSandboxState.SANDBOX_READY : PodSandboxState.SANDBOX_NOTREADY;
 
+/** ListPodSandbox's items, each encoded once per state. */
+const sandboxItems = new EncodedItems(
+  PodSandboxSchema,
+  (s: SandboxRecord) => podSandboxOf(s),
+  (s) => String(criState_(s)),
+);
+
 function podSandboxOf(s: SandboxRecord): PodSandbox {
   return {
     $typeName: "runtime.v1.PodSandbox",
@@ -430,14 +439,14 @@ export function podSandboxMethods(deps: CriDeps): RuntimeMethods {
     async listPodSandbox(req) {
       await st.ready;
       const f = req.filter;
-      const items: PodSandbox[] = [];
+      const items: SandboxRecord[] = [];
       for (const s of st.store.sandboxes.values()) {
         if (f?.id && !s.id.startsWith(f.id)) continue;
         if (f?.state && criState_(s) !== f.state.state) continue;
         if (f && !matchLabels(s.config.labels, f.labelSelector)) continue;
-        items.push(podSandboxOf(s));
+        items.push(s);
       }
-      return { items };
+      return sandboxItems.response(items);
     },
 
     async podSandboxStats(req) {

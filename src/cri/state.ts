@@ -14,7 +14,7 @@ import { TaskOOMSchema } from "../gen/containerd/events/task_pb.js";
 import { OptionsSchema } from "../gen/containerd/runc/v1/oci_pb.js";
 import { CONTAINER_METADATA_EXT, KIND_LABEL, SANDBOX_METADATA_EXT } from "./annotations.js";
 import type { CriDeps } from "./context.js";
-import { type FifoReader, type FifoSet, removeFifoSet } from "./fifo.js";
+import { type FifoReader, type FifoSet, removeFifoSet } from "../core/cio/fifo.js";
 import type { CriLogFile } from "./logs.js";
 import { containerRequest, NameIndex, sandboxRequest } from "./naming.js";
 import { currentOomScoreAdj } from "./sandbox-spec.js";
@@ -205,7 +205,7 @@ async function closeIO(st: CriState, id: string): Promise<void> {
   await Promise.race([io.drained, new Promise((r) => setTimeout(r, 2000).unref())]);
   for (const r of io.readers) r.close();
   io.log?.close();
-  await removeFifoSet(io.fifos).catch(() => {});
+  removeFifoSet(io.fifos);
 }
 
 /**

@@ -86,7 +86,8 @@ type Out<O extends DescMessage> = MessageInitShape<O>;
 /**
  * A response already in wire form, for hot paths that can lay out their bytes without the
  * generic encoder's copies (Content/Read). `framed` holds 5 bytes of room for the transport's
- * length prefix, then the encoded message. Streaming handlers may yield these.
+ * length prefix, then the encoded message. Unary handlers may return one; streaming handlers
+ * may yield these.
  */
 export class EncodedMessage<_O extends DescMessage = DescMessage> {
   constructor(readonly framed: Buffer) {}
@@ -102,7 +103,10 @@ type HandlerFor<M> = M extends {
   input: infer I extends DescMessage;
   output: infer O extends DescMessage;
 }
-  ? (req: MessageShape<I>, ctx: CallContext) => Promise<Out<O>> | Out<O>
+  ? (
+      req: MessageShape<I>,
+      ctx: CallContext,
+    ) => Promise<Out<O> | EncodedMessage<O>> | Out<O> | EncodedMessage<O>
   : M extends {
         methodKind: "server_streaming";
         input: infer I extends DescMessage;

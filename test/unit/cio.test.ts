@@ -10,6 +10,7 @@ import {
   binaryIO,
   escapePath,
   escapeQuery,
+  FifoReader,
   fifoIO,
   logFileIO,
   logURI,
@@ -43,14 +44,14 @@ function sink(): { stream: PassThrough; text: () => string } {
 describe("FIFO sets", () => {
   it("makes stdin/stdout/stderr FIFOs in a fresh 0700 directory and removes them", () => {
     const root = path.join(dir, "sets");
-    const set = newFifoSet(root, "c1", false);
+    const set = newFifoSet(root, "c1");
     assert.equal(path.dirname(set.dir), root);
     assert.equal(lstatSync(set.dir).mode & 0o777, 0o700);
     assert.equal(set.stdin, path.join(set.dir, "c1-stdin"));
     assert.equal(set.stdout, path.join(set.dir, "c1-stdout"));
     assert.equal(set.stderr, path.join(set.dir, "c1-stderr"));
     for (const p of [set.stdin, set.stdout, set.stderr]) assert.ok(isFifo(p));
-    const other = newFifoSet(root, "c1", false);
+    const other = newFifoSet(root, "c1");
     assert.notEqual(other.dir, set.dir);
     removeFifoSet(set);
     assert.ok(!existsSync(set.dir));
@@ -58,9 +59,39 @@ describe("FIFO sets", () => {
   });
 
   it("a terminal has no stderr; an exec's names carry its id", () => {
-    const set = newFifoSet(path.join(dir, "sets"), "c2", true, "e1");
+    const set = newFifoSet(path.join(dir, "sets"), "c2", { terminal: true, execId: "e1" });
     assert.equal(set.stderr, "");
     assert.equal(path.basename(set.stdout), "c2-e1-stdout");
+  });
+
+  it("stdin: false makes no stdin FIFO", () => {
+    const set = newFifoSet(path.join(dir, "sets"), "c4", { stdin: false });
+    assert.equal(set.stdin, "");
+    assert.ok(isFifo(set.stdout) && isFifo(set.stderr));
+    removeFifoSet(set);
+    removeFifoSet(undefined);
+  });
+
+  it("a FifoReader sees no EOF before the writer comes, then the data, then EOF after release", async () => {
+    const set = newFifoSet(path.join(dir, "sets"), "c5", { stdin: false });
+    const r = new FifoReader(set.stdout);
+    const got: Buffer[] = [];
+    const ended = new Promise<void>((resolve) => r.socket.once("end", () => resolve()));
+    r.socket.on("data", (b: Buffer) => got.push(b));
+    let early = false;
+    r.socket.once("end", () => {
+      early = got.length === 0;
+    });
+    await new Promise((res) => setTimeout(res, 50));
+    assert.equal(early, false, "no end-of-file while no writer had opened the FIFO");
+    const w = openSync(set.stdout, fsc.O_WRONLY | fsc.O_NONBLOCK);
+    r.release();
+    writeSync(w, "out\n");
+    closeSync(w);
+    await ended;
+    assert.equal(Buffer.concat(got).toString(), "out\n");
+    r.close();
+    removeFifoSet(set);
   });
 
   it("mkfifo leaves an existing FIFO alone", () => {
@@ -72,7 +103,7 @@ describe("FIFO sets", () => {
 
   it("removeFifoDir removes only a set directory directly under its root", () => {
     const root = path.join(dir, "root");
-    const set = newFifoSet(root, "c3", false);
+    const set = newFifoSet(root, "c3");
     removeFifoDir({ stdout: "file:///var/log/x", stdin: "" }, root);
     removeFifoDir({ stdout: path.join(dir, "elsewhere", "x", "c-stdout") }, root);
     assert.ok(existsSync(set.dir));
@@ -118,7 +149,7 @@ describe("FIFO I/O", () => {
   });
 
   it("attaches to existing FIFOs by path", async () => {
-    const set = newFifoSet(path.join(dir, "attach"), "c6", true);
+    const set = newFifoSet(path.join(dir, "attach"), "c6", { terminal: true });
     const out = sink();
     const io = fifoIO(set, true, { stdout: out.stream });
     assert.equal(io.terminal, true);

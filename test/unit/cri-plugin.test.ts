@@ -21,6 +21,7 @@ import {
   StatusRequestSchema,
   VersionRequestSchema,
 } from "../../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
+import { EncodedMessage } from "../../src/grpc/service.js";
 import { type CriConfig, criDefaults, unimplementedKeys } from "../../src/plugins/cri.js";
 
 const dir = mkdtempSync(join(tmpdir(), "berth-cri-plugin-"));
@@ -128,7 +129,9 @@ describe("CRI service assembly", () => {
       { version: () => ({ runtimeName: "first" }) },
       { version: () => ({ runtimeName: "second" }), status: () => ({}) },
     ]);
-    assert.equal((await impl.version(create(VersionRequestSchema), criCall())).runtimeName, "first");
+    const v = await impl.version(create(VersionRequestSchema), criCall());
+    assert.ok(!(v instanceof EncodedMessage));
+    assert.equal(v.runtimeName, "first");
     assert.deepEqual(await impl.status(create(StatusRequestSchema), criCall()), {});
     assert.throws(
       () => impl.runPodSandbox(create(RunPodSandboxRequestSchema), criCall()),

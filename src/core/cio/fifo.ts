@@ -32,17 +32,27 @@ export function mkfifo(p: string): void {
   }
 }
 
+export interface FifoSetOptions {
+  /** A pty merges the output: no stderr FIFO. */
+  terminal?: boolean;
+  /** Names the set `<id>-<execId>-…` for an exec'd process. */
+  execId?: string;
+  /** Make a stdin FIFO (default true). */
+  stdin?: boolean;
+}
+
 /**
  * A new FIFO set for process `id` (or `id-execId`) in a fresh random directory under `root`:
- * `<dir>/<id>-stdin`, `-stdout` and, without a terminal (a pty merges the output), `-stderr`.
+ * `<dir>/<id>-stdin` (unless `stdin: false`), `-stdout` and, without a terminal, `-stderr`.
  */
-export function newFifoSet(root: string, id: string, terminal: boolean, execId?: string): FifoSet {
+export function newFifoSet(root: string, id: string, opts: FifoSetOptions = {}): FifoSet {
+  const terminal = opts.terminal ?? false;
   mkdirSync(root, { recursive: true, mode: 0o700 });
   const dir = path.join(root, randomBytes(8).toString("hex"));
   mkdirSync(dir, { mode: 0o700 });
-  const base = path.join(dir, execId ? `${id}-${execId}` : id);
+  const base = path.join(dir, opts.execId ? `${id}-${opts.execId}` : id);
   const set = {
-    stdin: `${base}-stdin`,
+    stdin: opts.stdin === false ? "" : `${base}-stdin`,
     stdout: `${base}-stdout`,
     stderr: terminal ? "" : `${base}-stderr`,
     terminal,
@@ -52,9 +62,44 @@ export function newFifoSet(root: string, id: string, terminal: boolean, execId?:
   return set;
 }
 
-/** Removes a FIFO set's directory. */
-export function removeFifoSet(set: { dir: string }): void {
-  rmSync(set.dir, { recursive: true, force: true });
+/** Removes a FIFO set's directory (nothing for no set). */
+export function removeFifoSet(set: { dir: string } | undefined): void {
+  if (set?.dir) rmSync(set.dir, { recursive: true, force: true });
+}
+
+/**
+ * Reads a FIFO from this side without the early end-of-file a FIFO gives while no writer has it
+ * open: a placeholder writer is held until the process exists (`release`), after which the
+ * reader sees EOF exactly when the process's end closes.
+ */
+export class FifoReader {
+  readonly socket: net.Socket;
+  private placeholder: number | undefined;
+
+  constructor(readonly path: string) {
+    this.placeholder = openSync(path, fsc.O_RDWR | fsc.O_NONBLOCK);
+    let fd: number;
+    try {
+      fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
+    } catch (err) {
+      closeSync(this.placeholder);
+      throw err;
+    }
+    this.socket = new net.Socket({ fd, readable: true, writable: false });
+    this.socket.on("error", () => {});
+  }
+
+  /** The writer is open (the process exists): from now on EOF means its stdio closed. */
+  release(): void {
+    if (this.placeholder === undefined) return;
+    closeSync(this.placeholder);
+    this.placeholder = undefined;
+  }
+
+  close(): void {
+    this.release();
+    this.socket.destroy();
+  }
 }
 
 /**
@@ -160,7 +205,7 @@ export function newFifoIO(
   streams: IOStreams,
   opts: { root?: string; execId?: string; keep?: boolean } = {},
 ): TaskIO {
-  const set = newFifoSet(opts.root || FIFO_ROOT, id, terminal, opts.execId);
+  const set = newFifoSet(opts.root || FIFO_ROOT, id, { terminal, execId: opts.execId });
   const paths = { stdin: set.stdin, stdout: set.stdout, stderr: set.stderr };
   if (opts.keep) {
     const fds: number[] = [];

@@ -51,7 +51,7 @@ export async function serveExec(st: CriState, req: ExecRequestInfo, rc: RemoteCo
     if (!task) throw errNotFound(`task ${c.id}`);
     const procSpec = processSpecOf(st, c.id);
     const execId = randomBytes(16).toString("hex");
-    const set = newFifoSet(join(st.dirs.containerState(c.id), "io"), execId, req.tty);
+    const set = newFifoSet(join(st.dirs.containerState(c.id), "io"), execId, { terminal: req.tty });
     const paths = {
       stdin: req.stdin ? set.stdin : "",
       stdout: set.stdout,
