@@ -1,7 +1,7 @@
 // A container's output, from its stdio FIFOs into its CRI log file (when the kubelet gave a log
 // path; else the output is read and dropped so the container never blocks on a full pipe).
 import { dirname } from "node:path";
-import { FifoReader, type FifoPaths, type FifoSet } from "../core/cio/fifo.js";
+import { type FifoPaths, FifoReader, type FifoSet } from "../core/cio/fifo.js";
 import { CriLogFile, copyToCriLog } from "./logs.js";
 import type { ContainerIO, CriState } from "./state.js";
 import type { ContainerRecord } from "./store.js";
