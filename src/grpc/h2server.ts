@@ -10,6 +10,8 @@
 // that fails before sending a response message answers with one HEADERS frame ("trailers-only").
 
 import http2 from "node:http2";
+import net from "node:net";
+import { Duplex } from "node:stream";
 import {
   create,
   type DescMessage,
@@ -19,6 +21,7 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import { errCanceled, GrpcCode, toGrpcStatus } from "../base/errdefs.js";
+import { AuthorityRewriter, authorityStandIn, EMPTY_SETTINGS, sniffConnection } from "./authority.js";
 import {
   CallContext,
   type CallObserver,
@@ -449,6 +452,8 @@ export class H2GrpcServer {
   private readonly routes = new Map<string, MethodEntry>();
   private readonly serviceNames = new Set<string>();
   private readonly server: http2.Http2Server;
+  /** Accepts connections and hands them to `server` (see accept()). */
+  private listener: net.Server | undefined;
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private active = 0;
   private idleWaiters: (() => void)[] = [];
@@ -497,22 +502,58 @@ export class H2GrpcServer {
   /** Listen on a unix socket path (or a TCP port). */
   listen(path: string | number, host?: string): Promise<void> {
     return new Promise((resolve, reject) => {
+      const listener = net.createServer((socket) => this.accept(socket));
+      this.listener = listener;
       const onError = (err: Error) => reject(err);
-      this.server.once("error", onError);
+      listener.once("error", onError);
       const done = () => {
-        this.server.off("error", onError);
-        this.server.on("error", (err: Error) => this.opts.onError?.(err));
+        listener.off("error", onError);
+        listener.on("error", (err: Error) => this.opts.onError?.(err));
         this.listening = true;
         resolve();
       };
-      if (typeof path === "number") this.server.listen(path, host ?? "127.0.0.1", done);
-      else this.server.listen(path, done);
+      if (typeof path === "number") listener.listen(path, host ?? "127.0.0.1", done);
+      else listener.listen(path, done);
     });
   }
 
+  /**
+   * A new connection: nghttp2 refuses requests whose `:authority` is a unix socket's path, which
+   * grpc-go clients of the Kubernetes 1.2x era send (crictl 1.26, kubelets), so the first request
+   * is read here first (after this side's SETTINGS, which grpc-go waits for). A connection whose
+   * authority nghttp2 accepts is handed over as the socket it is (native speed); the others go
+   * through AuthorityRewriter (see authority.ts).
+   */
+  private accept(socket: net.Socket): void {
+    let buf: Buffer = Buffer.alloc(0);
+    const gone = () => socket.destroy();
+    const onData = (d: Buffer) => {
+      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
+      let r: ReturnType<typeof sniffConnection>;
+      try {
+        r = sniffConnection(buf);
+      } catch {
+        r = { state: "foreign" }; // malformed frames: nghttp2 answers them
+      }
+      if (r.state === "more" && buf.length < SNIFF_LIMIT) return;
+      socket.off("data", onData);
+      socket.off("error", gone);
+      socket.pause();
+      if (r.state === "done" && r.authority !== undefined && authorityStandIn(r.authority) !== undefined) {
+        this.server.emit("connection", rewrittenConnection(socket, r.bytes));
+        return;
+      }
+      socket.unshift(r.state === "done" ? r.bytes : buf);
+      this.server.emit("connection", socket);
+    };
+    socket.on("error", gone);
+    socket.on("data", onData);
+    socket.write(EMPTY_SETTINGS);
+  }
+
   /** The address listened on (for a TCP port of 0: the port picked). */
-  address(): ReturnType<http2.Http2Server["address"]> {
-    return this.server.address();
+  address(): ReturnType<net.Server["address"]> {
+    return this.listener?.address() ?? null;
   }
 
   /** @internal */
@@ -573,7 +614,7 @@ export class H2GrpcServer {
     const closed = new Promise<void>((resolve) => {
       if (!this.listening) return resolve();
       this.listening = false;
-      this.server.close(() => resolve());
+      this.listener?.close(() => resolve());
     });
     for (const s of this.sessions) s.close();
     const idle = this.active === 0 ? Promise.resolve() : new Promise<void>((r) => this.idleWaiters.push(r));
@@ -584,7 +625,7 @@ export class H2GrpcServer {
   forceShutdown(): void {
     if (this.listening) {
       this.listening = false;
-      this.server.close();
+      this.listener?.close();
     }
     for (const s of this.sessions) s.destroy();
     this.sessions.clear();
@@ -602,4 +643,44 @@ export class H2GrpcServer {
     await Promise.race([this.tryShutdown(), forced]);
     clearTimeout(timer);
   }
+}
+
+/** Bytes read before a connection is handed over without its first request being complete. */
+const SNIFF_LIMIT = 1 << 20;
+
+/** The socket as a stream whose incoming header blocks have their authority replaced. */
+function rewrittenConnection(socket: net.Socket, initial: Buffer): Duplex {
+  const rewriter = new AuthorityRewriter();
+  const conn = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk: Buffer, _enc, cb) {
+      socket.write(chunk, cb);
+    },
+    final(cb) {
+      socket.end();
+      cb();
+    },
+    destroy(err, cb) {
+      socket.destroy();
+      cb(err);
+    },
+  });
+  const feed = (chunk: Buffer) => {
+    let out: Buffer;
+    try {
+      out = rewriter.push(chunk);
+    } catch (err) {
+      conn.destroy(err as Error);
+      return;
+    }
+    if (out.length > 0 && !conn.push(out)) socket.pause();
+  };
+  socket.on("data", feed);
+  socket.on("end", () => conn.push(null));
+  socket.on("error", (err) => conn.destroy(err));
+  socket.on("close", () => conn.destroy());
+  feed(initial);
+  return conn;
 }

@@ -111,6 +111,20 @@ describe("CRI pod sandboxes and containers", { timeout: 600_000 }, () => {
     netnsDir = path.join(tmp, "state", "io.containerd.grpc.v1.cri", "netns");
     const confDir = path.join(tmp, "net.d");
     await mkdir(confDir, { recursive: true });
+    // a bridge plugin that takes its time adding pods named slow-*: a kubelet whose
+    // RunPodSandbox times out retries while that attempt is still in CNI ADD
+    const wrapDir = path.join(tmp, "cni-wrap");
+    await mkdir(wrapDir, { recursive: true });
+    writeFileSync(
+      path.join(wrapDir, "bridge"),
+      [
+        "#!/bin/sh",
+        'case "$CNI_ARGS" in *K8S_POD_NAME=slow-*) [ "$CNI_COMMAND" = ADD ] && sleep 2 ;; esac',
+        'exec /usr/lib/cni/bridge "$@"',
+        "",
+      ].join("\n"),
+      { mode: 0o755 },
+    );
     writeFileSync(
       path.join(confDir, "10-test.conflist"),
       JSON.stringify({
@@ -141,7 +155,7 @@ describe("CRI pod sandboxes and containers", { timeout: 600_000 }, () => {
       "  netns_mounts_under_state_dir = true",
       "  max_container_log_line_size = 64",
       '[plugins."io.containerd.grpc.v1.cri".cni]',
-      '  bin_dir = "/usr/lib/cni"',
+      `  bin_dir = "${wrapDir}:/usr/lib/cni"`,
       `  conf_dir = "${confDir}"`,
       `[plugins."io.containerd.grpc.v1.cri".registry.mirrors."${reg.host}"]`,
       `  endpoint = ["http://${reg.host}"]`,
@@ -661,19 +675,27 @@ describe("CRI pod sandboxes and containers", { timeout: 600_000 }, () => {
   });
 
   it("hands a retried RunPodSandbox the first attempt's pod", async () => {
-    const cfg = podConfig();
-    // the first call gives up long before the pod is ready; the attempt goes on
-    await assert.rejects(cri.runtime.runPodSandbox({ config: cfg }, { timeoutMs: 30 }), /deadline|DEADLINE/i);
-    let listed: string[] = [];
-    await until("the abandoned attempt's pod", () => {
-      void cri.runtime.listPodSandbox({ filter: { labelSelector: { n: cfg.labels.n } } }).then((r) => {
-        listed = r.items.map((p) => p.id);
-      });
-      return listed.length === 1;
-    });
-    // the kubelet's retry is handed that pod, not "name is reserved"
+    const base = podConfig();
+    const cfg = { ...base, metadata: { ...base.metadata, name: `slow-${base.metadata.name}` } };
+    // the first call gives up while CNI ADD still sleeps; the attempt goes on in berthd
+    const t0 = Date.now();
+    await assert.rejects(
+      cri.runtime.runPodSandbox({ config: cfg }, { timeoutMs: 300 }),
+      /deadline|DEADLINE/i,
+    );
+    const none = await cri.runtime.listPodSandbox({ filter: { labelSelector: { n: cfg.labels.n } } });
+    assert.deepEqual(none.items, [], "the first attempt is still in CNI ADD when the retry comes");
+    // the kubelet's retry waits for that attempt and is handed its pod, not "name is reserved"
     const { podSandboxId } = await cri.runtime.runPodSandbox({ config: cfg });
-    assert.equal(podSandboxId, listed[0]);
+    assert.ok(Date.now() - t0 >= 2000, "the retry answered only once the slow ADD was done");
+    const listed = (await cri.runtime.listPodSandbox({ filter: { labelSelector: { n: cfg.labels.n } } }))
+      .items;
+    assert.deepEqual(
+      listed.map((p) => p.id),
+      [podSandboxId],
+    );
+    const st = await cri.runtime.podSandboxStatus({ podSandboxId });
+    assert.match(st.status?.network?.ip ?? "", new RegExp(`^10\\.89\\.${subnet}\\.`));
     // a different request for the same name is refused as containerd refuses it
     const other = { ...cfg, hostname: "elsewhere" };
     const again = await cri.runtime.runPodSandbox({ config: other }).catch((e: Error) => e);
