@@ -6,41 +6,14 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { blob, busyboxLayerTar, MediaType, manifestBlob, pushImage } from "../test/helpers/images.js";
+import { busyboxImageWith, pushImage } from "../test/helpers/images.js";
+import { freeSubnetOctets } from "../test/helpers/net.js";
 import type { Registry } from "../test/helpers/registry.js";
-import { buildTar, gzip, sha256 } from "../test/helpers/tarbuild.js";
 
 /** Debian's containernetworking-plugins install here (`dpkg -L containernetworking-plugins`). */
 export const CNI_BIN_DIR = "/usr/lib/cni";
 const BB = "/bin/busybox";
-const MTIME = 1700000000;
-
-/** A one-platform busybox image whose config has `config` (Entrypoint, StopSignal, …). */
-function busyboxWith(config: Record<string, unknown>, extra?: { name: string; data: string }) {
-  // An extra file before the busybox entries makes the layer (and so the image) distinct.
-  const tar = extra
-    ? Buffer.concat([buildTar([{ ...extra, mtime: MTIME }], { noEnd: true }), busyboxLayerTar()])
-    : busyboxLayerTar();
-  const layer = blob(MediaType.layerGzip, gzip(tar));
-  const cfg = blob(
-    MediaType.config,
-    Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        config: { Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], ...config },
-        rootfs: { type: "layers", diff_ids: [sha256(tar)] },
-      }),
-    ),
-  );
-  const manifest = manifestBlob(cfg, [layer]);
-  const platform = { os: "linux", architecture: "amd64" };
-  return {
-    target: manifest,
-    platforms: [{ platform, manifest, config: cfg, layers: [layer], diffIds: [sha256(tar)] }],
-    blobs: [layer, cfg, manifest],
-  };
-}
+const _MTIME = 1700000000;
 
 export interface BenchImages {
   /** The sandbox image: busybox sleeping as PID 1 (killed with SIGKILL, as pause is). */
@@ -52,19 +25,19 @@ export interface BenchImages {
 }
 
 export async function pushBenchImages(reg: Registry, pulls: number): Promise<BenchImages> {
-  await pushImage(reg.url, "bench/pause", "1", busyboxWith({ Entrypoint: [BB, "sleep", "3600"] }));
+  await pushImage(reg.url, "bench/pause", "1", busyboxImageWith({ Entrypoint: [BB, "sleep", "3600"] }));
   await pushImage(
     reg.url,
     "bench/workload",
     "1",
-    busyboxWith({
+    busyboxImageWith({
       // `wait` returns as soon as a trapped signal arrives; the backgrounded sleep dies with PID 1
       Entrypoint: [BB, "sh", "-c", `trap 'exit 0' TERM; ${BB} sleep 3600 & wait`],
     }),
   );
   const refs: string[] = [];
   for (let i = 0; i < pulls; i++) {
-    const img = busyboxWith(
+    const img = busyboxImageWith(
       { Entrypoint: [BB, "sleep", "3600"] },
       { name: "etc/bench-pull-id", data: `${i}\n` },
     );
@@ -85,12 +58,7 @@ export interface BenchNetwork {
 
 /** Third octets of 10.213.X.0/24 that no route on the host mentions. */
 export function freeSubnets(count: number): string[] {
-  const routes = execFileSync("ip", ["-4", "route", "show", "table", "all"], { encoding: "utf8" });
-  const out: string[] = [];
-  for (let x = 10; x < 250 && out.length < count; x++)
-    if (!routes.includes(`10.213.${x}.`)) out.push(`10.213.${x}.0/24`);
-  if (out.length < count) throw new Error("no free 10.213.X.0/24 subnet for the bench networks");
-  return out;
+  return freeSubnetOctets("10.213", count).map((x) => `10.213.${x}.0/24`);
 }
 
 /** Bridge names berthbench0, berthbench1, … that no link on the host has yet (ours to delete). */

@@ -37,6 +37,7 @@ import { collectCapped } from "./logs.js";
 import { containerName, containerRequest } from "./naming.js";
 import type { Spec } from "./oci.js";
 import { sandboxFiles, shmPathFor } from "./pods.js";
+import { locked, matchLabels } from "./records.js";
 import {
   type CriState,
   criState,
@@ -69,9 +70,6 @@ const stateOf = (c: ContainerRecord): ContainerState => {
       return ContainerState.CONTAINER_UNKNOWN;
   }
 };
-
-const matchLabels = (labels: Record<string, string>, sel: Record<string, string>) =>
-  Object.entries(sel).every(([k, v]) => labels[k] === v);
 
 /** The user a container runs as, resolved against its rootfs when names or groups matter. */
 async function resolveProcessUser(
@@ -361,18 +359,6 @@ function criContainerOf(c: ContainerRecord): CriContainer {
     labels: c.config.labels,
     annotations: c.config.annotations,
   };
-}
-
-/** Per-container locks: start/stop/remove of one container do not interleave. */
-const locks = new WeakMap<ContainerRecord, Promise<unknown>>();
-function locked<T>(c: ContainerRecord, fn: () => Promise<T>): Promise<T> {
-  const prev = locks.get(c) ?? Promise.resolve();
-  const p = prev.then(fn, fn);
-  locks.set(
-    c,
-    p.catch(() => {}),
-  );
-  return p;
 }
 
 export function containerMethods(deps: CriDeps): RuntimeMethods {

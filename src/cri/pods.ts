@@ -24,6 +24,7 @@ import { applyCgroupConfig } from "./container-spec.js";
 import type { CriDeps, RuntimeMethods } from "./context.js";
 import { EncodedItems } from "./encoded-list.js";
 import { sandboxName, sandboxRequest } from "./naming.js";
+import { locked, matchLabels } from "./records.js";
 import { sandboxSpec } from "./sandbox-spec.js";
 import {
   type CriState,
@@ -337,21 +338,6 @@ function podSandboxOf(s: SandboxRecord): PodSandbox {
     annotations: s.config.annotations,
     runtimeHandler: s.runtimeHandler,
   };
-}
-
-const matchLabels = (labels: Record<string, string>, sel: Record<string, string>) =>
-  Object.entries(sel).every(([k, v]) => labels[k] === v);
-
-/** Per-sandbox locks: stop/remove/status of one pod do not interleave. */
-const locks = new WeakMap<SandboxRecord, Promise<unknown>>();
-function locked<T>(s: SandboxRecord, fn: () => Promise<T>): Promise<T> {
-  const prev = locks.get(s) ?? Promise.resolve();
-  const p = prev.then(fn, fn);
-  locks.set(
-    s,
-    p.catch(() => {}),
-  );
-  return p;
 }
 
 export function podSandboxMethods(deps: CriDeps): RuntimeMethods {

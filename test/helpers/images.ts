@@ -203,3 +203,36 @@ export async function pushImage(
     for (const p of img.platforms) await pushManifest(registryUrl, repo, p.manifest.digest, p.manifest);
   await pushManifest(registryUrl, repo, tag, img.target);
 }
+
+/**
+ * A single-platform (linux/amd64) busybox image whose config carries `config` (Entrypoint, Cmd,
+ * StopSignal, Volumes, …) and PATH; `extra` puts one more file in the layer, making the image
+ * distinct from every other.
+ */
+export function busyboxImageWith(
+  config: Record<string, unknown>,
+  extra?: { name: string; data: string },
+): BuiltImage {
+  const tar = extra
+    ? Buffer.concat([buildTar([{ ...extra, mtime: MTIME }], { noEnd: true }), busyboxLayerTar()])
+    : busyboxLayerTar();
+  const layer = blob(MediaType.layerGzip, gzip(tar));
+  const cfg = blob(
+    MediaType.config,
+    Buffer.from(
+      JSON.stringify({
+        architecture: "amd64",
+        os: "linux",
+        config: { Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], ...config },
+        rootfs: { type: "layers", diff_ids: [sha256(tar)] },
+      }),
+    ),
+  );
+  const manifest = manifestBlob(cfg, [layer]);
+  const platform = { os: "linux", architecture: "amd64" };
+  return {
+    target: manifest,
+    platforms: [{ platform, manifest, config: cfg, layers: [layer], diffIds: [sha256(tar)] }],
+    blobs: [layer, cfg, manifest],
+  };
+}

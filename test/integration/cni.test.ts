@@ -11,6 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { CniManager, CniPluginError, type PodIdentity, ResultCache } from "../../src/core/cni/index.js";
 import { createNetns, netnsExists, removeNetns } from "../../src/sys/netns.js";
+import { freeSubnetOctets } from "../helpers/net.js";
 import { makeTempDir, mountsUnder, removeTempDir } from "../helpers/tmp.js";
 
 const run = promisify(execFile);
@@ -31,16 +32,6 @@ async function succeeds(cmd: string, args: string[]): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-/** A 10.88.X.0/24 no host route covers yet, so the test's subnet is its own. */
-async function pickSubnet(): Promise<number> {
-  const routes = (await sh("ip", ["-4", "route", "show", "table", "all"])).stdout;
-  for (let i = 0; i < 50; i++) {
-    const x = 1 + (randomBytes(1)[0]! % 250);
-    if (!routes.includes(`10.88.${x}.`)) return x;
-  }
-  throw new Error("no free 10.88.x.0/24 subnet");
 }
 
 function ipamReservations(dir: string): string[] {
@@ -104,7 +95,7 @@ describe("CNI with the real plugins", { timeout: 300_000 }, () => {
     cacheDir = path.join(tmp, "cache");
     ipamDir = path.join(tmp, "ipam");
     netnsDir = path.join(tmp, "netns");
-    subnet = await pickSubnet();
+    subnet = freeSubnetOctets("10.88")[0]!;
     const tag = randomBytes(3).toString("hex");
     bridge = `berthc${tag}`;
     netName = `berth-cni-test-${tag}`;

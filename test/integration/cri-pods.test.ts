@@ -24,55 +24,14 @@ import {
 import { type CriClient, criClient } from "../helpers/cri.js";
 import { ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, restartDaemon, startBerthd } from "../helpers/daemons.js";
-import {
-  blob,
-  buildBusyboxImage,
-  busyboxLayerTar,
-  MediaType,
-  manifestBlob,
-  pushImage,
-} from "../helpers/images.js";
+import { buildBusyboxImage, busyboxImageWith, pushImage } from "../helpers/images.js";
+import { freeSubnetOctets } from "../helpers/net.js";
 import { shimsOf, until } from "../helpers/procs.js";
 import { freePort, type Registry, startRegistry } from "../helpers/registry.js";
-import { gzip, sha256 } from "../helpers/tarbuild.js";
 import { makeTempDir, mountsUnder, removeTempDir } from "../helpers/tmp.js";
 
 const execFileP = promisify(execFile);
 const BB = "/bin/busybox";
-
-/** A busybox image whose entrypoint sleeps: the pause container of these tests. */
-function pauseImage() {
-  const tar = busyboxLayerTar();
-  const layer = blob(MediaType.layerGzip, gzip(tar));
-  const config = blob(
-    MediaType.config,
-    Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        config: { Entrypoint: [BB, "sleep", "1000000"], StopSignal: "SIGKILL", Volumes: { "/data": {} } },
-        rootfs: { type: "layers", diff_ids: [sha256(tar)] },
-      }),
-    ),
-  );
-  const manifest = manifestBlob(config, [layer]);
-  return {
-    target: manifest,
-    platforms: [
-      { platform: { os: "linux", architecture: "amd64" }, manifest, config, layers: [layer], diffIds: [] },
-    ],
-    blobs: [layer, config, manifest],
-  };
-}
-
-async function pickSubnet(): Promise<number> {
-  const routes = (await execFileP("ip", ["-4", "route", "show", "table", "all"])).stdout;
-  for (let i = 0; i < 50; i++) {
-    const x = 1 + (randomBytes(1)[0]! % 250);
-    if (!routes.includes(`10.89.${x}.`)) return x;
-  }
-  throw new Error("no free 10.89.x.0/24 subnet");
-}
 
 function ipamReservations(dir: string): string[] {
   const out: string[] = [];
@@ -103,9 +62,18 @@ describe("CRI pod sandboxes and containers", { timeout: 600_000 }, () => {
     tmp = await makeTempDir("cri-pods");
     reg = await startRegistry();
     await pushImage(reg.url, "test/busybox", "1", buildBusyboxImage());
-    await pushImage(reg.url, "test/pause", "1", pauseImage() as never);
+    await pushImage(
+      reg.url,
+      "test/pause",
+      "1",
+      busyboxImageWith({
+        Entrypoint: [BB, "sleep", "1000000"],
+        StopSignal: "SIGKILL",
+        Volumes: { "/data": {} },
+      }),
+    );
     busyboxRef = `${reg.host}/test/busybox:1`;
-    subnet = await pickSubnet();
+    subnet = freeSubnetOctets("10.89")[0]!;
     bridge = `bcri${randomBytes(3).toString("hex")}`;
     ipamDir = path.join(tmp, "ipam");
     netnsDir = path.join(tmp, "state", "io.containerd.grpc.v1.cri", "netns");

@@ -12,58 +12,17 @@ import { promisify } from "node:util";
 import { NamespaceMode } from "../../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
 import { type CriClient, criClient } from "../helpers/cri.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
-import {
-  blob,
-  buildBusyboxImage,
-  busyboxLayerTar,
-  MediaType,
-  manifestBlob,
-  pushImage,
-} from "../helpers/images.js";
+import { buildBusyboxImage, busyboxImageWith, pushImage } from "../helpers/images.js";
+import { freeSubnetOctets } from "../helpers/net.js";
 import { descendants, until } from "../helpers/procs.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
 import { rawRequest, spdyConnect, spdyExec, spdyPortForward } from "../helpers/spdy-client.js";
-import { gzip, sha256 } from "../helpers/tarbuild.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 import { wsConnect, wsExec, wsPortForward } from "../helpers/ws-client.js";
 
 const execFileP = promisify(execFile);
 const BB = "/bin/busybox";
 const sh = (script: string) => [BB, "sh", "-c", script];
-
-/** A busybox image whose entrypoint sleeps: the pause container. */
-function pauseImage() {
-  const tar = busyboxLayerTar();
-  const layer = blob(MediaType.layerGzip, gzip(tar));
-  const config = blob(
-    MediaType.config,
-    Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        config: { Entrypoint: [BB, "sleep", "1000000"], StopSignal: "SIGKILL" },
-        rootfs: { type: "layers", diff_ids: [sha256(tar)] },
-      }),
-    ),
-  );
-  const manifest = manifestBlob(config, [layer]);
-  return {
-    target: manifest,
-    platforms: [
-      { platform: { os: "linux", architecture: "amd64" }, manifest, config, layers: [layer], diffIds: [] },
-    ],
-    blobs: [layer, config, manifest],
-  };
-}
-
-async function pickSubnet(): Promise<number> {
-  const routes = (await execFileP("ip", ["-4", "route", "show", "table", "all"])).stdout;
-  for (let i = 0; i < 50; i++) {
-    const x = 1 + (randomBytes(1)[0]! % 250);
-    if (!routes.includes(`10.88.${x}.`)) return x;
-  }
-  throw new Error("no free 10.88.x.0/24 subnet");
-}
 
 /** An HTTP/1.0 GET written to `w`, the whole answer read from `r`. */
 function httpGet(stream: NodeJS.ReadWriteStream): Promise<string> {
@@ -93,9 +52,14 @@ describe("CRI streaming: exec, attach and port-forward", { timeout: 300_000 }, (
     tmp = await makeTempDir("cri-stream");
     reg = await startRegistry();
     await pushImage(reg.url, "test/busybox", "1", buildBusyboxImage());
-    await pushImage(reg.url, "test/pause", "1", pauseImage() as never);
+    await pushImage(
+      reg.url,
+      "test/pause",
+      "1",
+      busyboxImageWith({ Entrypoint: [BB, "sleep", "1000000"], StopSignal: "SIGKILL" }),
+    );
     const busyboxRef = `${reg.host}/test/busybox:1`;
-    const subnet = await pickSubnet();
+    const subnet = freeSubnetOctets("10.88")[0]!;
     bridge = `bstr${randomBytes(3).toString("hex")}`;
     const confDir = path.join(tmp, "net.d");
     await mkdir(confDir, { recursive: true });
