@@ -1,5 +1,7 @@
 // A container's output, from its stdio FIFOs into its CRI log file (when the kubelet gave a log
 // path; else the output is read and dropped so the container never blocks on a full pipe).
+import { constants as fsc, openSync } from "node:fs";
+import { Socket } from "node:net";
 import { dirname } from "node:path";
 import { type FifoPaths, FifoReader, type FifoSet } from "../core/cio/fifo.js";
 import { CriLogFile, copyToCriLog } from "./logs.js";
@@ -40,7 +42,8 @@ export async function attachOutput(
       }
     }
     if (reattach) for (const r of readers) r.release();
-    const io: ContainerIO = { fifos: set, readers, log, drained: Promise.all(copies).then(() => {}) };
+    const stdin = set.stdin ? stdinWriter(set.stdin) : undefined;
+    const io: ContainerIO = { fifos: set, readers, stdin, log, drained: Promise.all(copies).then(() => {}) };
     st.io.set(c.id, io);
     return io;
   } catch (err) {
@@ -48,4 +51,12 @@ export async function attachOutput(
     log?.close();
     throw err;
   }
+}
+
+/** The write end of a stdin FIFO, opened read-write so opening never waits for the shim. */
+function stdinWriter(path: string): Socket {
+  const fd = openSync(path, fsc.O_RDWR | fsc.O_NONBLOCK);
+  const sock = new Socket({ fd, readable: false, writable: true });
+  sock.on("error", () => {});
+  return sock;
 }

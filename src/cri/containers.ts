@@ -233,7 +233,7 @@ async function startContainer(st: CriState, c: ContainerRecord): Promise<void> {
   const mounts = await deps.snapshots.get(deps.config.containerd.snapshotter).mounts(ns, c.id);
   const fifos = newFifoSet(join(st.dirs.containerState(c.id), "io"), c.id, {
     terminal: c.config.tty,
-    stdin: false,
+    stdin: c.config.stdin,
   });
   const io = await attachOutput(st, c, fifos);
   try {
@@ -242,6 +242,7 @@ async function startContainer(st: CriState, c: ContainerRecord): Promise<void> {
       runtime: runtime.type,
       runtimeOptions: runtime.options,
       rootfs: mounts,
+      stdin: fifos.stdin,
       stdout: fifos.stdout,
       stderr: fifos.stderr,
       terminal: c.config.tty,
@@ -258,6 +259,7 @@ async function startContainer(st: CriState, c: ContainerRecord): Promise<void> {
     }
   } catch (err) {
     for (const r of io.readers) r.close();
+    io.stdin?.destroy();
     io.log?.close();
     st.io.delete(c.id);
     removeFifoSet(fifos);

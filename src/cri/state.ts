@@ -2,7 +2,9 @@
 // reservations, the CNI manager, the open log/stdio pipes of running containers, and the
 // lifecycle steps both halves take (a container's exit, stop and removal; a pause container's
 // exit). Built once per CriDeps; on first use it reloads what survived a restart.
+
 import { readFileSync } from "node:fs";
+import type { Socket } from "node:net";
 import { join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { BerthError, isNotFound } from "../base/errdefs.js";
@@ -32,6 +34,12 @@ import {
 export interface ContainerIO {
   fifos: FifoSet;
   readers: FifoReader[];
+  /**
+   * The write end of a `stdin: true` container's stdin FIFO, held for the container's life so the
+   * process never sees end-of-file between attachers; attach writes into it (and with
+   * `stdin_once`, an attacher's end closes it).
+   */
+  stdin?: Socket;
   log?: CriLogFile;
   /** Resolves when both output streams reached their end. */
   drained: Promise<void>;
@@ -204,6 +212,7 @@ async function closeIO(st: CriState, id: string): Promise<void> {
   st.io.delete(id);
   await Promise.race([io.drained, new Promise((r) => setTimeout(r, 2000).unref())]);
   for (const r of io.readers) r.close();
+  io.stdin?.destroy();
   io.log?.close();
   removeFifoSet(io.fifos);
 }

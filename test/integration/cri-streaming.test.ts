@@ -46,6 +46,7 @@ describe("CRI streaming: exec, attach and port-forward", { timeout: 300_000 }, (
   let pod: string;
   let web: string;
   let ticker: string;
+  let reader: string;
   let tickerLog: string;
 
   before(async () => {
@@ -135,6 +136,8 @@ describe("CRI streaming: exec, attach and port-forward", { timeout: 300_000 }, (
       sh(`i=0; while true; do echo tick $i; i=$((i+1)); ${BB} sleep 0.2; done`),
     );
     tickerLog = path.join(podConfig.logDirectory, "ticker.log");
+    // waits for a line on stdin: nothing reaches it until an attacher writes one
+    reader = await container("reader", sh("read line; echo got-$line"), { stdin: true, stdinOnce: true });
   });
 
   after(async () => {
@@ -335,7 +338,20 @@ describe("CRI streaming: exec, attach and port-forward", { timeout: 300_000 }, (
     );
     await assert.rejects(
       cri.runtime.attach({ containerId: ticker, stdin: true, stdout: true }),
-      /not implemented/,
+      /was not created with stdin/,
     );
+  });
+
+  it("attach with stdin writes into a stdin container; with stdin_once its end closes the input", async () => {
+    const { url } = await cri.runtime.attach({ containerId: reader, stdin: true, stdout: true });
+    const r = await wsExec(url, { stdin: "hello\n", protocols: ["v5.channel.k8s.io"] });
+    assert.match(r.stdout, /got-hello/);
+    let st: { state: number; exitCode: number } | undefined;
+    for (const end = Date.now() + 10_000; Date.now() < end; await new Promise((r) => setTimeout(r, 100))) {
+      st = (await cri.runtime.containerStatus({ containerId: reader })).status;
+      if (st?.state === 2) break; // CONTAINER_EXITED: the line came and stdin closed
+    }
+    assert.equal(st?.state, 2, "the reader exited once its line came");
+    assert.equal(st?.exitCode, 0);
   });
 });

@@ -2,9 +2,8 @@
 // container's stdout/stderr FIFOs are already read by the CRI log copier (src/cri/container-io.ts);
 // an attacher adds one more listener on those readers, so every attacher and the log see the same
 // bytes and detaching (the client going away) leaves the container and its log alone.
-//
-// Not done: stdin. CRI containers are started without a stdin FIFO here, so a request with stdin
-// is refused with a clear error until container start makes one for `stdin: true` containers.
+// With stdin (a container created `stdin: true`), what the client sends goes into the container's
+// stdin FIFO; with `stdin_once`, the client's end of input closes the container's stdin.
 import type { Socket } from "node:net";
 import { errFailedPrecondition, errNotFound } from "../../base/errdefs.js";
 import { type CriState, taskOf } from "../state.js";
@@ -31,8 +30,13 @@ export async function serveAttach(st: CriState, req: AttachRequestInfo, rc: Remo
     const task = taskOf(st, c.id);
     const onResize = (sz: TerminalSize) => void task?.resize(sz.width, sz.height).catch(() => {});
     rc.resize.on("resize", onResize);
-    // stdin from the client goes nowhere: read and drop it so its flow control keeps moving
-    rc.stdin?.resume();
+    const into = req.stdin ? io.stdin : undefined;
+    if (rc.stdin && into) {
+      rc.stdin.on("data", (b: Buffer) => into.write(b));
+      rc.stdin.once("end", () => {
+        if (c.config.stdinOnce) into.end();
+      });
+    } else rc.stdin?.resume(); // not asked for: read and drop, so its flow control keeps moving
     const taps: { sock: Socket; fn: (b: Buffer) => void }[] = [];
     const ended: Promise<void>[] = [];
     for (const r of io.readers) {

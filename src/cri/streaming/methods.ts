@@ -3,12 +3,7 @@
 // startStreamServer), as containerd's CRI does. The work happens when the client connects there.
 import { join } from "node:path";
 import { parseDuration } from "../../base/duration.js";
-import {
-  errFailedPrecondition,
-  errInvalidArgument,
-  errNotImplemented,
-  errUnavailable,
-} from "../../base/errdefs.js";
+import { errFailedPrecondition, errInvalidArgument, errUnavailable } from "../../base/errdefs.js";
 import type { CriDeps, RuntimeMethods } from "../context.js";
 import { criState } from "../state.js";
 import { serveAttach } from "./attach.js";
@@ -92,12 +87,12 @@ export function streamingMethods(deps: CriDeps): RuntimeMethods {
       if (!req.stdin && !req.stdout && !req.stderr)
         throw errInvalidArgument("one of stdin, stdout, or stderr must be set");
       if (req.tty && req.stderr) throw errInvalidArgument("tty and stderr cannot both be true");
-      if (req.stdin)
-        throw errNotImplemented("Attach with stdin: containers are started without a stdin pipe");
       const c = running(req.containerId);
+      if (req.stdin && !c.config.stdin)
+        throw errInvalidArgument(`container ${c.id} was not created with stdin: attach cannot write to it`);
       const url = serverOf(deps).register({
         kind: "attach",
-        req: { containerId: c.id, tty: req.tty, stdin: false, stdout: req.stdout, stderr: req.stderr },
+        req: { containerId: c.id, tty: req.tty, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr },
       });
       return { url };
     },
