@@ -59,6 +59,7 @@ bench: deps build
 	node dist/bench/pull.js 3 --tmpfs
 	node dist/bench/lifecycle.js
 	node dist/bench/cri.js
+	node dist/bench/stream.js
 
 clean:
 	rm -rf dist src/gen
