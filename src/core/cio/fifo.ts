@@ -224,3 +224,41 @@ export function newFifoIO(
   }
   return fifoIO(paths, terminal, streams, { dir: set.dir });
 }
+
+/**
+ * Open a process's stdin FIFO for writing once the shim reads it (write-only non-blocking opens
+ * fail with ENXIO until a reader exists, so the data can never sit in a pipe nobody will read),
+ * copy `src` into it, and call `onEnd` after the end of `src` was passed
+ * on by closing the writer.
+ */
+export function copyStdin(path: string, src: NodeJS.ReadableStream, onEnd: () => void): { close(): void } {
+  let sock: net.Socket | undefined;
+  let closed = false;
+  const deadline = Date.now() + 10_000;
+  const open = () => {
+    if (closed) return;
+    let fd: number;
+    try {
+      fd = openSync(path, fsc.O_WRONLY | fsc.O_NONBLOCK);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENXIO" && Date.now() < deadline) setTimeout(open, 5);
+      else src.resume();
+      return;
+    }
+    const w = new net.Socket({ fd, readable: false, writable: true });
+    sock = w;
+    w.on("error", () => {});
+    w.once("close", () => {
+      if (!closed) onEnd();
+    });
+    src.pipe(w);
+  };
+  open();
+  return {
+    close() {
+      closed = true;
+      src.unpipe();
+      sock?.destroy();
+    },
+  };
+}

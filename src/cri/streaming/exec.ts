@@ -3,12 +3,9 @@
 // when the client half-closes it; the exit code goes back on the error channel. A client that
 // goes away before the process ends gets it killed (nobody could see its output any more).
 import { randomBytes } from "node:crypto";
-import { constants as fsc, openSync } from "node:fs";
-import { Socket } from "node:net";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
 import { errFailedPrecondition, errNotFound } from "../../base/errdefs.js";
-import { fifoIO, newFifoSet, removeFifoSet } from "../../core/cio/fifo.js";
+import { copyStdin, fifoIO, newFifoSet, removeFifoSet } from "../../core/cio/fifo.js";
 import { PROCESS_SPEC_TYPE_URL, type Process } from "../../core/runtime/task.js";
 import type { Spec } from "../oci.js";
 import { type CriState, taskOf } from "../state.js";
@@ -105,42 +102,4 @@ export async function serveExec(st: CriState, req: ExecRequestInfo, rc: RemoteCo
   }
   rc.resize.off("resize", onResize);
   await rc.finish({ exitCode, error }).catch(() => {});
-}
-
-/**
- * Open the exec's stdin FIFO for writing once the shim reads it (write-only non-blocking opens
- * fail with ENXIO until a reader exists, so the data can never sit in a pipe nobody will read),
- * copy the client's stdin into it, and call `onEnd` after the client's end of input was passed
- * on by closing the writer.
- */
-export function copyStdin(path: string, src: Readable, onEnd: () => void): { close(): void } {
-  let sock: Socket | undefined;
-  let closed = false;
-  const deadline = Date.now() + 10_000;
-  const open = () => {
-    if (closed) return;
-    let fd: number;
-    try {
-      fd = openSync(path, fsc.O_WRONLY | fsc.O_NONBLOCK);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENXIO" && Date.now() < deadline) setTimeout(open, 5);
-      else src.resume();
-      return;
-    }
-    const w = new Socket({ fd, readable: false, writable: true });
-    sock = w;
-    w.on("error", () => {});
-    w.once("close", () => {
-      if (!closed) onEnd();
-    });
-    src.pipe(w);
-  };
-  open();
-  return {
-    close() {
-      closed = true;
-      src.unpipe();
-      sock?.destroy();
-    },
-  };
 }
