@@ -7,15 +7,12 @@
 // will reuse). Every socket berthd opened afterwards on that thread would live in the pod's
 // namespace, and setns(2) back can fail halfway. A child process isolates all of that: its
 // namespace switch dies with it, and unshare's own bind mount of /proc/<pid>/ns/net onto the
-// file is what keeps the namespace alive. It costs one fork+exec (~2 ms) per pod sandbox.
-import { execFile } from "node:child_process";
+// file is what keeps the namespace alive. It costs one posix_spawn (src/sys/spawn.ts) per pod sandbox.
 import { randomUUID } from "node:crypto";
 import { closeSync, mkdirSync, openSync, readFileSync, statfsSync, unlinkSync } from "node:fs";
 import path from "node:path";
-import { promisify } from "node:util";
 import { MNT_DETACH, MS, mountSyscall, SyscallError, unmount } from "./mount.js";
-
-const execFileP = promisify(execFile);
+import { lookPath, runCollect } from "./spawn.js";
 
 /** statfs f_type of nsfs, the filesystem namespace files are bound from. */
 const NSFS_MAGIC = 0x6e736673;
@@ -71,7 +68,17 @@ export function createNetns(dir: string): Promise<string> {
     // The mount point must exist; read-only and exclusive, as nothing ever writes it.
     closeSync(openSync(file, "wx", 0o444));
     try {
-      await execFileP("unshare", [`--net=${file}`, "true"], { timeout: 30_000 });
+      const r = await runCollect(lookPath("unshare"), [`--net=${file}`, "true"], {
+        env: process.env,
+        signal: AbortSignal.timeout(30_000),
+      });
+      if (r.code !== 0)
+        throw Object.assign(
+          new Error(`unshare: ${r.signal ? `killed by ${r.signal}` : `exit status ${r.code}`}`),
+          {
+            stderr: r.stderr.toString(),
+          },
+        );
     } catch (err) {
       try {
         unmount(file, MNT_DETACH);

@@ -396,10 +396,18 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
     opts.logLevel ?? "info",
     ...(opts.args ?? []),
   ];
+  // BERTHD_CPU_PROF_DIR (profiling, docs/performance.md): run berthd under `node --cpu-prof` with
+  // the same V8 and malloc settings bin/berthd.js's first line gives it; the profile is written
+  // when the daemon exits.
+  const profDir = process.env.BERTHD_CPU_PROF_DIR;
+  const bin = path.join(repoRoot, "bin/berthd.js");
   const d = await launch({
     kind: "berthd",
-    command: path.join(repoRoot, "bin/berthd.js"),
-    args,
+    command: profDir ? process.execPath : bin,
+    args: profDir
+      ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`, "--max-semi-space-size=4", bin, ...args]
+      : args,
+    env: profDir ? { ...(opts.env ?? process.env), MALLOC_ARENA_MAX: "2" } : opts.env,
     address,
     root,
     state,
@@ -407,7 +415,6 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
     configPath,
     ownsDir: true,
     timeoutMs: opts.timeoutMs ?? 30_000,
-    env: opts.env,
   });
   startedWith.set(d, opts);
   return d;
@@ -444,7 +451,6 @@ export async function startContainerd(opts: DaemonOptions = {}): Promise<Daemon>
     configPath,
     ownsDir: true,
     timeoutMs: opts.timeoutMs ?? 30_000,
-    env: opts.env,
   });
   startedWith.set(d, opts);
   return d;

@@ -1,9 +1,9 @@
 // Running one CNI plugin binary: locate it in the bin dirs, pass the CNI_* environment and the
 // config on stdin, read the result (or the spec's error object) from stdout.
-import { spawn } from "node:child_process";
 import { accessSync, constants, statSync } from "node:fs";
 import path from "node:path";
 import type { Logger } from "../../base/log.js";
+import { runCollect } from "../../sys/spawn.js";
 
 export type CniCommand = "ADD" | "DEL" | "CHECK" | "VERSION";
 
@@ -111,31 +111,12 @@ export async function execPlugin(
   opts: ExecOptions = {},
 ): Promise<unknown> {
   const type = path.basename(pluginPath);
-  const { stdout, stderr, code, signal } = await new Promise<{
-    stdout: string;
-    stderr: string;
-    code: number | null;
-    signal: NodeJS.Signals | null;
-  }>((resolve, reject) => {
-    const child = spawn(pluginPath, [], { env, stdio: ["pipe", "pipe", "pipe"], signal: opts.signal });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (b: Buffer) => out.push(b));
-    child.stderr.on("data", (b: Buffer) => err.push(b));
-    child.on("error", reject);
-    // A plugin that exits before reading stdin makes the write fail with EPIPE; its exit
-    // status says what happened.
-    child.stdin.on("error", () => {});
-    child.on("close", (c, s) =>
-      resolve({
-        stdout: Buffer.concat(out).toString(),
-        stderr: Buffer.concat(err).toString(),
-        code: c,
-        signal: s,
-      }),
-    );
-    child.stdin.end(stdin);
-  });
+  // posix_spawn, not child_process: a pod runs ~8 plugins and forking the daemon for each
+  // blocks the event loop (src/sys/spawn.ts).
+  const r = await runCollect(pluginPath, [], { env, stdin, signal: opts.signal });
+  const { code, signal } = r;
+  const stdout = r.stdout.toString();
+  const stderr = r.stderr.toString();
   if (stderr.trim() !== "")
     opts.log?.debug("CNI plugin stderr", { plugin: type, command, stderr: stderr.trim() });
   if (code !== 0) {

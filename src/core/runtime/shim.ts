@@ -8,7 +8,6 @@
 // blocks; what it logs goes to berthd's log. A shim may serve several tasks (a group, see
 // ShimConnection). `delete` (same flags plus -bundle) cleans up after a
 // shim that died, printing a task.v2 DeleteResponse.
-import { spawn } from "node:child_process";
 import { closeSync, existsSync, constants as fsc, openSync, readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { Socket } from "node:net";
@@ -23,6 +22,7 @@ import {
   Task,
 } from "../../gen/containerd/runtime/v2/task/shim_pb.js";
 import { mknod, S_IFIFO } from "../../sys/mknod.js";
+import { fastSpawn } from "../../sys/spawn.js";
 import { TtrpcClient, type TtrpcServiceClient } from "../../ttrpc/index.js";
 import type { Bundle } from "./bundle.js";
 
@@ -68,45 +68,42 @@ interface RunResult {
   stderr: Buffer;
 }
 
-function run(
+async function run(
   env: ShimEnv,
   binary: string,
   args: string[],
   cwd: string | undefined,
   stdin: Uint8Array | undefined,
 ): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(binary, args, {
-      cwd,
-      env: { ...process.env, GOMAXPROCS: "2", TTRPC_ADDRESS: env.ttrpcAddress },
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    const pid = child.pid;
-    if (pid !== undefined) env.spawned.add(pid);
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (b: Buffer) => out.push(b));
-    child.stderr.on("data", (b: Buffer) => err.push(b));
-    child.stdin.on("error", () => {});
-    child.stdin.end(stdin ? Buffer.from(stdin) : undefined);
-    let settled = false;
-    const finish = (code: number | null) => {
-      if (settled) return;
-      settled = true;
-      if (pid !== undefined) env.spawned.delete(pid);
-      resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err) });
-    };
-    child.once("error", (e) => {
-      if (pid !== undefined) env.spawned.delete(pid);
-      if (!settled) {
-        settled = true;
-        reject(e);
-      }
-    });
-    child.once("close", (code) => finish(code));
-    // a daemonized grandchild might keep the pipes open: do not wait for them past the exit
-    child.once("exit", (code) => setTimeout(() => finish(code), 2000).unref());
+  // posix_spawn, not child_process: forking the daemon blocks the event loop for several ms
+  // (src/sys/spawn.ts). The PID stays in `spawned` until it is reaped here, so the shim reaper
+  // never takes its status.
+  const child = fastSpawn(binary, args, {
+    cwd,
+    env: { ...process.env, GOMAXPROCS: "2", TTRPC_ADDRESS: env.ttrpcAddress },
+    stdio: ["pipe", "pipe", "pipe"],
   });
+  env.spawned.add(child.pid);
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout!.on("data", (b: Buffer) => out.push(b));
+  child.stderr!.on("data", (b: Buffer) => err.push(b));
+  for (const s of [child.stdout!, child.stderr!]) s.on("error", () => {});
+  child.stdin!.on("error", () => {});
+  child.stdin!.end(stdin ? Buffer.from(stdin) : undefined);
+  const closed = (s: NodeJS.ReadableStream & { closed: boolean }) =>
+    new Promise<void>((res) => (s.closed ? res() : s.once("close", () => res())));
+  const st = await child.exited.finally(() => env.spawned.delete(child.pid));
+  // a daemonized grandchild might keep the pipes open: do not wait for them past 2 s after the exit
+  let t: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.all([closed(child.stdout!), closed(child.stderr!)]),
+    new Promise((res) => (t = setTimeout(res, 2000))),
+  ]);
+  clearTimeout(t);
+  child.stdout!.destroy();
+  child.stderr!.destroy();
+  return { code: st.code, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
 }
 
 /** Open `<bundle>/log` (a FIFO) read-write and copy what the shim writes to the log. */
