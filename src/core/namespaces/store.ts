@@ -36,18 +36,43 @@ export function validateLabels(labels: Labels): void {
 }
 
 export class NamespaceStore {
+  /**
+   * The committed rows, by name and in name order, loaded on first read. Every call names its
+   * namespace and most check it, so reads come from here, not SQLite. Writes only ever drop it
+   * (the next read reloads), which is also right when the transaction they ran in rolls back.
+   */
+  private cache: { byName: Map<string, Namespace>; sorted: Namespace[] } | undefined;
+
   constructor(
     private readonly db: MetadataDB,
     private readonly events: Exchange,
   ) {}
 
+  private rows(): { byName: Map<string, Namespace>; sorted: Namespace[] } {
+    if (!this.cache) {
+      const rows = this.db.stmt("SELECT name, labels FROM namespaces ORDER BY name").all() as {
+        name: string;
+        labels: string;
+      }[];
+      const sorted = rows.map((r) => ({ name: r.name, labels: decodeLabels(r.labels) }));
+      const loaded = { byName: new Map(sorted.map((n) => [n.name, n])), sorted };
+      // Inside a transaction the rows may not be committed yet: use them, do not keep them.
+      if (this.db.sql.inTransaction) return loaded;
+      this.cache = loaded;
+    }
+    return this.cache;
+  }
+
   /** Create the namespace row if missing (resources create their namespace implicitly). */
   ensure(name: string): void {
+    // Known to exist: a delete drops the cache, so a cached name is a committed row.
+    if (this.cache?.byName.has(name)) return;
     const now = Date.now();
     // Implicit creation publishes no event, as in containerd.
-    this.db
+    const r = this.db
       .stmt("INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, '{}', ?, ?)")
       .run(name, now, now);
+    if (r.changes > 0) this.cache = undefined;
   }
 
   /** `eventNs` is the caller's namespace: containerd publishes namespace events in it. */
@@ -60,6 +85,7 @@ export class NamespaceStore {
         .stmt("INSERT OR IGNORE INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)")
         .run(name, encodeLabels(labels), now, now);
       if (r.changes === 0) throw errAlreadyExists(`namespace ${JSON.stringify(name)}`);
+      this.cache = undefined;
     });
     this.events.publish(
       eventNs,
@@ -70,18 +96,12 @@ export class NamespaceStore {
   }
 
   get(name: string): Namespace | undefined {
-    const row = this.db.stmt("SELECT name, labels FROM namespaces WHERE name = ?").get(name) as
-      | { name: string; labels: string }
-      | undefined;
-    return row ? { name: row.name, labels: decodeLabels(row.labels) } : undefined;
+    const n = this.rows().byName.get(name);
+    return n && { name: n.name, labels: { ...n.labels } };
   }
 
   list(): Namespace[] {
-    const rows = this.db.stmt("SELECT name, labels FROM namespaces ORDER BY name").all() as {
-      name: string;
-      labels: string;
-    }[];
-    return rows.map((r) => ({ name: r.name, labels: decodeLabels(r.labels) }));
+    return this.rows().sorted.map((n) => ({ name: n.name, labels: { ...n.labels } }));
   }
 
   /**
@@ -110,6 +130,7 @@ export class NamespaceStore {
       this.db
         .stmt("UPDATE namespaces SET labels = ?, updated_at = ? WHERE name = ?")
         .run(encodeLabels(next), Date.now(), name);
+      this.cache = undefined;
       return { name, labels: next };
     });
     this.events.publish(
@@ -133,6 +154,7 @@ export class NamespaceStore {
       this.db.stmt("DELETE FROM leases WHERE namespace = ?").run(name);
       this.db.stmt("DELETE FROM ingests WHERE namespace = ?").run(name);
       this.db.stmt("DELETE FROM namespaces WHERE name = ?").run(name);
+      this.cache = undefined;
     });
     this.db.mutated(true);
     this.events.publish(
