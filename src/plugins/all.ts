@@ -2,6 +2,7 @@
 
 import type { Plugin } from "../base/plugin.js";
 import { pluginKey } from "../base/plugin.js";
+import { berthGcPlugin } from "./berth-gc.js";
 import { containersGrpcPlugin, containersServicePlugin } from "./containers.js";
 import { contentGrpcPlugin, contentPlugin, contentServicePlugin } from "./content.js";
 import { corePlugins } from "./core.js";
@@ -33,6 +34,7 @@ export function allPlugins(): Plugin[] {
     ...transferPlugins,
     ...taskPlugins,
     criPlugin,
+    berthGcPlugin,
   ];
 }
 

@@ -3,6 +3,7 @@
 // follow containerd.io/gc.ref.* labels and snapshot parents. Unreferenced content and snapshot
 // records are removed in one transaction (so a concurrent write either lands before the mark
 // or after the sweep), then backends drop the blobs and snapshot dirs no record points at.
+// The graph it marks (RefGraph) is also what `berth gc why` walks backwards to explain a record.
 import type { Labels, MetadataDB } from "../metadata/db.js";
 import { decodeLabels } from "../metadata/db.js";
 import type { GcStats } from "./scheduler.js";
@@ -19,22 +20,69 @@ export interface BackendSweeper {
   sweep(): Promise<number>;
 }
 
-const contentNode = (ns: string, digest: string) => `c\0${ns}\0${digest}`;
-const snapshotNode = (ns: string, snapshotter: string, key: string) => `s\0${ns}\0${snapshotter}\0${key}`;
+/** A node of the reference graph: a record kind, its namespace and its name(s), NUL-separated. */
+export const contentNode = (ns: string, digest: string) => `c\0${ns}\0${digest}`;
+export const snapshotNode = (ns: string, snapshotter: string, key: string) =>
+  `s\0${ns}\0${snapshotter}\0${key}`;
+// Images, containers and leases are roots only: nothing references them, they reference others.
+export const imageNode = (ns: string, name: string) => `i\0${ns}\0${name}`;
+export const containerNode = (ns: string, id: string) => `k\0${ns}\0${id}`;
+export const leaseNode = (ns: string, id: string) => `l\0${ns}\0${id}`;
 
-/** The nodes a set of labels references (gc.ref.content*, gc.ref.snapshot.<name>*). */
-export function labelRefs(ns: string, labels: Labels): string[] {
-  const out: string[] = [];
+export type NodeKind = "content" | "snapshot" | "image" | "container" | "lease";
+const NODE_KINDS: Record<string, NodeKind> = {
+  c: "content",
+  s: "snapshot",
+  i: "image",
+  k: "container",
+  l: "lease",
+};
+
+/** A node's parts; `snapshotter` only for snapshots. */
+export function parseNode(n: string): {
+  kind: NodeKind;
+  namespace: string;
+  snapshotter: string;
+  name: string;
+} {
+  const parts = n.split("\0");
+  const kind = NODE_KINDS[parts[0]!]!;
+  if (kind === "snapshot")
+    return { kind, namespace: parts[1]!, snapshotter: parts[2]!, name: parts.slice(3).join("\0") };
+  return { kind, namespace: parts[1]!, snapshotter: "", name: parts.slice(2).join("\0") };
+}
+
+/** A reference from one node to another; `via` says how (a label key, "target", "parent", ...). */
+export interface RefEdge {
+  to: string;
+  via: string;
+}
+
+/** Why a node is a root of the mark. */
+export interface RefRoot {
+  node: string;
+  /** "lease", "image", "container" or the label (containerd.io/gc.root) that makes it one. */
+  reason: string;
+}
+
+/** The references a set of labels makes (gc.ref.content*, gc.ref.snapshot.<name>*), with the label. */
+export function labelEdges(ns: string, labels: Labels): RefEdge[] {
+  const out: RefEdge[] = [];
   for (const [k, v] of Object.entries(labels)) {
     if (k.startsWith(REF_CONTENT)) {
       const rest = k.slice(REF_CONTENT.length);
-      if (rest === "" || rest[0] === "." || rest[0] === "/") out.push(contentNode(ns, v));
+      if (rest === "" || rest[0] === "." || rest[0] === "/") out.push({ to: contentNode(ns, v), via: k });
     } else if (k.startsWith(REF_SNAPSHOT)) {
       const snapshotter = k.slice(REF_SNAPSHOT.length).split("/")[0]!;
-      if (snapshotter) out.push(snapshotNode(ns, snapshotter, v));
+      if (snapshotter) out.push({ to: snapshotNode(ns, snapshotter, v), via: k });
     }
   }
   return out;
+}
+
+/** The nodes a set of labels references (gc.ref.content*, gc.ref.snapshot.<name>*). */
+export function labelRefs(ns: string, labels: Labels): string[] {
+  return labelEdges(ns, labels).map((e) => e.to);
 }
 
 /** containerd writes gc.expire as RFC 3339; an unparsable value never expires. */
@@ -43,6 +91,156 @@ export function expired(labels: Labels, now: number): boolean {
   if (!v) return false;
   const t = Date.parse(v);
   return !Number.isNaN(t) && t < now;
+}
+
+const tableExists = (db: MetadataDB, name: string) =>
+  db.stmt("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) !== undefined;
+
+/**
+ * The metadata DB as containerd's GC sees it: roots (live leases, images, containers, records
+ * labelled gc.root) and edges (lease resources, image targets, container snapshots, gc.ref labels,
+ * snapshot parents). The collector marks with it and `gc why` explains with it, so the two
+ * cannot disagree. Read it inside a transaction for a consistent picture.
+ */
+export class RefGraph {
+  readonly roots: RefRoot[] = [];
+  readonly expiredLeases: { namespace: string; id: string; labels: Labels }[] = [];
+  /** Outgoing edges of every node that has a record. */
+  private readonly out = new Map<string, RefEdge[]>();
+  /** Labels of content, snapshot, image and lease records (for explanations). */
+  readonly labels = new Map<string, Labels>();
+
+  constructor(db: MetadataDB, now: number) {
+    const leases = db.stmt("SELECT namespace, id, labels FROM leases").all() as {
+      namespace: string;
+      id: string;
+      labels: string;
+    }[];
+    for (const l of leases) {
+      const labels = decodeLabels(l.labels);
+      const node = leaseNode(l.namespace, l.id);
+      this.labels.set(node, labels);
+      this.out.set(node, []);
+      if (expired(labels, now)) this.expiredLeases.push({ namespace: l.namespace, id: l.id, labels });
+      else this.roots.push({ node, reason: "lease" });
+    }
+    const resources = db.stmt("SELECT namespace, lease, type, id FROM lease_resources").all() as {
+      namespace: string;
+      lease: string;
+      type: string;
+      id: string;
+    }[];
+    for (const r of resources) {
+      const edges = this.out.get(leaseNode(r.namespace, r.lease));
+      if (!edges) continue;
+      if (r.type === "content") edges.push({ to: contentNode(r.namespace, r.id), via: "resource" });
+      else if (r.type.startsWith("snapshots/"))
+        edges.push({
+          to: snapshotNode(r.namespace, r.type.slice("snapshots/".length), r.id),
+          via: "resource",
+        });
+    }
+
+    const content = db.stmt("SELECT namespace, digest, labels FROM content").all() as {
+      namespace: string;
+      digest: string;
+      labels: string;
+    }[];
+    for (const c of content) {
+      const labels = decodeLabels(c.labels);
+      const node = contentNode(c.namespace, c.digest);
+      this.labels.set(node, labels);
+      this.out.set(node, labelEdges(c.namespace, labels));
+      if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
+    }
+    if (tableExists(db, "snapshots")) {
+      const rows = db.stmt("SELECT namespace, snapshotter, key, parent, labels FROM snapshots").all() as {
+        namespace: string;
+        snapshotter: string;
+        key: string;
+        parent: string;
+        labels: string;
+      }[];
+      for (const s of rows) {
+        const labels = decodeLabels(s.labels);
+        const node = snapshotNode(s.namespace, s.snapshotter, s.key);
+        const edges: RefEdge[] = [];
+        if (s.parent) edges.push({ to: snapshotNode(s.namespace, s.snapshotter, s.parent), via: "parent" });
+        edges.push(...labelEdges(s.namespace, labels));
+        this.labels.set(node, labels);
+        this.out.set(node, edges);
+        if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
+      }
+    }
+    if (tableExists(db, "images")) {
+      const rows = db.stmt("SELECT namespace, name, target_digest, labels FROM images").all() as {
+        namespace: string;
+        name: string;
+        target_digest: string;
+        labels: string;
+      }[];
+      for (const i of rows) {
+        const node = imageNode(i.namespace, i.name);
+        const labels = decodeLabels(i.labels);
+        this.labels.set(node, labels);
+        this.out.set(node, [
+          { to: contentNode(i.namespace, i.target_digest), via: "target" },
+          ...labelEdges(i.namespace, labels),
+        ]);
+        this.roots.push({ node, reason: "image" });
+      }
+    }
+    if (tableExists(db, "containers")) {
+      const rows = db
+        .stmt("SELECT namespace, id, snapshotter, snapshot_key, labels FROM containers")
+        .all() as {
+        namespace: string;
+        id: string;
+        snapshotter: string;
+        snapshot_key: string;
+        labels: string;
+      }[];
+      for (const c of rows) {
+        const node = containerNode(c.namespace, c.id);
+        const edges: RefEdge[] = [];
+        if (c.snapshotter && c.snapshot_key)
+          edges.push({ to: snapshotNode(c.namespace, c.snapshotter, c.snapshot_key), via: "snapshot" });
+        edges.push(...labelEdges(c.namespace, decodeLabels(c.labels)));
+        this.out.set(node, edges);
+        this.roots.push({ node, reason: "container" });
+      }
+    }
+  }
+
+  /** The references a node makes (none when it has no record). */
+  edges(node: string): RefEdge[] {
+    return this.out.get(node) ?? [];
+  }
+
+  /** Whether the node has a record. */
+  has(node: string): boolean {
+    return this.out.has(node);
+  }
+
+  /** Every node that has a record. */
+  nodes(): IterableIterator<string> {
+    return this.out.keys();
+  }
+
+  /** Everything reachable from the roots (roots included). */
+  mark(): Set<string> {
+    const live = new Set<string>();
+    const stack: string[] = [];
+    const push = (n: string) => {
+      if (!live.has(n)) {
+        live.add(n);
+        stack.push(n);
+      }
+    };
+    for (const r of this.roots) push(r.node);
+    while (stack.length > 0) for (const e of this.edges(stack.pop()!)) push(e.to);
+    return live;
+  }
 }
 
 export class MetadataCollector {
@@ -55,121 +253,13 @@ export class MetadataCollector {
   }
 
   private tableExists(name: string): boolean {
-    return (
-      this.db.stmt("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) !== undefined
-    );
+    return tableExists(this.db, name);
   }
 
   /** Mark from roots; returns the set of live nodes and the expired leases. */
   private mark(now: number): { live: Set<string>; expiredLeases: { namespace: string; id: string }[] } {
-    const live = new Set<string>();
-    const stack: string[] = [];
-    const push = (n: string) => {
-      if (!live.has(n)) {
-        live.add(n);
-        stack.push(n);
-      }
-    };
-    const expiredLeases: { namespace: string; id: string }[] = [];
-
-    const leases = this.db.stmt("SELECT namespace, id, labels FROM leases").all() as {
-      namespace: string;
-      id: string;
-      labels: string;
-    }[];
-    const leaseLive = new Set<string>();
-    for (const l of leases) {
-      if (expired(decodeLabels(l.labels), now)) expiredLeases.push({ namespace: l.namespace, id: l.id });
-      else leaseLive.add(`${l.namespace}\0${l.id}`);
-    }
-    const resources = this.db.stmt("SELECT namespace, lease, type, id FROM lease_resources").all() as {
-      namespace: string;
-      lease: string;
-      type: string;
-      id: string;
-    }[];
-    for (const r of resources) {
-      if (!leaseLive.has(`${r.namespace}\0${r.lease}`)) continue;
-      if (r.type === "content") push(contentNode(r.namespace, r.id));
-      else if (r.type.startsWith("snapshots/"))
-        push(snapshotNode(r.namespace, r.type.slice("snapshots/".length), r.id));
-    }
-
-    const content = this.db.stmt("SELECT namespace, digest, labels FROM content").all() as {
-      namespace: string;
-      digest: string;
-      labels: string;
-    }[];
-    const contentLabels = new Map<string, Labels>();
-    for (const c of content) {
-      const labels = decodeLabels(c.labels);
-      const node = contentNode(c.namespace, c.digest);
-      contentLabels.set(node, labels);
-      if (GC_ROOT in labels) push(node);
-    }
-    const hasSnapshots = this.tableExists("snapshots");
-    const snapshotInfo = new Map<string, { parent: string; labels: Labels }>();
-    if (hasSnapshots) {
-      const rows = this.db
-        .stmt("SELECT namespace, snapshotter, key, parent, labels FROM snapshots")
-        .all() as {
-        namespace: string;
-        snapshotter: string;
-        key: string;
-        parent: string;
-        labels: string;
-      }[];
-      for (const s of rows) {
-        const labels = decodeLabels(s.labels);
-        const node = snapshotNode(s.namespace, s.snapshotter, s.key);
-        snapshotInfo.set(node, {
-          parent: s.parent ? snapshotNode(s.namespace, s.snapshotter, s.parent) : "",
-          labels,
-        });
-        if (GC_ROOT in labels) push(node);
-      }
-    }
-    if (this.tableExists("images")) {
-      const rows = this.db.stmt("SELECT namespace, target_digest, labels FROM images").all() as {
-        namespace: string;
-        target_digest: string;
-        labels: string;
-      }[];
-      for (const i of rows) {
-        push(contentNode(i.namespace, i.target_digest));
-        for (const n of labelRefs(i.namespace, decodeLabels(i.labels))) push(n);
-      }
-    }
-    if (this.tableExists("containers")) {
-      const rows = this.db
-        .stmt("SELECT namespace, snapshotter, snapshot_key, labels FROM containers")
-        .all() as {
-        namespace: string;
-        snapshotter: string;
-        snapshot_key: string;
-        labels: string;
-      }[];
-      for (const c of rows) {
-        if (c.snapshotter && c.snapshot_key) push(snapshotNode(c.namespace, c.snapshotter, c.snapshot_key));
-        for (const n of labelRefs(c.namespace, decodeLabels(c.labels))) push(n);
-      }
-    }
-
-    while (stack.length > 0) {
-      const n = stack.pop()!;
-      const ns = n.split("\0")[1]!;
-      if (n.startsWith("c\0")) {
-        const labels = contentLabels.get(n);
-        if (labels) for (const r of labelRefs(ns, labels)) push(r);
-      } else {
-        const s = snapshotInfo.get(n);
-        if (s) {
-          if (s.parent) push(s.parent);
-          for (const r of labelRefs(ns, s.labels)) push(r);
-        }
-      }
-    }
-    return { live, expiredLeases };
+    const graph = new RefGraph(this.db, now);
+    return { live: graph.mark(), expiredLeases: graph.expiredLeases };
   }
 
   /** One full collection. */

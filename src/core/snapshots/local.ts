@@ -254,6 +254,30 @@ export abstract class LocalSnapshotter implements Snapshotter {
     return this.ms.list().map((r) => this.decorate(r.id, r.info));
   }
 
+  /**
+   * What disagrees between the records and snapshots/ (for `berth gc prune` and `berth check`):
+   * directories no record owns (in-flight staging left out) and records whose directory is gone.
+   * Read in one synchronous step, so a snapshot being recorded is never half seen.
+   */
+  inventory(): { strayDirs: string[]; missing: { key: string; id: string; kind: Kind }[] } {
+    const rows = this.ms.list();
+    const ids = new Set(rows.map((r) => r.id));
+    const names = readdirSync(this.snapshotsDir);
+    const present = new Set(names);
+    const strayDirs = names
+      .filter((n) => !ids.has(n) && !this.inflight.has(n))
+      .map((n) => join(this.snapshotsDir, n));
+    // A committed snapshot keeps the directory it had while active.
+    const missing = rows
+      .filter(
+        (r) =>
+          this.needsDir(r.info.kind === "committed" ? "active" : r.info.kind, r.info.parent) &&
+          !present.has(r.id),
+      )
+      .map((r) => ({ key: r.info.name, id: r.id, kind: r.info.kind }));
+    return { strayDirs, missing };
+  }
+
   /** Delete every directory under snapshots/ that belongs to no recorded snapshot. */
   cleanup(): Promise<void> {
     const run = this.cleaning.then(async () => {

@@ -626,6 +626,11 @@ export class NamespacedSnapshotter {
     });
   }
 
+  /** Run fn with no create, commit or remove in flight (what collect() holds; for `gc prune`). */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.gate.exclusive(fn);
+  }
+
   /** The record of a snapshot (for GC and tools), or undefined. */
   record(ns: string, key: string): SnapshotRecord | undefined {
     return this.row(ns, key);

@@ -1,0 +1,231 @@
+// `gc why` reads the collector's own graph: for every record, "collectable" must mean the
+// collector removes it and a chain must mean it stays. Also the ownership rules prune uses for
+// mounts under the daemon's directories.
+import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { MetadataCollector } from "../../src/core/gc/collector.js";
+import { type GcEnv, inUse, leakedMounts } from "../../src/core/gc/prune.js";
+import { explain, formatChain } from "../../src/core/gc/why.js";
+import { NativeSnapshotter } from "../../src/core/snapshots/native.js";
+import { openTestMetadata, type TestMetadata } from "../helpers/metadata.js";
+
+const d = (c: string) => `sha256:${c.repeat(64)}`;
+const J = JSON.stringify;
+
+describe("gc why agrees with the collector", () => {
+  let dir: string;
+  let md: TestMetadata;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "gc-why-"));
+    md = openTestMetadata(dir);
+    const now = Date.now();
+    const sql = md.db.sql;
+    const content = sql.prepare(
+      "INSERT INTO content (namespace, digest, size, created_at, updated_at, labels) VALUES (?, ?, 1, ?, ?, ?)",
+    );
+    // image → index a → manifest b → layer c, config e; f is labelled gc.root; g is held by a
+    // lease; h by an expired lease; i by nothing; j only by snapshot "top"'s label
+    content.run("ns", d("a"), now, now, J({ "containerd.io/gc.ref.content.m.0": d("b") }));
+    content.run(
+      "ns",
+      d("b"),
+      now,
+      now,
+      J({ "containerd.io/gc.ref.content.l.0": d("c"), "containerd.io/gc.ref.content.config": d("e") }),
+    );
+    content.run("ns", d("c"), now, now, "{}");
+    content.run("ns", d("e"), now, now, "{}");
+    content.run("ns", d("f"), now, now, J({ "containerd.io/gc.root": "true" }));
+    content.run("ns", d("g"), now, now, "{}");
+    content.run("ns", d("h"), now, now, "{}");
+    content.run("ns", d("i"), now, now, "{}");
+    content.run("ns", d("j"), now, now, "{}");
+    // the same digest in another namespace is another record, held by nothing
+    content.run("other", d("c"), now, now, "{}");
+    sql
+      .prepare(
+        `INSERT INTO images (namespace, name, target_media_type, target_digest, target_size, created_at, updated_at)
+         VALUES ('ns', 'reg/img:1', 'application/vnd.oci.image.index.v1+json', ?, 1, ?, ?)`,
+      )
+      .run(d("a"), now, now);
+    sql
+      .prepare("INSERT INTO leases (namespace, id, created_at, labels) VALUES (?, ?, ?, ?)")
+      .run("ns", "live", now, J({ "containerd.io/gc.expire": "2999-01-01T00:00:00Z" }));
+    sql
+      .prepare("INSERT INTO leases (namespace, id, created_at, labels) VALUES (?, ?, ?, ?)")
+      .run("ns", "old", now, J({ "containerd.io/gc.expire": "2001-01-01T00:00:00Z" }));
+    const res = sql.prepare("INSERT INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)");
+    res.run("ns", "live", "content", d("g"));
+    res.run("ns", "old", "content", d("h"));
+    res.run("ns", "live", "snapshots/overlayfs", "leased-snap");
+    const snap = sql.prepare(
+      `INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at)
+       VALUES ('ns', 'overlayfs', ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    snap.run("base", "ns/1/base", "", "committed", "{}", now, now);
+    snap.run(
+      "top",
+      "ns/2/top",
+      "base",
+      "committed",
+      J({ "containerd.io/gc.ref.content.x": d("j") }),
+      now,
+      now,
+    );
+    snap.run("ctr-rw", "ns/3/ctr-rw", "top", "active", "{}", now, now);
+    snap.run("leased-snap", "ns/4/leased-snap", "", "active", "{}", now, now);
+    snap.run("loose", "ns/5/loose", "base", "active", "{}", now, now);
+    sql
+      .prepare(
+        `INSERT INTO containers (namespace, id, runtime_name, snapshotter, snapshot_key, created_at, updated_at)
+         VALUES ('ns', 'c1', 'io.containerd.runc.v2', 'overlayfs', 'ctr-rw', ?, ?)`,
+      )
+      .run(now, now);
+  });
+  after(() => {
+    md.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("explains each kind of hold", () => {
+    const layer = explain(md.db, { namespace: "ns", object: d("c") });
+    assert.equal(layer.collectable, false);
+    assert.deepEqual(layer.chains.map(formatChain), [
+      `image reg/img:1 → index ${d("a")} → manifest ${d("b")} [containerd.io/gc.ref.content.m.0] → layer ${d("c")} [containerd.io/gc.ref.content.l.0]`,
+    ]);
+    assert.equal(explain(md.db, { namespace: "ns", object: d("e") }).chains[0]!.links.at(-1)!.role, "config");
+    const rooted = explain(md.db, { namespace: "ns", object: d("f") });
+    assert.equal(rooted.chains[0]!.rootReason, "containerd.io/gc.root");
+    assert.deepEqual(explain(md.db, { namespace: "ns", object: d("g") }).chains.map(formatChain), [
+      `lease live → content ${d("g")}`,
+    ]);
+    assert.equal(
+      explain(md.db, { namespace: "ns", object: d("h") }).collectable,
+      true,
+      "expired lease holds nothing",
+    );
+    assert.equal(explain(md.db, { namespace: "ns", object: "old" }).collectable, true);
+    assert.equal(explain(md.db, { namespace: "ns", object: d("i") }).collectable, true);
+    assert.equal(explain(md.db, { namespace: "other", object: d("c") }).collectable, true, "per namespace");
+    // a snapshot's chain: container → its snapshot → parent → parent; a label from a snapshot
+    const base = explain(md.db, { namespace: "ns", object: "base", snapshotter: "overlayfs" });
+    assert.deepEqual(base.chains.map(formatChain), [
+      "container c1 → snapshot overlayfs/ctr-rw → parent snapshot overlayfs/top → parent snapshot overlayfs/base",
+    ]);
+    assert.match(
+      formatChain(explain(md.db, { namespace: "ns", object: d("j") }).chains[0]!),
+      /snapshot overlayfs\/top → content .* \[containerd\.io\/gc\.ref\.content\.x\]$/,
+    );
+    assert.throws(() => explain(md.db, { namespace: "ns", object: "nope" }), /not found/);
+    assert.throws(() => explain(md.db, { namespace: "ns", object: d("c"), type: "image" }), /not found/);
+  });
+
+  it("collectable is exactly what the collector removes", async () => {
+    const contentRows = () =>
+      md.db.sql.prepare("SELECT namespace, digest AS name FROM content").all() as {
+        namespace: string;
+        name: string;
+      }[];
+    const snapshotRows = () =>
+      md.db.sql.prepare("SELECT namespace, key AS name FROM snapshots").all() as {
+        namespace: string;
+        name: string;
+      }[];
+    const verdict = new Map<string, boolean>();
+    for (const r of contentRows())
+      verdict.set(
+        `c ${r.namespace} ${r.name}`,
+        explain(md.db, { namespace: r.namespace, object: r.name, type: "content" }).collectable,
+      );
+    for (const r of snapshotRows())
+      verdict.set(
+        `s ${r.namespace} ${r.name}`,
+        explain(md.db, { namespace: r.namespace, object: r.name, type: "snapshot" }).collectable,
+      );
+    assert.ok([...verdict.values()].includes(true) && [...verdict.values()].includes(false));
+    await new MetadataCollector(md.db).collect();
+    const left = new Set([
+      ...contentRows().map((r) => `c ${r.namespace} ${r.name}`),
+      ...snapshotRows().map((r) => `s ${r.namespace} ${r.name}`),
+    ]);
+    for (const [k, collectable] of verdict) assert.equal(!left.has(k), collectable, k);
+  });
+});
+
+describe("prune: mounts under the daemon's directories", () => {
+  const env = (tasks: string[]) =>
+    ({
+      root: "/var/lib/berth",
+      state: "/run/berth",
+      tasks: { has: (ns: string, id: string) => tasks.includes(`${ns}/${id}`), list: () => [] },
+    }) as unknown as GcEnv;
+  const m = (mountPoint: string, extra = "") => ({
+    mountPoint,
+    line: `1 2 0:1 / ${mountPoint} rw - overlay overlay ${extra}`,
+  });
+  const bundle = (id: string) => `/run/berth/io.containerd.runtime.v2.task/default/${id}/rootfs`;
+
+  it("leaves a live task's rootfs and CRI's own mounts, reports the rest deepest first", () => {
+    const mounts = [
+      m("/"),
+      m(bundle("live")),
+      m(bundle("gone")),
+      m("/run/berth/io.containerd.grpc.v1.cri/sandboxes/x/shm"),
+      m("/var/lib/berth/tmp/left"),
+      m("/var/lib/berth/tmp/left/inner"),
+      m("/elsewhere/mnt"),
+    ];
+    assert.deepEqual(
+      leakedMounts(env(["default/live"]), mounts).map((o) => o.object),
+      [bundle("gone"), "/var/lib/berth/tmp/left/inner", "/var/lib/berth/tmp/left"],
+    );
+    assert.deepEqual(
+      leakedMounts({ ...env([]), tasks: undefined } as GcEnv, mounts),
+      [],
+      "no runtime: no judgement",
+    );
+  });
+
+  it("a directory is in use when mounted on or used as an overlay layer", () => {
+    const mounts = [
+      m("/a/b/merged", "lowerdir=/s/snapshots/7/fs:/s/snapshots/3/fs,upperdir=/s/snapshots/9/fs"),
+    ];
+    assert.match(inUse("/s/snapshots/3", mounts) ?? "", /used by the mount on \/a\/b\/merged/);
+    assert.match(inUse("/a/b", mounts) ?? "", /mounted on/);
+    assert.equal(inUse("/s/snapshots/30", mounts), undefined);
+    assert.equal(inUse("/s/snapshots/4", mounts), undefined);
+  });
+});
+
+describe("snapshotter inventory (what prune and check compare)", () => {
+  it("native: views of a parent own no directory; stray directories and lost ones are named", async () => {
+    const root = mkdtempSync(join(tmpdir(), "gc-why-native-"));
+    const sn = new NativeSnapshotter(root);
+    try {
+      await sn.prepare("a", "", {});
+      await sn.commit("b", "a", {});
+      await sn.view("v", "b", {});
+      await sn.prepare("w", "b", {});
+      assert.deepEqual(sn.inventory(), { strayDirs: [], missing: [] });
+      const staging = sn.createStagingDir();
+      mkdirSync(join(root, "snapshots", "77"));
+      const ids = (await sn.list()).length;
+      assert.equal(ids, 3);
+      // "w" is the newest snapshot with a directory: take it away
+      const inv0 = sn.inventory();
+      assert.deepEqual(inv0.strayDirs, [join(root, "snapshots", "77")], "in-flight staging is not debris");
+      rmSync(join(root, "snapshots", "3"), { recursive: true });
+      assert.deepEqual(
+        sn.inventory().missing.map((m) => [m.key, m.kind]),
+        [["w", "active"]],
+      );
+      await sn.releaseStagingDir(staging);
+    } finally {
+      await sn.close();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
