@@ -55,7 +55,6 @@ export interface ContainerSpecInput {
   volumes: Record<string, string>;
   /** A target container's pause-like pid for NamespaceMode.TARGET. */
   targetPid?: number;
-  systemdCgroup: boolean;
   restrictOomScoreAdj: boolean;
   ownOomScoreAdj: number;
   /** The runtime's `privileged_without_host_devices`. */
@@ -281,7 +280,7 @@ export function containerSpec(i: ContainerSpecInput): Spec {
   if (oom !== 0 || i.restrictOomScoreAdj)
     spec.process.oomScoreAdj = clampOomScoreAdj(oom, i.restrictOomScoreAdj, i.ownOomScoreAdj);
   const parent = podCfg.linux?.cgroupParent ?? "";
-  if (parent || i.systemdCgroup) spec.linux.cgroupsPath = cgroupsPath(parent, i.id, i.systemdCgroup);
+  if (parent) spec.linux.cgroupsPath = cgroupsPath(parent, i.id);
 
   const meta = podCfg.metadata;
   spec.annotations = {

@@ -151,7 +151,6 @@ async function createContainer(
       user,
       volumes,
       targetPid,
-      systemdCgroup: runtime.systemdCgroup,
       restrictOomScoreAdj: deps.config.restrict_oom_score_adj,
       ownOomScoreAdj: st.ownOomScoreAdj,
       containerAnnotations: runtime.containerAnnotations,

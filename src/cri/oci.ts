@@ -49,10 +49,18 @@ export function setCapabilities(spec: Spec, caps: readonly string[]): void {
   spec.process.capabilities = { bounding: [...caps], effective: [...caps], permitted: [...caps] };
 }
 
-/** cgroupfs `<parent>/<id>`, or systemd's `slice:prefix:name` form. */
-export function cgroupsPath(parent: string, id: string, systemd: boolean): string {
-  if (systemd) return `${parent || "system.slice"}:cri-berth:${id}`;
-  return `${parent.replace(/\/+$/, "")}/${id}`;
+/**
+ * A pod's or container's cgroupsPath from the kubelet's cgroup parent, decided as containerd 1.6
+ * decides it: a parent whose last element is a systemd slice (the kubelet's systemd driver, e.g.
+ * `kubepods-besteffort-pod<uid>.slice`) gives runc's `slice:prefix:name` form with containerd's
+ * prefix, so cadvisor and the kubelet find `cri-containerd-<id>.scope` units where they look;
+ * anything else is a cgroupfs path `<parent>/<id>`.
+ */
+export function cgroupsPath(parent: string, id: string): string {
+  const trimmed = parent.replace(/\/+$/, "");
+  const base = trimmed.slice(trimmed.lastIndexOf("/") + 1);
+  if (base.endsWith(".slice")) return `${base}:cri-containerd:${id}`;
+  return `${trimmed}/${id}`;
 }
 
 /**

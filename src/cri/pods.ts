@@ -187,7 +187,6 @@ async function runSandbox(
         imageName: deps.config.sandbox_image,
         netnsPath,
         shmPath: shmPathFor(st, { id, config: cfg }),
-        systemdCgroup: runtime.systemdCgroup,
         restrictOomScoreAdj: deps.config.restrict_oom_score_adj,
         enableUnprivilegedPorts: deps.config.enable_unprivileged_ports,
         enableUnprivilegedIcmp: deps.config.enable_unprivileged_icmp,

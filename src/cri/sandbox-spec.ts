@@ -24,7 +24,6 @@ export interface SandboxSpecInput {
   netnsPath: string;
   /** The pod's /dev/shm (a tmpfs under its state dir, or the host's with host IPC). */
   shmPath: string;
-  systemdCgroup: boolean;
   restrictOomScoreAdj: boolean;
   enableUnprivilegedPorts: boolean;
   enableUnprivilegedIcmp: boolean;
@@ -101,11 +100,8 @@ export function sandboxSpec(i: SandboxSpecInput, ownOomScoreAdj: number): Spec {
   }
 
   const parent = cfg.linux?.cgroupParent ?? "";
-  spec.linux.cgroupsPath = parent
-    ? cgroupsPath(parent, i.id, i.systemdCgroup)
-    : i.systemdCgroup
-      ? cgroupsPath("", i.id, true)
-      : spec.linux.cgroupsPath;
+  // No parent (not a kubelet): runc's default place, as containerd leaves it.
+  if (parent) spec.linux.cgroupsPath = cgroupsPath(parent, i.id);
   spec.linux.resources = {
     ...spec.linux.resources,
     cpu: { shares: SANDBOX_CPU_SHARES },

@@ -49,7 +49,6 @@ export interface RuntimeChoice {
   handler: string;
   type: string;
   options?: { typeUrl: string; value: Uint8Array };
-  systemdCgroup: boolean;
   podAnnotations: string[];
   containerAnnotations: string[];
   privilegedWithoutHostDevices: boolean;
@@ -158,7 +157,6 @@ export function runtimeFor(deps: CriDeps, handler: string): RuntimeChoice {
     handler: name,
     type,
     options,
-    systemdCgroup,
     podAnnotations: r.pod_annotations ?? [],
     containerAnnotations: r.container_annotations ?? [],
     privilegedWithoutHostDevices: r.privileged_without_host_devices === true,

@@ -8,7 +8,7 @@ import { PassThrough } from "node:stream";
 import { describe, it } from "node:test";
 import { CriLogFile, copyToCriLog, rfc3339Nano } from "../../src/cri/logs.js";
 import { containerName, NameIndex, sandboxName } from "../../src/cri/naming.js";
-import { adjustCapabilities } from "../../src/cri/oci.js";
+import { adjustCapabilities, cgroupsPath } from "../../src/cri/oci.js";
 import { resolvConf } from "../../src/cri/pods.js";
 import { seccompFor } from "../../src/cri/seccomp.js";
 import { SecurityProfile_ProfileType } from "../../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
@@ -157,5 +157,19 @@ describe("CRI security pieces", () => {
       "search a.svc b\nnameserver 1.1.1.1\nnameserver 8.8.8.8\noptions ndots:5\n",
     );
     assert.equal(resolvConf(undefined), undefined);
+  });
+});
+
+describe("cgroupsPath from the kubelet's cgroup parent", () => {
+  it("a systemd slice parent gives runc's slice:prefix:name form with containerd's prefix", () => {
+    assert.equal(
+      cgroupsPath("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice", "abc"),
+      "kubepods-besteffort-pod12.slice:cri-containerd:abc",
+    );
+    assert.equal(cgroupsPath("kubepods.slice/", "abc"), "kubepods.slice:cri-containerd:abc");
+  });
+  it("any other parent is a cgroupfs path under it", () => {
+    assert.equal(cgroupsPath("/kubepods/besteffort/pod12", "abc"), "/kubepods/besteffort/pod12/abc");
+    assert.equal(cgroupsPath("/kubepods/", "abc"), "/kubepods/abc");
   });
 });
