@@ -129,7 +129,9 @@ export function toGrpcStatus(err: unknown): { code: number; message: string } {
   if (err instanceof BerthError) return { code: err.grpcCode, message: err.message };
   const e = err as NodeJS.ErrnoException | undefined;
   if (e?.code === "ENOENT") return { code: GrpcCode.NotFound, message: String(e.message) };
-  if (e?.code === "ENOSPC") return { code: GrpcCode.ResourceExhausted, message: String(e.message) };
+  // out of space: the disk (ENOSPC, EDQUOT) or SQLite's "database or disk is full"
+  if (e?.code === "ENOSPC" || e?.code === "EDQUOT" || e?.code === "SQLITE_FULL")
+    return { code: GrpcCode.ResourceExhausted, message: String(e.message) };
   if (e?.code === "EACCES" || e?.code === "EPERM")
     return { code: GrpcCode.PermissionDenied, message: String(e.message) };
   return { code: GrpcCode.Unknown, message: err instanceof Error ? err.message : String(err) };

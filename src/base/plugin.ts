@@ -55,6 +55,11 @@ export interface DaemonInfo {
   state: string;
   address: string;
   ttrpcAddress: string;
+  /** Owner of the ttrpc socket (`[ttrpc] uid/gid`); 0 when unset. */
+  ttrpcUid?: number;
+  ttrpcGid?: number;
+  /** The `[timeouts]` table (Go durations by name, e.g. `io.containerd.timeout.shim.load`). */
+  timeouts?: Record<string, string>;
   version: string;
   revision: string;
 }

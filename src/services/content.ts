@@ -4,7 +4,7 @@
 // offset (offset 0 on a non-empty ingest starts over), COMMIT writes any last data and commits.
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { BerthError, errCanceled, errorf, isNotFound, wrap } from "../base/errdefs.js";
+import { BerthError, errCanceled, errorf, wrap } from "../base/errdefs.js";
 import type { Info, ReaderAt, Status } from "../core/content/local.js";
 import { digestError } from "../core/content/local.js";
 import type { MetadataContentStore } from "../core/content/metadata.js";
@@ -116,16 +116,6 @@ function nextOrCancel<T>(it: AsyncIterator<T>, signal: AbortSignal): Promise<Ite
       },
     );
   });
-}
-
-function hasInfo(store: MetadataContentStore, ns: string, dgst: string): boolean {
-  try {
-    store.info(ns, dgst);
-    return true;
-  } catch (err) {
-    if (isNotFound(err)) return false;
-    throw err;
-  }
 }
 
 export function contentService(store: MetadataContentStore): ServiceImpl<typeof Content> {
@@ -240,7 +230,8 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
 
           if (req.expected) {
             expected = req.expected;
-            if (hasInfo(store, ns, expected)) {
+            // held by the request's lease, as when the writer was opened for it
+            if (store.hold(ns, expected, ctx.lease())) {
               await wr.close();
               await store.abort(ns, ref).catch(() => {});
               throw errorf("already exists", `blob with expected digest ${expected} exists`);

@@ -5,7 +5,7 @@
 // layers unpacked into snapshots named by chain ID, like a pull.
 import { randomBytes } from "node:crypto";
 import type { Command } from "commander";
-import { isAlreadyExists, isNotFound } from "../../base/errdefs.js";
+import { isAlreadyExists } from "../../base/errdefs.js";
 import { exportArchive, importArchive } from "../../core/images/archive.js";
 import { hostMatcher, imageConfig } from "../../core/images/image.js";
 import { unpackImage } from "../../core/unpack/unpacker.js";
@@ -38,7 +38,7 @@ async function exportImages(ctx: CliContext, out: string, refs: string[], all: b
   );
 }
 
-/** Write a blob through the Content service (or label the one that is there). */
+/** Write a blob through the Content service (or lease and label the one that is there). */
 async function putBlob(
   ctx: CliContext,
   lease: string,
@@ -57,14 +57,9 @@ async function putBlob(
       ctx.call({ lease }),
     );
   };
-  const exists = await content.info({ digest }, opts).then(
-    () => true,
-    (err: unknown) => {
-      if (isNotFound(err)) return false;
-      throw err;
-    },
-  );
-  if (exists) return label();
+  // No Info first: a blob already there (say, unreferenced after `images rm`) must be added to
+  // the import's lease, or a collection before the image record exists removes it. Opening a
+  // writer for it does that and answers AlreadyExists.
   const call = content.write(opts);
   const it = call.responses[Symbol.asyncIterator]();
   const next = async () => {

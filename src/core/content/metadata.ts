@@ -13,6 +13,7 @@ import {
   errInvalidArgument,
   errNotFound,
   isAlreadyExists,
+  isKind,
   isNotFound,
 } from "../../base/errdefs.js";
 import { ContentCreateSchema, ContentDeleteSchema } from "../../gen/containerd/events/content_pb.js";
@@ -197,6 +198,25 @@ export class MetadataContentStore {
     return this.stmts.getContent.get(ns, dgst) as ContentRow | undefined;
   }
 
+  /**
+   * Whether the namespace holds `dgst`; when it does and a lease is given, the blob is added to
+   * the lease in the same transaction. Every "already exists" under a lease goes through here:
+   * content found in place of being written must be held like written content, or a collection
+   * between finding it and referencing it (an image record, a label) removes it.
+   */
+  hold(ns: string, dgst: string, lease?: string): boolean {
+    try {
+      return this.db.tx(() => {
+        if (!this.row(ns, dgst)) return false;
+        this.addLease(ns, lease, "content", dgst);
+        return true;
+      });
+    } catch (err) {
+      if (err instanceof Error) err.message = `unable to lease content: ${err.message}`;
+      throw err;
+    }
+  }
+
   // --- info ---
 
   info(ns: string, dgst: string): Info {
@@ -322,12 +342,19 @@ export class MetadataContentStore {
   }
 
   async abort(ns: string, ref: string, lease?: string): Promise<void> {
-    this.db.tx(() => {
-      const row = this.stmts.getIngest.get(ns, ref);
-      if (!row) throw errNotFound(`reference ${ref}`);
-      this.stmts.deleteIngest.run(ns, ref);
-      this.removeLease(ns, lease, "ingests", ref);
-    });
+    try {
+      this.db.tx(() => {
+        const row = this.stmts.getIngest.get(ns, ref);
+        if (!row) throw errNotFound(`reference ${ref}`);
+        this.stmts.deleteIngest.run(ns, ref);
+        this.removeLease(ns, lease, "ingests", ref);
+      });
+    } catch (err) {
+      // The data goes even when the row cannot (a full disk fails the database write too):
+      // the space is what the caller needs back, and a row without data is only a stale name.
+      if (!isNotFound(err)) await this.backend.abort(backendRef(ns, ref)).catch(() => {});
+      throw err;
+    }
     this.db.mutated(false);
     // A shared ingest may have started copying into the backend too: remove whatever is there.
     await this.backend.abort(backendRef(ns, ref));
@@ -353,16 +380,8 @@ export class MetadataContentStore {
     // Is the blob there already, in this namespace or (shareable) in the backend?
     let shared = false;
     if (expected) {
-      if (this.row(ns, expected)) {
-        // keep it leased so a concurrent removal elsewhere cannot take it from this client
-        try {
-          this.db.tx(() => this.addLease(ns, lease, "content", expected));
-        } catch (err) {
-          if (err instanceof Error) err.message = `unable to lease content: ${err.message}`;
-          throw err;
-        }
-        throw errAlreadyExists(`content ${expected}`);
-      }
+      // held by the lease from here on, so a collection cannot take it from this client
+      if (this.hold(ns, expected, lease)) throw errAlreadyExists(`content ${expected}`);
       if (this.policy === "shared" || this.stmts.sharedElsewhere.get(expected) !== undefined) {
         // any failure here (missing, or not even a valid digest) just means "not shared"
         const bi = await this.backend.info(expected).catch(() => undefined);
@@ -389,11 +408,18 @@ export class MetadataContentStore {
       const w = await this.backend.writer(bref, size, "");
       return new NamespacedWriter(this, ns, ref, bref, lease, desc, w);
     } catch (err) {
-      if (inserted)
-        this.db.tx(() => {
-          this.stmts.deleteIngest.run(ns, ref);
-          this.removeLease(ns, lease, "ingests", ref);
-        });
+      if (inserted) {
+        // a backend ingest half made (out of space, say) would hold space no row names
+        if (!isKind(err, "unavailable")) await this.backend.abort(bref).catch(() => {});
+        try {
+          this.db.tx(() => {
+            this.stmts.deleteIngest.run(ns, ref);
+            this.removeLease(ns, lease, "ingests", ref);
+          });
+        } catch {
+          // the first failure is the one to report
+        }
+      }
       throw err;
     }
   }

@@ -9,7 +9,7 @@
 //            and committed — only once its blob is committed and its diff ID matches the config.
 //   applied  (others) each layer is applied from the content store, through the differ, once
 //            it is there and its parent is committed (unpacker.ts).
-import { BerthError, isNotFound } from "../../base/errdefs.js";
+import { BerthError, isNotFound, wrap } from "../../base/errdefs.js";
 import type { Logger } from "../../base/log.js";
 import type { ReaderAt } from "../content/local.js";
 import type { ApplyMode } from "../diff/apply.js";
@@ -56,6 +56,13 @@ export interface UnpackEnv {
   log: Logger;
   onUnpacking(layer: Descriptor): void;
   onUnpacked(layer: Descriptor): void;
+}
+
+/** An extraction's failure (a full disk, a bad tar) naming the layer it was extracting. */
+function extracting(layer: Descriptor, err: unknown): unknown {
+  // a stop because another step failed first is that step's story
+  if ((err as Error | undefined)?.name === "AbortError") return err;
+  return wrap(err, `extracting layer ${layer.digest}`);
 }
 
 /** A NamespacedSnapshotter as an unpack's LayerSnapshots (one namespace, one lease). */
@@ -190,7 +197,7 @@ export class LayerUnpack {
         // finish and its verification speak first.
         pipe.close();
         await env.feed.download(layer);
-        throw err;
+        throw extracting(layer, err);
       } finally {
         pipe.close();
       }
@@ -201,7 +208,9 @@ export class LayerUnpack {
       env.onUnpacking(layer);
       const ra = await env.feed.open(layer);
       try {
-        return await stageLayerThreaded(dir, ra.stream(0, ra.size, 1 << 20), layer, mode, opts);
+        return await stageLayerThreaded(dir, ra.stream(0, ra.size, 1 << 20), layer, mode, opts).catch(
+          (err: unknown) => Promise.reject(extracting(layer, err)),
+        );
       } finally {
         await ra.close();
       }

@@ -20,4 +20,4 @@ export type ToMain =
   | { type: "ack"; bytes: number }
   | { type: "log"; level: string; msg: string; fields: Record<string, unknown> }
   | { type: "done"; diffId: string; implicitDirs: string[] }
-  | { type: "error"; name: string; message: string; kind?: string };
+  | { type: "error"; name: string; message: string; kind?: string; code?: string };

@@ -54,6 +54,13 @@ export async function stageLayerThreaded(
   let inFlight = 0;
   let wakeSender: (() => void) | undefined;
   let settled = false;
+  /** The worker is done: a sender waiting for room must stop waiting (no ack will come). */
+  const settle = () => {
+    settled = true;
+    const w = wakeSender;
+    wakeSender = undefined;
+    w?.();
+  };
   const result = new Promise<StagedLayer>((resolve, reject) => {
     worker.on("message", (m: ToMain) => {
       switch (m.type) {
@@ -70,27 +77,29 @@ export async function stageLayerThreaded(
           return;
         }
         case "done":
-          settled = true;
+          settle();
           resolve({ dir, diffId: m.diffId, implicitDirs: new Set(m.implicitDirs) });
           return;
         case "error": {
-          settled = true;
-          const e = m.kind ? new BerthError(m.kind as ErrorKind) : new Error(m.message);
+          settle();
+          const e: Error & { code?: string } = m.kind
+            ? new BerthError(m.kind as ErrorKind)
+            : new Error(m.message);
           e.message = m.message;
           e.name = m.name;
+          // the errno (ENOSPC, …) decides the gRPC code the client gets
+          if (m.code !== undefined) e.code = m.code;
           reject(e);
         }
       }
     });
     worker.once("error", (err) => {
-      settled = true;
+      settle();
       reject(err);
     });
     worker.once("exit", (code) => {
       if (!settled) reject(new Error(`layer extraction thread exited with code ${code}`));
-      const w = wakeSender;
-      wakeSender = undefined;
-      w?.();
+      settle();
     });
   });
   result.catch(() => {});
@@ -122,11 +131,16 @@ export async function stageLayerThreaded(
     const [staged] = await Promise.all([result, feeding]);
     return staged;
   } catch (err) {
-    // the feeder's own error says more than the worker's echo of it
-    const fed = await feeding.then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    // The feeder's own error says more than the worker's echo of it. It has failed already if
+    // its failure is what the worker echoes; else it may be waiting for a chunk that never
+    // comes (the download stalled on this very extraction), so it is not waited for.
+    const fed = await Promise.race([
+      feeding.then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
+      new Promise<undefined>((r) => setImmediate(() => r(undefined))),
+    ]);
     throw fed ?? err;
   } finally {
     // the staging dir is removed by the caller: the thread must have stopped writing first (and

@@ -71,5 +71,7 @@ try {
     name: e?.name ?? "Error",
     message: e?.message ?? String(err),
     kind: err instanceof BerthError ? err.kind : undefined,
+    code:
+      typeof (e as NodeJS.ErrnoException)?.code === "string" ? (e as NodeJS.ErrnoException).code : undefined,
   } satisfies ToMain);
 }

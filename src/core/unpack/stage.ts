@@ -64,12 +64,16 @@ export class ChunkPipe implements AsyncIterable<Buffer> {
     this.wake("reader");
   }
 
-  /** The reader is gone: drop what is queued, let the writer go on. */
+  /**
+   * The reader is gone: drop what is queued, let the writer go on. A read still waiting (a
+   * reader that gave up from elsewhere) ends.
+   */
   close(): void {
     this.closed = true;
     this.chunks = [];
     this.bytes = 0;
     this.wake("writer");
+    this.wake("reader");
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
@@ -83,7 +87,7 @@ export class ChunkPipe implements AsyncIterable<Buffer> {
           yield c;
           continue;
         }
-        if (this.ended) return;
+        if (this.ended || this.closed) return;
         await new Promise<void>((r) => {
           this.wakeReader = r;
         });
