@@ -26,7 +26,9 @@ import {
   CallContext,
   type CallObserver,
   EncodedMessage,
+  type MethodCounters,
   type MethodEntry,
+  type MethodKind,
   methodEntries,
   type ServiceImpl,
 } from "./handlers.js";
@@ -55,6 +57,8 @@ export interface H2ServerOptions {
   maxConcurrentStreams?: number;
   /** Told about connection-level errors (a client that speaks garbage, a reset socket). */
   onError?: (err: Error) => void;
+  /** The counters of each method added (called once per method, at addService). */
+  counters?: (path: string, kind: MethodKind) => MethodCounters;
 }
 
 const DEFAULT_MAX_MESSAGE = 16 << 20;
@@ -197,6 +201,8 @@ class ServerCall {
   private gotRequest = false;
   private queue: RequestQueue | undefined;
   private drainWaiter: (() => void) | undefined;
+  /** performance.now() at the start, while the method's call durations are wanted. */
+  private t0 = 0;
 
   constructor(
     private readonly server: H2GrpcServer,
@@ -205,6 +211,11 @@ class ServerCall {
     private readonly m: MethodEntry,
   ) {
     this.ctx = new CallContext(headers);
+    const c = m.counters;
+    if (c) {
+      c.started++;
+      if (c.seconds) this.t0 = performance.now();
+    }
     stream.on("error", noop); // a reset shows up as 'close'
     stream.on("close", () => this.onClose());
     const timeout = first(headers["grpc-timeout"]);
@@ -269,10 +280,12 @@ class ServerCall {
     if (this.gotRequest)
       throw statusError("internal", "grpc: more than one request message for a non-client-streaming call");
     this.gotRequest = true;
+    if (this.m.counters) this.m.counters.msgReceived++;
     this.start(this.decode(b));
   }
 
   private onStreamedRequest(b: Uint8Array): void {
+    if (this.m.counters) this.m.counters.msgReceived++;
     this.queue!.push(this.decode(b), b.byteLength);
   }
 
@@ -346,6 +359,7 @@ class ServerCall {
     }
     this.finished = true;
     this.settle();
+    this.count(0, 1);
     this.m.observe?.(this.m.path, this.m.kind, 0);
     if (this.stream.destroyed) return;
     try {
@@ -362,6 +376,7 @@ class ServerCall {
     for await (const res of it) {
       if (this.finished) return; // cancelled or past the deadline: leaving the loop ends the handler
       const frame = this.encode(res);
+      if (this.m.counters) this.m.counters.msgSent++;
       if (!this.headersSent) this.respond();
       if (!stream.write(frame)) {
         await new Promise<void>((resolve) => {
@@ -391,6 +406,7 @@ class ServerCall {
     if (this.finished) return;
     this.finished = true;
     this.settle();
+    this.count(code, 0);
     this.m.observe?.(this.m.path, this.m.kind, code, cause === undefined ? undefined : { message, cause });
     const stream = this.stream;
     if (stream.destroyed) return;
@@ -405,6 +421,15 @@ class ServerCall {
     } catch {
       // the connection went away meanwhile: nobody is left to answer
     }
+  }
+
+  /** Count the finished call (and the message a unary answer carries) in the method's counters. */
+  private count(code: number, sent: number): void {
+    const c = this.m.counters;
+    if (!c) return;
+    c.msgSent += sent;
+    if (code < c.handled.length) c.handled[code]!++;
+    if (this.t0 > 0) c.seconds?.observe((performance.now() - this.t0) / 1000);
   }
 
   /**
@@ -438,6 +463,7 @@ class ServerCall {
     // reset by the client (or the connection went away) before the answer was complete
     this.finished = true;
     this.settle();
+    this.count(GrpcCode.Canceled, 0);
     this.m.observe?.(this.m.path, this.m.kind, GrpcCode.Canceled, {
       message: CANCELLED.message,
       cause: CANCELLED,
@@ -491,9 +517,14 @@ export class H2GrpcServer {
   }
 
   /** Serve a service's implemented methods; the others answer Unimplemented. */
-  addService<S extends DescService>(service: S, impl: ServiceImpl<S>, observe?: CallObserver): void {
+  addService<S extends DescService>(
+    service: S,
+    impl: ServiceImpl<S>,
+    observe?: CallObserver,
+    counters?: (path: string, kind: MethodKind) => MethodCounters,
+  ): void {
     this.serviceNames.add(service.typeName);
-    for (const m of methodEntries(service, impl, observe)) {
+    for (const m of methodEntries(service, impl, observe, counters ?? this.opts.counters)) {
       if (this.routes.has(m.path)) throw new Error(`gRPC method ${m.path} is registered twice`);
       this.routes.set(m.path, m);
     }

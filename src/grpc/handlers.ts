@@ -141,6 +141,19 @@ export type CallObserver = (
   err?: { message: string; cause: unknown },
 ) => void;
 
+/**
+ * One method's call counts (grpc-go's prometheus families), bumped by the transport per call and
+ * read when metrics are scraped: plain numbers, so counting costs no lookup or allocation.
+ * `handled` is indexed by status code; `seconds`, while set, gets each call's duration.
+ */
+export interface MethodCounters {
+  started: number;
+  msgReceived: number;
+  msgSent: number;
+  readonly handled: number[];
+  seconds: { observe(seconds: number): void } | undefined;
+}
+
 export type MethodKind = "unary" | "server_streaming" | "client_streaming" | "bidi_streaming";
 
 /** One implemented method of a service, ready for a transport to dispatch to. */
@@ -154,6 +167,7 @@ export interface MethodEntry {
   /** The handler, bound to its service object; its shape follows `kind`. */
   readonly fn: (reqOrReqs: unknown, ctx: CallContext) => unknown;
   readonly observe: CallObserver | undefined;
+  readonly counters: MethodCounters | undefined;
 }
 
 /** The methods a service object implements (methods it leaves out answer Unimplemented). */
@@ -161,20 +175,23 @@ export function methodEntries<S extends DescService>(
   service: S,
   impl: ServiceImpl<S>,
   observe?: CallObserver,
+  counters?: (path: string, kind: MethodKind) => MethodCounters,
 ): MethodEntry[] {
   const implRec = impl as unknown as Record<string, ((...a: unknown[]) => unknown) | undefined>;
   const out: MethodEntry[] = [];
   for (const m of service.methods) {
     const fn = implRec[m.localName];
     if (!fn) continue;
+    const path = `/${service.typeName}/${m.name}`;
     out.push({
-      path: `/${service.typeName}/${m.name}`,
+      path,
       localName: m.localName,
       kind: m.methodKind,
       input: m.input,
       output: m.output,
       fn: fn.bind(impl) as MethodEntry["fn"],
       observe,
+      counters: counters?.(path, m.methodKind),
     });
   }
   return out;

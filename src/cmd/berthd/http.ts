@@ -1,9 +1,15 @@
 // The optional HTTP endpoints: [metrics] address (TCP host:port, Prometheus text at /v1/metrics,
-// as containerd) and [debug] address (a unix socket with /debug/vars, process stats as JSON).
+// as containerd; prom-client is loaded only when it is set) and [debug] address (a unix socket
+// with /debug/vars, process stats as JSON).
 import { chmodSync, chownSync, mkdirSync, unlinkSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { dirname } from "node:path";
-import type { Metrics } from "../../core/metrics.js";
+import type { PluginSet } from "../../base/plugin.js";
+import { PluginType } from "../../base/plugin-types.js";
+import type { MetadataDB } from "../../core/metadata/db.js";
+import type { PrometheusExporter } from "../../core/metrics/prometheus.js";
+import type { Metrics, MetricsSources } from "../../core/metrics.js";
+import type { TaskManager } from "../../core/runtime/manager.js";
 import { prepareSocketPath } from "./socket.js";
 
 function listen(server: Server, address: string): Promise<void> {
@@ -22,16 +28,54 @@ function listen(server: Server, address: string): Promise<void> {
   });
 }
 
+/** What the scrape-time families read, from the loaded plugins (a disabled one is left out). */
+export function metricsSources(plugins: PluginSet): MetricsSources {
+  const ok = <T>(type: string, id: string): T | undefined => {
+    const l = plugins.find(type, id);
+    return l?.status.state === "ok" ? (l.instance as T) : undefined;
+  };
+  const md = ok<{ db: MetadataDB }>(PluginType.Metadata, "bolt");
+  const tasks = ok<TaskManager>(PluginType.RuntimeV2, "task");
+  return { ...(md ? { db: md.db } : {}), ...(tasks ? { tasks } : {}) };
+}
+
+/** Each Metrics object's exporter, made (and prom-client loaded) by the first listener. */
+const exporters = new WeakMap<Metrics, Promise<PrometheusExporter>>();
+/** Open listeners per exporter: the core hooks are routed to it while there is one. */
+const listeners = new WeakMap<PrometheusExporter, number>();
+
+/**
+ * Serve `metrics` as Prometheus text at /v1/metrics on `address`. Several listeners (a reload
+ * opening the new one before closing the old) share one exporter, so counters carry over.
+ */
 export async function serveMetrics(address: string, metrics: Metrics): Promise<Server> {
+  let made = exporters.get(metrics);
+  if (!made) {
+    made = import("../../core/metrics/prometheus.js").then((m) =>
+      m.PrometheusExporter.create(metrics, metrics.sources),
+    );
+    exporters.set(metrics, made);
+    made.catch(() => exporters.delete(metrics));
+  }
+  const exporter = await made;
   const server = createServer((req, res) => {
     if (req.url === "/v1/metrics" || req.url === "/metrics") {
-      res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
-      res.end(metrics.render());
+      exporter.render().then(
+        (text) => res.writeHead(200, { "content-type": exporter.contentType }).end(text),
+        (err: Error) => res.writeHead(500).end(`${err.message}\n`),
+      );
       return;
     }
     res.writeHead(404).end("not found\n");
   });
   await listen(server, address);
+  listeners.set(exporter, (listeners.get(exporter) ?? 0) + 1);
+  exporter.install();
+  server.once("close", () => {
+    const n = (listeners.get(exporter) ?? 1) - 1;
+    listeners.set(exporter, n);
+    if (n === 0) exporter.uninstall();
+  });
   return server;
 }
 

@@ -2,7 +2,7 @@
 // content store with containerd's labels (distribution source, gc.ref.content.*), and layer
 // downloads (bounded by max_concurrent_downloads, one per digest however many manifests share
 // it) whose verified bytes can be teed, as they arrive, into extractions (ChunkPipe taps).
-import { BerthError, isAlreadyExists, isKind, isNotFound } from "../../base/errdefs.js";
+import { BerthError, isAlreadyExists, isKind, wrap } from "../../base/errdefs.js";
 import type { Platform } from "../../base/platforms.js";
 import type { MetadataContentStore } from "../content/metadata.js";
 import { type PlatformMatcher, platformEntries, walk } from "../images/image.js";
@@ -17,6 +17,7 @@ import {
   type Manifest,
 } from "../images/media.js";
 import type { Labels } from "../metadata/db.js";
+import { metricsHooks } from "../metrics.js";
 import type { RegistryClient } from "../remotes/client.js";
 import { ChunkPipe } from "../unpack/stage.js";
 import type { ProgressEvent } from "./progress.js";
@@ -153,22 +154,24 @@ export class Fetcher {
   ): Promise<boolean> {
     const { content, namespace: ns, lease } = this.o;
     const ref = refKey(desc);
+    // What the store fails with (a full disk, a full database) names the blob it was writing.
+    const writing = (err: unknown) => wrap(err, `writing blob ${desc.digest}`);
     let w: Awaited<ReturnType<MetadataContentStore["writer"]>>;
     try {
       w = await content.writer(ns, ref, { total: desc.size, expected: desc.digest, lease });
     } catch (err) {
-      if (!isAlreadyExists(err)) throw err;
+      if (!isAlreadyExists(err)) throw writing(err);
       this.addLabels(desc.digest, labels);
       return false;
     }
     let committed = false;
     try {
-      if (w.status().offset > 0) await w.truncate(0);
+      if (w.status().offset > 0) await w.truncate(0).catch((err: unknown) => Promise.reject(writing(err)));
       tee?.start();
       let n = 0;
       for await (const c of coalesce(await chunks())) {
         this.check();
-        await w.write(c);
+        await w.write(c).catch((err: unknown) => Promise.reject(writing(err)));
         // after the write: the extraction may take the chunk's memory over (stage-thread.ts)
         if (tee) await tee.write(Buffer.from(c.buffer, c.byteOffset, c.byteLength));
         n += c.length;
@@ -184,9 +187,10 @@ export class Fetcher {
           const e = new BerthError("data loss", undefined, { cause: err });
           e.message = `${desc.digest} failed verification: ${(err as Error).message}`;
           throw e;
-        } else throw err;
+        } else throw writing(err);
       }
       committed = true;
+      metricsHooks.pull?.fetched(desc.size);
       return true;
     } finally {
       if (!committed) {
@@ -200,7 +204,9 @@ export class Fetcher {
   private async fetchSmall(desc: Descriptor, labels: (data: Buffer) => Labels): Promise<Buffer> {
     this.check();
     let data: Buffer | undefined;
-    try {
+    // Found in the store, it is this pull's lease that keeps it until the image record does
+    // (it may be unreferenced: left by a pull that crashed, or by an image just removed).
+    if (this.o.content.hold(this.o.namespace, desc.digest, this.o.lease)) {
       const ra = await this.o.content.readerAt(this.o.namespace, desc.digest);
       try {
         const parts: Buffer[] = [];
@@ -209,8 +215,6 @@ export class Fetcher {
       } finally {
         await ra.close();
       }
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
     }
     if (data) {
       this.addLabels(desc.digest, { ...this.o.sourceLabel, ...labels(data) });
@@ -224,7 +228,15 @@ export class Fetcher {
   private async fetchJson<T>(desc: Descriptor, labels: (doc: T) => Labels): Promise<T> {
     let doc: T | undefined;
     const parse = (b: Buffer) => {
-      doc ??= JSON.parse(b.toString("utf8")) as T;
+      try {
+        doc ??= JSON.parse(b.toString("utf8")) as T;
+      } catch (err) {
+        // a registry can serve any bytes under a valid digest: say which blob is not JSON
+        throw new BerthError(
+          "invalid argument",
+          `${desc.mediaType} ${desc.digest} is not valid JSON: ${(err as Error).message}`,
+        );
+      }
       return doc;
     };
     return parse(await this.fetchSmall(desc, (b) => labels(parse(b))));

@@ -6,7 +6,7 @@
 // leaves no image record and only collectable content behind), the first failure stopping
 // every other step, progress events.
 import { randomBytes } from "node:crypto";
-import { BerthError, isAlreadyExists } from "../../base/errdefs.js";
+import { BerthError, isAlreadyExists, isKind, wrap } from "../../base/errdefs.js";
 import { type Logger, nopLogger } from "../../base/log.js";
 import { formatPlatform, hostPlatform, type Platform, platformMatches } from "../../base/platforms.js";
 import type { MetadataContentStore } from "../content/metadata.js";
@@ -17,6 +17,7 @@ import type { Descriptor } from "../images/media.js";
 import type { ImageStore } from "../images/store.js";
 import { GC_EXPIRE_LABEL, type LeaseStore } from "../leases/store.js";
 import type { Labels } from "../metadata/db.js";
+import { metricsHooks, PullTimer } from "../metrics.js";
 import { hostname, parseNormalized } from "../reference.js";
 import type { RegistryClient } from "../remotes/client.js";
 import type { SnapshotService } from "../snapshots/metadata.js";
@@ -77,6 +78,10 @@ class PullJob {
   private readonly abort = new AbortController();
   private readonly signal: AbortSignal;
   private firstError: { err: unknown } | undefined;
+  /** Phase timings for the metrics (a no-op while they are off). */
+  readonly timer = new PullTimer();
+  /** Layers being extracted (for the metrics' count of layers unpacked). */
+  private readonly extracting = new Set<string>();
   /** Undo what ties this job to the request (its abort listener). */
   dispose: () => void = () => {};
 
@@ -152,9 +157,15 @@ class PullJob {
       step: (p) => this.step(p),
       signal: this.signal,
       log: this.log,
-      onUnpacking: (l) => this.emit({ event: "unpacking", name: refKey(l), total: l.size, desc: l }),
-      onUnpacked: (l) =>
-        this.emit({ event: "unpacked", name: refKey(l), progress: l.size, total: l.size, desc: l }),
+      onUnpacking: (l) => {
+        this.extracting.add(l.digest);
+        this.emit({ event: "unpacking", name: refKey(l), total: l.size, desc: l });
+      },
+      onUnpacked: (l) => {
+        // "unpacked" is reported for layers whose snapshot existed too: count only extractions
+        if (this.extracting.delete(l.digest)) metricsHooks.pull?.layerUnpacked();
+        this.emit({ event: "unpacked", name: refKey(l), progress: l.size, total: l.size, desc: l });
+      },
     };
   }
 
@@ -163,11 +174,13 @@ class PullJob {
     this.emit({ event: "resolving", name: req.ref });
     const resolved = await req.client.resolve(req.ref);
     const root = resolved.descriptor;
+    this.timer.mark("resolve");
     this.emit({ event: "resolved", name: resolved.name, desc: root });
     const platforms = req.platforms ?? [hostPlatform()];
 
     // The tree: indexes to the manifests wanted, manifests to configs (layers come below).
     const found = await this.fetcher.walk(root, platformMatcher(platforms), req.allMetadata ?? false);
+    this.timer.mark("metadata");
     if (found.length === 0 || !found.some((f) => f.withLayers))
       throw new BerthError(
         "not found",
@@ -183,7 +196,10 @@ class PullJob {
       unpacks.push({
         u,
         f,
-        plan: await LayerUnpack.plan(this.unpackEnv(u.snapshotter), f.layers, f.diffIds),
+        // a manifest and config that disagree (layers vs diff_ids) are named in the error
+        plan: await LayerUnpack.plan(this.unpackEnv(u.snapshotter), f.layers, f.diffIds).catch(
+          (err: unknown) => Promise.reject(wrap(err, `manifest ${f.manifest.digest}`)),
+        ),
       });
     }
     const jobs: Promise<unknown>[] = [];
@@ -198,6 +214,7 @@ class PullJob {
       );
     }
     const results = await Promise.allSettled(jobs);
+    this.timer.mark("layers");
     const failed = results.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
     if (failed) throw this.firstError ? this.firstError.err : failed.reason;
 
@@ -211,10 +228,25 @@ class PullJob {
       const paths = ["target", ...Object.keys(req.labels ?? {}).map((k) => `labels.${k}`)];
       this.deps.images.update(this.ns, { name, labels: req.labels ?? {}, target }, paths);
     }
+    this.timer.mark("record");
     this.emit({ event: "saved", name, desc: root });
     this.log.debug("image pulled", { name, digest: root.digest });
     return { name, target: root, unpacked };
   }
+}
+
+/**
+ * The daemon's log says why a pull failed, not only the client: out of space above all, which
+ * the operator (not the client) has to act on.
+ */
+function logFailure(log: Logger, ref: string, err: unknown): void {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  const full =
+    isKind(err, "resource exhausted") || code === "ENOSPC" || code === "EDQUOT" || code === "SQLITE_FULL";
+  log[full ? "error" : "info"]("pull failed", {
+    ref,
+    error: err instanceof Error ? err.message : String(err),
+  });
 }
 
 /** Pull an image into a namespace: the transfer service's registry → image store path. */
@@ -225,7 +257,13 @@ export async function pull(deps: PullDeps, req: PullRequest): Promise<PullResult
   try {
     const job = new PullJob(deps, req, lease);
     try {
-      return await job.run();
+      const r = await job.run();
+      job.timer.finished();
+      return r;
+    } catch (err) {
+      job.timer.finished(err);
+      logFailure(deps.log ?? nopLogger, req.ref, err);
+      throw err;
     } finally {
       job.dispose();
     }
