@@ -37,8 +37,13 @@ function splitKeyPath(s: string): string[] {
 
 const eq = (a: string[], b: string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
-/** 1-based line of `path` (full key path from the document root), or undefined. */
-export function locateKey(text: string, path: string[]): number | undefined {
+/**
+ * 1-based line of `path` (full key path from the document root), or undefined. With `under`,
+ * the first line setting `path` or anything below it (a table named only by its sub-tables).
+ */
+export function locateKey(text: string, path: string[], under = false): number | undefined {
+  const hit = (key: string[]) =>
+    eq(key, path) || (under && key.length > path.length && eq(key.slice(0, path.length), path));
   const lines = text.split("\n");
   let table: string[] = [];
   for (let n = 0; n < lines.length; n++) {
@@ -47,13 +52,13 @@ export function locateKey(text: string, path: string[]): number | undefined {
     const header = /^\[\[?(.*?)\]\]?\s*(#.*)?$/.exec(line);
     if (header) {
       table = splitKeyPath(header[1]!);
-      if (eq(table, path)) return n + 1;
+      if (hit(table)) return n + 1;
       continue;
     }
     const eqAt = findAssign(line);
     if (eqAt < 0) continue;
     const key = [...table, ...splitKeyPath(line.slice(0, eqAt))];
-    if (eq(key, path)) return n + 1;
+    if (hit(key)) return n + 1;
     // a nested key inside an inline table is reported at the line that opens it
     if (path.length > key.length && eq(key, path.slice(0, key.length))) return n + 1;
   }
@@ -70,4 +75,32 @@ function findAssign(line: string): number {
     else if (c === "=") return i;
   }
   return -1;
+}
+
+/**
+ * The key a line sets (or the table it opens), for naming the key of a syntax error: the table
+ * headers above it give the prefix. Undefined for a blank or comment line.
+ */
+export function keyAtLine(text: string, lineNo: number): string[] | undefined {
+  const lines = text.split("\n");
+  let table: string[] = [];
+  for (let n = 0; n < lines.length && n < lineNo; n++) {
+    const line = lines[n]!.trim();
+    const at = n === lineNo - 1;
+    if (line.startsWith("#") || line === "") {
+      if (at) return undefined;
+      continue;
+    }
+    const header = /^\[\[?(.*?)\]\]?\s*(#.*)?$/.exec(line) ?? (at ? /^\[\[?([^\]]*)/.exec(line) : null);
+    if (header) {
+      table = splitKeyPath(header[1]!);
+      if (at) return table;
+      continue;
+    }
+    if (!at) continue;
+    const eqAt = findAssign(line);
+    const key = splitKeyPath(eqAt < 0 ? line : line.slice(0, eqAt)).filter((k) => k !== "");
+    return [...table, ...key];
+  }
+  return undefined;
 }

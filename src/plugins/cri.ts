@@ -25,11 +25,18 @@ import type { Tasks } from "../gen/containerd/services/tasks/v1/tasks_pb.js";
 import { ImageService, RuntimeService } from "../gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
 import type { Metadata } from "./core.js";
+import { applyCriLive, watchCniConfDir } from "./cri-live.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
 
 export { type CriConfig, criDefaults } from "../cri/config.js";
 
 export const CRI_PLUGIN_KEY = `${PluginType.GRPC}.cri`;
+
+/** The CRI plugin's instance: its services, and how a config reload reaches it. */
+export interface CriPluginInstance extends GrpcServicePlugin {
+  /** Apply the live keys of a checked new section (plugins/cri-live.ts); returns the undo. */
+  reconfigure(next: CriConfig): () => void;
+}
 
 /**
  * Config keys berth acts on (dotted paths; `*` is any one map key). A key under one of these
@@ -126,7 +133,7 @@ export const criPlugin: Plugin<CriConfig> = {
     PluginType.RuntimeV2,
   ],
   defaults: criDefaults,
-  async init(ic): Promise<GrpcServicePlugin> {
+  async init(ic): Promise<CriPluginInstance> {
     ic.meta.platforms.push(hostPlatform());
     // The same checks containerd makes before it serves anything: a bad table is this plugin's error.
     const registry = criRegistrySettings(ic.config.registry);
@@ -170,9 +177,11 @@ export const criPlugin: Plugin<CriConfig> = {
     const services = criServices(deps);
     podCIDR = services.info.podCIDR;
     // Exec/Attach/PortForward URLs point at it; a port that cannot be bound fails the plugin
-    await startStreamServer(deps);
+    const streams = await startStreamServer(deps);
+    watchCniConfDir(deps, (fn) => ic.onClose(fn));
     return {
       services: [registration(RuntimeService, services.runtime), registration(ImageService, services.image)],
+      reconfigure: (next) => applyCriLive(deps, streams, next),
     };
   },
 };

@@ -34,3 +34,43 @@ export function sdNotify(state: string): boolean {
     close(fd);
   }
 }
+
+/**
+ * The watchdog ping interval systemd asks for, in ms: half of $WATCHDOG_USEC (as sd_watchdog_enabled
+ * suggests, so one late ping is not fatal), or undefined when the service has no WatchdogSec= or the
+ * variables are meant for another process ($WATCHDOG_PID names a different PID).
+ */
+export function watchdogIntervalMs(
+  env: NodeJS.ProcessEnv = process.env,
+  pid = process.pid,
+): number | undefined {
+  const usec = Number(env.WATCHDOG_USEC);
+  if (!env.WATCHDOG_USEC || !Number.isInteger(usec) || usec <= 0) return undefined;
+  if (env.WATCHDOG_PID && Number(env.WATCHDOG_PID) !== pid) return undefined;
+  return Math.max(1, Math.floor(usec / 2000));
+}
+
+/**
+ * Ping systemd's watchdog (WATCHDOG=1) every half period from a timer on the event loop: when the
+ * loop wedges the pings stop and systemd restarts the daemon. The timer is unref'd so it never
+ * keeps the process alive. The variables are removed from the environment (as
+ * sd_watchdog_enabled(1) does) so that shims and runtimes berthd starts do not inherit them.
+ * Returns the timer, or undefined when no watchdog is configured.
+ */
+export function startWatchdog(onError: (err: unknown) => void): NodeJS.Timeout | undefined {
+  const interval = watchdogIntervalMs();
+  delete process.env.WATCHDOG_USEC;
+  delete process.env.WATCHDOG_PID;
+  if (interval === undefined) return undefined;
+  const ping = () => {
+    try {
+      sdNotify("WATCHDOG=1");
+    } catch (err) {
+      onError(err);
+    }
+  };
+  ping();
+  const timer = setInterval(ping, interval);
+  timer.unref();
+  return timer;
+}

@@ -2,9 +2,12 @@
 // its own file. Commands talk to berthd (or containerd) over gRPC, one connection per run.
 import { Command, Option } from "commander";
 import { parseDuration } from "../../base/duration.js";
+import { registerCompletion } from "./completion.js";
+import { registerConfig } from "./config.js";
 import { registerContainers } from "./containers.js";
 import { registerContent } from "./content.js";
 import { DEFAULT_ADDRESS, wire } from "./context.js";
+import { registerDoctor } from "./doctor.js";
 import { registerEvents } from "./events.js";
 import { registerGc } from "./gc.js";
 import { registerImageArchive } from "./image-archive.js";
@@ -64,12 +67,15 @@ export function buildProgram(): Command {
   registerNamespaces(program, wire);
   registerSnapshots(program, wire);
   registerGc(program, wire);
+  registerConfig(program, wire);
   const images = registerImages(program, wire);
   registerImageArchive(images, wire);
   registerImageMount(images, wire);
   registerContainers(program, wire);
   registerTasks(program, wire);
   registerRun(program, wire);
+  registerDoctor(program);
+  registerCompletion(program);
   return program;
 }
 

@@ -6,11 +6,14 @@ import { type Plugin, PluginSet, pluginKey } from "../../base/plugin.js";
 import { PluginType } from "../../base/plugin-types.js";
 import type { Config } from "../../config/config.js";
 import { Metrics } from "../../core/metrics.js";
+import { Config as ConfigService } from "../../gen/berth/config/v1/config_pb.js";
 import { H2GrpcServer } from "../../grpc/h2server.js";
 import type { GrpcServicePlugin } from "../../plugins/grpc.js";
+import { configService } from "../../services/berth-config.js";
 import { REVISION, VERSION } from "../../version.js";
-import { serveDebug, serveMetrics } from "./http.js";
+import { metricsSources, serveDebug, serveMetrics } from "./http.js";
 import { applyOomScore } from "./oom.js";
+import { ConfigReloader, type ReloadSource } from "./reload.js";
 import { prepareSocketPath, secureSocket } from "./socket.js";
 
 export class Daemon {
@@ -18,13 +21,24 @@ export class Daemon {
   private server: H2GrpcServer | undefined;
   private http: HttpServer[] = [];
   readonly metrics = new Metrics();
+  /** The [metrics] listener: a reload replaces it. */
+  metricsServer: HttpServer | undefined;
+  private reloader: ConfigReloader | undefined;
   private stopping: Promise<void> | undefined;
 
   constructor(
     readonly config: Config,
     private readonly registered: Plugin[],
     readonly log: Logger,
+    /** Where a config reload reads from; without it the daemon cannot reload. */
+    private readonly reloadSource?: ReloadSource,
   ) {}
+
+  /** Re-read the config files and apply what can change live (SIGHUP, the Config/Reload RPC). */
+  reload(source: string) {
+    if (!this.reloader) return Promise.reject(new Error("config reload: berthd is not serving yet"));
+    return this.reloader.reload(source);
+  }
 
   async start(): Promise<void> {
     const cfg = this.config;
@@ -46,6 +60,9 @@ export class Daemon {
         state: cfg.state,
         address,
         ttrpcAddress: cfg.ttrpc.address || `${address}.ttrpc`,
+        ttrpcUid: cfg.ttrpc.uid,
+        ttrpcGid: cfg.ttrpc.gid,
+        timeouts: cfg.timeouts,
         version: VERSION,
         revision: REVISION,
       },
@@ -60,9 +77,9 @@ export class Daemon {
       maxRecvMessageSize: cfg.grpc.max_recv_message_size,
       maxSendMessageSize: cfg.grpc.max_send_message_size,
       onError: (err) => this.log.debug("grpc connection error", { error: err.message }),
+      counters: (path, kind) => this.metrics.grpcMethod(path, kind),
     });
-    const observe = (path: string, kind: string, code: number, err?: { message: string }) => {
-      this.metrics.grpcHandled(path, kind, code);
+    const observe = (path: string, _kind: string, code: number, err?: { message: string }) => {
       if (err) this.log.debug("request failed", { method: path, code, error: err.message });
     };
     for (const l of this.plugins.loaded) {
@@ -71,12 +88,23 @@ export class Daemon {
         server.addService(s.desc, s.impl as never, observe);
       }
     }
+    if (this.reloadSource) {
+      const reloader = new ConfigReloader(this.reloadSource, this);
+      server.addService(
+        ConfigService,
+        configService(() => reloader.reload("rpc")),
+        observe,
+      );
+      this.reloader = reloader;
+    }
     await this.plugins.serve();
     await server.listen(address);
     secureSocket(address, cfg.grpc.uid, cfg.grpc.gid);
     this.server = server;
+    this.metrics.sources = metricsSources(this.plugins);
+    this.metrics.setGrpcHistogram(cfg.metrics.grpc_histogram);
     if (cfg.metrics.address) {
-      this.http.push(await serveMetrics(cfg.metrics.address, this.metrics));
+      this.metricsServer = await serveMetrics(cfg.metrics.address, this.metrics);
       this.log.info("metrics served", { address: cfg.metrics.address });
     }
     if (cfg.debug.address) {
@@ -101,7 +129,8 @@ export class Daemon {
           // already gone
         }
       }
-      for (const h of this.http) await new Promise((r) => h.close(() => r(undefined)));
+      for (const h of [...this.http, ...(this.metricsServer ? [this.metricsServer] : [])])
+        await new Promise((r) => h.close(() => r(undefined)));
       await this.plugins.close();
     })();
     return this.stopping;

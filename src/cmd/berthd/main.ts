@@ -11,7 +11,7 @@ import {
   printConfig,
 } from "../../config/config.js";
 import { allPlugins, pluginDefaults } from "../../plugins/all.js";
-import { sdNotify } from "../../sys/notify.js";
+import { sdNotify, startWatchdog } from "../../sys/notify.js";
 import { REVISION, VERSION } from "../../version.js";
 import { Daemon } from "./daemon.js";
 
@@ -28,7 +28,14 @@ function fail(msg: string): never {
   process.exit(1);
 }
 
-function load(flags: Flags): { config: Config; warnings: string[] } {
+function load(flags: Flags): {
+  config: Config;
+  warnings: string[];
+  /** What the files say, before the flags: a config reload's baseline. */
+  loaded: Config;
+  /** Read the files again (a reload); throws ConfigError. */
+  reread: () => ReturnType<typeof loadConfig>;
+} {
   const plugins = allPlugins();
   const defaults = pluginDefaults(plugins);
   // The default path is optional; an explicitly named file must exist.
@@ -41,11 +48,12 @@ function load(flags: Flags): { config: Config; warnings: string[] } {
     throw err;
   }
   const cfg = res.config;
+  const loaded = structuredClone(cfg);
   if (flags.root) cfg.root = flags.root;
   if (flags.state) cfg.state = flags.state;
   if (flags.address) cfg.grpc.address = flags.address;
   if (flags.logLevel) cfg.debug.level = flags.logLevel;
-  return { config: cfg, warnings: res.warnings };
+  return { config: cfg, warnings: res.warnings, loaded, reread: () => loadConfig(file, defaults) };
 }
 
 const program = new Command("berthd")
@@ -57,7 +65,7 @@ const program = new Command("berthd")
   .option("-a, --address <sock>", "address for berthd's gRPC server")
   .option("-l, --log-level <level>", "set the logging level [trace, debug, info, warn, error, fatal, panic]")
   .action(async (flags: Flags) => {
-    const { config, warnings } = load(flags);
+    const { config, warnings, loaded, reread } = load(flags);
     let level: Level;
     try {
       level = parseLevel(config.debug.level || "info");
@@ -67,10 +75,20 @@ const program = new Command("berthd")
     const format = config.debug.format || "text";
     if (format !== "text" && format !== "json")
       fail(`debug.format ${JSON.stringify(format)}: want "text" or "json"`);
-    const log = createLogger(stderrSink(level, format));
+    const sink = stderrSink(level, format);
+    const log = createLogger(sink);
     for (const w of warnings) log.warn(`config: ${w}`);
     log.info("starting berthd", { version: VERSION, revision: REVISION });
-    const daemon = new Daemon(config, allPlugins(), log);
+    const daemon = new Daemon(config, allPlugins(), log, {
+      load: reread,
+      loaded,
+      sink,
+      logLevel: flags.logLevel,
+    });
+    // SIGHUP reloads the config (the reload logs its outcome); before serving it is ignored.
+    process.on("SIGHUP", () => {
+      daemon.reload("SIGHUP").catch((err) => log.debug("SIGHUP", { error: (err as Error).message }));
+    });
     let stopping = false;
     const shutdown = (sig: string) => {
       if (stopping) return;
@@ -96,6 +114,7 @@ const program = new Command("berthd")
       fail((err as Error).message);
     }
     safeNotify("READY=1");
+    startWatchdog((err) => log.warn("sd_notify WATCHDOG=1 failed", { error: err }));
     function safeNotify(s: string) {
       try {
         sdNotify(s);

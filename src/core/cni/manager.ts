@@ -1,7 +1,7 @@
 // CniManager: what the CRI pod code calls. It keeps the loaded network configs (reloading when
 // conf_dir changes), sets up the loopback network plus the configured networks (`eth0`, `eth1`,
 // … in file order) for a pod, tears them down and checks them, and renders conf_template.
-import { existsSync } from "node:fs";
+import { existsSync, type FSWatcher, watch } from "node:fs";
 import { readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "../../base/log.js";
@@ -115,6 +115,9 @@ export class CniManager {
   private signature: string | undefined;
   /** Reloads run one at a time: a second caller waits for the load in progress, then checks. */
   private reloads: Promise<void> = Promise.resolve();
+  private watcher: FSWatcher | undefined;
+  private watchTimer: NodeJS.Timeout | undefined;
+  private watchWanted = false;
 
   constructor(opts: CniManagerOptions) {
     this.opts = { loopback: true, ...opts };
@@ -165,6 +168,58 @@ export class CniManager {
       this.loadError = (err as Error).message;
       this.opts.log?.warn("no usable CNI network config", { error: this.loadError });
     }
+  }
+
+  /**
+   * Reload as soon as a file in conf_dir changes, as containerd's watcher does (each use also
+   * checks the fingerprint above, so this only makes the change visible sooner, e.g. in Status
+   * and the log). A conf_dir that does not exist yet is not watched; the fingerprint covers it.
+   */
+  watch(): void {
+    this.unwatch();
+    this.watchWanted = true;
+    try {
+      const w = watch(this.opts.confDir, { persistent: false }, () => {
+        // editors write a file in several steps: load once they are done
+        if (this.watchTimer) clearTimeout(this.watchTimer);
+        this.watchTimer = setTimeout(() => void this.reload(), 100);
+        this.watchTimer.unref();
+      });
+      // conf_dir removed: the fingerprint before each use notices it come back
+      w.on("error", () => {
+        w.close();
+        if (this.watcher === w) this.watcher = undefined;
+      });
+      this.watcher = w;
+    } catch (err) {
+      this.opts.log?.debug("CNI conf_dir not watched", {
+        conf_dir: this.opts.confDir,
+        error: (err as Error).message,
+      });
+    }
+  }
+
+  /** Stop watching conf_dir. */
+  unwatch(): void {
+    this.watchWanted = false;
+    if (this.watchTimer) clearTimeout(this.watchTimer);
+    this.watchTimer = undefined;
+    this.watcher?.close();
+    this.watcher = undefined;
+  }
+
+  /**
+   * conf_dir, max_conf_num or conf_template changed by a config reload: later calls use the new
+   * values; the configs are loaded again now. Returns the previous values, to undo with.
+   */
+  reconfigure(
+    next: Pick<CniManagerOptions, "confDir" | "maxConfNum" | "confTemplate">,
+  ): Pick<CniManagerOptions, "confDir" | "maxConfNum" | "confTemplate"> {
+    const { confDir, maxConfNum, confTemplate } = this.opts;
+    Object.assign(this.opts, next);
+    if (this.watchWanted && confDir !== next.confDir) this.watch();
+    void this.reload(true);
+    return { confDir, maxConfNum, confTemplate };
   }
 
   /** Ready once a network config is loadable from conf_dir; otherwise the CRI reason. */

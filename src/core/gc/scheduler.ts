@@ -2,6 +2,7 @@
 // plain mutations are counted; a collection is scheduled by thresholds or an explicit trigger
 // (sync deletes), and the pause between collections keeps GC under pause_threshold of time.
 import { parseDuration } from "../../base/duration.js";
+import { metricsHooks } from "../metrics.js";
 
 export interface GcStats {
   /** Milliseconds the collection took. */
@@ -30,10 +31,12 @@ export const SCHEDULER_DEFAULTS: SchedulerConfig = {
 };
 
 export class GcScheduler {
-  private readonly pauseThreshold: number;
-  private readonly deletionThreshold: number;
-  private readonly mutationThreshold: number;
-  private readonly scheduleDelay: number;
+  // not readonly: a config reload changes them (reconfigure)
+  private pauseThreshold: number;
+  private deletionThreshold: number;
+  private mutationThreshold: number;
+  private scheduleDelay: number;
+  private cfg: SchedulerConfig;
   private timer: NodeJS.Timeout | undefined;
   private nextAt: number | undefined;
   private lastAt: number | undefined;
@@ -59,8 +62,24 @@ export class GcScheduler {
     this.deletionThreshold = cfg.deletion_threshold;
     this.mutationThreshold = Math.max(cfg.mutation_threshold, 0);
     this.scheduleDelay = Math.max(parseDuration(cfg.schedule_delay), 0);
+    this.cfg = { ...cfg };
     const startup = Math.max(parseDuration(cfg.startup_delay), 0);
     if (startup > 0) this.schedule(startup);
+  }
+
+  /**
+   * New thresholds from a config reload (startup_delay is past by then). Counts so far are kept
+   * and weighed against the new thresholds. Returns the previous config, to undo with.
+   */
+  reconfigure(cfg: SchedulerConfig): SchedulerConfig {
+    const prev = this.cfg;
+    this.scheduleDelay = Math.max(parseDuration(cfg.schedule_delay), 0);
+    this.pauseThreshold = Math.min(Math.max(cfg.pause_threshold, 0), 0.5);
+    this.deletionThreshold = cfg.deletion_threshold;
+    this.mutationThreshold = Math.max(cfg.mutation_threshold, 0);
+    this.cfg = { ...cfg };
+    if (!this.closed) this.maybeSchedule();
+    return prev;
   }
 
   /** The metadata layer reports each committed mutation; `dirty` means something was deleted. */
@@ -148,11 +167,13 @@ export class GcScheduler {
       this.lastAt = Date.now();
       this.lastError = undefined;
       this.onCollected?.(stats);
+      metricsHooks.gc?.collected(stats);
       for (const w of waiters) w.resolve(stats);
     } catch (err) {
       const e = err instanceof Error ? err : new Error(String(err));
       this.lastError = e;
       this.onError?.(e);
+      metricsHooks.gc?.failed(e);
       // keep what was pending so the next run still happens
       this.deletions += deletions;
       this.mutations += mutations;
