@@ -1,10 +1,10 @@
 # berth — `make run` sets up a fresh machine and starts berthd; `make test` runs everything.
 SHELL := /bin/bash
-DEBS := runc crun containerd docker.io docker-registry busybox-static containernetworking-plugins iptables util-linux iproute2 sqlite3 zstd apache2-utils openssl
+DEBS := runc crun containerd docker.io docker-registry busybox-static containernetworking-plugins iptables util-linux iproute2 sqlite3 zstd apache2-utils openssl prometheus
 NODE_STAMP := node_modules/.install-stamp
 TEST_CONCURRENCY ?= 2
 
-.PHONY: all deps debs node-deps build gen typecheck lint test test-unit test-integration run bench clean
+.PHONY: all deps debs node-deps build gen typecheck lint test test-unit test-integration run bench clean install reliability
 
 all: build
 
@@ -50,7 +50,7 @@ test-integration: deps build
 	node --test --test-concurrency=1 dist/test/integration/*.test.js
 
 test: deps build lint typecheck
-	node --test --test-concurrency=1 dist/test/unit/*.test.js dist/test/integration/*.test.js
+	node --test --test-concurrency=1 dist/test/unit/*.test.js dist/test/integration/*.test.js $$(ls dist/test/reliability/*.test.js 2>/dev/null)
 
 # Side-by-side with the real containerd; prints berthd/containerd ratios. Not part of `make test`.
 bench: deps build
@@ -61,5 +61,17 @@ bench: deps build
 	node dist/bench/cri.js
 	node dist/bench/stream.js
 
+# The reliability suite at full size (make test runs a sample of each group): one table of
+# group, cases, failures. BERTH_RELIABILITY_SEED picks the seed.
+reliability: deps build
+	node dist/scripts/reliability.js
+
 clean:
 	rm -rf dist src/gen
+
+# berth under $(DESTDIR)$(PREFIX), berthd/berth in /usr/local/bin, the systemd unit, a default
+# /etc/berth/config.toml (an existing one is kept) and bash completions: docs/install.md.
+PREFIX ?= /opt/berth
+DESTDIR ?=
+install: build
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" scripts/install.sh
