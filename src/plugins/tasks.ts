@@ -8,13 +8,14 @@
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseDuration } from "../base/duration.js";
 import { errFailedPrecondition } from "../base/errdefs.js";
 import type { Plugin } from "../base/plugin.js";
 import { PluginType, ServiceId } from "../base/plugin-types.js";
 import type { ContainerStore } from "../core/containers/store.js";
 import type { Exchange } from "../core/events/exchange.js";
 import { shimEventsServer } from "../core/runtime/events.js";
-import { TaskManager } from "../core/runtime/manager.js";
+import { DEFAULT_SHIM_TIMEOUTS, type ShimTimeouts, TaskManager } from "../core/runtime/manager.js";
 import { Tasks } from "../gen/containerd/services/tasks/v1/tasks_pb.js";
 import { tasksService } from "../services/tasks.js";
 import { setChildSubreaper } from "../sys/reaper.js";
@@ -23,6 +24,26 @@ import { type GrpcServicePlugin, registration } from "./grpc.js";
 
 /** bin/berth-publish.js: what shims get as -publish-binary. */
 export const PUBLISH_BINARY = join(dirname(fileURLToPath(import.meta.url)), "../../../bin/berth-publish.js");
+
+/** The shim timeouts from `[timeouts]`; a key that is missing or unreadable keeps its default. */
+export function shimTimeouts(table: Record<string, string> = {}): ShimTimeouts {
+  const ms = (key: string, dflt: number) => {
+    const v = table[key];
+    if (v === undefined) return dflt;
+    try {
+      return Math.max(0, parseDuration(String(v)));
+    } catch {
+      return dflt;
+    }
+  };
+  const d = DEFAULT_SHIM_TIMEOUTS;
+  return {
+    load: ms("io.containerd.timeout.shim.load", d.load),
+    cleanup: ms("io.containerd.timeout.shim.cleanup", d.cleanup),
+    shutdown: ms("io.containerd.timeout.shim.shutdown", d.shutdown),
+    call: ms("berth.timeout.shim.call", d.call),
+  };
+}
 
 export const runtimeV2Plugin: Plugin = {
   type: PluginType.RuntimeV2,
@@ -65,6 +86,7 @@ export const runtimeV2Plugin: Plugin = {
       },
       events,
       ic.log,
+      shimTimeouts(ic.daemon.timeouts),
     );
     manager.startReaper();
     ic.onClose(async () => {

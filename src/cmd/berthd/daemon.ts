@@ -11,6 +11,7 @@ import { H2GrpcServer } from "../../grpc/h2server.js";
 import type { GrpcServicePlugin } from "../../plugins/grpc.js";
 import { configService } from "../../services/berth-config.js";
 import { REVISION, VERSION } from "../../version.js";
+import { checkOwnDir } from "./dirs.js";
 import { metricsSources, serveDebug, serveMetrics } from "./http.js";
 import { applyOomScore } from "./oom.js";
 import { ConfigReloader, type ReloadSource } from "./reload.js";
@@ -45,6 +46,8 @@ export class Daemon {
     applyOomScore(cfg.oom_score, this.log);
     mkdirSync(cfg.root, { recursive: true, mode: 0o711 });
     mkdirSync(cfg.state, { recursive: true, mode: 0o711 });
+    checkOwnDir("root", cfg.root);
+    checkOwnDir("state", cfg.state);
     if (cfg.plugin_dir)
       this.log.warn("plugin_dir is ignored: berthd loads no external plugins", {
         plugin_dir: cfg.plugin_dir,

@@ -39,6 +39,29 @@ export const DEFAULT_RUNTIME = "io.containerd.runc.v2";
 const key = (ns: string, id: string) => `${ns}/${id}`;
 
 /**
+ * How long the manager waits on shims, in ms (0: no bound). The first three are containerd's
+ * `[timeouts]` of the same names; `call` is berth's bound on every shim call but Wait and Create
+ * (containerd has none: a stopped shim holds its callers until their own deadline, if any).
+ */
+export interface ShimTimeouts {
+  /** Reconnecting to a shim at start-up (`io.containerd.timeout.shim.load`). */
+  load: number;
+  /** Running a dead shim's `delete` (`io.containerd.timeout.shim.cleanup`). */
+  cleanup: number;
+  /** Waiting for a shim to go after Shutdown (`io.containerd.timeout.shim.shutdown`). */
+  shutdown: number;
+  /** Each call to a running shim (`berth.timeout.shim.call`). */
+  call: number;
+}
+
+export const DEFAULT_SHIM_TIMEOUTS: ShimTimeouts = {
+  load: 5000,
+  cleanup: 5000,
+  shutdown: 3000,
+  call: 30_000,
+};
+
+/**
  * This process's children by PID, from each thread's `children` list (an orphan is reparented to
  * one of the subreaper's threads); the whole of /proc only where the kernel lacks those lists.
  * Reading a dozen short files each second instead of every process's stat keeps the reaper cheap
@@ -87,6 +110,8 @@ export class TaskManager {
   private readonly live = new Map<string, ShimConnection>();
   /** Shim PIDs to reap once they exit. */
   private readonly shimPids = new Set<number>();
+  /** Other zombie children by PID: their start time and when first seen (see reapShims). */
+  private lingering = new Map<number, { start: string; since: number }>();
   private readonly exits = new EventEmitter();
   private readonly stopWatching = new AbortController();
   private timer: NodeJS.Timeout | undefined;
@@ -99,6 +124,7 @@ export class TaskManager {
     private readonly env: ShimEnv,
     private readonly events: Exchange,
     private readonly log: Logger,
+    private readonly timeouts: ShimTimeouts = DEFAULT_SHIM_TIMEOUTS,
   ) {
     this.exits.setMaxListeners(0);
     void this.watchExits();
@@ -153,9 +179,13 @@ export class TaskManager {
       }
     }
     // orphans this process never spawned through Node (their starter exited): zombies whose
-    // parent is berthd and whose command is a shim or runc
+    // parent is berthd and whose command is a shim or runc. Any other zombie is a container's
+    // process reparented here when its shim died (killed, OOM): reaped once it has stayed a zombie
+    // for a second, which a child Node spawned itself never does (libuv reaps those at once).
     const names = childPids();
     if (names === undefined) return;
+    const now = Date.now();
+    const lingering = new Map<number, { start: string; since: number }>();
     for (const name of names) {
       if (!/^\d+$/.test(name)) continue;
       const pid = Number(name);
@@ -168,9 +198,18 @@ export class TaskManager {
       }
       const close = stat.lastIndexOf(")");
       const comm = stat.slice(stat.indexOf("(") + 1, close);
-      const [state, ppid] = stat.slice(close + 2).split(" ");
+      const fields = stat.slice(close + 2).split(" ");
+      const [state, ppid] = fields;
       if (state !== "Z" || Number(ppid) !== process.pid) continue;
-      if (!comm.startsWith("containerd-shim") && !comm.startsWith("runc")) continue;
+      if (!comm.startsWith("containerd-shim") && !comm.startsWith("runc")) {
+        const start = fields[19] ?? "";
+        const seen = this.lingering.get(pid);
+        const since = seen && seen.start === start ? seen.since : now;
+        if (now - since < 1000) {
+          lingering.set(pid, { start, since });
+          continue;
+        }
+      }
       if (this.env.spawned.has(pid)) continue;
       try {
         reap(pid);
@@ -178,6 +217,7 @@ export class TaskManager {
         // gone meanwhile
       }
     }
+    this.lingering = lingering;
   }
 
   /** Stop (berthd shutdown): close the shim connections; the shims and their tasks keep running. */
@@ -221,6 +261,7 @@ export class TaskManager {
       if (this.shims.get(address) === existing) this.shims.delete(address);
     }
     const p = ShimConnection.connect(address).then((s) => {
+      s.callTimeoutMs = this.timeouts.call;
       this.live.set(address, s);
       this.track(s);
       return s;
@@ -294,7 +335,7 @@ export class TaskManager {
       }
       if (bundle) {
         const b = bundle;
-        await deleteDeadShim(this.env, b, runtime).catch(() => {});
+        await deleteDeadShim(this.env, b, runtime, this.timeouts.cleanup).catch(() => {});
         await deleteBundle(b).catch((e) => this.log.warn("cannot remove bundle", { error: String(e) }));
       }
       throw err;
@@ -337,7 +378,9 @@ export class TaskManager {
       } catch {
         // the shim closes its socket while answering; either way it is going
       }
-      await Promise.race([closed, new Promise((r) => setTimeout(r, 3000))]);
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([closed, new Promise((r) => (t = setTimeout(r, this.timeouts.shutdown || 3000)))]);
+      clearTimeout(t);
     }
     shim.close();
     this.reapShims();
@@ -358,9 +401,20 @@ export class TaskManager {
       let exit: ExitInfo | undefined;
       let shimErr: unknown;
       try {
-        const r = await shim.client.delete({ id }, { namespace: ns });
+        const r = await shim.client.delete(
+          { id },
+          { namespace: ns, timeoutMs: shim.callTimeoutMs || undefined },
+        );
         exit = { pid: r.pid, ...exitStatusOf(r.exitStatus, r.exitedAt) };
       } catch (err) {
+        if (shim.closed && !this.closing && !isNotFound(err)) {
+          // the shim died under this call: its close handler left the task to us (it was being
+          // deleted), so clean up as after any dead shim rather than keep a task nothing can reach
+          this.tasks.delete(k);
+          shim.tasks.delete(k);
+          await this.cleanupAfterDeadShim(task.bundleInfo, task.runtime);
+          throw err;
+        }
         if (!isNotFound(err)) throw err;
         shimErr = err;
       }
@@ -393,7 +447,7 @@ export class TaskManager {
     let exitStatus = 255;
     let exitedAt = new Date();
     try {
-      const r = await deleteDeadShim(this.env, bundle, runtime);
+      const r = await deleteDeadShim(this.env, bundle, runtime, this.timeouts.cleanup);
       exitStatus = r.exitStatus;
       if (r.exitedAt) exitedAt = new Date(Number(r.exitedAt.seconds) * 1000 + r.exitedAt.nanos / 1e6);
     } catch (err) {
@@ -459,16 +513,23 @@ export class TaskManager {
         }
         const exists = containerExists(ns, id);
         if (!exists) this.log.info("container for bundle is gone; cleaning up", { id, namespace: ns });
-        let shim: ShimConnection;
+        let shim: ShimConnection | undefined;
         let taskPid: number;
         try {
           shim = await this.shimAt(shimAddressOf(bundle));
           seen.set(shim, { ns, id });
           shim.addLog(openShimLog(bundle, this.env.log));
-          const c = await shim.connectTask(ns, id, 5000);
+          const c = await shim.connectTask(ns, id, this.timeouts.load || 5000);
           taskPid = c.taskPid;
           if (c.shimPid > 0) this.shimPids.add(c.shimPid);
         } catch (err) {
+          // a shim that accepts but does not answer (stopped, wedged): drop the connection rather
+          // than ask it to shut down below, which would wait on it once more
+          if (shim && shim.tasks.size === 0 && !shim.closed) {
+            seen.delete(shim);
+            this.forget(shim);
+            shim.close();
+          }
           if (exists)
             this.log.info("shim gone while berthd was down", {
               id,

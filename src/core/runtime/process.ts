@@ -92,8 +92,9 @@ export class ShimProcess implements Process {
     return this.execId || this.taskId;
   }
 
+  /** Call options: the namespace and the shim's per-call bound (not for Wait, which may block for ever). */
   protected get ns() {
-    return { namespace: this.namespace };
+    return { namespace: this.namespace, timeoutMs: this.shim.callTimeoutMs || undefined };
   }
 
   async start(): Promise<number> {
@@ -120,7 +121,7 @@ export class ShimProcess implements Process {
   async state(opts: { timeoutMs?: number } = {}): Promise<ProcessState> {
     const s = await this.shim.client.state(
       { id: this.taskId, execId: this.execId },
-      { namespace: this.namespace, timeoutMs: opts.timeoutMs },
+      { namespace: this.namespace, timeoutMs: opts.timeoutMs ?? (this.shim.callTimeoutMs || undefined) },
     );
     if (s.pid) this.pid = s.pid;
     return {

@@ -74,6 +74,7 @@ async function run(
   args: string[],
   cwd: string | undefined,
   stdin: Uint8Array | undefined,
+  timeoutMs = 0,
 ): Promise<RunResult> {
   // posix_spawn, not child_process: forking the daemon blocks the event loop for several ms
   // (src/sys/spawn.ts). The PID stays in `spawned` until it is reaped here, so the shim reaper
@@ -93,7 +94,23 @@ async function run(
   child.stdin!.end(stdin ? Buffer.from(stdin) : undefined);
   const closed = (s: NodeJS.ReadableStream & { closed: boolean }) =>
     new Promise<void>((res) => (s.closed ? res() : s.once("close", () => res())));
-  const st = await child.exited.finally(() => env.spawned.delete(child.pid));
+  // a shim binary that hangs (its `delete` stuck on a wedged runc or mount) must not hold up the
+  // caller for ever: it is killed after `timeoutMs`, as containerd's cleanup context would
+  let killer: NodeJS.Timeout | undefined;
+  let timedOut = false;
+  if (timeoutMs > 0)
+    killer = setTimeout(() => {
+      timedOut = true;
+      try {
+        process.kill(child.pid, "SIGKILL");
+      } catch {
+        // exited meanwhile
+      }
+    }, timeoutMs);
+  const st = await child.exited.finally(() => {
+    clearTimeout(killer);
+    env.spawned.delete(child.pid);
+  });
   // a daemonized grandchild might keep the pipes open: do not wait for them past 2 s after the exit
   let t: NodeJS.Timeout | undefined;
   await Promise.race([
@@ -103,6 +120,7 @@ async function run(
   clearTimeout(t);
   child.stdout!.destroy();
   child.stderr!.destroy();
+  if (timedOut) throw new Error(`${binary} ${args[args.length - 1]}: timed out after ${timeoutMs} ms`);
   return { code: st.code, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
 }
 
@@ -161,6 +179,12 @@ export class ShimConnection {
   shimPid = 0;
   /** `<ns>/<id>` of the tasks (being created or created) on this shim. */
   readonly tasks = new Set<string>();
+  /**
+   * The bound on each call to this shim other than Wait (0: none). A stopped or wedged shim would
+   * otherwise hold every caller (and the gRPC call behind it) for ever; past it the call fails
+   * with DeadlineExceeded, while the shim's other tasks and every other shim are unaffected.
+   */
+  callTimeoutMs = 0;
   private readonly logPipes: Socket[] = [];
 
   private constructor(
@@ -249,7 +273,12 @@ export function shimAddressOf(bundle: Bundle): string {
 }
 
 /** Run `<shim> ... -bundle B delete` for a shim that is gone; its DeleteResponse (exit status). */
-export async function deleteDeadShim(env: ShimEnv, bundle: Bundle, runtime: string): Promise<DeleteResponse> {
+export async function deleteDeadShim(
+  env: ShimEnv,
+  bundle: Bundle,
+  runtime: string,
+  timeoutMs = 0,
+): Promise<DeleteResponse> {
   let binary: string;
   const recorded = join(bundle.path, "shim-binary-path");
   binary = existsSync(recorded) ? readFileSync(recorded, "utf8").trim() : findShimBinary(runtime);
@@ -267,7 +296,7 @@ export async function deleteDeadShim(env: ShimEnv, bundle: Bundle, runtime: stri
     bundle.path,
     "delete",
   ];
-  const r = await run(env, binary, args, bundle.path, undefined);
+  const r = await run(env, binary, args, bundle.path, undefined, timeoutMs);
   if (r.code !== 0) throw new Error(`${r.stderr.toString("utf8").trim()}: exit status ${r.code}`);
   const warn = r.stderr.toString("utf8").trim();
   if (warn) env.log.warn("cleanup warnings", { id: bundle.id, warnings: warn });
