@@ -19,13 +19,30 @@ export function frameMessage(msg: Uint8Array): Buffer {
   return out;
 }
 
+/** Inflates a message, never past `max` bytes (a decompression bomb stops at the limit). */
+export type Decompressor = (b: Uint8Array, max: number) => Uint8Array;
+
 /** Message decompression for a call's grpc-encoding; undefined when the encoding is unknown. */
-export function decompressorFor(
-  encoding: string | undefined,
-): ((b: Uint8Array) => Uint8Array) | null | undefined {
+export function decompressorFor(encoding: string | undefined): Decompressor | null | undefined {
   if (encoding === undefined || encoding === "identity") return null;
-  if (encoding === "gzip") return (b) => gunzipSync(b);
+  if (encoding === "gzip") return gunzipBounded;
   return undefined;
+}
+
+/**
+ * gunzip with its output capped one byte past `max`: a 1 MiB message of compressed zeros would
+ * otherwise be inflated whole (a GiB, synchronously, stalling every call) before the size check.
+ */
+function gunzipBounded(b: Uint8Array, max: number): Uint8Array {
+  try {
+    return gunzipSync(b, { maxOutputLength: max + 1 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ERR_BUFFER_TOO_LARGE") throw err;
+    throw statusError(
+      "resource exhausted",
+      `grpc: received message after decompression larger than max (>${max} vs. ${max})`,
+    );
+  }
 }
 
 /**
@@ -42,7 +59,7 @@ export class MessageDecoder {
 
   constructor(
     private readonly maxSize: number,
-    private readonly decompress: ((b: Uint8Array) => Uint8Array) | null,
+    private readonly decompress: Decompressor | null,
     private readonly onMessage: (msg: Uint8Array) => void,
   ) {}
 
@@ -126,7 +143,7 @@ export class MessageDecoder {
 
   private deliver(compressed: boolean, body: Uint8Array): void {
     if (compressed) {
-      body = this.decompress!(body);
+      body = this.decompress!(body, this.maxSize);
       if (body.byteLength > this.maxSize)
         throw statusError(
           "resource exhausted",

@@ -801,7 +801,14 @@ export class LayerApplier implements TarSink {
       if (d.gen !== this.gen) {
         // something was removed since: resolve the path again inside the root
         this.linksWalked = 0;
-        const r = this.walk(this.rootB, real.split("/"), false);
+        let r: { real: string[]; missing: number };
+        try {
+          r = this.walk(this.rootB, real.split("/"), false);
+        } catch (err) {
+          // a later entry replaced the directory (or a parent) with a file: nothing to finish
+          if (errCode(err) === "ENOTDIR") continue;
+          throw err;
+        }
         if (r.missing >= 0) continue;
         real = r.real.join("/");
       }

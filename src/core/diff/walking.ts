@@ -124,6 +124,17 @@ async function withView<T>(mounts: Mount[], fn: (root: string) => Promise<T>): P
   return withTempMount(readonlyMounts(mounts), fn);
 }
 
+/**
+ * A directory the shortcuts apply straight into: only an absolute path. An empty one would be
+ * taken as "/" (the host's root) and a relative one as berthd's working directory, where a
+ * mount (containerd's only way) would fail or mean something else.
+ */
+function directRoot(p: string): string {
+  if (!p.startsWith("/"))
+    throw errInvalidArgument(`cannot apply a layer onto ${JSON.stringify(p)}: not an absolute path`);
+  return p;
+}
+
 function uniqueRef(): string {
   return `${process.hrtime.bigint()}-${randomBytes(3).toString("base64url")}`;
 }
@@ -178,9 +189,9 @@ export class WalkingDiffer {
       const m = mounts[0];
       if (mounts.length === 1 && m!.type === "overlay" && overlayDirs(m!).upper) {
         const { upper, lower } = overlayDirs(m!);
-        result = await run(upper!, "overlay", lower);
+        result = await run(directRoot(upper!), "overlay", lower);
       } else if (mounts.length === 1 && isBind(m!) && !readOnly(m!)) {
-        result = await run(m!.source, "plain");
+        result = await run(directRoot(m!.source), "plain");
       } else {
         if (mounts.length === 0) throw errInvalidArgument("no mounts to apply the layer onto");
         result = await withTempMount(mounts, (root) => run(root, "plain"));
