@@ -1,9 +1,11 @@
 // The optional HTTP endpoints: [metrics] address (TCP host:port, Prometheus text at /v1/metrics,
 // as containerd; prom-client is loaded only when it is set) and [debug] address (a unix socket
-// with /debug/vars, process stats as JSON).
+// with /debug/vars, process stats as JSON, and /debug/gc, the same after a full collection).
 import { chmodSync, chownSync, mkdirSync, unlinkSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { dirname } from "node:path";
+import { getHeapStatistics, setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import type { PluginSet } from "../../base/plugin.js";
 import { PluginType } from "../../base/plugin-types.js";
 import type { MetadataDB } from "../../core/metadata/db.js";
@@ -79,6 +81,20 @@ export async function serveMetrics(address: string, metrics: Metrics): Promise<S
   return server;
 }
 
+let gcFn: (() => void) | undefined;
+
+/**
+ * A full V8 collection without starting berthd with --expose-gc: the flag is set at run time and
+ * `gc` taken from a fresh context (only the debug socket, root's, can ask for it).
+ */
+function fullGc(): void {
+  if (!gcFn) {
+    setFlagsFromString("--expose-gc");
+    gcFn = runInNewContext("gc") as () => void;
+  }
+  gcFn();
+}
+
 export async function serveDebug(address: string, uid: number, gid: number): Promise<Server> {
   if (!address.startsWith("/"))
     throw new Error(`debug.address ${JSON.stringify(address)} must be a unix socket path`);
@@ -94,6 +110,13 @@ export async function serveDebug(address: string, uid: number, gid: number): Pro
           resources: process.resourceUsage(),
         }),
       );
+      return;
+    }
+    if (req.url === "/debug/gc") {
+      // A full collection first, so the heap figures are what is live (memory-over-time runs).
+      fullGc();
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ memstats: process.memoryUsage(), heap: getHeapStatistics() }));
       return;
     }
     res.writeHead(404).end("not found\n");
