@@ -293,7 +293,7 @@ export class MetadataCollector {
           if (!live.has(snapshotNode(s.namespace, s.snapshotter, s.key)))
             removed += del.run(s.namespace, s.snapshotter, s.key).changes;
       }
-      // Ingests held by no live lease and idle for a day are abandoned.
+      // Ingests held by no live lease are abandoned (see below for when they go).
       const leased = new Set(
         (
           this.db.stmt("SELECT namespace, id FROM lease_resources WHERE type = 'ingests'").all() as {
@@ -306,10 +306,18 @@ export class MetadataCollector {
         const cols = (this.db.stmt("PRAGMA table_info(ingests)").all() as { name: string }[]).map(
           (c) => c.name,
         );
-        if (cols.includes("updated_at")) {
+        // An ingest opened under a lease that no longer holds it (the client's lease was deleted
+        // after a failed pull) goes at once, as containerd collects unreferenced leased ingests:
+        // left, a complete but wrong ingest is resumed by every later pull of the same ref
+        // (ctr's), whose commit then fails. Unleased ones go after a day idle.
+        const when = [
+          ...(cols.includes("updated_at") ? ["updated_at < ?"] : []),
+          ...(cols.includes("lease") ? ["lease != ''"] : []),
+        ];
+        if (when.length > 0) {
           const stale = this.db
-            .stmt("SELECT namespace, ref FROM ingests WHERE updated_at < ?")
-            .all(now - INGEST_MAX_AGE_MS) as {
+            .stmt(`SELECT namespace, ref FROM ingests WHERE ${when.join(" OR ")}`)
+            .all(...(cols.includes("updated_at") ? [now - INGEST_MAX_AGE_MS] : [])) as {
             namespace: string;
             ref: string;
           }[];

@@ -39,6 +39,7 @@ async function open(
   ref: Reference,
   desc: Descriptor,
   offset: number,
+  retries?: number,
 ): Promise<Opened> {
   const scopes = [repositoryScope(ref.path)];
   const kinds = isManifestType(desc.mediaType) ? ["manifests", "blobs"] : ["blobs"];
@@ -53,6 +54,7 @@ async function open(
       host,
       scopes,
       headers,
+      retries,
     });
     if (res.status === 200) return { res, skip: offset };
     if (res.status === 206) {
@@ -141,7 +143,13 @@ async function* verified(
       resumes++;
       cur.res.body.destroy();
       await sleep((opts.backoffMs ?? 200) * 2 ** (resumes - 1));
-      cur = await open(t, host, ref, desc, got);
+      // a failed resume is still a truncated blob: say so, with why the resume failed
+      cur = await open(t, host, ref, desc, got).catch((err: unknown) => {
+        throw new RegistryError(
+          err instanceof RegistryError ? err.kind : "unavailable",
+          `${desc.digest} from ${host.host}: truncated at ${got} of ${desc.size} bytes (${reason}), and resuming failed: ${(err as Error).message}`,
+        );
+      });
     }
     const actual = hash ? `${alg}:${hash.digest("hex")}` : desc.digest;
     if (actual !== desc.digest)
@@ -169,7 +177,9 @@ export async function fetchBlob(
   const errors: { host: RegistryHost; err: unknown }[] = [];
   for (const host of candidates) {
     try {
-      const first = await open(t, host, ref, desc, 0);
+      // as in resolve(): no retries on a host that has a next one to fall back to
+      const last = host === candidates[candidates.length - 1];
+      const first = await open(t, host, ref, desc, 0, last ? undefined : 0);
       const len = Number(header(first.res.headers, "content-length"));
       if (first.res.status === 200 && Number.isFinite(len) && len !== desc.size) {
         await first.res.body.dump();

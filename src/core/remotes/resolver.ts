@@ -38,7 +38,12 @@ export function allHostsFailed(what: string, errors: { host: RegistryHost; err: 
   return new RegistryError(kind, `${what}: every host failed (${parts.join("; ")})`);
 }
 
-async function resolveOn(t: Transport, host: RegistryHost, ref: Reference): Promise<Descriptor> {
+async function resolveOn(
+  t: Transport,
+  host: RegistryHost,
+  ref: Reference,
+  retries?: number,
+): Promise<Descriptor> {
   const object = ref.digest ?? ref.tag ?? "latest";
   const path = `/${ref.path}/manifests/${object}`;
   const scopes = [repositoryScope(ref.path)];
@@ -46,7 +51,7 @@ async function resolveOn(t: Transport, host: RegistryHost, ref: Reference): Prom
   const notFound = () =>
     new RegistryError("not found", `${formatReference(ref)}: not found on ${host.host}`, 404);
 
-  const head = await t.send({ method: "HEAD", path, host, scopes, headers });
+  const head = await t.send({ method: "HEAD", path, host, scopes, headers, retries });
   await head.body.dump();
   if (head.status === 404) throw notFound();
   if (head.status === 200) {
@@ -73,7 +78,7 @@ async function resolveOn(t: Transport, host: RegistryHost, ref: Reference): Prom
     }
   }
   // HEAD was refused or left something out: GET the manifest and measure it ourselves.
-  const get = await t.send({ method: "GET", path, host, scopes, headers });
+  const get = await t.send({ method: "GET", path, host, scopes, headers, retries });
   if (get.status === 404) {
     await get.body.dump();
     throw notFound();
@@ -123,7 +128,10 @@ export async function resolve(t: Transport, hosts: RegistryHost[], ref: Referenc
   const errors: { host: RegistryHost; err: unknown }[] = [];
   for (const host of candidates) {
     try {
-      const descriptor = await resolveOn(t, host, ref);
+      // A mirror that fails is left for the next host at once, as containerd does; only the
+      // last host gets the transport's retries (a down mirror cost seconds per request).
+      const last = host === candidates[candidates.length - 1];
+      const descriptor = await resolveOn(t, host, ref, last ? undefined : 0);
       return { name: formatReference(ref), descriptor, host };
     } catch (err) {
       // A refusal to handle schema 1 is about the image, not the host: no point asking the next.

@@ -109,6 +109,28 @@ function netErrorCode(err: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * BERTH_REGISTRY_TIMEOUT_MS, when set in the daemon's environment, replaces the 60 s default for
+ * how long a registry may stay silent (before the response headers, or within a body): a slow
+ * link can raise it, and the reliability suite lowers it to test stalls in seconds.
+ */
+function envTimeoutMs(): number | undefined {
+  const v = Number(process.env.BERTH_REGISTRY_TIMEOUT_MS);
+  return Number.isFinite(v) && v > 0 ? v : undefined;
+}
+
+/** The longest Retry-After waited for; a registry asking for more fails the request at once. */
+const MAX_RETRY_AFTER_MS = 30_000;
+
+/** A Retry-After header (seconds or an HTTP date) as milliseconds from now. */
+function retryAfterMs(v: string | undefined): number | undefined {
+  if (!v) return undefined;
+  const t = v.trim();
+  if (/^\d+$/.test(t)) return Number(t) * 1000;
+  const at = Date.parse(t);
+  return Number.isFinite(at) ? Math.max(0, at - Date.now()) : undefined;
+}
+
 export class Transport {
   readonly authorizer: Authorizer;
   private readonly agents = new Map<string, Agent>();
@@ -117,10 +139,11 @@ export class Transport {
 
   constructor(opts: TransportOptions = {}) {
     this.log = opts.logger ?? nopLogger;
+    const silence = envTimeoutMs();
     this.o = {
       connectTimeoutMs: opts.connectTimeoutMs ?? 30_000,
-      headersTimeoutMs: opts.headersTimeoutMs ?? 60_000,
-      bodyTimeoutMs: opts.bodyTimeoutMs ?? 60_000,
+      headersTimeoutMs: opts.headersTimeoutMs ?? silence ?? 60_000,
+      bodyTimeoutMs: opts.bodyTimeoutMs ?? silence ?? 60_000,
       retries: opts.retries ?? 3,
       backoffMs: opts.backoffMs ?? 200,
       userAgent: opts.userAgent ?? "berth/0.1",
@@ -268,8 +291,11 @@ export class Transport {
     return new RegistryError("unavailable", `${what}: ${code ? `${code}: ` : ""}${msg}`, undefined, err);
   }
 
-  private isTransient(err: unknown): boolean {
+  private isTransient(err: unknown, method: string): boolean {
     const code = netErrorCode(err);
+    // A registry that stalled before answering a GET or HEAD is asked again (containerd's Go
+    // client would still be waiting); a request with a body is not resent for a timeout.
+    if (code === "UND_ERR_HEADERS_TIMEOUT") return method === "GET" || method === "HEAD";
     return code !== undefined && TRANSIENT_CODES.has(code);
   }
 
@@ -332,7 +358,7 @@ export class Transport {
         }
       } catch (err) {
         const e = this.describe(err, req.method, u);
-        if (attempt < retries && this.isTransient(err)) {
+        if (attempt < retries && this.isTransient(err, method)) {
           this.log.debug("registry request failed, retrying", { url: u.href, error: e.message, attempt });
           await backoff();
           continue;
@@ -358,17 +384,26 @@ export class Transport {
           401,
         );
       }
-      if ((status >= 500 || status === 429) && attempt < retries) {
+      // A registry that says when to come back (429, 503) is not asked again sooner; one that
+      // says "much later" fails the request now, with that in the message.
+      const after =
+        status >= 500 || status === 429 ? retryAfterMs(header(res.headers, "retry-after")) : undefined;
+      if ((status >= 500 || status === 429) && attempt < retries && (after ?? 0) <= MAX_RETRY_AFTER_MS) {
         await res.body.dump();
         this.log.debug("registry answered a transient error, retrying", { url: u.href, status, attempt });
-        await backoff();
+        if (after !== undefined) await sleep(Math.max(after, this.o.backoffMs * 2 ** attempt));
+        else await backoff();
         continue;
       }
       if (status >= 500 || status === 429) {
         const text = (await res.body.text()).slice(0, 300);
+        const later =
+          after !== undefined && after > MAX_RETRY_AFTER_MS
+            ? ` (it asked to retry after ${Math.round(after / 1000)}s)`
+            : "";
         throw new RegistryError(
           "unavailable",
-          `${req.method} ${u.origin}${u.pathname}: ${req.host.host} answered HTTP ${status} after ${attempt + 1} attempts: ${text.trim()}`,
+          `${req.method} ${u.origin}${u.pathname}: ${req.host.host} answered HTTP ${status} after ${attempt + 1} attempts${later}${text.trim() ? `: ${text.trim()}` : ""}`,
           status,
         );
       }
