@@ -27,9 +27,11 @@ export const gcPlugin: Plugin<SchedulerConfig> = {
     }
     const md = ic.get<Metadata>(PluginType.Metadata);
     const collector = new MetadataCollector(md.db);
-    collector.addSweeper({ sweep: () => md.content.sweep() });
+    collector.addSweeper({ kind: "content", sweep: () => md.content.sweep() });
     const snapshots = ic.getAll<SnapshotService>(PluginType.Service).get(ServiceId.Snapshots);
-    if (snapshots) for (const sn of snapshots.all()) collector.addSweeper({ sweep: () => sn.collect() });
+    if (snapshots)
+      for (const sn of snapshots.all())
+        collector.addSweeper({ kind: `snapshots/${sn.name}`, sweep: () => sn.collect() });
     const scheduler = new GcScheduler(collector, cfg);
     scheduler.onCollected = (s) =>
       ic.log.debug("garbage collected", { d: `${s.elapsedMs.toFixed(1)}ms`, removed: s.removed });

@@ -281,7 +281,8 @@ export class MetadataContentStore {
       if (r.changes === 0) throw errNotFound(`content digest ${dgst}`);
       this.removeLease(ns, lease, "content", dgst);
     });
-    // the blob may now be garbage: tell the collector
+    // the blob may now be garbage: tell the collector, and that the blob store needs a sweep
+    this.db.markBackendDirty("content");
     this.db.mutated(true);
     this.events.publish(
       ns,

@@ -17,6 +17,12 @@ const INGEST_MAX_AGE_MS = 24 * 3600 * 1000;
 
 /** A backend's part of the sweep: drop what no metadata record references any more. */
 export interface BackendSweeper {
+  /**
+   * "content" or "snapshots/<name>": the sweep runs only when rows of that backend went since
+   * its last sweep (MetadataDB.markBackendDirty, or this collection's own deletions), and on the
+   * first collection after start (what a crash left). Without a kind it runs every time.
+   */
+  kind?: string;
   sweep(): Promise<number>;
 }
 
@@ -262,10 +268,14 @@ export class MetadataCollector {
     return { live: graph.mark(), expiredLeases: graph.expiredLeases };
   }
 
-  /** One full collection. */
-  async collect(): Promise<GcStats> {
+  /** Whether every backend has been swept once since start (crash leftovers). */
+  private sweptAll = false;
+
+  /** One collection: mark, delete unreachable rows, sweep the backends that need it (`full`: all). */
+  async collect(opts: { full?: boolean } = {}): Promise<GcStats> {
     const start = performance.now();
     let removed = 0;
+    const dirty = new Set<string>();
     this.db.tx(() => {
       const now = Date.now();
       const { live, expiredLeases } = this.mark(now);
@@ -279,8 +289,13 @@ export class MetadataCollector {
         namespace: string;
         digest: string;
       }[]) {
-        if (!live.has(contentNode(c.namespace, c.digest)))
-          removed += delContent.run(c.namespace, c.digest).changes;
+        if (
+          !live.has(contentNode(c.namespace, c.digest)) &&
+          delContent.run(c.namespace, c.digest).changes > 0
+        ) {
+          removed++;
+          dirty.add("content");
+        }
       }
       if (this.tableExists("snapshots")) {
         const del = this.db.stmt("DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?");
@@ -290,8 +305,13 @@ export class MetadataCollector {
           key: string;
         }[];
         for (const s of rows)
-          if (!live.has(snapshotNode(s.namespace, s.snapshotter, s.key)))
-            removed += del.run(s.namespace, s.snapshotter, s.key).changes;
+          if (
+            !live.has(snapshotNode(s.namespace, s.snapshotter, s.key)) &&
+            del.run(s.namespace, s.snapshotter, s.key).changes > 0
+          ) {
+            removed++;
+            dirty.add(`snapshots/${s.snapshotter}`);
+          }
       }
       // Ingests held by no live lease are abandoned (see below for when they go).
       const leased = new Set(
@@ -322,14 +342,30 @@ export class MetadataCollector {
             ref: string;
           }[];
           for (const i of stale)
-            if (!leased.has(`${i.namespace}\0${i.ref}`))
-              removed += this.db
-                .stmt("DELETE FROM ingests WHERE namespace = ? AND ref = ?")
-                .run(i.namespace, i.ref).changes;
+            if (
+              !leased.has(`${i.namespace}\0${i.ref}`) &&
+              this.db.stmt("DELETE FROM ingests WHERE namespace = ? AND ref = ?").run(i.namespace, i.ref)
+                .changes > 0
+            ) {
+              removed++;
+              dirty.add("content");
+            }
         }
       }
     });
-    for (const s of this.sweepers) removed += await s.sweep();
+    for (const k of this.db.takeDirtyBackends()) dirty.add(k);
+    const all = opts.full || !this.sweptAll;
+    this.sweptAll = true;
+    for (const s of this.sweepers) {
+      if (!all && s.kind !== undefined && !dirty.has(s.kind)) continue;
+      try {
+        removed += await s.sweep();
+      } catch (err) {
+        // not swept: the next collection tries again
+        if (s.kind !== undefined) this.db.markBackendDirty(s.kind);
+        throw err;
+      }
+    }
     return { elapsedMs: performance.now() - start, removed };
   }
 }

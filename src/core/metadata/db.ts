@@ -161,6 +161,25 @@ export class MetadataDB {
     }
   }
 
+  /** Backends ("content", "snapshots/<name>") that may hold data no row points at any more. */
+  private readonly dirtyBackends = new Set<string>();
+
+  /**
+   * A row was removed outside a collection and its backend data may have stayed (a deleted blob,
+   * a snapshot the backend refused to remove): the next collection sweeps that backend. As
+   * containerd's dirty flags, this keeps collections from walking every backend every time.
+   */
+  markBackendDirty(kind: string): void {
+    this.dirtyBackends.add(kind);
+  }
+
+  /** The backends marked since the last call (the collector takes them once per collection). */
+  takeDirtyBackends(): Set<string> {
+    const out = new Set(this.dirtyBackends);
+    this.dirtyBackends.clear();
+    return out;
+  }
+
   /** The GC scheduler listens here (containerd's RegisterMutationCallback). */
   onMutation(fn: (dirty: boolean) => void): void {
     this.mutationHooks.push(fn);

@@ -153,6 +153,7 @@ export class NamespaceStore {
       this.db.stmt("DELETE FROM lease_resources WHERE namespace = ?").run(name);
       this.db.stmt("DELETE FROM leases WHERE namespace = ?").run(name);
       this.db.stmt("DELETE FROM ingests WHERE namespace = ?").run(name);
+      this.db.markBackendDirty("content");
       this.db.stmt("DELETE FROM namespaces WHERE name = ?").run(name);
       this.cache = undefined;
     });

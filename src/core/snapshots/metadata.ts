@@ -530,6 +530,8 @@ export class NamespacedSnapshotter {
     try {
       await this.backend.remove(bkey);
     } catch (err) {
+      // left for the collector: its next run must sweep this backend
+      this.s.db.markBackendDirty(`snapshots/${this.name}`);
       if (!isNotFound(err))
         this.s.log.warn("failed to remove backend snapshot; left for collection", {
           snapshotter: this.name,
