@@ -61,3 +61,9 @@ test("/debug/gc collects first: the heap it reports is at most what was used bef
 test("an unknown path is 404", async () => {
   await assert.rejects(fetchJson("/debug/nope"), /HTTP 404/);
 });
+
+test("/debug/gc?trim=1 also hands free malloc memory back: RSS does not grow from it", async () => {
+  const a = await fetchJson("/debug/gc");
+  const b = await fetchJson("/debug/gc?trim=1");
+  assert.ok(b.memstats.rss <= a.memstats.rss + (1 << 20), `rss ${a.memstats.rss} → ${b.memstats.rss}`);
+});

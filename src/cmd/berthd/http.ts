@@ -12,6 +12,7 @@ import type { MetadataDB } from "../../core/metadata/db.js";
 import type { PrometheusExporter } from "../../core/metrics/prometheus.js";
 import type { Metrics, MetricsSources } from "../../core/metrics.js";
 import type { TaskManager } from "../../core/runtime/manager.js";
+import { mallocTrim } from "../../sys/malloc.js";
 import { prepareSocketPath } from "./socket.js";
 
 function listen(server: Server, address: string): Promise<void> {
@@ -112,9 +113,11 @@ export async function serveDebug(address: string, uid: number, gid: number): Pro
       );
       return;
     }
-    if (req.url === "/debug/gc") {
-      // A full collection first, so the heap figures are what is live (memory-over-time runs).
+    if (req.url === "/debug/gc" || req.url === "/debug/gc?trim=1") {
+      // A full collection first, so the heap figures are what is live (memory-over-time runs);
+      // ?trim=1 then hands free malloc memory back to the kernel (what RSS would be without it).
       fullGc();
+      if (req.url.endsWith("trim=1")) mallocTrim();
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify({ memstats: process.memoryUsage(), heap: getHeapStatistics() }));
       return;

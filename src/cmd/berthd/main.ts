@@ -11,6 +11,7 @@ import {
   printConfig,
 } from "../../config/config.js";
 import { allPlugins, pluginDefaults } from "../../plugins/all.js";
+import { startMallocTrim } from "../../sys/malloc.js";
 import { sdNotify, startWatchdog } from "../../sys/notify.js";
 import { REVISION, VERSION } from "../../version.js";
 import { Daemon } from "./daemon.js";
@@ -115,6 +116,7 @@ const program = new Command("berthd")
     }
     safeNotify("READY=1");
     startWatchdog((err) => log.warn("sd_notify WATCHDOG=1 failed", { error: err }));
+    startMallocTrim();
     function safeNotify(s: string) {
       try {
         sdNotify(s);
