@@ -79,6 +79,9 @@ export function defaultConfig(plugins: Record<string, Table>): Config {
       "io.containerd.timeout.shim.load": "5s",
       "io.containerd.timeout.shim.shutdown": "3s",
       "io.containerd.timeout.task.state": "2s",
+      // berth's own: the bound on each call to a running shim (containerd has none, so a stopped
+      // shim holds its callers forever)
+      "berth.timeout.shim.call": "30s",
     },
     plugins: structuredClone(plugins),
     proxy_plugins: {},
