@@ -3,8 +3,9 @@
 // with /debug/vars, process stats as JSON, and /debug/gc, the same after a full collection).
 import { chmodSync, chownSync, mkdirSync, unlinkSync } from "node:fs";
 import { createServer, type Server } from "node:http";
-import { dirname } from "node:path";
-import { getHeapStatistics, setFlagsFromString } from "node:v8";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { getHeapStatistics, setFlagsFromString, writeHeapSnapshot } from "node:v8";
 import { runInNewContext } from "node:vm";
 import type { PluginSet } from "../../base/plugin.js";
 import { PluginType } from "../../base/plugin-types.js";
@@ -111,6 +112,14 @@ export async function serveDebug(address: string, uid: number, gid: number): Pro
           resources: process.resourceUsage(),
         }),
       );
+      return;
+    }
+    if (req.url === "/debug/heapsnapshot") {
+      // a V8 heap snapshot for leak hunting (Chrome DevTools reads it); the event loop stops while
+      // it is written, so this is for debugging only
+      const file = writeHeapSnapshot(join(tmpdir(), `berthd-${process.pid}-${Date.now()}.heapsnapshot`));
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ file }));
       return;
     }
     if (req.url === "/debug/gc" || req.url === "/debug/gc?trim=1") {
