@@ -27,7 +27,7 @@ import {
   utimes,
   writeFile,
 } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { goDuration } from "../../base/duration.js";
 import {
@@ -150,6 +150,24 @@ export function goTime(t: Date, monoMs?: number): string {
 // --- small file helpers -------------------------------------------------------------------------
 
 const isErrno = (err: unknown, code: string) => (err as NodeJS.ErrnoException | undefined)?.code === code;
+
+/**
+ * mkdir -p that reports why it failed. Node's recursive mkdir answers ENOENT for a directory it
+ * could not create for another reason (ENOSPC when the filesystem is out of inodes, …), which
+ * would reach clients as NotFound; plain mkdirs, parent first, report the real errno.
+ */
+async function mkdirAll(dir: string, mode: number): Promise<void> {
+  try {
+    await mkdir(dir, { mode });
+  } catch (err) {
+    if (isErrno(err, "EEXIST")) return;
+    if (!isErrno(err, "ENOENT") || dirname(dir) === dir) throw err;
+    await mkdirAll(dirname(dir), mode);
+    await mkdir(dir, { mode }).catch((e: unknown) => {
+      if (!isErrno(e, "EEXIST")) throw e;
+    });
+  }
+}
 
 async function exists(p: string): Promise<boolean> {
   try {
@@ -399,7 +417,7 @@ export class LocalWriter implements ContentWriter {
 
       const target = this.store.blobPath(dgst);
       const dir = join(this.store.root, "blobs", algorithmOf(dgst));
-      await mkdir(dir, { recursive: true, mode: 0o755 });
+      await mkdirAll(dir, 0o755);
       if (await exists(target)) {
         await rm(this.path, { recursive: true, force: true }).catch(() => {});
         throw errAlreadyExists(`content ${dgst}`);
@@ -766,9 +784,7 @@ export class LocalContentStore {
 
   private ensureIngestRoot(): Promise<void> {
     if (!this.ingestRootReady) {
-      this.ingestRootReady = mkdir(join(this.root, "ingest"), { recursive: true, mode: 0o777 }).then(
-        () => {},
-      );
+      this.ingestRootReady = mkdirAll(join(this.root, "ingest"), 0o777);
       this.ingestRootReady.catch(() => {
         this.ingestRootReady = undefined;
       });

@@ -8,6 +8,7 @@
 // containerd.io/namespace.shareable=true.
 import { create } from "@bufbuild/protobuf";
 import {
+  BerthError,
   errAlreadyExists,
   errFailedPrecondition,
   errInvalidArgument,
@@ -15,6 +16,7 @@ import {
   isAlreadyExists,
   isKind,
   isNotFound,
+  wrap,
 } from "../../base/errdefs.js";
 import { ContentCreateSchema, ContentDeleteSchema } from "../../gen/containerd/events/content_pb.js";
 import type { Exchange } from "../events/exchange.js";
@@ -106,6 +108,18 @@ const toInfo = (r: ContentRow): Info => ({
   updatedAt: new Date(r.updated_at),
   labels: decodeLabels(r.labels),
 });
+
+/**
+ * A system error (ENOSPC, SQLITE_FULL, …) from an ingest, with the ingest's ref before it: the
+ * errno alone ("ENOSPC: no space left on device, write") names nothing the client can act on.
+ * BerthErrors already say what they are about and pass unchanged; the errno code is kept.
+ */
+function ingestError(err: unknown, ref: string): unknown {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return err instanceof Error && typeof code === "string" && !(err instanceof BerthError)
+    ? wrap(err, `ingest ${ref}`)
+    : err;
+}
 
 /** The backend ref of a namespaced ingest, in containerd's `<ns>/<seq>/<ref>` shape. */
 export function backendRef(ns: string, ref: string): string {
@@ -394,12 +408,16 @@ export class MetadataContentStore {
     }
 
     let inserted = false;
-    this.db.tx(() => {
-      this.namespaces.ensure(ns);
-      inserted = this.stmts.insertIngest.run(ns, ref, shared ? expected : "", lease ?? "").changes > 0;
-      if (!inserted && shared) this.stmts.setIngestExpected.run(expected, ns, ref);
-      this.addLease(ns, lease, "ingests", ref);
-    });
+    try {
+      this.db.tx(() => {
+        this.namespaces.ensure(ns);
+        inserted = this.stmts.insertIngest.run(ns, ref, shared ? expected : "", lease ?? "").changes > 0;
+        if (!inserted && shared) this.stmts.setIngestExpected.run(expected, ns, ref);
+        this.addLease(ns, lease, "ingests", ref);
+      });
+    } catch (err) {
+      throw ingestError(err, ref);
+    }
     this.db.mutated(false);
 
     const desc = { size, digest: shared ? expected : "" };
@@ -421,7 +439,7 @@ export class MetadataContentStore {
           // the first failure is the one to report
         }
       }
-      throw err;
+      throw ingestError(err, ref);
     }
   }
 
@@ -543,11 +561,15 @@ export class NamespacedWriter implements ContentWriter {
   }
 
   async write(data: Uint8Array): Promise<number> {
-    if (!this.w) {
-      if (data.length === 0) return 0;
-      await this.createAndCopy(this.desc.size);
+    try {
+      if (!this.w) {
+        if (data.length === 0) return 0;
+        await this.createAndCopy(this.desc.size);
+      }
+      return await this.w!.write(data);
+    } catch (err) {
+      throw ingestError(err, this.ref);
     }
-    return this.w!.write(data);
   }
 
   async truncate(size: number): Promise<void> {

@@ -65,11 +65,12 @@ export abstract class LocalSnapshotter implements Snapshotter {
       if (m) max = Math.max(max, Number(m[1]));
     }
     this.ms.reserveIdsUpTo(max);
-    // Staging directories a crash left behind belong to nothing: remove them in the background
-    // (close() waits), as cleanup() would.
+    // Staging directories a crash left behind belong to nothing, nor do removed snapshots'
+    // directories (renamed to rm-<id> only once their record is gone) that a crash kept from
+    // being deleted: remove them in the background (close() waits), as cleanup() would.
     const dir = this.snapshotsDir;
     const log = this.log;
-    const stale = names.filter((n) => n.startsWith(STAGING_PREFIX));
+    const stale = names.filter((n) => n.startsWith(STAGING_PREFIX) || /^rm-\d+$/.test(n));
     if (stale.length > 0) {
       this.cleaning = (async () => {
         for (const name of stale) {
@@ -264,8 +265,10 @@ export abstract class LocalSnapshotter implements Snapshotter {
     const ids = new Set(rows.map((r) => r.id));
     const names = readdirSync(this.snapshotsDir);
     const present = new Set(names);
+    // rm-<id>: a removed snapshot's directory on its way out (now, in cleanup() or at the next
+    // start), not debris
     const strayDirs = names
-      .filter((n) => !ids.has(n) && !this.inflight.has(n))
+      .filter((n) => !ids.has(n) && !this.inflight.has(n) && !/^rm-\d+$/.test(n))
       .map((n) => join(this.snapshotsDir, n));
     // A committed snapshot keeps the directory it had while active.
     const missing = rows
