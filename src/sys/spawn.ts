@@ -276,6 +276,8 @@ export interface RunOptions extends FastSpawnOptions {
    * grandchild may hold them open forever). Default: wait for them.
    */
   pipeGraceMs?: number;
+  /** Called with the child right after it started (e.g. to record its PID until it is reaped). */
+  onSpawn?: (child: FastChild) => void;
 }
 
 export interface RunResult extends ExitStatus {
@@ -291,6 +293,7 @@ export function runCollect(file: string, args: readonly string[], opts: RunOptio
       return;
     }
     const child = fastSpawn(file, args, { ...opts, stdio: ["pipe", "pipe", "pipe"] });
+    opts.onSpawn?.(child);
     const onAbort = () => child.kill("SIGKILL");
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     const out: Buffer[] = [];

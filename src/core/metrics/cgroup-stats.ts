@@ -152,19 +152,30 @@ const V1_BLKIO: [number, string][] = [
   [8, "blkio_sectors_recursive_total"],
 ];
 
-function v1Samples(m: Fields): CgroupSample[] {
+type AddSample = (name: string, help: string, value: number, labels?: Record<string, string>) => void;
+
+/** Samples collected by `add`, each family named `container_<name>`. */
+function sampler(): { out: CgroupSample[]; add: AddSample } {
   const out: CgroupSample[] = [];
-  const add = (name: string, help: string, value: number, labels?: Record<string, string>) =>
+  const add: AddSample = (name, help, value, labels) =>
     out.push(
       labels
         ? { name: `container_${name}`, help, value, labels }
         : { name: `container_${name}`, help, value },
     );
-  const pids = msg(m, 2);
-  if (pids) {
-    add("pids_current", "Processes in the container's cgroup", num(pids, 1));
-    add("pids_limit", "Maximum processes allowed in the container's cgroup", num(pids, 2));
-  }
+  return { out, add };
+}
+
+/** PidsStat has the same fields (current = 1, limit = 2) in the v1 and v2 messages. */
+function addPids(add: AddSample, pids: Fields | undefined): void {
+  if (!pids) return;
+  add("pids_current", "Processes in the container's cgroup", num(pids, 1));
+  add("pids_limit", "Maximum processes allowed in the container's cgroup", num(pids, 2));
+}
+
+function v1Samples(m: Fields): CgroupSample[] {
+  const { out, add } = sampler();
+  addPids(add, msg(m, 2));
   const cpu = msg(m, 3);
   if (cpu) {
     const u = msg(cpu, 1) ?? new Map();
@@ -250,18 +261,8 @@ const V2_MEMORY: [number, string][] = [
 ];
 
 function v2Samples(m: Fields): CgroupSample[] {
-  const out: CgroupSample[] = [];
-  const add = (name: string, help: string, value: number, labels?: Record<string, string>) =>
-    out.push(
-      labels
-        ? { name: `container_${name}`, help, value, labels }
-        : { name: `container_${name}`, help, value },
-    );
-  const pids = msg(m, 1);
-  if (pids) {
-    add("pids_current", "Processes in the container's cgroup", num(pids, 1));
-    add("pids_limit", "Maximum processes allowed in the container's cgroup", num(pids, 2));
-  }
+  const { out, add } = sampler();
+  addPids(add, msg(m, 1));
   const cpu = msg(m, 2);
   if (cpu) {
     add("cpu_usage_microseconds", "CPU time used by the container (cgroup v2)", num(cpu, 1));

@@ -22,7 +22,7 @@ import {
   Task,
 } from "../../gen/containerd/runtime/v2/task/shim_pb.js";
 import { mknod, S_IFIFO } from "../../sys/mknod.js";
-import { fastSpawn } from "../../sys/spawn.js";
+import { runCollect } from "../../sys/spawn.js";
 import { TtrpcClient, type TtrpcServiceClient } from "../../ttrpc/index.js";
 import type { Bundle } from "./bundle.js";
 
@@ -78,50 +78,31 @@ async function run(
 ): Promise<RunResult> {
   // posix_spawn, not child_process: forking the daemon blocks the event loop for several ms
   // (src/sys/spawn.ts). The PID stays in `spawned` until it is reaped here, so the shim reaper
-  // never takes its status.
-  const child = fastSpawn(binary, args, {
-    cwd,
-    env: { ...process.env, GOMAXPROCS: "2", TTRPC_ADDRESS: env.ttrpcAddress },
-    stdio: ["pipe", "pipe", "pipe"],
-  });
-  env.spawned.add(child.pid);
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout!.on("data", (b: Buffer) => out.push(b));
-  child.stderr!.on("data", (b: Buffer) => err.push(b));
-  for (const s of [child.stdout!, child.stderr!]) s.on("error", () => {});
-  child.stdin!.on("error", () => {});
-  child.stdin!.end(stdin ? Buffer.from(stdin) : undefined);
-  const closed = (s: NodeJS.ReadableStream & { closed: boolean }) =>
-    new Promise<void>((res) => (s.closed ? res() : s.once("close", () => res())));
-  // a shim binary that hangs (its `delete` stuck on a wedged runc or mount) must not hold up the
-  // caller for ever: it is killed after `timeoutMs`, as containerd's cleanup context would
-  let killer: NodeJS.Timeout | undefined;
-  let timedOut = false;
-  if (timeoutMs > 0)
-    killer = setTimeout(() => {
-      timedOut = true;
-      try {
-        process.kill(child.pid, "SIGKILL");
-      } catch {
-        // exited meanwhile
-      }
-    }, timeoutMs);
-  const st = await child.exited.finally(() => {
-    clearTimeout(killer);
-    env.spawned.delete(child.pid);
-  });
-  // a daemonized grandchild might keep the pipes open: do not wait for them past 2 s after the exit
-  let t: NodeJS.Timeout | undefined;
-  await Promise.race([
-    Promise.all([closed(child.stdout!), closed(child.stderr!)]),
-    new Promise((res) => (t = setTimeout(res, 2000))),
-  ]);
-  clearTimeout(t);
-  child.stdout!.destroy();
-  child.stderr!.destroy();
-  if (timedOut) throw new Error(`${binary} ${args[args.length - 1]}: timed out after ${timeoutMs} ms`);
-  return { code: st.code, stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
+  // never takes its status. A daemonized grandchild may keep the pipes open: they are waited
+  // for at most 2 s after the exit. A shim binary that hangs (its `delete` stuck on a wedged
+  // runc or mount) is killed after `timeoutMs`, as containerd's cleanup context would.
+  let pid: number | undefined;
+  const signal = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
+  try {
+    const r = await runCollect(binary, args, {
+      cwd,
+      env: { ...process.env, GOMAXPROCS: "2", TTRPC_ADDRESS: env.ttrpcAddress },
+      stdin,
+      pipeGraceMs: 2000,
+      signal,
+      onSpawn: (c) => {
+        pid = c.pid;
+        env.spawned.add(c.pid);
+      },
+    });
+    return { code: r.code, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    if (signal?.aborted)
+      throw new Error(`${binary} ${args[args.length - 1]}: timed out after ${timeoutMs} ms`);
+    throw err;
+  } finally {
+    if (pid !== undefined) env.spawned.delete(pid);
+  }
 }
 
 /** Open `<bundle>/log` (a FIFO) read-write and copy what the shim writes to the log. */
