@@ -7,6 +7,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { hostname as osHostname } from "node:os";
 import { join } from "node:path";
 import { BerthError, errInvalidArgument, isNotFound } from "../base/errdefs.js";
+import type { SetupResult } from "../core/cni/manager.js";
 import type { CapabilityArgs } from "../core/cni/types.js";
 import {
   type DNSConfig,
@@ -140,6 +141,8 @@ const podIdentity = (cfg: PodSandboxConfig) => ({
   uid: cfg.metadata?.uid ?? "",
 });
 
+const noop = () => {};
+
 /** Undo steps of a half-made sandbox, run newest first. */
 type Undo = () => Promise<void> | void;
 
@@ -159,20 +162,21 @@ async function runSandbox(
     await st.dirs.makeSandboxDirs(id);
     undo.push(() => st.dirs.removeSandboxDirs(id));
 
-    // network: a namespace of its own and the CNI networks, unless the pod uses the host's
+    // network: a namespace of its own and the CNI networks, unless the pod uses the host's. The
+    // CNI ADDs (tens of ms of plugin processes) run while the pause container's shim and runc
+    // create run: the container only needs the namespace to exist, and the network is complete
+    // before its process starts.
     let netnsPath = "";
-    let ip = "";
-    let additionalIps: string[] = [];
-    let cniResult: unknown;
+    let network: Promise<SetupResult> | undefined;
     if (!hostNetwork(cfg)) {
       netnsPath = await createNetns(netnsDirFor(deps.stateDir, deps.config.netns_mounts_under_state_dir));
       const nsFile = netnsPath;
       undo.push(() => removeNetns(nsFile));
       undo.push(() => st.cni.teardown(id, nsFile, podIdentity(cfg), cniCapabilities(cfg)));
-      const r = await st.cni.setup(id, netnsPath, podIdentity(cfg), cniCapabilities(cfg));
-      ip = r.ip;
-      additionalIps = r.additionalIps;
-      cniResult = r.networks.map((n) => ({ name: n.name, ifName: n.ifName, result: n.result }));
+      network = st.cni.setup(id, netnsPath, podIdentity(cfg), cniCapabilities(cfg));
+      // awaited below, or settled before the undo steps run
+      undo.push(() => network?.then(noop, noop));
+      network.catch(noop);
     }
 
     await writePodFiles(st, id, cfg);
@@ -206,6 +210,8 @@ async function runSandbox(
     const mounts = await sn.prepare(ns, id, image.chainId);
     undo.push(() => removeSnapshot(st, id));
 
+    // the container record right after the snapshot (it is what keeps the snapshot from the
+    // collector); the pod's IPs go into its extension once the network is up
     const rec: SandboxRecord = {
       id,
       name,
@@ -213,16 +219,19 @@ async function runSandbox(
       runtimeHandler: handler,
       runtimeType: runtime.type,
       netnsPath,
-      ip,
-      additionalIps,
-      cniResult,
+      ip: "",
+      additionalIps: [],
+      cniResult: undefined,
       image: deps.config.sandbox_image,
       imageId: image.id,
       createdAt: nowNs(),
       status: { state: "notready", pid: 0 },
       containers: new Set(),
     };
-    deps.containers.create(ns, {
+    const sandboxExtension = () => ({
+      [SANDBOX_METADATA_EXT]: { typeUrl: SANDBOX_METADATA_TYPE, value: encodeSandbox(rec) },
+    });
+    const record = deps.containers.create(ns, {
       id,
       labels: { ...cfg.labels, [KIND_LABEL]: "sandbox" },
       image: deps.config.sandbox_image,
@@ -230,7 +239,7 @@ async function runSandbox(
       spec: specAny(spec),
       snapshotter,
       snapshotKey: id,
-      extensions: { [SANDBOX_METADATA_EXT]: { typeUrl: SANDBOX_METADATA_TYPE, value: encodeSandbox(rec) } },
+      extensions: sandboxExtension(),
     });
     undo.push(() => {
       try {
@@ -251,6 +260,15 @@ async function runSandbox(
       await task.wait().catch(() => {});
       await task.delete().catch(() => {});
     });
+    if (network) {
+      const r = await network;
+      rec.ip = r.ip;
+      rec.additionalIps = r.additionalIps;
+      rec.cniResult = r.networks.map((n) => ({ name: n.name, ifName: n.ifName, result: n.result }));
+      deps.containers.update(ns, { ...record, extensions: sandboxExtension() }, [
+        `extensions.${SANDBOX_METADATA_EXT}`,
+      ]);
+    }
     const pid = await task.start();
     rec.status = { state: "ready", pid };
     writeSandboxStatus(st, rec);

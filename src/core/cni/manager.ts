@@ -271,20 +271,26 @@ export class CniManager {
     await this.reload();
     if (this.networks.length === 0) throw new Error(`cni plugin not initialized: ${this.loadError}`);
     const capabilityArgs = capabilityArgsFor(caps);
-    const networks: SetupResult["networks"] = [];
-    const done: { list: NetworkConfigList; ifName: string }[] = [];
-    try {
-      for (const a of this.attachments()) {
-        done.push(a);
+    // the networks are independent (an interface each: loopback, the pod's network), so they are
+    // added at once; each network's own plugin chain still runs in order
+    const attachments = this.attachments();
+    const added = await Promise.allSettled(
+      attachments.map(async (a) => {
         const raw = await addNetworkList(
           this.ctx(signal),
           a.list,
           this.rt(podId, netnsPath, a.ifName, pod, capabilityArgs),
         );
-        networks.push({ name: a.list.name, ifName: a.ifName, result: parseResult(raw, a.list.cniVersion) });
-      }
-    } catch (err) {
-      for (const a of done.reverse()) {
+        return { name: a.list.name, ifName: a.ifName, result: parseResult(raw, a.list.cniVersion) };
+      }),
+    );
+    const failed = added.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    const networks: SetupResult["networks"] = added.flatMap((r) =>
+      r.status === "fulfilled" ? [r.value] : [],
+    );
+    if (failed) {
+      const err = failed.reason as Error;
+      for (const a of [...attachments].reverse()) {
         try {
           await delNetworkList(this.ctx(), a.list, this.rt(podId, netnsPath, a.ifName, pod, capabilityArgs));
         } catch (e) {
@@ -330,15 +336,13 @@ export class CniManager {
         });
       }
     }
-    const errors: Error[] = [];
-    // Reverse of setup order: configured networks first, loopback last.
-    for (const a of todo.reverse()) {
-      try {
-        await delNetworkList(this.ctx(signal), a.list, this.rt(podId, ns, a.ifName, pod, capabilityArgs));
-      } catch (err) {
-        errors.push(err as Error);
-      }
-    }
+    // independent networks, deleted at once like they were added; errors in configuration order
+    const deleted = await Promise.allSettled(
+      todo.map((a) =>
+        delNetworkList(this.ctx(signal), a.list, this.rt(podId, ns, a.ifName, pod, capabilityArgs)),
+      ),
+    );
+    const errors = deleted.flatMap((r) => (r.status === "rejected" ? [r.reason as Error] : []));
     if (errors.length === 1) throw errors[0];
     if (errors.length > 1) throw new Error(errors.map((e) => e.message).join("; "));
   }
