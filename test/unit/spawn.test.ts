@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import type { Readable } from "node:stream";
 import { test } from "node:test";
-import { fastSpawn } from "../../src/sys/spawn.js";
+import { fastSpawn, fastSpawnAsync, runCollect, spawnsInFlight } from "../../src/sys/spawn.js";
 
 const SH = "/bin/sh";
 
@@ -87,4 +87,40 @@ test("many children in parallel are each reaped with their own status", async ()
     codes,
     kids.map((_, i) => i),
   );
+});
+
+test("fastSpawnAsync: spawned from a pool thread, with the same stdio, status and errors", async () => {
+  assert.equal(spawnsInFlight(), 0);
+  const pending = fastSpawnAsync(SH, ["-c", 'read l; echo "out:$l:$FOO"; exit 5'], { env: { FOO: "x" } });
+  assert.equal(spawnsInFlight(), 1, "counted until its PID is known");
+  const c = await pending;
+  assert.equal(spawnsInFlight(), 0);
+  c.stdin!.end("hi\n");
+  assert.equal(await collect(c.stdout), "out:hi:x\n");
+  assert.equal((await c.exited).code, 5);
+  await assert.rejects(
+    fastSpawnAsync("/nonexistent/prog", [], { env: {} }),
+    (e: NodeJS.ErrnoException) => e.code === "ENOENT" && e.message.includes("/nonexistent/prog"),
+  );
+  assert.equal(spawnsInFlight(), 0, "a failed spawn is not left counted");
+  const kids = await Promise.all(
+    Array.from({ length: 40 }, (_, i) =>
+      fastSpawnAsync(SH, ["-c", `exit ${i}`], { env: {}, stdio: ["ignore", "ignore", "ignore"] }),
+    ),
+  );
+  assert.deepEqual(
+    await Promise.all(kids.map((k) => k.exited.then((s) => s.code))),
+    kids.map((_, i) => i),
+  );
+});
+
+test("runCollect: output, status, and an abort while the spawn is under way kills the child", async () => {
+  const r = await runCollect(SH, ["-c", "cat; echo err >&2; exit 2"], { env: {}, stdin: Buffer.from("in") });
+  assert.deepEqual([r.code, r.stdout.toString(), r.stderr.toString()], [2, "in", "err\n"]);
+  const ac = new AbortController();
+  const run = runCollect(SH, ["-c", "exec sleep 30"], { env: {}, signal: ac.signal });
+  ac.abort(new Error("stop"));
+  const t0 = Date.now();
+  await assert.rejects(run, /stop/);
+  assert.ok(Date.now() - t0 < 5000, "the child was killed, not waited for");
 });
