@@ -13,7 +13,12 @@
 // "raw" column is the floor: `runc create/start/kill/delete` alone on a prepared bundle.
 //
 //   node dist/bench/lifecycle.js [--quick] [--n N] [--workers 1,4,8] [--only containerd|berthd]
-//                                [--skip-raw] [--json FILE]
+//                                [--skip-raw] [--group] [--json FILE]
+//
+// --group measures shim grouping: every container carries the OCI annotation
+// `io.containerd.runc.v2.group`, and a keeper container of that group runs through the whole run,
+// so each container joins the keeper's running shim (containerd-shim-runc-v2 groups tasks this
+// way, under both daemons) instead of starting one and stopping it again.
 import { execFileSync, spawn } from "node:child_process";
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
@@ -44,6 +49,7 @@ const { values: opt } = parseArgs({
     workers: { type: "string", default: "1,4,8" },
     only: { type: "string" },
     "skip-raw": { type: "boolean", default: false },
+    group: { type: "boolean", default: false },
     json: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   },
@@ -52,8 +58,9 @@ const { values: opt } = parseArgs({
 if (opt.help) {
   console.log(
     "usage: node dist/bench/lifecycle.js [--quick] [--n N] [--workers 1,4,8] [--only containerd|berthd]\n" +
-      "                                    [--skip-raw] [--json FILE]\n" +
-      "  --quick   20 containers per worker count (default 100)",
+      "                                    [--skip-raw] [--group] [--json FILE]\n" +
+      "  --quick   20 containers per worker count (default 100)\n" +
+      "  --group   every container joins one running shim (annotation io.containerd.runc.v2.group)",
   );
   process.exit(0);
 }
@@ -71,6 +78,8 @@ if (opt.only !== undefined && !DAEMONS.includes(opt.only as DaemonName)) {
 }
 const WANTED: DaemonName[] = opt.only ? [opt.only as DaemonName] : [...DAEMONS];
 const NS = "bench-lifecycle";
+const GROUP_ANNOTATION = "io.containerd.runc.v2.group";
+const GROUP_ARGS = opt.group ? ["--annotation", `${GROUP_ANNOTATION}=bench`] : [];
 const PHASES = ["create", "start", "stop", "delete"] as const;
 type Phase = (typeof PHASES)[number];
 type Column = DaemonName | "raw";
@@ -141,12 +150,18 @@ async function lifecycleDaemon(d: Daemon, ref: string, workers: number, prefix: 
     await fn();
     s.phases[p].push(nowMs() - t);
   };
+  // with --group: the keeper holds the group's shim for the whole run
+  const keeper = `${prefix}-keeper`;
+  if (opt.group) {
+    ok(await c(["c", "create", ...GROUP_ARGS, ref, keeper, "busybox", "sleep", "3000"]), "keeper");
+    ok(await c(["t", "start", "--null-io", "-d", keeper]), "keeper start");
+  }
   try {
     s.wallMs = await pool(N, workers, async (i) => {
       const id = `${prefix}-${i}`;
       try {
         await phase("create", async () => {
-          ok(await c(["c", "create", ref, id, "busybox", "sleep", "300"]), `c create ${id}`);
+          ok(await c(["c", "create", ...GROUP_ARGS, ref, id, "busybox", "sleep", "300"]), `c create ${id}`);
         });
         await phase("start", async () => {
           ok(await c(["t", "start", "--null-io", "-d", id]), `t start ${id}`);
@@ -168,6 +183,12 @@ async function lifecycleDaemon(d: Daemon, ref: string, workers: number, prefix: 
       }
     });
   } finally {
+    if (opt.group) {
+      await c(["t", "kill", "-s", "SIGKILL", keeper]).catch(() => {});
+      await tasks.wait({ containerId: keeper }, { namespace: NS }).catch(() => {});
+      await c(["t", "delete", "-f", keeper]).catch(() => {});
+      await c(["c", "rm", keeper]).catch(() => {});
+    }
     conn.close();
   }
   return s;
@@ -365,7 +386,7 @@ async function main(): Promise<void> {
     (u) => u.cpu,
   );
   console.log(
-    `\nlifecycle: ${N} containers per worker count, ctr ${ok(await run("ctr", ["--version"])).trim()}`,
+    `\nlifecycle${opt.group ? " (grouped: one shim for all containers)" : ""}: ${N} containers per worker count, ctr ${ok(await run("ctr", ["--version"])).trim()}`,
   );
   console.log(renderTable(header, rows));
   const fails = [...results.entries()].filter(([, s]) => s.failures.length > 0);
