@@ -60,6 +60,7 @@ bench: deps build
 	node dist/bench/lifecycle.js
 	node dist/bench/cri.js
 	node dist/bench/stream.js
+	node dist/bench/scale.js
 
 # The reliability suite at full size (make test runs a sample of each group): one table of
 # group, cases, failures. BERTH_RELIABILITY_SEED picks the seed.
