@@ -13,15 +13,24 @@
 //                 call waits (seeded delay): the call ends at once with an error, not a hang, and the
 //                 task is cleaned up (before the fix a Delete interrupted this way left a task that
 //                 no call could remove: "ttrpc: closed" for ever).
+//   deaf-to-shutdown  a fake shim (test/helpers/fake-shim.ts) runs a task created and started over
+//                 gRPC; its Shutdown answers and then nothing happens. Once the task is deleted,
+//                 berthd kills the shim after the shutdown timeout and logs it by PID (before the fix
+//                 it stayed running with no task for ever: the load-leaks run once left 2 such shims).
+//   unreachable   a fake shim whose `start` prints an address nothing listens on: Tasks.Create fails,
+//                 and the server it spawned (its shim.pid) is killed and logged; nothing of the task
+//                 is left (before the fix the server stayed running, unknown to berthd).
 // Every case then checks the bystanders (listed RUNNING, exec works) and that nothing of the victim
 // is left: no task, no bundle or work dir, no mount, no runc state, the container removable.
-// The per-call and load bounds are shortened in this berthd's [timeouts] to keep the run short.
+// The per-call, load and shutdown bounds are shortened in this berthd's [timeouts] to keep the run short.
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, rmdirSync, rmSync } from "node:fs";
+import { readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Task } from "../../src/gen/containerd/runtime/v2/task/shim_pb.js";
+import { Containers } from "../../src/gen/containerd/services/containers/v1/containers_pb.js";
 import { Tasks } from "../../src/gen/containerd/services/tasks/v1/tasks_pb.js";
 import { Status } from "../../src/gen/containerd/types/task/task_pb.js";
 import { Connection } from "../../src/grpc/client.js";
@@ -29,9 +38,17 @@ import { reap, setChildSubreaper } from "../../src/sys/reaper.js";
 import { TtrpcServer } from "../../src/ttrpc/server.js";
 import { ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, killShimsOf, restartDaemon, startBerthd } from "../helpers/daemons.js";
+import {
+  FAKE_SHIM_ARGV0,
+  FAKE_SHIM_DIR,
+  FAKE_SHIM_MODE,
+  type FakeShimMode,
+  fakeShimPid,
+  fakeShimWrapper,
+} from "../helpers/fake-shim.js";
 import { type RegistryWithBusybox, registryWithBusybox } from "../helpers/fixtures.js";
 import { descendants, isGone, type Proc, shimsOf, until } from "../helpers/procs.js";
-import { mountsUnder } from "../helpers/tmp.js";
+import { makeTempDir, mountsUnder, removeTempDir } from "../helpers/tmp.js";
 import { cases, randInt, report, rng, SEED } from "./report.js";
 
 // per run: runc keeps state per namespace under /run/containerd/runc, shared by every daemon
@@ -39,6 +56,11 @@ const NS = `wedged-shims-${process.pid}`;
 const RUNTIME_DIR = "io.containerd.runtime.v2.task";
 const CALL_TIMEOUT_MS = 2000;
 const LOAD_TIMEOUT_MS = 2000;
+/** `io.containerd.timeout.shim.shutdown`: how long berthd waits for a shim to go after Shutdown. */
+const SHUTDOWN_TIMEOUT_MS = 1000;
+/** The bound on a fake shim's going once berthd has given up on it (kill, reap, a loaded machine). */
+const KILLED_BOUND_MS = 4000;
+const SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /**
  * The bound on a restart with one wedged shim: the issue's 15 s, and tighter, the load timeout
  * plus a few seconds of start-up (before the fix a silent shim cost the load timeout, then a
@@ -50,11 +72,12 @@ const CONFIG = [
   "[timeouts]",
   `  "io.containerd.timeout.shim.load" = "${LOAD_TIMEOUT_MS}ms"`,
   `  "berth.timeout.shim.call" = "${CALL_TIMEOUT_MS}ms"`,
+  `  "io.containerd.timeout.shim.shutdown" = "${SHUTDOWN_TIMEOUT_MS}ms"`,
   "",
 ].join("\n");
 
-type Kind = "stopped" | "silent" | "connect-only" | "mid-call";
-const KINDS: Kind[] = ["stopped", "silent", "connect-only", "mid-call"];
+type Kind = "stopped" | "silent" | "connect-only" | "mid-call" | "deaf-to-shutdown" | "unreachable";
+const KINDS: Kind[] = ["stopped", "silent", "connect-only", "mid-call", "deaf-to-shutdown", "unreachable"];
 const BYSTANDERS = ["by-a", "by-b"];
 
 const argAfter = (argv: string[], flag: string) => {
@@ -70,7 +93,11 @@ describe("reliability: wedged and dying shims", () => {
   let orphans: number[] = [];
   const fakes: { close(): Promise<void> }[] = [];
   const made = new Set<string>();
-  const total = cases(4, 20);
+  const total = cases(KINDS.length, 30);
+  /** The fake shims' dir (wrapper, sockets, server PIDs) and the server PIDs they recorded. */
+  let fakeDir = "";
+  let fakeRuntime = "";
+  const fakePids: number[] = [];
   let tried = 0;
   const failed: string[] = [];
 
@@ -162,12 +189,12 @@ describe("reliability: wedged and dying shims", () => {
   }
 
   /** (d): nothing of the victim is left, and its container goes. */
-  async function checkGone(id: string, initPid: number): Promise<void> {
+  async function checkGone(id: string, initPid: number | undefined): Promise<void> {
     await until(
       `task ${id} gone`,
       () => {
         reapOrphans();
-        return !shimOf(id) && isGone(initPid);
+        return !shimOf(id) && (initPid === undefined || isGone(initPid));
       },
       20_000,
     );
@@ -232,8 +259,142 @@ describe("reliability: wedged and dying shims", () => {
     return close;
   }
 
+  /** A container whose runtime is the fake shim in `mode` (no snapshot: the task gets no rootfs). */
+  async function fakeContainer(conn: Connection, id: string, mode: FakeShimMode): Promise<void> {
+    const spec = {
+      ociVersion: "1.0.2",
+      process: { args: ["sleep", "100000"], cwd: "/" },
+      root: { path: "rootfs" },
+      annotations: { [FAKE_SHIM_MODE]: mode, [FAKE_SHIM_DIR]: fakeDir },
+    };
+    made.add(id);
+    await conn.client(Containers).create(
+      {
+        container: {
+          id,
+          runtime: { name: fakeRuntime },
+          spec: { typeUrl: SPEC_URL, value: Buffer.from(JSON.stringify(spec)) },
+        },
+      },
+      { namespace: NS, timeoutMs: 10_000 },
+    );
+  }
+
+  /** berthd's log names the shim it killed, by PID. */
+  function assertKillLogged(what: string, pid: number): void {
+    const line = d
+      .logs()
+      .split("\n")
+      .find((l) => l.includes(what) && new RegExp(`\\bpid=${pid}\\b`).test(l));
+    assert.ok(line, `berthd's log has no "${what}" for PID ${pid}`);
+  }
+
+  /**
+   * deaf-to-shutdown: create, start, kill and delete a task on a shim that ignores Shutdown. The
+   * shim must be gone within the shutdown timeout and a few seconds of the Delete. Returns the
+   * task's init PID.
+   */
+  async function deafToShutdown(id: string): Promise<number> {
+    const conn = new Connection(d.address);
+    const tasks = conn.client(Tasks);
+    const o = { namespace: NS, timeoutMs: 20_000 };
+    try {
+      await fakeContainer(conn, id, "deaf");
+      const { pid: initPid } = await tasks.create({ containerId: id }, o);
+      const shimPid = fakeShimPid(fakeDir, id);
+      assert.ok(shimPid, "the fake shim recorded its server's PID");
+      fakePids.push(shimPid);
+      await tasks.start({ containerId: id }, o);
+      assert.equal((await tasks.get({ containerId: id }, o)).process?.status, Status.RUNNING);
+      await tasks.kill({ containerId: id, signal: 9 }, o);
+      for (let i = 0; (await tasks.get({ containerId: id }, o)).process?.status !== Status.STOPPED; i++) {
+        if (i > 100) assert.fail(`task ${id} not STOPPED after SIGKILL`);
+        await sleep(50);
+      }
+      const t0 = Date.now();
+      await tasks.delete({ containerId: id }, o);
+      await until(
+        `the deaf shim ${shimPid} to be killed`,
+        () => {
+          reapOrphans();
+          return isGone(shimPid);
+        },
+        SHUTDOWN_TIMEOUT_MS + KILLED_BOUND_MS - (Date.now() - t0),
+      );
+      assertKillLogged("shim still running after shutdown; killed it", shimPid);
+      return initPid;
+    } finally {
+      conn.close();
+    }
+  }
+
+  /**
+   * unreachable: Tasks.Create on a shim whose printed address leads nowhere fails, and the server
+   * that `start` spawned is killed; no task and no bundle are left.
+   */
+  async function unreachable(id: string): Promise<undefined> {
+    const conn = new Connection(d.address);
+    const tasks = conn.client(Tasks);
+    const o = { namespace: NS, timeoutMs: 20_000 };
+    try {
+      await fakeContainer(conn, id, "unreachable");
+      const err = await tasks.create({ containerId: id }, o).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      assert.ok(err, "Tasks.Create succeeded on a shim nothing can reach");
+      assert.match(err.message, /\.nobody/, err.message);
+      const shimPid = fakeShimPid(fakeDir, id);
+      assert.ok(shimPid, "the fake shim recorded its server's PID");
+      fakePids.push(shimPid);
+      await until(
+        `the unreachable shim ${shimPid} to be killed`,
+        () => {
+          reapOrphans();
+          return isGone(shimPid);
+        },
+        KILLED_BOUND_MS,
+      );
+      assertKillLogged("shim started but unreachable; killed it", shimPid);
+      const g = await tasks.get({ containerId: id }, o).then(
+        () => undefined,
+        (e: Error & { kind?: string }) => e,
+      );
+      assert.equal(g?.kind, "not found", `Tasks.Get after the failed create: ${g?.message ?? "a task"}`);
+      assert.ok(!exists(bundleOf(id)) && !exists(workOf(id)), "bundle or work dir left");
+      return undefined;
+    } finally {
+      conn.close();
+    }
+  }
+
+  /** Fake shim servers left running (a failed case): killed by PID, below them first. */
+  function killFakeShims(): void {
+    for (const pid of fakePids) {
+      let argv0 = "";
+      try {
+        argv0 = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0] ?? "";
+      } catch {
+        continue; // gone
+      }
+      if (argv0 !== FAKE_SHIM_ARGV0) continue; // the PID was reused
+      const below = descendants(pid).map((p) => p.pid);
+      for (const p of [...below.reverse(), pid]) {
+        try {
+          process.kill(p, "SIGKILL");
+          orphans.push(p); // reparented here once berthd is gone
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }
+  }
+
   before(async () => {
     setChildSubreaper(true);
+    fakeDir = await makeTempDir("fake-shims");
+    fakeRuntime = join(fakeDir, FAKE_SHIM_ARGV0);
+    writeFileSync(fakeRuntime, fakeShimWrapper(), { mode: 0o755 });
     fx = await registryWithBusybox("test/wedged");
     d = await startBerthd({ config: CONFIG });
     ok(await c(["images", "pull", "--plain-http", fx.ref1]), "pull");
@@ -247,6 +408,7 @@ describe("reliability: wedged and dying shims", () => {
 
   after(async () => {
     for (const f of fakes) await f.close().catch(() => {});
+    killFakeShims();
     if (d) {
       for (const id of made) {
         await c(["tasks", "kill", "-s", "SIGKILL", id], 10_000).catch(() => {});
@@ -265,17 +427,20 @@ describe("reliability: wedged and dying shims", () => {
       // not empty, or never made
     }
     await fx?.reg.cleanup();
+    if (fakeDir) await removeTempDir(fakeDir);
     report({
       group: "wedged-shims",
       cases: tried,
       failures: failed.length,
       checked:
-        "SIGSTOPped, silent, connect-only and mid-call-killed shims: restart < 15 s, DeadlineExceeded, bystanders work, victim cleaned up",
+        "SIGSTOPped, silent, connect-only, mid-call-killed, deaf-to-shutdown and unreachable shims: restart < 15 s, DeadlineExceeded, lingering shims killed, bystanders work, victim cleaned up",
       notes: [
         "fixed: shim calls had no bound (a stopped shim hung Kill/Delete/Exec for ever): berth.timeout.shim.call (30 s default)",
         "fixed: a Delete whose shim died mid-call left a task nothing could remove (mid-call case)",
         "fixed: start-up waited load + shutdown timeouts (5 s + 5 s + 3 s) per silent shim, and the shim's delete had no bound",
         "fixed: a container process reparented to berthd when its shim was killed stayed a zombie (mid-call case)",
+        "fixed: a shim whose Shutdown was lost stayed running with no task (deaf-to-shutdown)",
+        "fixed: a shim started but unreachable (its address leading nowhere) stayed running (unreachable)",
         ...failed,
       ],
     });
@@ -288,6 +453,12 @@ describe("reliability: wedged and dying shims", () => {
       const r = rng(SEED + k);
       const id = `victim-${k}`;
       try {
+        if (kind === "deaf-to-shutdown" || kind === "unreachable") {
+          const initPid = kind === "deaf-to-shutdown" ? await deafToShutdown(id) : await unreachable(id);
+          await checkBystanders(k);
+          await checkGone(id, initPid);
+          return;
+        }
         const { shim, initPid } = await runVictim(id);
         switch (kind) {
           case "stopped": {

@@ -9,13 +9,14 @@
 // reaped here too (after each shutdown and on a timer), as no init on these machines reaps.
 import { EventEmitter } from "node:events";
 import { readdirSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { BerthError, errAlreadyExists, errNotFound, isNotFound } from "../../base/errdefs.js";
 import type { Logger } from "../../base/log.js";
 import { TaskDeleteSchema, TaskExitSchema } from "../../gen/containerd/events/task_pb.js";
 import { reap } from "../../sys/reaper.js";
+import { spawnsInFlight } from "../../sys/spawn.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { type Bundle, bundlePaths, deleteBundle, newBundle } from "./bundle.js";
@@ -88,6 +89,16 @@ function childPids(): string[] | undefined {
     } catch {
       return undefined;
     }
+  }
+}
+
+/** Whether `pid` runs a containerd-shim binary (false once it is gone or is a zombie). */
+function isShimProcess(pid: number): boolean {
+  try {
+    const argv0 = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0] ?? "";
+    return basename(argv0).startsWith("containerd-shim");
+  } catch {
+    return false;
   }
 }
 
@@ -182,6 +193,9 @@ export class TaskManager {
     // parent is berthd and whose command is a shim or runc. Any other zombie is a container's
     // process reparented here when its shim died (killed, OOM): reaped once it has stayed a zombie
     // for a second, which a child Node spawned itself never does (libuv reaps those at once).
+    // a child being spawned on a pool thread is not in env.spawned yet: leave zombies for the next
+    // round rather than take the status its runner waits for
+    if (spawnsInFlight() > 0) return;
     const names = childPids();
     if (names === undefined) return;
     const now = Date.now();
@@ -333,6 +347,7 @@ export class TaskManager {
           this.deleting.delete(k);
         }
       }
+      if (bundle && !shim) this.killUnreachableShim(bundle);
       if (bundle) {
         const b = bundle;
         await deleteDeadShim(this.env, b, runtime, this.timeouts.cleanup).catch(() => {});
@@ -379,11 +394,59 @@ export class TaskManager {
         // the shim closes its socket while answering; either way it is going
       }
       let t: NodeJS.Timeout | undefined;
-      await Promise.race([closed, new Promise((r) => (t = setTimeout(r, this.timeouts.shutdown || 3000)))]);
+      const wentAway = await Promise.race([
+        closed.then(() => true),
+        new Promise<boolean>((r) => (t = setTimeout(() => r(false), this.timeouts.shutdown || 3000))),
+      ]);
       clearTimeout(t);
+      if (!wentAway) this.killLingeringShim(shim, ns, id);
     }
     shim.close();
     this.reapShims();
+  }
+
+  /**
+   * A shim that `start` spawned for this bundle (its `shim.pid`; a shim of a group that was already
+   * running writes none here) but that berthd could not connect to: no Shutdown can reach it.
+   */
+  private killUnreachableShim(bundle: Bundle): void {
+    let pid = 0;
+    try {
+      pid = Number(readFileSync(join(bundle.path, "shim.pid"), "utf8").trim()) || 0;
+    } catch {
+      return; // no shim was spawned for this bundle
+    }
+    if (pid <= 0 || !isShimProcess(pid)) return;
+    try {
+      process.kill(pid, "SIGKILL");
+      this.log.warn("shim started but unreachable; killed it", {
+        id: bundle.id,
+        namespace: bundle.namespace,
+        pid,
+      });
+    } catch {
+      // gone meanwhile
+    }
+  }
+
+  /**
+   * A shim still there after Shutdown and its bound: one that lost or refused the request (a
+   * loaded machine can delay it past the call's deadline). It has no task berthd knows of, and no
+   * connection can reach it any more (forget() ran), so nothing would ever stop it: kill it, unless
+   * a task that joined its group meanwhile connected to it again.
+   */
+  private killLingeringShim(shim: ShimConnection, ns: string, id: string): void {
+    const pid = shim.shimPid;
+    if (pid <= 0 || shim.tasks.size > 0 || this.live.has(shim.address) || this.shims.has(shim.address))
+      return;
+    // the PID as the shim reported it; make sure it is still a shim (not a reused PID)
+    if (!isShimProcess(pid)) return;
+    try {
+      process.kill(pid, "SIGKILL");
+      this.log.warn("shim still running after shutdown; killed it", { id, namespace: ns, pid });
+    } catch {
+      // gone meanwhile
+    }
   }
 
   /** Delete the init process, stop the shim (unless other tasks use it) and remove the bundle. */
