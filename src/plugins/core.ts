@@ -49,7 +49,7 @@ export const metadataPlugin: Plugin<BoltConfig> = {
     if (policy !== "shared" && policy !== "isolated")
       throw new Error(`content_sharing_policy ${JSON.stringify(policy)} is not one of "shared", "isolated"`);
     // The file keeps containerd's plugin directory name; it holds SQLite, not bolt.
-    const db = new MetadataDB(join(ic.root, "meta.db"));
+    const db = new MetadataDB(join(ic.root, "meta.db"), { log: ic.log });
     ic.onClose(() => db.close());
     const events = ic.get<Exchange>(PluginType.Event);
     const namespaces = new NamespaceStore(db, events);

@@ -26,7 +26,7 @@ import {
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { type Adaptor, labelAdaptor, selectMatching } from "../filters.js";
-import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
+import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 
 /** A protobuf Any as the store keeps it: the type URL and the encoded value. */
@@ -421,7 +421,7 @@ export class ContainerStore {
     this.db.tx(() => {
       if (!this.hasBucket(ns)) throw errNotFound(`cannot delete container ${q(id)} in namespace ${q(ns)}`);
       if (this.stmts.delete.run(ns, id).changes === 0) throw errNotFound(`container ${id}`);
-    });
+    }, FREES);
     // the snapshot and whatever the labels referenced may now be garbage
     this.db.mutated(true);
     this.events.publish(

@@ -22,7 +22,7 @@ import { ContentCreateSchema, ContentDeleteSchema } from "../../gen/containerd/e
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { parseFilters } from "../filters.js";
-import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
+import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 import type { ContentWriter, Info, LocalContentStore, ReaderAt, Status } from "./local.js";
 
@@ -294,7 +294,7 @@ export class MetadataContentStore {
       const r = this.stmts.deleteContent.run(ns, dgst);
       if (r.changes === 0) throw errNotFound(`content digest ${dgst}`);
       this.removeLease(ns, lease, "content", dgst);
-    });
+    }, FREES);
     // the blob may now be garbage: tell the collector, and that the blob store needs a sweep
     this.db.markBackendDirty("content");
     this.db.mutated(true);
@@ -363,7 +363,7 @@ export class MetadataContentStore {
         if (!row) throw errNotFound(`reference ${ref}`);
         this.stmts.deleteIngest.run(ns, ref);
         this.removeLease(ns, lease, "ingests", ref);
-      });
+      }, FREES);
     } catch (err) {
       // The data goes even when the row cannot (a full disk fails the database write too):
       // the space is what the caller needs back, and a row without data is only a stale name.

@@ -5,7 +5,7 @@
 // or after the sweep), then backends drop the blobs and snapshot dirs no record points at.
 // The graph it marks (RefGraph) is also what `berth gc why` walks backwards to explain a record.
 import type { Labels, MetadataDB } from "../metadata/db.js";
-import { decodeLabels } from "../metadata/db.js";
+import { decodeLabels, FREES } from "../metadata/db.js";
 import type { GcStats } from "./scheduler.js";
 
 export const GC_ROOT = "containerd.io/gc.root";
@@ -277,6 +277,9 @@ export class MetadataCollector {
     let removed = 0;
     const dirty = new Set<string>();
     this.db.tx(() => {
+      // counted afresh if a full disk makes the transaction run twice (FREES)
+      removed = 0;
+      dirty.clear();
       const now = Date.now();
       const { live, expiredLeases } = this.mark(now);
       for (const l of expiredLeases) {
@@ -352,19 +355,24 @@ export class MetadataCollector {
             }
         }
       }
-    });
+    }, FREES);
     for (const k of this.db.takeDirtyBackends()) dirty.add(k);
     const all = opts.full || !this.sweptAll;
     this.sweptAll = true;
-    for (const s of this.sweepers) {
-      if (!all && s.kind !== undefined && !dirty.has(s.kind)) continue;
-      try {
-        removed += await s.sweep();
-      } catch (err) {
-        // not swept: the next collection tries again
-        if (s.kind !== undefined) this.db.markBackendDirty(s.kind);
-        throw err;
+    try {
+      for (const s of this.sweepers) {
+        if (!all && s.kind !== undefined && !dirty.has(s.kind)) continue;
+        try {
+          removed += await s.sweep();
+        } catch (err) {
+          // not swept: the next collection tries again
+          if (s.kind !== undefined) this.db.markBackendDirty(s.kind);
+          throw err;
+        }
       }
+    } finally {
+      // what was swept may be the room the space reserve (used on a full disk) needs
+      this.db.restoreReserve();
     }
     return { elapsedMs: performance.now() - start, removed };
   }

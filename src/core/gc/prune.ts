@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { type Logger, nopLogger } from "../../base/log.js";
 import { MNT_DETACH } from "../../sys/mount.js";
 import { backendRef, type MetadataContentStore } from "../content/metadata.js";
-import type { MetadataDB } from "../metadata/db.js";
+import { FREES, type MetadataDB } from "../metadata/db.js";
 import { unmountAll } from "../mount/mount.js";
 import { bundlePaths, deleteBundle } from "../runtime/bundle.js";
 import { LocalSnapshotter } from "../snapshots/local.js";
@@ -214,7 +214,7 @@ async function contentOrphans(env: GcEnv, apply: boolean): Promise<Orphan[]> {
       if (existsSync(join(dir, "data"))) continue;
       const o = orphan("ingest-row", `${i.namespace}/${i.ref}`, `ingest record without data (${dir})`);
       out.push(o);
-      if (apply) await attempt(o, () => void env.db.tx(() => delIngest.run(i.namespace, i.ref)));
+      if (apply) await attempt(o, () => void env.db.tx(() => delIngest.run(i.namespace, i.ref), FREES));
     }
 
     const delContent = env.db.stmt("DELETE FROM content WHERE namespace = ? AND digest = ?");
@@ -229,7 +229,7 @@ async function contentOrphans(env: GcEnv, apply: boolean): Promise<Orphan[]> {
       out.push(o);
       if (apply)
         await attempt(o, () => {
-          env.db.tx(() => delContent.run(r.namespace, r.digest));
+          env.db.tx(() => delContent.run(r.namespace, r.digest), FREES);
           deleted = true;
         });
     }
@@ -352,7 +352,7 @@ async function snapshotterOrphans(
         keptRows.add(rowKey(row));
         continue;
       }
-      await attempt(o, () => void env.db.tx(() => delRow.run(row.namespace, sn.name, row.key)));
+      await attempt(o, () => void env.db.tx(() => delRow.run(row.namespace, sn.name, row.key), FREES));
     }
     const stillReferenced = new Set(
       env.db.stmt("SELECT backend_key FROM snapshots WHERE snapshotter = ?").pluck().all(sn.name) as string[],

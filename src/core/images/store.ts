@@ -18,7 +18,7 @@ import { digestError } from "../content/local.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { labelAdaptor, selectMatching } from "../filters.js";
-import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
+import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 
 export interface Descriptor {
@@ -298,7 +298,7 @@ export class ImageStore {
           throw errNotFound(`image ${q(name)} has target ${r.target_digest}, not ${want}`);
       }
       if (this.stmts.delete.run(ns, name).changes === 0) throw errNotFound(`image ${q(name)}`);
-    });
+    }, FREES);
     // the target and everything it references may now be garbage
     this.db.mutated(true);
     this.events.publish(

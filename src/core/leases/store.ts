@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 // the lease is deleted or its containerd.io/gc.expire time passes.
 import { errAlreadyExists, errInvalidArgument, errNotFound } from "../../base/errdefs.js";
 import { type Filter, parseFilters } from "../filters.js";
-import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
+import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 import { validateLabels } from "../namespaces/store.js";
 
@@ -106,7 +106,7 @@ export class LeaseStore {
       const r = this.db.stmt("DELETE FROM leases WHERE namespace = ? AND id = ?").run(ns, id);
       if (r.changes === 0) throw errNotFound(`lease ${JSON.stringify(id)}`);
       this.db.stmt("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?").run(ns, id);
-    });
+    }, FREES);
     this.db.mutated(true);
     if (sync && this.collect) await this.collect();
   }
@@ -128,7 +128,7 @@ export class LeaseStore {
       this.db
         .stmt("DELETE FROM lease_resources WHERE namespace = ? AND lease = ? AND type = ? AND id = ?")
         .run(ns, id, r.type, r.id);
-    });
+    }, FREES);
   }
 
   listResources(ns: string, id: string): LeaseResource[] {

@@ -4,6 +4,8 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
+import type { Logger } from "../../base/log.js";
+import { RESERVE_BYTES, reservePathFor, retryFreeing, SpaceReserve } from "./reserve.js";
 
 export type Labels = Record<string, string>;
 
@@ -128,12 +130,31 @@ const holdsRank = (what: string) => {
   return i < 0 ? HOLDS_ORDER.length : i;
 };
 
+export interface MetadataDBOptions {
+  log?: Logger;
+  /** Size of the space reserve next to the database (`reserve`); 0 for none. */
+  reserveBytes?: number;
+}
+
+export interface TxOptions {
+  /**
+   * The transaction frees space (it deletes rows, and what they name goes with them): on a full
+   * disk it may use the space reserve. Only deletions set this, so nothing else can eat it.
+   */
+  frees?: boolean;
+}
+
+/** The options of a transaction that frees space: `db.tx(fn, FREES)`. */
+export const FREES: TxOptions = Object.freeze({ frees: true });
+
 export class MetadataDB {
   readonly sql: Database.Database;
   private readonly emptyChecks: { what: string; stmt: Database.Statement }[] = [];
   private readonly mutationHooks: ((dirty: boolean) => void)[] = [];
+  /** Undefined when disabled (reserveBytes 0). */
+  readonly reserve: SpaceReserve | undefined;
 
-  constructor(path: string) {
+  constructor(path: string, opts: MetadataDBOptions = {}) {
     mkdirSync(dirname(path), { recursive: true, mode: 0o711 });
     this.sql = new Database(path);
     this.sql.pragma("journal_mode = WAL");
@@ -145,6 +166,8 @@ export class MetadataDB {
     this.addEmptyCheck("images", "SELECT 1 FROM images WHERE namespace = ? LIMIT 1");
     this.addEmptyCheck("blobs", "SELECT 1 FROM content WHERE namespace = ? LIMIT 1");
     this.addEmptyCheck("containers", "SELECT 1 FROM containers WHERE namespace = ? LIMIT 1");
+    const bytes = opts.reserveBytes ?? RESERVE_BYTES;
+    this.reserve = bytes > 0 ? new SpaceReserve(reservePathFor(path), { bytes, log: opts.log }) : undefined;
   }
 
   private migrate(): void {
@@ -202,9 +225,22 @@ export class MetadataDB {
     return st;
   }
 
-  /** Run fn in an immediate (write-locking) transaction. */
-  tx<T>(fn: () => T): T {
-    return this.sql.transaction(fn).immediate();
+  /**
+   * Run fn in an immediate (write-locking) transaction. One that frees space and fails for lack
+   * of it (SQLITE_FULL: even a delete appends to the WAL) releases the space reserve and runs
+   * once more, so such an fn must do nothing outside the database that a rollback cannot undo.
+   */
+  tx<T>(fn: () => T, opts: TxOptions = {}): T {
+    const attempt = () => this.sql.transaction(fn).immediate();
+    // nested: the outermost transaction decides, its retry reruns this one too
+    if (!opts.frees || !this.reserve || this.sql.inTransaction) return attempt();
+    const reserve = this.reserve;
+    return retryFreeing(attempt, (err) => reserve.release(err));
+  }
+
+  /** Write the space reserve again if it was used and there is room now (after a collection). */
+  restoreReserve(): void {
+    this.reserve?.restore();
   }
 
   /**
@@ -224,6 +260,7 @@ export class MetadataDB {
   }
 
   close(): void {
+    this.reserve?.close();
     this.sql.close();
   }
 }

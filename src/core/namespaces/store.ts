@@ -15,7 +15,7 @@ import {
 } from "../../gen/containerd/events/namespace_pb.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
-import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
+import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
 
 export interface Namespace {
   name: string;
@@ -156,7 +156,7 @@ export class NamespaceStore {
       this.db.markBackendDirty("content");
       this.db.stmt("DELETE FROM namespaces WHERE name = ?").run(name);
       this.cache = undefined;
-    });
+    }, FREES);
     this.db.mutated(true);
     this.events.publish(
       eventNs,

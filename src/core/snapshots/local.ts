@@ -11,7 +11,7 @@ import { basename, join } from "node:path";
 import { BerthError, errAborted, errFailedPrecondition } from "../../base/errdefs.js";
 import { type Logger, nopLogger } from "../../base/log.js";
 import type { Mount } from "../../base/mount.js";
-import type { Labels } from "../metadata/db.js";
+import { FREES, type Labels } from "../metadata/db.js";
 import { diskUsage } from "./fsutil.js";
 import type { Kind, SnapshotInfo, Snapshotter, Usage } from "./snapshotter.js";
 import { MetaStore, type StoredSnapshot } from "./storage.js";
@@ -230,7 +230,7 @@ export abstract class LocalSnapshotter implements Snapshotter {
   async remove(key: string): Promise<void> {
     let id: string;
     try {
-      id = this.ms.tx(() => this.ms.remove(key).id);
+      id = this.ms.tx(() => this.ms.remove(key).id, FREES);
     } catch (err) {
       throw wrapError(err, "failed to remove");
     }

@@ -30,7 +30,7 @@ import {
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { parseFilters } from "../filters.js";
-import { decodeLabels, encodeLabels, type Labels, type MetadataDB } from "../metadata/db.js";
+import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 import type { Kind, SnapshotInfo, Snapshotter, Usage } from "./snapshotter.js";
 import { cleanLabels, updateLabels } from "./storage.js";
@@ -497,7 +497,7 @@ export class NamespacedSnapshotter {
           this.s.stmts.remove.run(ns, this.name, key);
           this.removeLease(ns, opts.lease, key);
           return r.backendKey;
-        });
+        }, FREES);
         this.s.db.mutated(true);
         await this.removeBackend(bkey);
       }),
@@ -519,7 +519,7 @@ export class NamespacedSnapshotter {
       this.locks.run([this.lockName(ns, key)], async () => {
         const r = this.row(ns, key);
         if (!r) return false;
-        this.s.db.tx(() => this.s.stmts.remove.run(ns, this.name, key));
+        this.s.db.tx(() => this.s.stmts.remove.run(ns, this.name, key), FREES);
         await this.removeBackend(r.backendKey);
         return true;
       }),

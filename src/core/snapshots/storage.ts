@@ -11,7 +11,8 @@ import {
   errInvalidArgument,
   errNotFound,
 } from "../../base/errdefs.js";
-import { decodeLabels, encodeLabels, type Labels } from "../metadata/db.js";
+import { decodeLabels, encodeLabels, type Labels, type TxOptions } from "../metadata/db.js";
+import { releaseReserveFor, retryFreeing } from "../metadata/reserve.js";
 import type { Kind, SnapshotInfo, Usage } from "./snapshotter.js";
 
 const SCHEMA = `
@@ -93,7 +94,7 @@ export class MetaStore {
   readonly sql: Database.Database;
   private readonly stmts;
 
-  constructor(path: string) {
+  constructor(private readonly path: string) {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     this.sql = new Database(path);
     this.sql.pragma("journal_mode = WAL");
@@ -120,9 +121,14 @@ export class MetaStore {
     };
   }
 
-  /** Run fn in a write transaction (synchronous: nothing else interleaves). */
-  tx<T>(fn: () => T): T {
-    return this.sql.transaction(fn).immediate();
+  /**
+   * Run fn in a write transaction (synchronous: nothing else interleaves). One that frees space
+   * may use the metadata space reserve on a full disk when this file lives on the same one.
+   */
+  tx<T>(fn: () => T, opts: TxOptions = {}): T {
+    const attempt = () => this.sql.transaction(fn).immediate();
+    if (!opts.frees || this.sql.inTransaction) return attempt();
+    return retryFreeing(attempt, (err) => releaseReserveFor(dirname(this.path), err));
   }
 
   /**
