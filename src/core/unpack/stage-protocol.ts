@@ -17,6 +17,8 @@ export type ToWorker =
   | { type: "fail"; message: string };
 
 export type ToMain =
+  /** The worker's modules (native addons among them) are loaded: it may be terminated now. */
+  | { type: "ready" }
   | { type: "ack"; bytes: number }
   | { type: "log"; level: string; msg: string; fields: Record<string, unknown> }
   | { type: "done"; diffId: string; implicitDirs: string[] }

@@ -51,6 +51,15 @@ export async function stageLayerThreaded(
   };
   const worker = new Worker(workerUrl, { workerData: job });
   const exited = new Promise<void>((resolve) => worker.once("exit", () => resolve()));
+  // Terminating a worker while it still loads its modules can abort the whole process (a native
+  // addon's initialisation throwing into an environment being torn down: "napi_throw" FATAL
+  // ERROR), so the finally below waits for this first.
+  const loaded = new Promise<void>((resolve) => {
+    worker.on("message", (m: ToMain) => {
+      if (m.type === "ready") resolve();
+    });
+    worker.once("exit", () => resolve());
+  });
   let inFlight = 0;
   let wakeSender: (() => void) | undefined;
   let settled = false;
@@ -64,6 +73,8 @@ export async function stageLayerThreaded(
   const result = new Promise<StagedLayer>((resolve, reject) => {
     worker.on("message", (m: ToMain) => {
       switch (m.type) {
+        case "ready":
+          return;
         case "ack": {
           inFlight -= m.bytes;
           const w = wakeSender;
@@ -145,6 +156,7 @@ export async function stageLayerThreaded(
   } finally {
     // the staging dir is removed by the caller: the thread must have stopped writing first (and
     // a finished one would idle on its message port forever)
+    await loaded;
     await worker.terminate();
     await exited;
   }

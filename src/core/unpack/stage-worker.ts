@@ -11,6 +11,7 @@ import type { StageJob, ToMain, ToWorker } from "./stage-protocol.js";
 const port = parentPort;
 if (!port) throw new Error("stage-worker.ts runs only as a worker thread");
 const job = workerData as StageJob;
+port.postMessage({ type: "ready" } satisfies ToMain);
 
 const queue: Uint8Array[] = [];
 let ended = false;
