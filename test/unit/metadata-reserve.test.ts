@@ -112,7 +112,10 @@ describe("metadata space reserve on a full disk", () => {
     assert.equal(freeBytes(fs), 0, "the filesystem is not full");
 
     // a write that frees nothing fails and leaves the reserve where it is
-    assert.throws(() => leases.create(NS, "more", BIG), { code: "SQLITE_FULL" });
+    assert.throws(() => leases.create(NS, "more", BIG), {
+      code: "SQLITE_FULL",
+      message: /^writing lease "more": /,
+    });
     // the same delete, not marked as freeing, fails too: only the reserve lets it through
     assert.throws(
       () => db.tx(() => db.stmt("DELETE FROM leases WHERE namespace = ? AND id = ?").run(NS, "l0")),

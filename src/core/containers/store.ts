@@ -282,28 +282,31 @@ export class ContainerStore {
     wrapValidation("create container failed validation", () => validateContainer(c));
     const labels = dropEmpty(c.labels);
     const now = Date.now();
-    this.db.tx(() => {
-      this.namespaces.ensure(ns);
-      this.stmts.addBucket.run(ns);
-      const r = this.stmts.insert.run(
-        ns,
-        c.id,
-        encodeLabels(labels),
-        c.image,
-        c.runtime.name,
-        c.runtime.options?.typeUrl ?? null,
-        c.runtime.options ? Buffer.from(c.runtime.options.value) : null,
-        c.spec?.typeUrl ?? null,
-        c.spec ? Buffer.from(c.spec.value) : null,
-        c.snapshotter,
-        c.snapshotKey,
-        c.sandboxId,
-        encodeExtensions(c.extensions),
-        now,
-        now,
-      );
-      if (r.changes === 0) throw errAlreadyExists(`container ${q(c.id)}`);
-    });
+    this.db.tx(
+      () => {
+        this.namespaces.ensure(ns);
+        this.stmts.addBucket.run(ns);
+        const r = this.stmts.insert.run(
+          ns,
+          c.id,
+          encodeLabels(labels),
+          c.image,
+          c.runtime.name,
+          c.runtime.options?.typeUrl ?? null,
+          c.runtime.options ? Buffer.from(c.runtime.options.value) : null,
+          c.spec?.typeUrl ?? null,
+          c.spec ? Buffer.from(c.spec.value) : null,
+          c.snapshotter,
+          c.snapshotKey,
+          c.sandboxId,
+          encodeExtensions(c.extensions),
+          now,
+          now,
+        );
+        if (r.changes === 0) throw errAlreadyExists(`container ${q(c.id)}`);
+      },
+      { what: `container ${q(c.id)}` },
+    );
     this.db.mutated(false);
     const created: Container = { ...c, labels, createdAt: new Date(now), updatedAt: new Date(now) };
     this.events.publish(

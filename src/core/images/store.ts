@@ -191,21 +191,24 @@ export class ImageStore {
     const labels = dropEmpty(img.labels);
     const target = { ...img.target, annotations: dropEmpty(img.target.annotations) };
     const now = Date.now();
-    this.db.tx(() => {
-      this.namespaces.ensure(ns);
-      const r = this.stmts.insert.run(
-        ns,
-        img.name,
-        target.mediaType,
-        target.digest,
-        target.size,
-        encodeLabels(target.annotations),
-        encodeLabels(labels),
-        now,
-        now,
-      );
-      if (r.changes === 0) throw errAlreadyExists(`image ${q(img.name)}`);
-    });
+    this.db.tx(
+      () => {
+        this.namespaces.ensure(ns);
+        const r = this.stmts.insert.run(
+          ns,
+          img.name,
+          target.mediaType,
+          target.digest,
+          target.size,
+          encodeLabels(target.annotations),
+          encodeLabels(labels),
+          now,
+          now,
+        );
+        if (r.changes === 0) throw errAlreadyExists(`image ${q(img.name)}`);
+      },
+      { what: `image ${q(img.name)} (target ${target.digest})` },
+    );
     this.db.mutated(false);
     const created: Image = {
       name: img.name,
@@ -233,52 +236,55 @@ export class ImageStore {
       labels: input.labels ?? {},
       target: toDescriptor(input.target),
     };
-    const updated = this.db.tx(() => {
-      const r = this.row(ns, given.name);
-      if (!r) throw errNotFound(`image ${q(given.name)}`);
-      const cur = toImage(r);
-      let labels: Labels = cur.labels;
-      let target: Descriptor = cur.target;
-      if (paths.length === 0) {
-        labels = { ...given.labels };
-        target = { ...given.target, annotations: { ...given.target.annotations } };
-      }
-      for (const p of paths) {
-        if (p.startsWith("labels.")) {
-          const k = p.slice("labels.".length);
-          labels = { ...labels, [k]: own(given.labels, k) };
-        } else if (p.startsWith("annotations.")) {
-          const k = p.slice("annotations.".length);
-          target = {
-            ...target,
-            annotations: { ...target.annotations, [k]: own(given.target.annotations, k) },
-          };
-        } else if (p === "labels") {
+    const updated = this.db.tx(
+      () => {
+        const r = this.row(ns, given.name);
+        if (!r) throw errNotFound(`image ${q(given.name)}`);
+        const cur = toImage(r);
+        let labels: Labels = cur.labels;
+        let target: Descriptor = cur.target;
+        if (paths.length === 0) {
           labels = { ...given.labels };
-        } else if (p === "target") {
           target = { ...given.target, annotations: { ...given.target.annotations } };
-        } else if (p === "annotations") {
-          target = { ...target, annotations: { ...given.target.annotations } };
-        } else {
-          throw errInvalidArgument(`cannot update ${q(p)} field on image ${q(given.name)}`);
         }
-      }
-      validateImage({ name: given.name, labels, target });
-      labels = dropEmpty(labels);
-      target = { ...target, annotations: dropEmpty(target.annotations) };
-      const now = Date.now();
-      this.stmts.update.run(
-        target.mediaType,
-        target.digest,
-        target.size,
-        encodeLabels(target.annotations),
-        encodeLabels(labels),
-        now,
-        ns,
-        given.name,
-      );
-      return { name: given.name, labels, target, createdAt: cur.createdAt, updatedAt: new Date(now) };
-    });
+        for (const p of paths) {
+          if (p.startsWith("labels.")) {
+            const k = p.slice("labels.".length);
+            labels = { ...labels, [k]: own(given.labels, k) };
+          } else if (p.startsWith("annotations.")) {
+            const k = p.slice("annotations.".length);
+            target = {
+              ...target,
+              annotations: { ...target.annotations, [k]: own(given.target.annotations, k) },
+            };
+          } else if (p === "labels") {
+            labels = { ...given.labels };
+          } else if (p === "target") {
+            target = { ...given.target, annotations: { ...given.target.annotations } };
+          } else if (p === "annotations") {
+            target = { ...target, annotations: { ...given.target.annotations } };
+          } else {
+            throw errInvalidArgument(`cannot update ${q(p)} field on image ${q(given.name)}`);
+          }
+        }
+        validateImage({ name: given.name, labels, target });
+        labels = dropEmpty(labels);
+        target = { ...target, annotations: dropEmpty(target.annotations) };
+        const now = Date.now();
+        this.stmts.update.run(
+          target.mediaType,
+          target.digest,
+          target.size,
+          encodeLabels(target.annotations),
+          encodeLabels(labels),
+          now,
+          ns,
+          given.name,
+        );
+        return { name: given.name, labels, target, createdAt: cur.createdAt, updatedAt: new Date(now) };
+      },
+      { what: `image ${q(given.name)} (target ${given.target.digest || "unchanged"})` },
+    );
     this.db.mutated(false);
     this.events.publish(
       ns,

@@ -70,13 +70,16 @@ export class LeaseStore {
     if (!id) throw errInvalidArgument("lease id must be provided");
     validateLabels(labels);
     const now = Date.now();
-    this.db.tx(() => {
-      this.namespaces.ensure(ns);
-      const r = this.db
-        .stmt("INSERT OR IGNORE INTO leases (namespace, id, created_at, labels) VALUES (?, ?, ?, ?)")
-        .run(ns, id, now, encodeLabels(labels));
-      if (r.changes === 0) throw errAlreadyExists(`lease ${JSON.stringify(id)}`);
-    });
+    this.db.tx(
+      () => {
+        this.namespaces.ensure(ns);
+        const r = this.db
+          .stmt("INSERT OR IGNORE INTO leases (namespace, id, created_at, labels) VALUES (?, ?, ?, ?)")
+          .run(ns, id, now, encodeLabels(labels));
+        if (r.changes === 0) throw errAlreadyExists(`lease ${JSON.stringify(id)}`);
+      },
+      { what: `lease ${JSON.stringify(id)}` },
+    );
     return { id, createdAt: new Date(now), labels };
   }
 

@@ -4,8 +4,9 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
+import { wrap } from "../../base/errdefs.js";
 import type { Logger } from "../../base/log.js";
-import { RESERVE_BYTES, reservePathFor, retryFreeing, SpaceReserve } from "./reserve.js";
+import { isOutOfSpace, RESERVE_BYTES, reservePathFor, retryFreeing, SpaceReserve } from "./reserve.js";
 
 export type Labels = Record<string, string>;
 
@@ -142,6 +143,11 @@ export interface TxOptions {
    * disk it may use the space reserve. Only deletions set this, so nothing else can eat it.
    */
   frees?: boolean;
+  /**
+   * What the transaction writes, for an out-of-space error ("image \"x\" (target sha256:…)"):
+   * the client is told what could not be stored, not only that the disk is full.
+   */
+  what?: string;
 }
 
 /** The options of a transaction that frees space: `db.tx(fn, FREES)`. */
@@ -232,10 +238,15 @@ export class MetadataDB {
    */
   tx<T>(fn: () => T, opts: TxOptions = {}): T {
     const attempt = () => this.sql.transaction(fn).immediate();
-    // nested: the outermost transaction decides, its retry reruns this one too
-    if (!opts.frees || !this.reserve || this.sql.inTransaction) return attempt();
-    const reserve = this.reserve;
-    return retryFreeing(attempt, (err) => reserve.release(err));
+    try {
+      // nested: the outermost transaction decides, its retry reruns this one too
+      if (!opts.frees || !this.reserve || this.sql.inTransaction) return attempt();
+      const reserve = this.reserve;
+      return retryFreeing(attempt, (err) => reserve.release(err));
+    } catch (err) {
+      if (opts.what && isOutOfSpace(err) && !this.sql.inTransaction) throw wrap(err, `writing ${opts.what}`);
+      throw err;
+    }
   }
 
   /** Write the space reserve again if it was used and there is room now (after a collection). */

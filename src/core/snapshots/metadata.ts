@@ -359,25 +359,28 @@ export class NamespacedSnapshotter {
     return this.gate.shared(() =>
       this.locks.run([this.lockName(ns, key)], async () => {
         // 1. reserve
-        const r = this.s.db.tx(() => {
-          this.checkLease(ns, opts.lease);
-          if (target && this.row(ns, target)) {
-            this.addLease(ns, opts.lease, target);
-            return { exists: `target snapshot ${JSON.stringify(target)}` };
-          }
-          if (this.row(ns, key)) {
-            this.addLease(ns, opts.lease, key);
-            return { exists: `snapshot ${JSON.stringify(key)}` };
-          }
-          let bparent = "";
-          if (parent) {
-            const p = this.row(ns, parent);
-            if (!p) throw errNotFound(`parent snapshot ${parent} does not exist`);
-            bparent = p.backendKey;
-          }
-          this.s.namespaces.ensure(ns);
-          return { bkey: this.nextBackendKey(ns, key), bparent };
-        });
+        const r = this.s.db.tx(
+          () => {
+            this.checkLease(ns, opts.lease);
+            if (target && this.row(ns, target)) {
+              this.addLease(ns, opts.lease, target);
+              return { exists: `target snapshot ${JSON.stringify(target)}` };
+            }
+            if (this.row(ns, key)) {
+              this.addLease(ns, opts.lease, key);
+              return { exists: `snapshot ${JSON.stringify(key)}` };
+            }
+            let bparent = "";
+            if (parent) {
+              const p = this.row(ns, parent);
+              if (!p) throw errNotFound(`parent snapshot ${parent} does not exist`);
+              bparent = p.backendKey;
+            }
+            this.s.namespaces.ensure(ns);
+            return { bkey: this.nextBackendKey(ns, key), bparent };
+          },
+          { what: `snapshot ${JSON.stringify(key)}` },
+        );
         if ("exists" in r) throw errAlreadyExists(r.exists);
         // 2. create in the backend
         const inherited = inheritedLabels(base);
@@ -442,14 +445,17 @@ export class NamespacedSnapshotter {
     const base = cleanLabels(labels);
     await this.gate.shared(() =>
       this.locks.run([this.lockName(ns, name), this.lockName(ns, key)], async () => {
-        const r = this.s.db.tx(() => {
-          if (!this.s.stmts.any.get({ ns, sn: this.name }))
-            throw errNotFound(`can not find snapshotter ${JSON.stringify(this.name)}`);
-          this.addLease(ns, opts.lease, name);
-          if (this.row(ns, name)) return { exists: `snapshot ${JSON.stringify(name)}` };
-          const active = this.mustRow(ns, key);
-          return { active, nameKey: this.nextBackendKey(ns, name) };
-        });
+        const r = this.s.db.tx(
+          () => {
+            if (!this.s.stmts.any.get({ ns, sn: this.name }))
+              throw errNotFound(`can not find snapshotter ${JSON.stringify(this.name)}`);
+            this.addLease(ns, opts.lease, name);
+            if (this.row(ns, name)) return { exists: `snapshot ${JSON.stringify(name)}` };
+            const active = this.mustRow(ns, key);
+            return { active, nameKey: this.nextBackendKey(ns, name) };
+          },
+          { what: `snapshot ${JSON.stringify(name)}` },
+        );
         if ("exists" in r) throw errAlreadyExists(r.exists);
         try {
           await this.backend.commit(r.nameKey, r.active.backendKey, inheritedLabels(base));
