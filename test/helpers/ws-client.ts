@@ -96,7 +96,7 @@ export async function wsExec(url: string, o: WsExecOptions = {}): Promise<WsExec
 /** Forward one port over WebSocket (v4.channel.k8s.io): data on channel 0, errors on 1. */
 export async function wsPortForward(url: string, port: number, protocol = "v4.channel.k8s.io") {
   const { ws, protocol: got } = await wsConnect(`${url}?port=${port}`, [protocol]);
-  let data = Buffer.alloc(0);
+  const data: Buffer[] = [];
   let error = "";
   const seen = new Set<number>();
   const portHeaders: Buffer[] = [];
@@ -108,7 +108,7 @@ export async function wsPortForward(url: string, port: number, protocol = "v4.ch
       portHeaders.push(m.data);
       return;
     }
-    if (m.channel === 0) data = Buffer.concat([data, m.data]);
+    if (m.channel === 0) data.push(m.data);
     else if (m.channel === 1) error += m.data.toString();
   });
   const closed = new Promise<void>((r) => ws.once("close", () => r()));
@@ -121,7 +121,7 @@ export async function wsPortForward(url: string, port: number, protocol = "v4.ch
     },
     async result() {
       await closed;
-      return { data: data.toString(), error };
+      return { data: Buffer.concat(data).toString(), error };
     },
     close() {
       ws.close();

@@ -25,6 +25,9 @@ const BB = "/bin/busybox";
 const sh = (script: string) => [BB, "sh", "-c", script];
 
 /** An HTTP/1.0 GET written to `w`, the whole answer read from `r`. */
+/** The size of /www/big in the web container, served for the large port-forward checks. */
+const BIG_MIB = 24;
+
 function httpGet(stream: NodeJS.ReadWriteStream): Promise<string> {
   return new Promise((resolve) => {
     let out = "";
@@ -129,7 +132,9 @@ describe("CRI streaming: exec, attach and port-forward", { timeout: 300_000 }, (
     };
     web = await container(
       "web",
-      sh(`${BB} mkdir -p /www; echo served > /www/index.html; exec ${BB} httpd -f -p 8080 -h /www`),
+      sh(
+        `${BB} mkdir -p /www; echo served > /www/index.html; ${BB} dd if=/dev/zero of=/www/big bs=1048576 count=${BIG_MIB} 2>/dev/null; exec ${BB} httpd -f -p 8080 -h /www`,
+      ),
     );
     ticker = await container(
       "ticker",
@@ -279,6 +284,44 @@ describe("CRI streaming: exec, attach and port-forward", { timeout: 300_000 }, (
     await until("no relay left after the session closed", () =>
       descendants(d.pid).every((p) => !p.argv.includes("nc")),
     );
+  });
+
+  it("forwards a large body intact to a client that reads slowly, over SPDY and WebSocket", async () => {
+    // regression: the relay could exit while the body's last bytes were still queued behind the
+    // client's flow control, and the data stream was ended without them (the tail was lost)
+    const body = (raw: Buffer) => raw.subarray(raw.indexOf("\r\n\r\n") + 4).length;
+    const { url } = await cri.runtime.portForward({ podSandboxId: pod, port: [8080] });
+    const pf = await spdyPortForward(url);
+    try {
+      const conn = pf.connect(8080);
+      const parts: Buffer[] = [];
+      let got = 0;
+      let nextPause = 1 << 20;
+      const done = new Promise<void>((resolve, reject) => {
+        conn.data.on("data", (b: Buffer) => {
+          parts.push(b);
+          got += b.length;
+          if (got >= nextPause) {
+            // a slow reader: the pod's side runs ahead and fills every buffer on the way
+            nextPause += 4 << 20;
+            conn.data.pause();
+            setTimeout(() => conn.data.resume(), 300);
+          }
+        });
+        conn.data.once("end", () => resolve());
+        conn.data.once("error", reject);
+      });
+      conn.data.write("GET /big HTTP/1.0\r\n\r\n");
+      await done;
+      assert.equal(body(Buffer.concat(parts)), BIG_MIB << 20, "SPDY port-forward body length");
+    } finally {
+      pf.close();
+    }
+    const { url: url2 } = await cri.runtime.portForward({ podSandboxId: pod, port: [8080] });
+    const f = await wsPortForward(url2, 8080);
+    f.send("GET /big HTTP/1.0\r\n\r\n");
+    const r = await f.result();
+    assert.equal(body(Buffer.from(r.data, "latin1")), BIG_MIB << 20, "WebSocket port-forward body length");
   });
 
   it("forwards a port over WebSocket", async () => {

@@ -15,6 +15,7 @@
 import { spawn } from "node:child_process";
 import net from "node:net";
 import { Duplex, type Readable, type Writable } from "node:stream";
+import { finished } from "node:stream/promises";
 import { wsDecode, wsSend } from "./remotecommand.js";
 import type { SpdySession, SpdyStream } from "./spdy.js";
 import type { WsConnection } from "./websocket.js";
@@ -52,13 +53,56 @@ export function dialPod(netnsPath: string, port: number): PodConnection {
     child.once("error", (e) => resolve(e.message));
     child.once("close", (code) => resolve(code === 0 ? "" : stderr.trim() || `relay exited with ${code}`));
   });
-  const stream = Duplex.from({ readable: child.stdout as Readable, writable: child.stdin as Writable });
+  const stream = new RelayStream(child.stdout as Readable, child.stdin as Writable);
   stream.on("error", () => {});
-  child.stdin.on("error", () => {});
   stream.once("close", () => {
     if (child.exitCode === null) child.kill("SIGTERM");
   });
   return { stream, result };
+}
+
+/**
+ * The relay's stdout and stdin as one duplex. Not Duplex.from: when the relay exits, its stdin
+ * closes, and Duplex.from destroys the whole duplex on that (premature close), dropping whatever
+ * the relay had written to stdout that was not read yet: the tail of a large transfer. Here the
+ * two directions live apart: writes after the relay is gone are dropped, reads go on to the end.
+ */
+class RelayStream extends Duplex {
+  constructor(
+    private readonly out: Readable,
+    private readonly input: Writable,
+  ) {
+    super({ allowHalfOpen: true });
+    out.on("data", (b: Buffer) => {
+      if (!this.push(b)) out.pause();
+    });
+    out.once("end", () => this.push(null));
+    out.on("error", (err) => this.destroy(err));
+    input.on("error", () => {}); // EPIPE once the relay exited: its exit status says why
+  }
+
+  override _read(): void {
+    this.out.resume();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    if (this.input.destroyed || this.input.writableEnded) {
+      cb();
+      return;
+    }
+    this.input.write(chunk, () => cb());
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    if (!this.input.destroyed && !this.input.writableEnded) this.input.end();
+    cb();
+  }
+
+  override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
+    this.out.destroy();
+    this.input.destroy();
+    cb(err);
+  }
 }
 
 export type Dialer = (port: number) => PodConnection;
@@ -94,9 +138,14 @@ export function serveSpdyPortForward(session: SpdySession, dial: Dialer, podName
     conn.stream.on("error", () => {});
     // a reset stream or a closed session drops the pod connection (and its relay) with it
     data.once("close", () => conn.stream.destroy());
-    void conn.result.then((msg) => {
+    // The relay can be gone while the pod's last bytes still wait in conn.stream for the client's
+    // flow control: the pipe ends `data` once they are written. Ending it here before that lost
+    // the tail of a large transfer.
+    const drained = finished(conn.stream, { writable: false }).catch(() => {});
+    void conn.result.then(async (msg) => {
       if (msg) error.write(`error forwarding port ${port} to pod ${podName}: ${msg}`);
       error.end();
+      await drained;
       if (!data.writableEnded) data.end();
     });
   };
@@ -120,11 +169,16 @@ export function serveWsPortForward(
     void wsSend(ws, 2 * i + 1, portBytes, base64);
     const conn = dial(port);
     conns[i] = conn.stream;
+    let sending: Promise<unknown> = Promise.resolve();
     conn.stream.on("data", (b: Buffer) => {
       conn.stream.pause();
-      void wsSend(ws, 2 * i, b, base64).then(() => conn.stream.resume());
+      sending = wsSend(ws, 2 * i, b, base64).then(() => conn.stream.resume());
     });
+    // as for SPDY: every byte the pod sent goes out before the connection is closed
+    const drained = finished(conn.stream, { writable: false }).catch(() => {});
     void conn.result.then(async (msg) => {
+      await drained;
+      await sending.catch(() => {});
       if (msg)
         await wsSend(
           ws,
