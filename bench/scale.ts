@@ -355,7 +355,7 @@ async function restartSection(name: DaemonName, first: Daemon, ref: string): Pro
       async (i) => {
         const id = `task-${have + i}`;
         ok(
-          await ctr(d.address, ["-n", NS, "run", "-d", "--null-io", ref, id, "sleep", "3600"], {
+          await ctr(d.address, ["-n", NS, "run", "-d", "--null-io", ref, id, "busybox", "sleep", "3600"], {
             timeoutMs: 60_000,
           }),
           `ctr run ${id}`,
