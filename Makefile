@@ -32,6 +32,7 @@ gen: node-deps
 
 build: node-deps gen
 	npx tsc -p tsconfig.json
+	node dist/scripts/bundle.js
 
 typecheck: gen
 	npx tsc -p tsconfig.json --noEmit

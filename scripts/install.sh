@@ -26,7 +26,7 @@ case "$PREFIX" in
   /*) ;;
   *) echo "install: PREFIX must be an absolute path (got $PREFIX)" >&2; exit 1 ;;
 esac
-[ -f "$SRC/dist/src/cmd/berthd/main.js" ] || { echo "install: berth is not built (run make build)" >&2; exit 1; }
+[ -f "$SRC/dist/bundle/berthd.js" ] || { echo "install: berth is not built (run make build)" >&2; exit 1; }
 [ -x "$NODE" ] || { echo "install: no node executable (set NODE)" >&2; exit 1; }
 
 echo "installing berth into $dest"
@@ -35,6 +35,7 @@ mkdir -p "$dest"
 rm -rf "$dest/dist" "$dest/bin" "$dest/node_modules" "$dest/docs"
 mkdir -p "$dest/dist"
 cp -a "$SRC/dist/src" "$dest/dist/src"
+cp -a "$SRC/dist/bundle" "$dest/dist/bundle"
 cp -a "$SRC/bin" "$dest/bin"
 cp -a "$SRC/docs" "$dest/docs"
 cp "$SRC/package.json" "$SRC/package-lock.json" "$SRC/README.md" "$dest/"

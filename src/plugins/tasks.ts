@@ -5,7 +5,7 @@
 // The runtime plugin also makes berthd a child subreaper (daemonized shims are reparented here)
 // and serves containerd.services.events.ttrpc.v1.Events on `<address>.ttrpc`, where the shims
 // forward their task events.
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseDuration } from "../base/duration.js";
@@ -22,8 +22,18 @@ import { setChildSubreaper } from "../sys/reaper.js";
 import { prepareSocketPath, secureSocket } from "../sys/socket.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
 
-/** bin/berth-publish.js: what shims get as -publish-binary. */
-export const PUBLISH_BINARY = join(dirname(fileURLToPath(import.meta.url)), "../../../bin/berth-publish.js");
+/**
+ * bin/berth-publish.js: what shims get as -publish-binary. Found upwards from this module, which
+ * runs from dist/src/plugins or from the bundle in dist/bundle.
+ */
+export const PUBLISH_BINARY = ((): string => {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (let dir = here; ; dir = dirname(dir)) {
+    const p = join(dir, "bin", "berth-publish.js");
+    if (existsSync(p)) return p;
+    if (dirname(dir) === dir) return join(here, "../../../bin/berth-publish.js");
+  }
+})();
 
 /** The shim timeouts from `[timeouts]`; a key that is missing or unreadable keeps its default. */
 export function shimTimeouts(table: Record<string, string> = {}): ShimTimeouts {

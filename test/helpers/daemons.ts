@@ -375,8 +375,8 @@ const tomlString = (s: string) => JSON.stringify(s);
 export const CRI_PLUGIN = "io.containerd.grpc.v1.cri";
 
 export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
-  const entry = path.join(repoRoot, "dist/src/cmd/berthd/main.js");
-  if (!existsSync(entry)) throw new Error(`berthd is not built: ${entry} is missing (run npx tsc -p .)`);
+  const entry = path.join(repoRoot, "dist/bundle/berthd.js");
+  if (!existsSync(entry)) throw new Error(`berthd is not built: ${entry} is missing (run make build)`);
   const { dir, root, state, configPath } = await prepare("berthd", opts);
   const address = opts.address ?? path.join(dir, "berth.sock");
   const disabled = opts.disabledPlugins
