@@ -282,6 +282,11 @@ async function launch(spec: SpawnSpec): Promise<Daemon> {
         } catch {
           // raced with the exit
         }
+        // A process in uninterruptible sleep (disk I/O on a slow disk) dies only when that ends;
+        // the child's handle does not keep the event loop alive, so hold it here meanwhile or the
+        // test runner sees an empty loop with this promise pending (it then fails the suite).
+        const hold = setInterval(() => {}, 1000);
+        await exited.finally(() => clearInterval(hold));
       }
     }
     return exited;

@@ -226,7 +226,7 @@ export class MetadataContentStore {
         return true;
       });
     } catch (err) {
-      if (err instanceof Error) err.message = `unable to lease content: ${err.message}`;
+      if (err instanceof Error) err.message = `unable to lease content ${dgst}: ${err.message}`;
       throw err;
     }
   }
@@ -241,29 +241,32 @@ export class MetadataContentStore {
 
   /** containerd's field paths: "labels" replaces all, "labels.<k>" sets one; none replaces all. */
   update(ns: string, info: { digest: string; labels?: Labels }, paths: string[] = []): Info {
-    const out = this.db.tx(() => {
-      const r = this.row(ns, info.digest);
-      if (!r) throw errNotFound(`content digest ${info.digest}`);
-      const cur = toInfo(r);
-      const given = info.labels ?? {};
-      let labels: Labels = { ...cur.labels };
-      if (paths.length === 0) labels = { ...given };
-      for (const p of paths) {
-        if (p.startsWith("labels.")) {
-          const k = p.slice("labels.".length);
-          labels[k] = given[k] ?? "";
-        } else if (p === "labels") {
-          labels = { ...given };
-        } else {
-          throw errInvalidArgument(`cannot update ${q(p)} field on content info ${q(info.digest)}`);
+    const out = this.db.tx(
+      () => {
+        const r = this.row(ns, info.digest);
+        if (!r) throw errNotFound(`content digest ${info.digest}`);
+        const cur = toInfo(r);
+        const given = info.labels ?? {};
+        let labels: Labels = { ...cur.labels };
+        if (paths.length === 0) labels = { ...given };
+        for (const p of paths) {
+          if (p.startsWith("labels.")) {
+            const k = p.slice("labels.".length);
+            labels[k] = given[k] ?? "";
+          } else if (p === "labels") {
+            labels = { ...given };
+          } else {
+            throw errInvalidArgument(`cannot update ${q(p)} field on content info ${q(info.digest)}`);
+          }
         }
-      }
-      validateInfoLabels(labels);
-      labels = cleanLabels(labels);
-      const now = Date.now();
-      this.stmts.updateContent.run(encodeLabels(labels), now, ns, info.digest);
-      return { ...cur, labels, updatedAt: new Date(now) };
-    });
+        validateInfoLabels(labels);
+        labels = cleanLabels(labels);
+        const now = Date.now();
+        this.stmts.updateContent.run(encodeLabels(labels), now, ns, info.digest);
+        return { ...cur, labels, updatedAt: new Date(now) };
+      },
+      { what: `the labels of blob ${info.digest}` },
+    );
     this.db.mutated(false);
     return out;
   }
@@ -503,15 +506,19 @@ export class MetadataContentStore {
     labels: Labels,
   ): boolean {
     let created = false;
-    this.db.tx(() => {
-      this.namespaces.ensure(ns);
-      const now = Date.now();
-      created =
-        this.stmts.insertContent.run(ns, dgst, size, now, now, encodeLabels(cleanLabels(labels))).changes > 0;
-      this.stmts.deleteIngest.run(ns, ref);
-      this.removeLease(ns, lease, "ingests", ref);
-      this.addLease(ns, lease, "content", dgst);
-    });
+    this.db.tx(
+      () => {
+        this.namespaces.ensure(ns);
+        const now = Date.now();
+        created =
+          this.stmts.insertContent.run(ns, dgst, size, now, now, encodeLabels(cleanLabels(labels))).changes >
+          0;
+        this.stmts.deleteIngest.run(ns, ref);
+        this.removeLease(ns, lease, "ingests", ref);
+        this.addLease(ns, lease, "content", dgst);
+      },
+      { what: `blob ${dgst} (ingest ${ref})` },
+    );
     this.db.mutated(false);
     return created;
   }

@@ -116,12 +116,15 @@ export class LeaseStore {
 
   addResource(ns: string, id: string, r: LeaseResource): void {
     validateLeaseResource(r);
-    this.db.tx(() => {
-      if (!this.get(ns, id)) throw errNotFound(`lease ${JSON.stringify(id)}`);
-      this.db
-        .stmt("INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)")
-        .run(ns, id, r.type, r.id);
-    });
+    this.db.tx(
+      () => {
+        if (!this.get(ns, id)) throw errNotFound(`lease ${JSON.stringify(id)}`);
+        this.db
+          .stmt("INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)")
+          .run(ns, id, r.type, r.id);
+      },
+      { what: `${r.type} ${r.id} into lease ${JSON.stringify(id)}` },
+    );
   }
 
   deleteResource(ns: string, id: string, r: LeaseResource): void {
