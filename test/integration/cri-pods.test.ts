@@ -25,7 +25,7 @@ import { type CriClient, criClient } from "../helpers/cri.js";
 import { ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, restartDaemon, startBerthd } from "../helpers/daemons.js";
 import { buildBusyboxImage, busyboxImageWith, pushImage } from "../helpers/images.js";
-import { freeSubnetOctets } from "../helpers/net.js";
+import { freeSubnetOctets, writeBridgeConflist } from "../helpers/net.js";
 import { shimsOf, until } from "../helpers/procs.js";
 import { freePort, type Registry, startRegistry } from "../helpers/registry.js";
 import { makeTempDir, mountsUnder, removeTempDir } from "../helpers/tmp.js";
@@ -93,28 +93,16 @@ describe("CRI pod sandboxes and containers", { timeout: 600_000 }, () => {
       ].join("\n"),
       { mode: 0o755 },
     );
-    writeFileSync(
-      path.join(confDir, "10-test.conflist"),
-      JSON.stringify({
-        cniVersion: "1.0.0",
-        name: "crit",
-        plugins: [
-          {
-            type: "bridge",
-            bridge,
-            isGateway: true,
-            ipMasq: false,
-            ipam: {
-              type: "host-local",
-              dataDir: ipamDir,
-              ranges: [[{ subnet: `10.89.${subnet}.0/24` }]],
-              routes: [{ dst: "0.0.0.0/0" }],
-            },
-          },
-          { type: "portmap", capabilities: { portMappings: true } },
-        ],
-      }),
-    );
+    writeBridgeConflist({
+      confDir,
+      file: "10-test.conflist",
+      name: "crit",
+      bridge,
+      subnet: `10.89.${subnet}.0/24`,
+      ipamDir,
+      defaultRoute: true,
+      portmap: true,
+    });
     config = [
       "version = 2",
       '[plugins."io.containerd.grpc.v1.cri"]',

@@ -4,8 +4,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
@@ -13,7 +12,7 @@ import { NamespaceMode } from "../../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/
 import { type CriClient, criClient } from "../helpers/cri.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
 import { buildBusyboxImage, busyboxImageWith, pushImage } from "../helpers/images.js";
-import { freeSubnetOctets } from "../helpers/net.js";
+import { freeSubnetOctets, writeBridgeConflist } from "../helpers/net.js";
 import { descendants, until } from "../helpers/procs.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
 import { rawRequest, spdyConnect, spdyExec, spdyPortForward } from "../helpers/spdy-client.js";
@@ -66,27 +65,14 @@ describe("CRI streaming: exec, attach and port-forward", { timeout: 300_000 }, (
     const subnet = freeSubnetOctets("10.88")[0]!;
     bridge = `bstr${randomBytes(3).toString("hex")}`;
     const confDir = path.join(tmp, "net.d");
-    await mkdir(confDir, { recursive: true });
-    writeFileSync(
-      path.join(confDir, "10-test.conflist"),
-      JSON.stringify({
-        cniVersion: "1.0.0",
-        name: "crit",
-        plugins: [
-          {
-            type: "bridge",
-            bridge,
-            isGateway: true,
-            ipMasq: false,
-            ipam: {
-              type: "host-local",
-              dataDir: path.join(tmp, "ipam"),
-              ranges: [[{ subnet: `10.88.${subnet}.0/24` }]],
-            },
-          },
-        ],
-      }),
-    );
+    writeBridgeConflist({
+      confDir,
+      file: "10-test.conflist",
+      name: "crit",
+      bridge,
+      subnet: `10.88.${subnet}.0/24`,
+      ipamDir: path.join(tmp, "ipam"),
+    });
     const config = [
       "version = 2",
       '[plugins."io.containerd.grpc.v1.cri"]',

@@ -15,8 +15,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync, readdirSync, statSync, writeFileSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { existsSync, lstatSync, readdirSync, statSync } from "node:fs";
 import { request } from "node:http";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -30,7 +29,7 @@ import { type CriClient, criClient } from "../helpers/cri.js";
 import { ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
 import { buildBusyboxImage, busyboxImageWith, pushImage } from "../helpers/images.js";
-import { freeSubnetOctets } from "../helpers/net.js";
+import { freeSubnetOctets, writeBridgeConflist } from "../helpers/net.js";
 import { procs, shimsOf, until } from "../helpers/procs.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
 import { makeTempDir, mountsUnder, removeTempDir } from "../helpers/tmp.js";
@@ -100,28 +99,15 @@ describe("reliability: load and leaks", { timeout: 60 * 60_000 }, () => {
     netnsDir = path.join(tmp, "state", "io.containerd.grpc.v1.cri", "netns");
     debugSock = path.join(tmp, "debug.sock");
     const confDir = path.join(tmp, "net.d");
-    await mkdir(confDir, { recursive: true });
-    writeFileSync(
-      path.join(confDir, "10-leaks.conflist"),
-      JSON.stringify({
-        cniVersion: "1.0.0",
-        name: "leaks",
-        plugins: [
-          {
-            type: "bridge",
-            bridge,
-            isGateway: true,
-            ipMasq: false,
-            ipam: {
-              type: "host-local",
-              dataDir: ipamDir,
-              ranges: [[{ subnet: `10.86.${subnet}.0/24` }]],
-              routes: [{ dst: "0.0.0.0/0" }],
-            },
-          },
-        ],
-      }),
-    );
+    writeBridgeConflist({
+      confDir,
+      file: "10-leaks.conflist",
+      name: "leaks",
+      bridge,
+      subnet: `10.86.${subnet}.0/24`,
+      ipamDir,
+      defaultRoute: true,
+    });
     const config = [
       "version = 2",
       "[debug]",
