@@ -103,6 +103,20 @@ function isShimProcess(pid: number): boolean {
 }
 
 /**
+ * SIGKILL the shim `pid` that nothing can stop otherwise, if it still runs a containerd-shim (not
+ * a reused PID); says why in the log.
+ */
+function killStrayShim(log: Logger, pid: number, why: string, fields: Record<string, unknown>): void {
+  if (pid <= 0 || !isShimProcess(pid)) return;
+  try {
+    process.kill(pid, "SIGKILL");
+    log.warn(`${why}; killed it`, { ...fields, pid });
+  } catch {
+    // gone meanwhile
+  }
+}
+
+/**
  * The tasks of all namespaces and the shims that run them.
  *
  * Shim groups: a task whose spec carries the annotation `io.kubernetes.cri.sandbox-id` (or
@@ -416,17 +430,10 @@ export class TaskManager {
     } catch {
       return; // no shim was spawned for this bundle
     }
-    if (pid <= 0 || !isShimProcess(pid)) return;
-    try {
-      process.kill(pid, "SIGKILL");
-      this.log.warn("shim started but unreachable; killed it", {
-        id: bundle.id,
-        namespace: bundle.namespace,
-        pid,
-      });
-    } catch {
-      // gone meanwhile
-    }
+    killStrayShim(this.log, pid, "shim started but unreachable", {
+      id: bundle.id,
+      namespace: bundle.namespace,
+    });
   }
 
   /**
@@ -436,17 +443,9 @@ export class TaskManager {
    * a task that joined its group meanwhile connected to it again.
    */
   private killLingeringShim(shim: ShimConnection, ns: string, id: string): void {
-    const pid = shim.shimPid;
-    if (pid <= 0 || shim.tasks.size > 0 || this.live.has(shim.address) || this.shims.has(shim.address))
-      return;
-    // the PID as the shim reported it; make sure it is still a shim (not a reused PID)
-    if (!isShimProcess(pid)) return;
-    try {
-      process.kill(pid, "SIGKILL");
-      this.log.warn("shim still running after shutdown; killed it", { id, namespace: ns, pid });
-    } catch {
-      // gone meanwhile
-    }
+    if (shim.tasks.size > 0 || this.live.has(shim.address) || this.shims.has(shim.address)) return;
+    // the PID as the shim reported it at Connect
+    killStrayShim(this.log, shim.shimPid, "shim still running after shutdown", { id, namespace: ns });
   }
 
   /** Delete the init process, stop the shim (unless other tasks use it) and remove the bundle. */

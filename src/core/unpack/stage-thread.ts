@@ -54,12 +54,11 @@ export async function stageLayerThreaded(
   // Terminating a worker while it still loads its modules can abort the whole process (a native
   // addon's initialisation throwing into an environment being torn down: "napi_throw" FATAL
   // ERROR), so the finally below waits for this first.
+  let markLoaded!: () => void;
   const loaded = new Promise<void>((resolve) => {
-    worker.on("message", (m: ToMain) => {
-      if (m.type === "ready") resolve();
-    });
-    worker.once("exit", () => resolve());
+    markLoaded = resolve;
   });
+  worker.once("exit", () => markLoaded());
   let inFlight = 0;
   let wakeSender: (() => void) | undefined;
   let settled = false;
@@ -74,6 +73,7 @@ export async function stageLayerThreaded(
     worker.on("message", (m: ToMain) => {
       switch (m.type) {
         case "ready":
+          markLoaded();
           return;
         case "ack": {
           inFlight -= m.bytes;
