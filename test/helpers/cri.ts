@@ -7,6 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import { ImageService, RuntimeService } from "../../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
 import { type Client, Connection, grpcTarget } from "../../src/grpc/client.js";
 import { type RunOptions, type RunResult, run } from "./ctr.js";
+import { busyboxImageWith, pushImage } from "./images.js";
 
 export interface CriClient {
   runtime: Client<typeof RuntimeService>;
@@ -67,4 +68,50 @@ export function crictl(address: string, args: string[], opts: RunOptions = {}): 
     ["--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout", "60s", ...args],
     opts,
   );
+}
+
+/**
+ * Pushes the tests' pod sandbox image, `<registry>/test/pause:1`: busybox sleeping until it gets
+ * SIGKILL, which is what StopPodSandbox sends a pause container.
+ */
+export async function pushPauseImage(registryUrl: string): Promise<void> {
+  await pushImage(
+    registryUrl,
+    "test/pause",
+    "1",
+    busyboxImageWith({ Entrypoint: ["/bin/busybox", "sleep", "1000000"], StopSignal: "SIGKILL" }),
+  );
+}
+
+export interface CriTestConfig {
+  /** The registry the images come from (plain HTTP, through a mirror entry). */
+  registryHost: string;
+  /** CNI config and plugin directories. */
+  confDir: string;
+  binDir?: string;
+  /** Lines before the CRI section (`[debug]`, GC settings). */
+  head?: string[];
+  /** More keys of the CRI section itself. */
+  cri?: string[];
+}
+
+/** berthd's config.toml for a CRI test: the pause image above, the CNI dirs, the registry mirror. */
+export function criTestConfig(c: CriTestConfig): string {
+  const plugin = '[plugins."io.containerd.grpc.v1.cri"';
+  return [
+    "version = 2",
+    ...(c.head ?? []),
+    `${plugin}]`,
+    `  sandbox_image = "${c.registryHost}/test/pause:1"`,
+    // a sandbox asking for a negative oom_score_adj fails runc create on a machine whose own
+    // score may not be lowered
+    "  restrict_oom_score_adj = true",
+    ...(c.cri ?? []),
+    `${plugin}.cni]`,
+    `  bin_dir = "${c.binDir ?? "/usr/lib/cni"}"`,
+    `  conf_dir = "${c.confDir}"`,
+    `${plugin}.registry.mirrors."${c.registryHost}"]`,
+    `  endpoint = ["http://${c.registryHost}"]`,
+    "",
+  ].join("\n");
 }

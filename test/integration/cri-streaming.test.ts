@@ -9,9 +9,9 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { NamespaceMode } from "../../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
-import { type CriClient, criClient } from "../helpers/cri.js";
+import { type CriClient, criClient, criTestConfig, pushPauseImage } from "../helpers/cri.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
-import { buildBusyboxImage, busyboxImageWith, pushImage } from "../helpers/images.js";
+import { buildBusyboxImage, pushImage } from "../helpers/images.js";
 import { freeSubnetOctets, writeBridgeConflist } from "../helpers/net.js";
 import { descendants, until } from "../helpers/procs.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
@@ -55,12 +55,7 @@ describe("CRI streaming: exec, attach and port-forward", { timeout: 300_000 }, (
     tmp = await makeTempDir("cri-stream");
     reg = await startRegistry();
     await pushImage(reg.url, "test/busybox", "1", buildBusyboxImage());
-    await pushImage(
-      reg.url,
-      "test/pause",
-      "1",
-      busyboxImageWith({ Entrypoint: [BB, "sleep", "1000000"], StopSignal: "SIGKILL" }),
-    );
+    await pushPauseImage(reg.url);
     const busyboxRef = `${reg.host}/test/busybox:1`;
     const subnet = freeSubnetOctets("10.88")[0]!;
     bridge = `bstr${randomBytes(3).toString("hex")}`;
@@ -73,18 +68,11 @@ describe("CRI streaming: exec, attach and port-forward", { timeout: 300_000 }, (
       subnet: `10.88.${subnet}.0/24`,
       ipamDir: path.join(tmp, "ipam"),
     });
-    const config = [
-      "version = 2",
-      '[plugins."io.containerd.grpc.v1.cri"]',
-      `  sandbox_image = "${reg.host}/test/pause:1"`,
-      "  restrict_oom_score_adj = true",
-      "  netns_mounts_under_state_dir = true",
-      '[plugins."io.containerd.grpc.v1.cri".cni]',
-      '  bin_dir = "/usr/lib/cni"',
-      `  conf_dir = "${confDir}"`,
-      `[plugins."io.containerd.grpc.v1.cri".registry.mirrors."${reg.host}"]`,
-      `  endpoint = ["http://${reg.host}"]`,
-    ].join("\n");
+    const config = criTestConfig({
+      registryHost: reg.host,
+      confDir,
+      cri: ["  netns_mounts_under_state_dir = true"],
+    });
     d = await startBerthd({ config, root: path.join(tmp, "root"), state: path.join(tmp, "state") });
     cri = criClient(d.address);
     await cri.image.pullImage({ image: { image: busyboxRef } });

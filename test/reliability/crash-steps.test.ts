@@ -24,14 +24,13 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { NamespaceMode, PodSandboxState } from "../../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
 import { reap, setChildSubreaper } from "../../src/sys/reaper.js";
-import { type CriClient, criClient } from "../helpers/cri.js";
+import { type CriClient, criClient, criTestConfig, pushPauseImage } from "../helpers/cri.js";
 import { berth, ctr, ok, type RunResult } from "../helpers/ctr.js";
 import { type Daemon, GC_OFF_CONFIG, killShimsOf, restartDaemon, startBerthd } from "../helpers/daemons.js";
 import {
   type BuiltImage,
   blob,
   buildBusyboxImage,
-  busyboxImageWith,
   MediaType,
   manifestBlob,
   pushImage,
@@ -608,31 +607,13 @@ describe("reliability: crash at every step", { timeout: 3_600_000 }, () => {
     bigChain = chainIds(big.platforms[0]!.diffIds);
     await pushImage(reg.url, "test/big", "1", big);
     await pushImage(reg.url, "test/busybox", "1", buildBusyboxImage());
-    await pushImage(
-      reg.url,
-      "test/pause",
-      "1",
-      busyboxImageWith({ Entrypoint: [BB, "sleep", "1000000"], StopSignal: "SIGKILL" }),
-    );
+    await pushPauseImage(reg.url);
     bigRef = `${reg.host}/test/big:1`;
     busyboxRef = `${reg.host}/test/busybox:1`;
     pauseRef = `${reg.host}/test/pause:1`;
     const confDir = path.join(tmp, "net.d");
     mkdirSync(confDir, { recursive: true });
-    const config = [
-      "version = 2",
-      GC_OFF_CONFIG,
-      `[plugins."${CRI_DIR}"]`,
-      `  sandbox_image = "${pauseRef}"`,
-      // as cri-pods: a sandbox asking for a negative oom_score_adj fails runc create here
-      "  restrict_oom_score_adj = true",
-      `[plugins."${CRI_DIR}".cni]`,
-      `  bin_dir = "/usr/lib/cni"`,
-      `  conf_dir = "${confDir}"`,
-      `[plugins."${CRI_DIR}".registry.mirrors."${reg.host}"]`,
-      `  endpoint = ["http://${reg.host}"]`,
-      "",
-    ].join("\n");
+    const config = criTestConfig({ registryHost: reg.host, confDir, head: [GC_OFF_CONFIG] });
     d = await startBerthd({ config, root: path.join(tmp, "root"), state: path.join(tmp, "state") });
     cri = criClient(d.address);
     await cri.image.pullImage({ image: { image: busyboxRef } });

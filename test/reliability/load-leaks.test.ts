@@ -25,10 +25,10 @@ import { Tasks } from "../../src/gen/containerd/services/tasks/v1/tasks_pb.js";
 import { Version } from "../../src/gen/containerd/services/version/v1/version_pb.js";
 import { NamespaceMode } from "../../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
 import { Connection } from "../../src/grpc/client.js";
-import { type CriClient, criClient } from "../helpers/cri.js";
+import { type CriClient, criClient, criTestConfig, pushPauseImage } from "../helpers/cri.js";
 import { ctr, ok } from "../helpers/ctr.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
-import { buildBusyboxImage, busyboxImageWith, pushImage } from "../helpers/images.js";
+import { buildBusyboxImage, pushImage } from "../helpers/images.js";
 import { freeSubnetOctets, writeBridgeConflist } from "../helpers/net.js";
 import { procs, shimsOf, until } from "../helpers/procs.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
@@ -86,12 +86,7 @@ describe("reliability: load and leaks", { timeout: 60 * 60_000 }, () => {
     tmp = await makeTempDir("load-leaks");
     reg = await startRegistry();
     await pushImage(reg.url, "test/busybox", "1", buildBusyboxImage());
-    await pushImage(
-      reg.url,
-      "test/pause",
-      "1",
-      busyboxImageWith({ Entrypoint: [BB, "sleep", "1000000"], StopSignal: "SIGKILL" }),
-    );
+    await pushPauseImage(reg.url);
     busyboxRef = `${reg.host}/test/busybox:1`;
     subnet = freeSubnetOctets("10.86")[0]!;
     bridge = `blk${randomBytes(3).toString("hex")}`;
@@ -108,21 +103,12 @@ describe("reliability: load and leaks", { timeout: 60 * 60_000 }, () => {
       ipamDir,
       defaultRoute: true,
     });
-    const config = [
-      "version = 2",
-      "[debug]",
-      `  address = "${debugSock}"`,
-      '[plugins."io.containerd.grpc.v1.cri"]',
-      `  sandbox_image = "${reg.host}/test/pause:1"`,
-      "  netns_mounts_under_state_dir = true",
-      // as the CRI pod tests: this machine's own oom_score_adj may not be lowered to -998
-      "  restrict_oom_score_adj = true",
-      '[plugins."io.containerd.grpc.v1.cri".cni]',
-      '  bin_dir = "/usr/lib/cni"',
-      `  conf_dir = "${confDir}"`,
-      `[plugins."io.containerd.grpc.v1.cri".registry.mirrors."${reg.host}"]`,
-      `  endpoint = ["http://${reg.host}"]`,
-    ].join("\n");
+    const config = criTestConfig({
+      registryHost: reg.host,
+      confDir,
+      head: ["[debug]", `  address = "${debugSock}"`],
+      cri: ["  netns_mounts_under_state_dir = true"],
+    });
     d = await startBerthd({ config, root: path.join(tmp, "root"), state: path.join(tmp, "state") });
     cri = criClient(d.address);
     await cri.image.pullImage({ image: { image: busyboxRef } });
