@@ -5,7 +5,7 @@
 // of one sandbox on one shim, the shim kept until the last task is deleted) and wait over a
 // reconnected manager (what a berthd restart does).
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isKind } from "../../src/base/errdefs.js";
@@ -255,6 +255,63 @@ describe("runtime Task API over containerd-shim-runc-v2", { skip: !existsSync(SH
     await until("the shared shim exits after its last task", () => isGone(shims[0]!.pid));
     assert.deepEqual(manager.list(NS), []);
     assert.deepEqual(shimsOf(env.address), []);
+  });
+
+  it("a task joining its group's running shim does not run the shim's start", async () => {
+    // a containerd-shim-runc-v2 first on PATH that logs each invocation's command, then runs the real one
+    const wrapDir = join(dir, "wrap");
+    const calls = join(dir, "shim-calls");
+    mkdirSync(wrapDir, { recursive: true });
+    writeFileSync(
+      join(wrapDir, "containerd-shim-runc-v2"),
+      `#!/bin/sh\nfor a; do last="$a"; done\necho "$last" >> ${calls}\nexec ${SHIM} "$@"\n`,
+      { mode: 0o755 },
+    );
+    const starts = () =>
+      existsSync(calls)
+        ? readFileSync(calls, "utf8")
+            .split("\n")
+            .filter((l) => l === "start").length
+        : 0;
+    const savedPath = process.env.PATH;
+    process.env.PATH = `${wrapDir}:${savedPath ?? "/usr/bin:/bin"}`;
+    try {
+      const g = { "io.containerd.runc.v2.group": "grp" };
+      const a = await createTask("ga", ["sleep", "1000"], g);
+      assert.equal(starts(), 1, "the group's first task starts its shim");
+      const b = await createTask("gb", ["sleep", "1000"], g);
+      const c = await createTask("gc", ["sleep", "1000"], {
+        "io.containerd.runc.v2.group": "grp",
+        [SANDBOX_ANNOTATION]: "other", // the runc v2 shim reads the group annotation first
+      });
+      assert.equal(starts(), 1, "the others join the running shim without a start");
+      for (const t of [a, b, c]) await t.start();
+      assert.equal(shimsOf(env.address).length, 1, "one shim serves the group");
+      for (const t of [b, c])
+        assert.equal(
+          readFileSync(join(t.bundle, "address"), "utf8").trim(),
+          readFileSync(join(a.bundle, "address"), "utf8").trim(),
+          "the joining bundle names the group's shim, as its start would have",
+        );
+      const own = await createTask("solo", ["sleep", "1000"]);
+      assert.equal(starts(), 2, "a task without a group gets a shim of its own");
+      assert.equal(shimsOf(env.address).length, 2);
+      for (const t of [a, b, c, own]) {
+        await t.kill("SIGKILL");
+        await t.wait();
+        await t.delete();
+      }
+      await until("no shim left", () => shimsOf(env.address).length === 0);
+      // the group's shim is gone: a new task of the group starts a new one
+      const again = await createTask("ga2", ["true"], g);
+      assert.equal(starts(), 3, "a group whose shim went away gets a new one");
+      await again.start();
+      await again.wait();
+      await again.delete();
+      await until("no shim left", () => shimsOf(env.address).length === 0);
+    } finally {
+      process.env.PATH = savedPath;
+    }
   });
 
   it("create takes the spec as an Any too; a failed create leaves nothing", async () => {

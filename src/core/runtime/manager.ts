@@ -8,7 +8,7 @@
 // berthd is a child subreaper: the shims daemonize and are reparented here, so their PIDs are
 // reaped here too (after each shutdown and on a timer), as no init on these machines reaps.
 import { EventEmitter } from "node:events";
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -24,12 +24,14 @@ import { TASK_EXIT_TOPIC, taskExitOf } from "./events.js";
 import { exitStatusOf, ShimTask, specBytes } from "./process.js";
 import {
   deleteDeadShim,
+  findShimBinary,
   openShimLog,
   ShimConnection,
   type ShimEnv,
   shimAddressOf,
   startShim,
 } from "./shim.js";
+import { GROUPING_RUNTIME, shimGroupOf } from "./shim-group.js";
 import type { CreateTaskOptions, ExitInfo, Task, TaskExitEvent } from "./task.js";
 
 export * from "./task.js";
@@ -38,6 +40,8 @@ export * from "./task.js";
 export const DEFAULT_RUNTIME = "io.containerd.runc.v2";
 
 const key = (ns: string, id: string) => `${ns}/${id}`;
+/** A shim group: the runc v2 shim derives its socket from the namespace and the group's id. */
+const groupKey = (ns: string, group: string) => `${ns}/${group}`;
 
 /**
  * How long the manager waits on shims, in ms (0: no bound). The first three are containerd's
@@ -133,6 +137,8 @@ export class TaskManager {
   private readonly shims = new Map<string, Promise<ShimConnection>>();
   /** The open connections by address (what close() closes). */
   private readonly live = new Map<string, ShimConnection>();
+  /** The running shim of each group (see groupKey) by the address its `start` answered. */
+  private readonly groups = new Map<string, string>();
   /** Shim PIDs to reap once they exit. */
   private readonly shimPids = new Set<number>();
   /** Other zombie children by PID: their start time and when first seen (see reapShims). */
@@ -314,20 +320,36 @@ export class TaskManager {
     let bundle: Bundle | undefined;
     let shim: ShimConnection | undefined;
     try {
-      bundle = await newBundle(this.stateDir, this.rootDir, ns, id, specBytes(opts.spec));
+      const bytes = specBytes(opts.spec);
+      bundle = await newBundle(this.stateDir, this.rootDir, ns, id, bytes);
       const topts = opts.taskOptions ?? opts.runtimeOptions;
-      const started = await startShim(this.env, bundle, runtime, topts);
-      try {
-        shim = await this.shimAt(started.address);
-      } catch (err) {
-        started.logPipe?.destroy();
-        throw err;
+      const group = runtime === GROUPING_RUNTIME ? groupKey(ns, shimGroupOf(bytes, id)) : undefined;
+      const running = group === undefined ? undefined : this.runningShimOf(group);
+      if (running) {
+        // The group's shim runs and berthd is connected to it: its `start` would only answer that
+        // address (a Go process start, 10–20 ms on this path). Write what it would have written.
+        shim = running;
+        writeFileSync(join(bundle.path, "address"), shim.address, { mode: 0o600 });
+        writeFileSync(join(bundle.path, "shim-binary-path"), findShimBinary(runtime), { mode: 0o600 });
+        shim.tasks.add(k);
+      } else {
+        const started = await startShim(this.env, bundle, runtime, topts);
+        try {
+          shim = await this.shimAt(started.address);
+        } catch (err) {
+          started.logPipe?.destroy();
+          throw err;
+        }
+        // kept with the connection: the shim of a group writes to its first bundle's log
+        shim.addLog(started.logPipe);
+        shim.tasks.add(k);
+        const { shimPid } = await shim.connectTask(ns, id);
+        if (shimPid > 0) this.shimPids.add(shimPid);
+        if (group !== undefined && !shim.closed && this.live.get(shim.address) === shim) {
+          this.groups.set(group, shim.address);
+          shim.groups.add(group);
+        }
       }
-      // kept with the connection: the shim of a group writes to its first bundle's log
-      shim.addLog(started.logPipe);
-      shim.tasks.add(k);
-      const { shimPid } = await shim.connectTask(ns, id);
-      if (shimPid > 0) this.shimPids.add(shimPid);
       const r = await shim.client.create(
         {
           id,
@@ -390,8 +412,18 @@ export class TaskManager {
     });
   }
 
+  /** The open connection to a group's running shim, unless it is closing or being shut down. */
+  private runningShimOf(group: string): ShimConnection | undefined {
+    const address = this.groups.get(group);
+    if (address === undefined) return undefined;
+    const s = this.live.get(address);
+    return s && !s.closed ? s : undefined;
+  }
+
   /** No new task joins this connection (it is closed or being shut down). */
   private forget(shim: ShimConnection): void {
+    for (const g of shim.groups) if (this.groups.get(g) === shim.address) this.groups.delete(g);
+    shim.groups.clear();
     if (this.live.get(shim.address) !== shim) return;
     this.live.delete(shim.address);
     this.shims.delete(shim.address);

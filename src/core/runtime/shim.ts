@@ -160,6 +160,8 @@ export class ShimConnection {
   shimPid = 0;
   /** `<ns>/<id>` of the tasks (being created or created) on this shim. */
   readonly tasks = new Set<string>();
+  /** The groups (TaskManager's keys) whose tasks join this shim without running its `start`. */
+  readonly groups = new Set<string>();
   /**
    * The bound on each call to this shim other than Wait (0: none). A stopped or wedged shim would
    * otherwise hold every caller (and the gRPC call behind it) for ever; past it the call fails
