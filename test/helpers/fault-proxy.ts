@@ -35,7 +35,9 @@ export type Fault =
   /** 401 with the token challenge, whatever token came with the request. */
   | { kind: "unauthorized" }
   /** Forget every token issued, then answer 401 (a token that was valid expired or was revoked). */
-  | { kind: "revoke" };
+  | { kind: "revoke" }
+  /** The registry's own answer, unchanged, but only after `ms` (a slow registry or a long way). */
+  | { kind: "delay"; ms: number };
 
 export interface Rule {
   /** HTTP method to match; any when unset. */
@@ -222,6 +224,9 @@ export async function startFaultProxy(upstreamUrl: string): Promise<FaultProxy> 
         return;
       case "unauthorized":
         return unauthorized(res, path);
+      case "delay":
+        await sleep(fault.ms);
+        break;
       case "revoke":
         tokens.clear();
         return unauthorized(res, path);
@@ -257,7 +262,12 @@ export async function startFaultProxy(upstreamUrl: string): Promise<FaultProxy> 
       if (method !== "HEAD") await writeAll(res, data);
     };
     // whole bodies and the partial ones of resumes (206) alike
-    if ((up.status !== 200 && up.status !== 206) || method === "HEAD" || body.length === 0) {
+    if (
+      (up.status !== 200 && up.status !== 206) ||
+      method === "HEAD" ||
+      body.length === 0 ||
+      fault.kind === "delay"
+    ) {
       res.writeHead(up.status, up.headers);
       res.end(method === "HEAD" ? undefined : body);
       return;

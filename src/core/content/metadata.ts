@@ -231,6 +231,11 @@ export class MetadataContentStore {
     }
   }
 
+  /** Whether the namespace holds `dgst` (no lease taken: a hint that may be stale a moment later). */
+  has(ns: string, dgst: string): boolean {
+    return this.row(ns, dgst) !== undefined;
+  }
+
   // --- info ---
 
   info(ns: string, dgst: string): Info {

@@ -2,6 +2,8 @@
 // content store with containerd's labels (distribution source, gc.ref.content.*), and layer
 // downloads (bounded by max_concurrent_downloads, one per digest however many manifests share
 // it) whose verified bytes can be teed, as they arrive, into extractions (ChunkPipe taps).
+
+import type { Readable } from "node:stream";
 import { BerthError, isAlreadyExists, isKind, wrap } from "../../base/errdefs.js";
 import type { Platform } from "../../base/platforms.js";
 import type { MetadataContentStore } from "../content/metadata.js";
@@ -120,6 +122,15 @@ export class Fetcher {
   private readonly limiter: Limiter;
   /** Layer downloads, by digest (a layer shared by two manifests is fetched once). */
   private readonly downloads = new Map<string, Download>();
+  /** Layer responses asked for before their download started (see prefetch), by digest. */
+  private readonly prefetched = new Map<string, Promise<Readable>>();
+  /**
+   * Small blobs (indexes, manifests, configs) being written to the store while the walk goes on
+   * with their bytes: the pull waits for them (pending()) before it writes the image record.
+   */
+  private readonly storing: Promise<unknown>[] = [];
+  /** The same writes by digest, until they settle. */
+  private readonly writing = new Map<string, Promise<unknown>>();
 
   constructor(private readonly o: FetcherOptions) {
     this.limiter = new Limiter(o.maxConcurrentDownloads);
@@ -220,9 +231,58 @@ export class Fetcher {
       this.addLabels(desc.digest, { ...this.o.sourceLabel, ...labels(data) });
       return data;
     }
-    const bytes = await this.o.client.fetchBytes(this.o.ref, desc);
-    await this.store(desc, { ...this.o.sourceLabel, ...labels(bytes) }, async () => [bytes]);
+    // The write (and its fsync) goes on while the walk fetches the next level. It is registered
+    // before the request is even sent: a walk that fails elsewhere meanwhile still waits for it.
+    const fetched = this.o.client.fetchBytes(this.o.ref, desc);
+    const stored = fetched.then((bytes) =>
+      // the labels parse the document: one that does not parse is never stored
+      this.store(desc, { ...this.o.sourceLabel, ...labels(bytes) }, async () => [bytes]),
+    );
+    stored.catch(() => {}); // reported through pending()
+    this.storing.push(stored);
+    this.writing.set(desc.digest, stored);
+    void stored
+      .finally(() => {
+        if (this.writing.get(desc.digest) === stored) this.writing.delete(desc.digest);
+      })
+      .catch(() => {});
+    const bytes = await fetched;
+    labels(bytes); // a document that does not parse fails the walk here, not only its write
     return bytes;
+  }
+
+  /** The write of a small blob still under way (to label it once it is stored), else undefined. */
+  stillWriting(digest: string): Promise<unknown> | undefined {
+    return this.writing.get(digest);
+  }
+
+  /** The writes of the small blobs fetched so far: all must succeed before the image record. */
+  pending(): Promise<unknown>[] {
+    return [...this.storing];
+  }
+
+  /**
+   * Ask the registry for the first layers of a manifest now (up to max_concurrent_downloads),
+   * while its config is still being fetched: their downloads, started once the unpacks are
+   * planned, then begin with the response already there. Layers the store has are skipped.
+   */
+  prefetch(layers: Descriptor[]): void {
+    let asked = 0;
+    for (const l of layers) {
+      if (asked >= this.o.maxConcurrentDownloads) break;
+      if (this.downloads.get(l.digest)?.started || this.prefetched.has(l.digest)) continue;
+      if (this.o.content.has(this.o.namespace, l.digest)) continue;
+      asked++;
+      const res = this.o.client.fetch(this.o.ref, l, { verifyDigest: false });
+      res.catch(() => {}); // the download that takes it reports the failure
+      this.prefetched.set(l.digest, res);
+    }
+  }
+
+  /** Release the prefetched responses no download took (the pull failed, or found them stored). */
+  discardPrefetched(): void {
+    for (const res of this.prefetched.values()) void res.then((r) => r.destroy()).catch(() => {});
+    this.prefetched.clear();
   }
 
   private async fetchJson<T>(desc: Descriptor, labels: (doc: T) => Labels): Promise<T> {
@@ -259,6 +319,8 @@ export class Fetcher {
           if (!isImageManifestType(desc.mediaType)) return; // attestations and other artifacts are not followed
           const m = await this.fetchJson<Manifest>(desc, childrenLabels);
           if (!m.config) throw new BerthError("invalid argument", `manifest ${desc.digest} has no config`);
+          const withLayers = at.platform === undefined || platforms.match(at.platform);
+          if (withLayers) this.prefetch(m.layers ?? []);
           const cfg = await this.fetchJson<ImageConfig>(m.config, () => ({}));
           found.push({
             manifest: desc,
@@ -266,7 +328,7 @@ export class Fetcher {
             config: m.config,
             layers: m.layers ?? [],
             diffIds: cfg.rootfs?.diff_ids ?? [],
-            withLayers: at.platform === undefined || platforms.match(at.platform),
+            withLayers,
           });
           return; // layers are downloaded apart (download())
         },
@@ -355,7 +417,11 @@ export class Fetcher {
           desc,
           this.o.sourceLabel,
           // the content writer checks the digest when it commits: no second hash of the bytes here
-          () => this.o.client.fetch(this.o.ref, desc, { verifyDigest: false }),
+          () => {
+            const early = this.prefetched.get(desc.digest);
+            this.prefetched.delete(desc.digest);
+            return early ?? this.o.client.fetch(this.o.ref, desc, { verifyDigest: false });
+          },
           (n) => {
             const now = Date.now();
             if (now - last >= 100) {

@@ -83,7 +83,7 @@ class PullJob {
   /** Layers being extracted (for the metrics' count of layers unpacked). */
   private readonly extracting = new Set<string>();
   /** Undo what ties this job to the request (its abort listener). */
-  dispose: () => void = () => {};
+  private unlisten: () => void = () => {};
 
   constructor(
     private readonly deps: PullDeps,
@@ -101,7 +101,7 @@ class PullJob {
     else if (outer) {
       const onAbort = () => this.abort.abort(outer.reason);
       outer.addEventListener("abort", onAbort, { once: true });
-      this.dispose = () => outer.removeEventListener("abort", onAbort);
+      this.unlisten = () => outer.removeEventListener("abort", onAbort);
     }
     this.signal = this.abort.signal;
     this.fetcher = new Fetcher({
@@ -115,6 +115,12 @@ class PullJob {
       signal: this.signal,
       emit: (ev) => this.emit(ev),
     });
+  }
+
+  /** The job is over: drop its abort listener and any layer response it asked for but did not read. */
+  dispose(): void {
+    this.unlisten();
+    this.fetcher.discardPrefetched();
   }
 
   /** Remember the first failure of a step and stop the others. */
@@ -152,7 +158,11 @@ class PullJob {
       staging: sn.backend.stagedExtraction,
       apply: async (layer, mounts) =>
         (await this.deps.differ.apply(this.ns, layer, mounts, { signal: this.signal })).digest,
-      label: (digest, labels) => fetcher.addLabels(digest, labels),
+      label: (digest, labels) => {
+        const writing = fetcher.stillWriting(digest);
+        if (!writing) return fetcher.addLabels(digest, labels);
+        return writing.then(() => fetcher.addLabels(digest, labels));
+      },
       limit: (fn) => this.unpackLimiter.run(fn),
       step: (p) => this.step(p),
       signal: this.signal,
@@ -178,6 +188,23 @@ class PullJob {
     this.emit({ event: "resolved", name: resolved.name, desc: root });
     const platforms = req.platforms ?? [hostPlatform()];
 
+    try {
+      return await this.fetchAndUnpack(resolved.name, root, platforms);
+    } catch (err) {
+      // nothing may still be writing under the lease once the pull has returned: the walk's
+      // writes of small blobs go on in the background (see Fetcher.pending)
+      this.failed(err);
+      await Promise.allSettled(this.fetcher.pending());
+      throw err;
+    }
+  }
+
+  private async fetchAndUnpack(
+    resolvedName: string,
+    root: Descriptor,
+    platforms: Platform[],
+  ): Promise<PullResult> {
+    const { req } = this;
     // The tree: indexes to the manifests wanted, manifests to configs (layers come below).
     const found = await this.fetcher.walk(root, platformMatcher(platforms), req.allMetadata ?? false);
     this.timer.mark("metadata");
@@ -202,7 +229,8 @@ class PullJob {
         ),
       });
     }
-    const jobs: Promise<unknown>[] = [];
+    // the walk's own writes (manifests, configs) finish alongside the layers
+    const jobs: Promise<unknown>[] = this.fetcher.pending().map((p) => this.step(p));
     for (const f of found)
       if (f.withLayers) for (const l of f.layers) jobs.push(this.step(this.fetcher.download(l)));
     const unpacked: Record<string, string> = {};
@@ -219,7 +247,7 @@ class PullJob {
     if (failed) throw this.firstError ? this.firstError.err : failed.reason;
 
     // Last: the image record.
-    const name = req.name || resolved.name;
+    const name = req.name || resolvedName;
     const target = { mediaType: root.mediaType, digest: root.digest, size: root.size, annotations: {} };
     try {
       this.deps.images.create(this.ns, { name, labels: req.labels ?? {}, target });

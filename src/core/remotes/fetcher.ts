@@ -188,7 +188,16 @@ export async function fetchBlob(
           `${desc.digest} from ${host.host}: size ${len} does not match the expected ${desc.size}`,
         );
       }
-      return Readable.from(verified(t, host, ref, desc, first, opts), { objectMode: false });
+      const out = Readable.from(verified(t, host, ref, desc, first, opts), { objectMode: false });
+      // destroyed before its first read, the generator never runs (nor its clean-up): the
+      // response would hold its connection, and a transport's close() would wait on it
+      out.once("close", () => {
+        const body = first.res.body;
+        if (body.destroyed) return;
+        body.on("error", () => {}); // undici reports its abort as an error: expected here
+        body.destroy();
+      });
+      return out;
     } catch (err) {
       errors.push({ host, err });
     }

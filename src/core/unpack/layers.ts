@@ -46,8 +46,8 @@ export interface UnpackEnv {
   /** Present when layers can be staged (the snapshotter's capability). */
   staging?: StagedExtraction;
   apply: LayerApplier;
-  /** Merge labels onto a blob. */
-  label(digest: string, labels: Record<string, string>): void;
+  /** Merge labels onto a blob (once it is stored: a promise while it is still being written). */
+  label(digest: string, labels: Record<string, string>): void | Promise<void>;
   /** Bounds extractions that read from the store (streamed ones need none). */
   limit<T>(fn: () => Promise<T>): Promise<T>;
   /** Marks a step whose failure fails the whole pull at once (the others stop early). */
@@ -122,13 +122,14 @@ export class LayerUnpack {
           env.signal.throwIfAborted();
         },
         applying: (i) => env.onUnpacking(layers[i]!),
-        done: (i) => {
-          env.label(layers[i]!.digest, { [UNCOMPRESSED_LABEL]: diffIds[i]! });
+        done: async (i) => {
+          await env.label(layers[i]!.digest, { [UNCOMPRESSED_LABEL]: diffIds[i]! });
           env.onUnpacked(layers[i]!);
         },
       });
     const top = this.chain[this.chain.length - 1] ?? "";
-    if (top) env.label(configDigest, { [snapshotRefLabel(snapshotter)]: top });
+    // the config may still be being written (the pull stores it while the layers download)
+    if (top) await env.label(configDigest, { [snapshotRefLabel(snapshotter)]: top });
     return top;
   }
 
@@ -173,7 +174,7 @@ export class LayerUnpack {
       await downloaded;
       await parentDone;
     }
-    env.label(layer.digest, { [UNCOMPRESSED_LABEL]: diffId });
+    await env.label(layer.digest, { [UNCOMPRESSED_LABEL]: diffId });
     env.onUnpacked(layer);
   }
 
