@@ -293,26 +293,35 @@ export async function stopSandbox(st: CriState, s: SandboxRecord): Promise<void>
     if (c) await stopContainer(st, c, 0);
   }
   const task = taskOf(st, s.id);
+  let deleted: Promise<unknown> = Promise.resolve();
   if (task) {
     await task.kill(9, { all: true }).catch((err) => {
       if (!isNotFound(err) && !String(err).includes("process already finished")) throw err;
     });
     await (st.exits.get(s.id) ?? task.wait().catch(() => {}));
-    await task.delete().catch((err) => {
+    // The pause process is gone: deleting its task (runc delete, the shim's shutdown and exit)
+    // and the network's teardown are independent, so they run at once. Both are done before
+    // StopPodSandbox answers.
+    deleted = task.delete().catch((err) => {
       if (!isNotFound(err)) throw err;
     });
   }
-  if (s.status.state !== "notready") {
-    s.status = { state: "notready", pid: 0, exitCode: 137, exitedAt: String(nowNs()) };
-  }
-  writeSandboxStatus(st, s);
-  if (s.netnsPath && !s.status.networkDown) {
-    // CNI DEL also when the namespace is already gone: the plugins free what they hold outside it
-    await st.cni.teardown(s.id, s.netnsPath, podIdentity(s.config), cniCapabilities(s.config));
-    if (netnsExists(s.netnsPath) || existsSync(s.netnsPath)) removeNetns(s.netnsPath);
-    s.status.networkDown = true;
+  const network = (async () => {
+    if (s.status.state !== "notready") {
+      s.status = { state: "notready", pid: 0, exitCode: 137, exitedAt: String(nowNs()) };
+    }
     writeSandboxStatus(st, s);
-  }
+    if (s.netnsPath && !s.status.networkDown) {
+      // CNI DEL also when the namespace is already gone: the plugins free what they hold outside it
+      await st.cni.teardown(s.id, s.netnsPath, podIdentity(s.config), cniCapabilities(s.config));
+      if (netnsExists(s.netnsPath) || existsSync(s.netnsPath)) removeNetns(s.netnsPath);
+      s.status.networkDown = true;
+      writeSandboxStatus(st, s);
+    }
+  })();
+  const [d, n] = await Promise.allSettled([deleted, network]);
+  if (d.status === "rejected") throw d.reason;
+  if (n.status === "rejected") throw n.reason;
   unmountShm(st, s.id);
 }
 

@@ -326,6 +326,16 @@ describe("CRI pod sandboxes and containers", { timeout: 600_000 }, () => {
     assert.equal(readFileSync(`/sys/fs/cgroup/cpu/k8s.io/${cid}/cpu.shares`, "utf8").trim(), "512");
 
     assert.equal(shimsOf(d.address).length, 1, "one shim for the pod");
+    const bundleOf = (id: string) => path.join(tmp, "state", "io.containerd.runtime.v2.task", "k8s.io", id);
+    assert.equal(
+      readFileSync(path.join(bundleOf(cid), "address"), "utf8"),
+      readFileSync(path.join(bundleOf(pod), "address"), "utf8"),
+      "the container's bundle names the pod's shim",
+    );
+    // berthd opens a bundle's shim log FIFO only when it runs the shim's start: the container
+    // joined the running shim without it
+    assert.equal(existsSync(path.join(bundleOf(pod), "log")), true);
+    assert.equal(existsSync(path.join(bundleOf(cid), "log")), false, "no shim start for the container");
     const cls = ok(await ctr(d.address, ["-n", "k8s.io", "containers", "ls", "-q"]));
     assert.deepEqual(cls.trim().split("\n").sort(), [cid, pod].sort());
 
