@@ -112,7 +112,7 @@ for (const needle of values.inclusive ?? []) {
 }
 
 // Where a hot native or library function is called from: its self time grouped by the nearest
-// caller frame inside the program (dist/src), three frames deep.
+// caller frame inside the program (dist/src, or the bundle berthd runs from), three frames deep.
 for (const name of values.callers ?? []) {
   const sites = new Map<string, number>();
   for (const [id, us] of self) {
@@ -120,7 +120,7 @@ for (const name of values.callers ?? []) {
     const chain: string[] = [];
     for (let cur = parent.get(id); cur !== undefined && chain.length < 3; cur = parent.get(cur)) {
       const f = byId.get(cur)!.callFrame;
-      if (f.url.includes("/dist/src/")) chain.push(frameName(f));
+      if (f.url.includes("/dist/src/") || f.url.includes("/dist/bundle/")) chain.push(frameName(f));
     }
     const key = chain.join(" < ") || "(outside the program)";
     sites.set(key, (sites.get(key) ?? 0) + us);
