@@ -204,7 +204,7 @@ async function createContainer(
         if (!isNotFound(err)) throw err;
       }
     });
-    await writeContainerStatus(st, rec);
+    writeContainerStatus(st, rec);
     st.store.containers.set(id, rec);
     s.containers.add(id);
   } catch (err) {
@@ -250,7 +250,7 @@ async function startContainer(st: CriState, c: ContainerRecord): Promise<void> {
     try {
       const pid = await task.start();
       c.status = { ...c.status, state: "running", pid, startedAt: nowNs() };
-      await writeContainerStatus(st, c);
+      writeContainerStatus(st, c);
       watchContainer(st, c, task);
     } catch (err) {
       await task.delete().catch(() => {});
@@ -270,7 +270,7 @@ async function startContainer(st: CriState, c: ContainerRecord): Promise<void> {
       reason: "StartError",
       message: (err as Error).message,
     };
-    await writeContainerStatus(st, c);
+    writeContainerStatus(st, c);
     throw err;
   }
 }

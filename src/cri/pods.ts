@@ -271,7 +271,7 @@ async function runSandbox(
     }
     const pid = await task.start();
     rec.status = { state: "ready", pid };
-    await writeSandboxStatus(st, rec);
+    writeSandboxStatus(st, rec);
     st.store.sandboxes.set(id, rec);
     watchSandbox(st, rec, task);
   } catch (err) {
@@ -310,13 +310,13 @@ export async function stopSandbox(st: CriState, s: SandboxRecord): Promise<void>
     if (s.status.state !== "notready") {
       s.status = { state: "notready", pid: 0, exitCode: 137, exitedAt: String(nowNs()) };
     }
-    await writeSandboxStatus(st, s);
+    writeSandboxStatus(st, s);
     if (s.netnsPath && !s.status.networkDown) {
       // CNI DEL also when the namespace is already gone: the plugins free what they hold outside it
       await st.cni.teardown(s.id, s.netnsPath, podIdentity(s.config), cniCapabilities(s.config));
       if (netnsExists(s.netnsPath) || existsSync(s.netnsPath)) removeNetns(s.netnsPath);
       s.status.networkDown = true;
-      await writeSandboxStatus(st, s);
+      writeSandboxStatus(st, s);
     }
   })();
   const [d, n] = await Promise.allSettled([deleted, network]);

@@ -241,7 +241,7 @@ export async function containerExited(
       reason: oom ? "OOMKilled" : exitCode === 0 ? "Completed" : "Error",
     };
     st.oomKilled.delete(c.id);
-    await writeContainerStatus(st, c);
+    writeContainerStatus(st, c);
   }
   if (task) {
     try {
@@ -254,17 +254,17 @@ export async function containerExited(
   await closeIO(st, c.id);
 }
 
-export async function writeContainerStatus(st: CriState, c: ContainerRecord): Promise<void> {
+export function writeContainerStatus(st: CriState, c: ContainerRecord): void {
   try {
-    await st.dirs.writeContainerStatus(c.id, c.status);
+    st.dirs.writeContainerStatus(c.id, c.status);
   } catch (err) {
     st.deps.log.warn("CRI: cannot write container status", { id: c.id, error: String(err) });
   }
 }
 
-export async function writeSandboxStatus(st: CriState, s: SandboxRecord): Promise<void> {
+export function writeSandboxStatus(st: CriState, s: SandboxRecord): void {
   try {
-    await st.dirs.writeSandboxStatus(s.id, s.status);
+    st.dirs.writeSandboxStatus(s.id, s.status);
   } catch (err) {
     st.deps.log.warn("CRI: cannot write sandbox status", { id: s.id, error: String(err) });
   }
@@ -301,11 +301,11 @@ export function watchSandbox(st: CriState, s: SandboxRecord, task: Task): void {
         exitCode: e.exitStatus,
         exitedAt: String(e.exitedAtNs ?? nowNs()),
       };
-      await writeSandboxStatus(st, s);
+      writeSandboxStatus(st, s);
     } catch (err) {
       if (isNotFound(err)) return;
       s.status = { ...s.status, state: "notready", pid: 0, exitCode: 255, exitedAt: String(nowNs()) };
-      await writeSandboxStatus(st, s);
+      writeSandboxStatus(st, s);
     }
   })();
   st.exits.set(s.id, p);
@@ -428,7 +428,7 @@ async function recover(st: CriState): Promise<void> {
         watchSandbox(st, s, task);
       } else if (!task && s.status.state === "ready") {
         s.status = { state: "notready", pid: 0, exitCode: 255, exitedAt: String(nowNs()) };
-        await writeSandboxStatus(st, s);
+        writeSandboxStatus(st, s);
       }
       st.store.sandboxes.set(s.id, s);
       st.sandboxNames.reserve(s.name, s.id, sandboxRequest(s.config, s.runtimeHandler));
@@ -469,7 +469,7 @@ async function recover(st: CriState): Promise<void> {
           // reported the exit; what it was is no longer known here
           await containerExited(st, c, 255, 0n);
           c.status.reason = "Unknown";
-          await writeContainerStatus(st, c);
+          writeContainerStatus(st, c);
         }
       }
     } catch (err) {

@@ -5,8 +5,8 @@
 //     extension;
 //   - a status file per object under the plugin's root dir for what changes afterwards (pid,
 //     start/finish times, exit code, reason), rewritten atomically on each change.
-import { readFileSync } from "node:fs";
-import { mkdir, rename, rm, writeFile } from "node:fs/promises";
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
+import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { errNotFound } from "../base/errdefs.js";
@@ -175,27 +175,10 @@ export function decodeContainer(b: Uint8Array, status: ContainerStatusRec): Cont
   };
 }
 
-/** Status writes in progress, by path: each waits for the one before it on the same file. */
-const writesInFlight = new Map<string, Promise<void>>();
-
-/**
- * Replace a file's content atomically (temp file, then rename), on libuv's thread pool: on this
- * kind of disk the four syscalls take 0.6–0.9 ms on average and up to ~30 ms, which the event
- * loop (every other call) would otherwise wait out. Writes to one path keep their order.
- */
-function writeAtomic(path: string, data: string): Promise<void> {
-  const before = writesInFlight.get(path) ?? Promise.resolve();
-  const write = before.then(async () => {
-    const tmp = `${path}.tmp`;
-    await writeFile(tmp, data, { mode: 0o600 });
-    await rename(tmp, path);
-  });
-  const settled = write.catch(() => {});
-  writesInFlight.set(path, settled);
-  void settled.then(() => {
-    if (writesInFlight.get(path) === settled) writesInFlight.delete(path);
-  });
-  return write;
+function writeAtomic(path: string, data: string): void {
+  const tmp = `${path}.tmp`;
+  writeFileSync(tmp, data, { mode: 0o600 });
+  renameSync(tmp, path);
 }
 
 function readJsonFile<T>(path: string): T | undefined {
@@ -225,21 +208,21 @@ export class CriDirs {
   containerState(id: string): string {
     return join(this.state, "containers", id);
   }
-  writeSandboxStatus(id: string, s: SandboxStatus): Promise<void> {
-    return writeAtomic(join(this.sandboxRoot(id), "status"), JSON.stringify(s));
+  writeSandboxStatus(id: string, s: SandboxStatus): void {
+    writeAtomic(join(this.sandboxRoot(id), "status"), JSON.stringify(s));
   }
   readSandboxStatus(id: string): SandboxStatus | undefined {
     return readJsonFile<SandboxStatus>(join(this.sandboxRoot(id), "status"));
   }
 
-  writeContainerStatus(id: string, s: ContainerStatusRec): Promise<void> {
+  writeContainerStatus(id: string, s: ContainerStatusRec): void {
     const j = {
       ...s,
       createdAt: String(s.createdAt),
       startedAt: String(s.startedAt),
       finishedAt: String(s.finishedAt),
     };
-    return writeAtomic(join(this.containerRoot(id), "status"), JSON.stringify(j));
+    writeAtomic(join(this.containerRoot(id), "status"), JSON.stringify(j));
   }
   readContainerStatus(id: string): ContainerStatusRec | undefined {
     const j = readJsonFile<Record<string, unknown>>(join(this.containerRoot(id), "status"));

@@ -246,9 +246,8 @@ export class Fetcher {
         if (this.writing.get(desc.digest) === stored) this.writing.delete(desc.digest);
       })
       .catch(() => {});
-    const bytes = await fetched;
-    labels(bytes); // a document that does not parse fails the walk here, not only its write
-    return bytes;
+    // (a document that does not parse fails its write, and fetchJson's parse fails the walk)
+    return fetched;
   }
 
   /** The write of a small blob still under way (to label it once it is stored), else undefined. */

@@ -8,8 +8,7 @@
 // berthd is a child subreaper: the shims daemonize and are reparented here, so their PIDs are
 // reaped here too (after each shutdown and on a timer), as no init on these machines reaps.
 import { EventEmitter } from "node:events";
-import { readdirSync, readFileSync, statSync } from "node:fs";
-import { writeFile } from "node:fs/promises";
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -325,20 +324,13 @@ export class TaskManager {
       bundle = await newBundle(this.stateDir, this.rootDir, ns, id, bytes);
       const topts = opts.taskOptions ?? opts.runtimeOptions;
       const group = runtime === GROUPING_RUNTIME ? groupKey(ns, shimGroupOf(bytes, id)) : undefined;
-      let running = group === undefined ? undefined : this.runningShimOf(group);
+      const running = group === undefined ? undefined : this.runningShimOf(group);
       if (running) {
         // The group's shim runs and berthd is connected to it: its `start` would only answer that
         // address (a Go process start, 10–20 ms on this path). Write what it would have written.
-        const address = running.address;
-        await Promise.all([
-          writeFile(join(bundle.path, "address"), address, { mode: 0o600 }),
-          writeFile(join(bundle.path, "shim-binary-path"), findShimBinary(runtime), { mode: 0o600 }),
-        ]);
-        // still there after the writes? (else its start makes a new one, rewriting the address)
-        if (running !== this.runningShimOf(group!)) running = undefined;
-      }
-      if (running) {
         shim = running;
+        writeFileSync(join(bundle.path, "address"), shim.address, { mode: 0o600 });
+        writeFileSync(join(bundle.path, "shim-binary-path"), findShimBinary(runtime), { mode: 0o600 });
         shim.tasks.add(k);
       } else {
         const started = await startShim(this.env, bundle, runtime, topts);
