@@ -5,6 +5,7 @@
 //   node dist/scripts/profile-summary.js <file.cpuprofile> [--top N] [--by function|file|both]
 //            [--inclusive <substring>]   (total time under frames whose name or file matches)
 //            [--callers <function name>] (self time of that function by its nearest program caller)
+//            [--under <function name>]   (self time by function among the samples under that frame)
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
@@ -33,6 +34,7 @@ const { values, positionals } = parseArgs({
     by: { type: "string", default: "both" },
     inclusive: { type: "string", multiple: true },
     callers: { type: "string", multiple: true },
+    under: { type: "string", multiple: true },
   },
 });
 if (positionals.length !== 1) {
@@ -127,5 +129,24 @@ for (const name of values.callers ?? []) {
   }
   console.log(`\ncallers of ${name}:`);
   for (const [k, us] of [...sites].sort((a, b) => b[1] - a[1]).slice(0, top))
+    console.log(`${ms(us).padStart(9)} ms  ${k}`);
+}
+
+// What the time under a frame is spent on: self time by function, among the samples that have a
+// frame of that name on their stack.
+for (const name of values.under ?? []) {
+  const fns = new Map<string, number>();
+  let sum = 0;
+  for (const [id, us] of self) {
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      if (byId.get(cur)!.callFrame.functionName !== name) continue;
+      const f = frameName(byId.get(id)!.callFrame);
+      fns.set(f, (fns.get(f) ?? 0) + us);
+      sum += us;
+      break;
+    }
+  }
+  console.log(`\nunder ${name} (${ms(sum)} ms), self time by function:`);
+  for (const [k, us] of [...fns].sort((a, b) => b[1] - a[1]).slice(0, top))
     console.log(`${ms(us).padStart(9)} ms  ${k}`);
 }
