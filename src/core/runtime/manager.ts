@@ -328,9 +328,10 @@ export class TaskManager {
       if (running) {
         // The group's shim runs and berthd is connected to it: its `start` would only answer that
         // address (a Go process start, 10–20 ms on this path). Write what it would have written.
-        shim = running;
-        writeFileSync(join(bundle.path, "address"), shim.address, { mode: 0o600 });
+        writeFileSync(join(bundle.path, "address"), running.address, { mode: 0o600 });
         writeFileSync(join(bundle.path, "shim-binary-path"), findShimBinary(runtime), { mode: 0o600 });
+        // only now: a create that fails before this point must not touch the group's shim
+        shim = running;
         shim.tasks.add(k);
       } else {
         const started = await startShim(this.env, bundle, runtime, topts);
