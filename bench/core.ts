@@ -6,7 +6,9 @@
 //       store is content-addressed, so a repeated blob would be a no-op), all blobs made up front
 //       from one random file, on tmpfs so reading the input costs the same for both daemons.
 //   (b) API: small unary calls (Namespaces/List, Namespaces/Get, Version in turn) over one gRPC
-//       connection per daemon: N sequential, then N with 16 in flight.
+//       connection per daemon: N sequential, then N with 16 in flight; then, one call at a time,
+//       the median of each method of a container's metadata life without a task (lease, snapshot
+//       prepare, container create with a 3 KB spec, get, stat, delete, remove): N/10 of each.
 //
 // Repeats alternate which daemon goes first. Shown: medians over repeats and berthd/containerd.
 //
@@ -21,7 +23,10 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { isAlreadyExists } from "../src/base/errdefs.js";
+import { Containers } from "../src/gen/containerd/services/containers/v1/containers_pb.js";
+import { Leases } from "../src/gen/containerd/services/leases/v1/leases_pb.js";
 import { Namespaces } from "../src/gen/containerd/services/namespaces/v1/namespace_pb.js";
+import { Snapshots } from "../src/gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { Version } from "../src/gen/containerd/services/version/v1/version_pb.js";
 import { Connection } from "../src/grpc/client.js";
 import { ctr } from "../test/helpers/ctr.js";
@@ -206,6 +211,89 @@ async function contentRep(name: DaemonName, d: Daemon, blob: Blob, rep: number):
   log(`rep ${rep + 1} ${name}: ingest ${ingest.ms.toFixed(0)} ms, get ${get.ms.toFixed(0)} ms`);
 }
 
+/** The methods timed one by one (methodsRep), in the order a container's metadata life calls them. */
+const METHODS = [
+  "Leases/Create",
+  "Snapshots/Prepare",
+  "Containers/Create",
+  "Containers/Get",
+  "Snapshots/Stat",
+  "Containers/Delete",
+  "Snapshots/Remove",
+  "Leases/Delete",
+] as const;
+type Method = (typeof METHODS)[number];
+const PER_METHOD = Object.fromEntries(
+  METHODS.map((m) => [m, { name: `${m}, one at a time, p50`, unit: "µs" }]),
+) as Record<Method, MetricSpec>;
+
+/** A container spec of the usual size (~3 KB of JSON), as ctr and dockerd send them. */
+const SPEC = {
+  typeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Spec",
+  value: Buffer.from(
+    JSON.stringify({
+      ociVersion: "1.0.2",
+      process: {
+        args: ["sleep", "300"],
+        env: Array.from({ length: 20 }, (_, i) => `VAR_${i}=${"x".repeat(60)}`),
+        cwd: "/",
+        capabilities: { bounding: ["CAP_CHOWN", "CAP_KILL"], effective: ["CAP_CHOWN", "CAP_KILL"] },
+      },
+      root: { path: "rootfs" },
+      mounts: [{ destination: "/proc", type: "proc", source: "proc" }],
+      linux: {
+        namespaces: ["pid", "ipc", "uts", "mount", "network"].map((type) => ({ type })),
+        maskedPaths: Array.from({ length: 15 }, (_, i) => `/proc/masked-${i}`),
+      },
+    }),
+  ),
+};
+
+async function methodsRep(name: DaemonName, conn: Connection, rep: number): Promise<void> {
+  const o = { namespace: "bench" };
+  const leases = conn.client(Leases);
+  const snaps = conn.client(Snapshots);
+  const ctrs = conn.client(Containers);
+  const lat = new Map<Method, number[]>(METHODS.map((m) => [m, []]));
+  const n = Math.max(20, Math.round(CALLS / 10));
+  const warm = 20;
+  for (let i = 0; i < warm + n; i++) {
+    const id = `m${rep}-${i}`;
+    const time = async (m: Method, fn: () => Promise<unknown>) => {
+      const t = nowMs();
+      await fn();
+      if (i >= warm) lat.get(m)!.push(nowMs() - t);
+    };
+    await time("Leases/Create", () => leases.create({ id, labels: {} }, o));
+    await time("Snapshots/Prepare", () =>
+      snaps.prepare({ snapshotter: "overlayfs", key: id, parent: "", labels: {} }, o),
+    );
+    await time("Containers/Create", () =>
+      ctrs.create(
+        {
+          container: {
+            id,
+            image: "docker.io/library/busybox:latest",
+            runtime: { name: "io.containerd.runc.v2" },
+            spec: SPEC,
+            snapshotter: "overlayfs",
+            snapshotKey: id,
+            labels: { purpose: "bench" },
+          },
+        },
+        o,
+      ),
+    );
+    await time("Containers/Get", () => ctrs.get({ id }, o));
+    await time("Snapshots/Stat", () => snaps.stat({ snapshotter: "overlayfs", key: id }, o));
+    await time("Containers/Delete", () => ctrs.delete({ id }, o));
+    await time("Snapshots/Remove", () => snaps.remove({ snapshotter: "overlayfs", key: id }, o));
+    await time("Leases/Delete", () => leases.delete({ id, sync: false }, o));
+  }
+  for (const m of METHODS) results.add(PER_METHOD[m], name, median(lat.get(m)!) * 1000);
+  log(`rep ${rep + 1} ${name}: ${n} of each container metadata call`);
+}
+
 type Call = () => Promise<unknown>;
 
 function apiCalls(conn: Connection): Call[] {
@@ -335,6 +423,7 @@ async function main(): Promise<number> {
           if (!calls) continue;
           try {
             await apiRep(name, calls, rep);
+            await methodsRep(name, conns.get(name)!, rep);
           } catch (err) {
             ready.delete(name);
             results.fail(name, `api: ${(err as Error).message}`);
