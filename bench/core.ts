@@ -8,7 +8,7 @@
 //   (b) API: small unary calls (Namespaces/List, Namespaces/Get, Version in turn) over one gRPC
 //       connection per daemon: N sequential, then N with 16 in flight; then, one call at a time,
 //       the median of each method of a container's metadata life without a task (lease, snapshot
-//       prepare, container create with a 3 KB spec, get, stat, delete, remove): N/10 of each.
+//       prepare, container create with ctr's default spec, get, stat, delete, remove): N/10 of each.
 //
 // Repeats alternate which daemon goes first. Shown: medians over repeats and berthd/containerd.
 //
@@ -23,6 +23,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { isAlreadyExists } from "../src/base/errdefs.js";
+import { defaultSpec } from "../src/core/oci/index.js";
 import { Containers } from "../src/gen/containerd/services/containers/v1/containers_pb.js";
 import { Leases } from "../src/gen/containerd/services/leases/v1/leases_pb.js";
 import { Namespaces } from "../src/gen/containerd/services/namespaces/v1/namespace_pb.js";
@@ -39,6 +40,7 @@ import {
 } from "../test/helpers/daemons.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
 import {
+  benchContainer,
   DAEMONS,
   type DaemonName,
   fmtBytes,
@@ -227,26 +229,10 @@ const PER_METHOD = Object.fromEntries(
   METHODS.map((m) => [m, { name: `${m}, one at a time, p50`, unit: "µs" }]),
 ) as Record<Method, MetricSpec>;
 
-/** A container spec of the usual size (~3 KB of JSON), as ctr and dockerd send them. */
+/** The spec `ctr run` would send (the client layer's default spec), as the scale benchmark uses it. */
 const SPEC = {
   typeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Spec",
-  value: Buffer.from(
-    JSON.stringify({
-      ociVersion: "1.0.2",
-      process: {
-        args: ["sleep", "300"],
-        env: Array.from({ length: 20 }, (_, i) => `VAR_${i}=${"x".repeat(60)}`),
-        cwd: "/",
-        capabilities: { bounding: ["CAP_CHOWN", "CAP_KILL"], effective: ["CAP_CHOWN", "CAP_KILL"] },
-      },
-      root: { path: "rootfs" },
-      mounts: [{ destination: "/proc", type: "proc", source: "proc" }],
-      linux: {
-        namespaces: ["pid", "ipc", "uts", "mount", "network"].map((type) => ({ type })),
-        maskedPaths: Array.from({ length: 15 }, (_, i) => `/proc/masked-${i}`),
-      },
-    }),
-  ),
+  value: Buffer.from(JSON.stringify(defaultSpec("bench", "bench"))),
 };
 
 async function methodsRep(name: DaemonName, conn: Connection, rep: number): Promise<void> {
@@ -269,20 +255,7 @@ async function methodsRep(name: DaemonName, conn: Connection, rep: number): Prom
       snaps.prepare({ snapshotter: "overlayfs", key: id, parent: "", labels: {} }, o),
     );
     await time("Containers/Create", () =>
-      ctrs.create(
-        {
-          container: {
-            id,
-            image: "docker.io/library/busybox:latest",
-            runtime: { name: "io.containerd.runc.v2" },
-            spec: SPEC,
-            snapshotter: "overlayfs",
-            snapshotKey: id,
-            labels: { purpose: "bench" },
-          },
-        },
-        o,
-      ),
+      ctrs.create({ container: benchContainer(id, SPEC, { purpose: "bench" }) }, o),
     );
     await time("Containers/Get", () => ctrs.get({ id }, o));
     await time("Snapshots/Stat", () => snaps.stat({ snapshotter: "overlayfs", key: id }, o));

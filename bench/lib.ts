@@ -183,3 +183,23 @@ export async function runConcurrent(
   await Promise.all(Array.from({ length: Math.min(inFlight, total) }, worker));
   return latencies;
 }
+
+/**
+ * What a benchmark's Containers/Create sends: a busybox container on the runc v2 runtime whose
+ * snapshot (overlayfs) has the container's id as its key, with `spec` (an Any) and `labels`.
+ */
+export function benchContainer(
+  id: string,
+  spec: { typeUrl: string; value: Uint8Array },
+  labels: Record<string, string>,
+) {
+  return {
+    id,
+    image: "docker.io/library/busybox:latest",
+    runtime: { name: "io.containerd.runc.v2" },
+    spec,
+    snapshotter: "overlayfs",
+    snapshotKey: id,
+    labels,
+  };
+}

@@ -67,7 +67,16 @@ import {
   removeNetwork,
   writeNetwork,
 } from "./cri-env.js";
-import { DAEMONS, type DaemonName, fmt, fmtRatio, median, nowMs, renderTable } from "./lib.js";
+import {
+  benchContainer,
+  DAEMONS,
+  type DaemonName,
+  fmt,
+  fmtRatio,
+  median,
+  nowMs,
+  renderTable,
+} from "./lib.js";
 
 const SECTIONS = ["containers", "images", "content", "snapshots", "restart", "cri"] as const;
 type Section = (typeof SECTIONS)[number];
@@ -187,20 +196,7 @@ async function containersSection(name: DaemonName, d: Daemon): Promise<void> {
     for (const size of SIZES.containers) {
       await pool(size - have, async (i) => {
         const id = `scale-${have + i}`;
-        await c.create(
-          {
-            container: {
-              id,
-              image: "docker.io/library/busybox:latest",
-              runtime: { name: "io.containerd.runc.v2" },
-              spec: SPEC,
-              snapshotter: "overlayfs",
-              snapshotKey: id,
-              labels: { "bench.scale": "1" },
-            },
-          },
-          { namespace: NS },
-        );
+        await c.create({ container: benchContainer(id, SPEC, { "bench.scale": "1" }) }, { namespace: NS });
       });
       have = size;
       record(
