@@ -1,7 +1,7 @@
-// berthd's gRPC server: the gRPC-over-HTTP/2 protocol served straight from node:http2's core
-// stream API, dispatching to the typed handlers of handlers.ts. Per call it costs one stream
-// object, a handful of listeners and the handler itself; there are no interceptor chains,
-// metadata objects or stream wrappers between the socket and the service.
+// berthd's gRPC server: the gRPC-over-HTTP/2 protocol on berth's own HTTP/2 connection layer
+// (h2conn.ts), dispatching to the typed handlers of handlers.ts. Per call it costs one stream
+// object, one call object and the handler itself; there are no interceptor chains, metadata
+// objects, listeners or stream wrappers between the socket and the service.
 //
 // A call: the client POSTs to /<package.Service>/<Method> with content-type application/grpc,
 // custom metadata as lowercase headers and an optional grpc-timeout; the body is a sequence of
@@ -9,9 +9,7 @@
 // the length-prefixed responses, then trailers carrying grpc-status and grpc-message; a call
 // that fails before sending a response message answers with one HEADERS frame ("trailers-only").
 
-import http2 from "node:http2";
 import net from "node:net";
-import { Duplex } from "node:stream";
 import {
   create,
   type DescMessage,
@@ -21,7 +19,7 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import { errCanceled, GrpcCode, toGrpcStatus } from "../base/errdefs.js";
-import { AuthorityRewriter, authorityStandIn, EMPTY_SETTINGS, sniffConnection } from "./authority.js";
+import { H2Connection, type H2Stream, type StreamHandler } from "./h2conn.js";
 import {
   CallContext,
   type CallObserver,
@@ -32,6 +30,7 @@ import {
   methodEntries,
   type ServiceImpl,
 } from "./handlers.js";
+import { encodeHeaderBlock } from "./hpack.js";
 import {
   decompressorFor,
   encodeGrpcMessage,
@@ -64,11 +63,12 @@ export interface H2ServerOptions {
 const DEFAULT_MAX_MESSAGE = 16 << 20;
 
 const CONTENT_TYPE = "application/grpc";
-/** Respond options: we send trailers after the last message. */
-const WITH_TRAILERS = { waitForTrailers: true, sendDate: false } as http2.ServerStreamResponseOptions;
-const END_NOW = { endStream: true, sendDate: false } as http2.ServerStreamResponseOptions;
-const RESPONSE_HEADERS = { ":status": 200, "content-type": CONTENT_TYPE };
-const OK_TRAILERS = { "grpc-status": "0" };
+/** Header blocks every answer uses, encoded once. */
+const RESPONSE_HEADERS = encodeHeaderBlock([
+  [":status", "200"],
+  ["content-type", CONTENT_TYPE],
+]);
+const OK_TRAILERS = encodeHeaderBlock([["grpc-status", "0"]]);
 
 // Shared abort reasons: one object instead of a DOMException per ended call.
 const CANCELLED = errCanceled("context canceled");
@@ -81,24 +81,23 @@ function isGrpcContentType(ct: string | undefined): boolean {
   return next === undefined || next === "+" || next === ";";
 }
 
-function trailersOnly(code: number, message: string, httpStatus = 200): http2.OutgoingHttpHeaders {
-  const h: http2.OutgoingHttpHeaders = {
-    ":status": httpStatus,
-    "content-type": CONTENT_TYPE,
-    "grpc-status": String(code),
-  };
-  if (message) h["grpc-message"] = encodeGrpcMessage(message);
-  return h;
+function trailersOnly(code: number, message: string, httpStatus = 200): Buffer {
+  const h: [string, string][] = [
+    [":status", String(httpStatus)],
+    ["content-type", CONTENT_TYPE],
+    ["grpc-status", String(code)],
+  ];
+  if (message) h.push(["grpc-message", encodeGrpcMessage(message)]);
+  return encodeHeaderBlock(h);
 }
 
-function statusTrailers(code: number, message: string): http2.OutgoingHttpHeaders {
+function statusTrailers(code: number, message: string): Buffer {
   if (code === 0) return OK_TRAILERS;
-  const h: http2.OutgoingHttpHeaders = { "grpc-status": String(code) };
-  if (message) h["grpc-message"] = encodeGrpcMessage(message);
-  return h;
+  const h: [string, string][] = [["grpc-status", String(code)]];
+  if (message) h.push(["grpc-message", encodeGrpcMessage(message)]);
+  return encodeHeaderBlock(h);
 }
 
-const noop = () => {};
 const first = (v: string | string[] | undefined): string | undefined => (typeof v === "string" ? v : v?.[0]);
 
 /** Requests waiting unread before the stream stops reading (and HTTP/2 stops the client). */
@@ -120,7 +119,7 @@ class RequestQueue implements AsyncIterator<unknown> {
   private returned = false;
   private paused = false;
 
-  constructor(private readonly stream: http2.ServerHttp2Stream) {}
+  constructor(private readonly stream: H2Stream) {}
 
   push(msg: unknown, size: number): void {
     if (this.returned || this.ended) return;
@@ -189,13 +188,12 @@ class RequestQueue implements AsyncIterator<unknown> {
 }
 
 /** One call in progress. */
-class ServerCall {
+class ServerCall implements StreamHandler {
   readonly ctx: CallContext;
   /** The answer is complete (or can no longer be sent); later results are dropped. */
   private finished = false;
   private headersSent = false;
   private timer: NodeJS.Timeout | undefined;
-  private trailers: http2.OutgoingHttpHeaders = OK_TRAILERS;
   private decoder: MessageDecoder | undefined;
   /** Unary and server-streaming: the one request, once it arrived. */
   private gotRequest = false;
@@ -206,18 +204,17 @@ class ServerCall {
 
   constructor(
     private readonly server: H2GrpcServer,
-    private readonly stream: http2.ServerHttp2Stream,
-    headers: http2.IncomingHttpHeaders,
+    private readonly stream: H2Stream,
     private readonly m: MethodEntry,
   ) {
+    const headers = stream.headers;
     this.ctx = new CallContext(headers);
+    stream.handler = this;
     const c = m.counters;
     if (c) {
       c.started++;
       if (c.seconds) this.t0 = performance.now();
     }
-    stream.on("error", noop); // a reset shows up as 'close'
-    stream.on("close", () => this.onClose());
     const timeout = first(headers["grpc-timeout"]);
     if (timeout !== undefined) {
       const ms = parseTimeout(timeout);
@@ -239,8 +236,6 @@ class ServerCall {
     this.decoder = new MessageDecoder(server.maxRecv, decompress, (b) =>
       streaming ? this.onStreamedRequest(b) : this.onSingleRequest(b),
     );
-    stream.on("data", (chunk: Buffer) => this.onData(chunk));
-    stream.on("end", () => this.onEnd());
     if (streaming) {
       const q = new RequestQueue(stream);
       this.queue = q;
@@ -248,7 +243,7 @@ class ServerCall {
     }
   }
 
-  private onData(chunk: Buffer): void {
+  onData(chunk: Buffer): void {
     if (this.finished) return; // the answer is out; the rest of the body is of no use
     try {
       this.decoder!.push(chunk);
@@ -257,7 +252,7 @@ class ServerCall {
     }
   }
 
-  private onEnd(): void {
+  onEnd(): void {
     if (this.finished) return;
     if (this.decoder!.partial) {
       this.fail(statusError("internal", "grpc: request stream ended in the middle of a message"));
@@ -333,20 +328,6 @@ class ServerCall {
       );
   }
 
-  private respond(): void {
-    this.headersSent = true;
-    this.stream.respond(RESPONSE_HEADERS, WITH_TRAILERS);
-    this.stream.once("wantTrailers", this.onWantTrailers);
-  }
-
-  private readonly onWantTrailers = (): void => {
-    try {
-      this.stream.sendTrailers(this.trailers);
-    } catch {
-      // reset by the client just now
-    }
-  };
-
   /** A unary answer: headers, the message and trailers in one go. */
   private reply(res: unknown): void {
     if (this.finished) return;
@@ -361,13 +342,8 @@ class ServerCall {
     this.settle();
     this.count(0, 1);
     this.m.observe?.(this.m.path, this.m.kind, 0);
-    if (this.stream.destroyed) return;
-    try {
-      this.respond();
-      this.stream.end(frame);
-    } catch {
-      // the connection went away meanwhile: nobody is left to answer
-    }
+    this.headersSent = true;
+    this.stream.reply(RESPONSE_HEADERS, frame, OK_TRAILERS);
   }
 
   /** Stream responses, waiting for the client to take them in when HTTP/2 flow control says so. */
@@ -377,11 +353,13 @@ class ServerCall {
       if (this.finished) return; // cancelled or past the deadline: leaving the loop ends the handler
       const frame = this.encode(res);
       if (this.m.counters) this.m.counters.msgSent++;
-      if (!this.headersSent) this.respond();
+      if (!this.headersSent) {
+        this.headersSent = true;
+        stream.sendHeaders(RESPONSE_HEADERS);
+      }
       if (!stream.write(frame)) {
         await new Promise<void>((resolve) => {
           this.drainWaiter = resolve;
-          stream.once("drain", this.onDrain);
         });
         if (this.finished) return;
       }
@@ -389,11 +367,11 @@ class ServerCall {
     this.finish(0, "");
   }
 
-  private readonly onDrain = (): void => {
+  onDrain(): void {
     const w = this.drainWaiter;
     this.drainWaiter = undefined;
     w?.();
-  };
+  }
 
   private fail(err: unknown): void {
     if (this.finished) return;
@@ -408,19 +386,10 @@ class ServerCall {
     this.settle();
     this.count(code, 0);
     this.m.observe?.(this.m.path, this.m.kind, code, cause === undefined ? undefined : { message, cause });
-    const stream = this.stream;
-    if (stream.destroyed) return;
-    try {
-      if (!this.headersSent) {
-        this.headersSent = true;
-        stream.respond(trailersOnly(code, message), END_NOW);
-      } else {
-        this.trailers = statusTrailers(code, message);
-        stream.end();
-      }
-    } catch {
-      // the connection went away meanwhile: nobody is left to answer
-    }
+    if (!this.headersSent) {
+      this.headersSent = true;
+      this.stream.sendTrailersOnly(trailersOnly(code, message));
+    } else this.stream.end(statusTrailers(code, message));
   }
 
   /** Count the finished call (and the message a unary answer carries) in the method's counters. */
@@ -441,13 +410,10 @@ class ServerCall {
     this.timer = undefined;
     this.ctx.abort(CANCELLED);
     if (this.queue) this.queue.end(CANCELLED);
-    if (this.drainWaiter) {
-      this.stream.off("drain", this.onDrain);
-      this.onDrain();
-    }
-    // a client still sending after the answer: keep reading (and dropping) so it is never stuck
-    // on flow control, and the stream can close
-    if (!this.stream.readableFlowing) this.stream.resume();
+    this.onDrain();
+    // a client still sending after the answer: keep crediting (and dropping) its data so it is
+    // never stuck on flow control, and the stream can close
+    this.stream.resume();
   }
 
   private onDeadline(): void {
@@ -457,7 +423,7 @@ class ServerCall {
     this.finish(GrpcCode.DeadlineExceeded, DEADLINE.message, DEADLINE);
   }
 
-  private onClose(): void {
+  onClose(): void {
     this.server.callEnded();
     if (this.finished) return;
     // reset by the client (or the connection went away) before the answer was complete
@@ -471,49 +437,30 @@ class ServerCall {
   }
 }
 
-/** A gRPC server on node:http2 (cleartext, HTTP/2 with prior knowledge, as over unix sockets). */
+/** A gRPC server on berth's HTTP/2 layer (cleartext, prior knowledge, as over unix sockets). */
 export class H2GrpcServer {
   readonly maxRecv: number;
   readonly maxSend: number;
   private readonly routes = new Map<string, MethodEntry>();
   private readonly serviceNames = new Set<string>();
-  private readonly server: http2.Http2Server;
-  /** Accepts connections and hands them to `server` (see accept()). */
   private listener: net.Server | undefined;
-  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly connections = new Set<H2Connection>();
   private active = 0;
   private idleWaiters: (() => void)[] = [];
   private listening = false;
+  private readonly settings;
 
   constructor(private readonly opts: H2ServerOptions = {}) {
     this.maxRecv = opts.maxRecvMessageSize ?? DEFAULT_MAX_MESSAGE;
     this.maxSend = opts.maxSendMessageSize ?? DEFAULT_MAX_MESSAGE;
-    this.server = http2.createServer({
-      settings: {
-        initialWindowSize: opts.initialWindowSize ?? 4 << 20,
-        maxFrameSize: opts.maxFrameSize ?? 1 << 20,
-        // unlimited unless asked, as grpc-go serves by default
-        ...(opts.maxConcurrentStreams !== undefined
-          ? { maxConcurrentStreams: opts.maxConcurrentStreams }
-          : {}),
-        maxHeaderListSize: 1 << 20,
-      },
-      // outbound bytes queued per session before new streams are refused (MB)
-      maxSessionMemory: 256,
-    });
-    const connWindow = opts.connectionWindowSize ?? 16 << 20;
-    this.server.on("session", (session: http2.ServerHttp2Session) => {
-      this.sessions.add(session);
-      session.on("close", () => this.sessions.delete(session));
-      session.on("error", (err: Error) => this.opts.onError?.(err));
-      try {
-        session.setLocalWindowSize(connWindow);
-      } catch {
-        // the session went away first
-      }
-    });
-    this.server.on("stream", (stream, headers) => this.onStream(stream, headers));
-    this.server.on("sessionError", (err: Error) => this.opts.onError?.(err));
+    this.settings = {
+      initialWindowSize: opts.initialWindowSize ?? 4 << 20,
+      connectionWindowSize: opts.connectionWindowSize ?? 16 << 20,
+      maxFrameSize: opts.maxFrameSize ?? 1 << 20,
+      // unlimited unless asked, as grpc-go serves by default
+      maxConcurrentStreams: opts.maxConcurrentStreams,
+      maxHeaderListSize: 1 << 20,
+    };
   }
 
   /** Serve a service's implemented methods; the others answer Unimplemented. */
@@ -548,38 +495,20 @@ export class H2GrpcServer {
     });
   }
 
-  /**
-   * A new connection: nghttp2 refuses requests whose `:authority` is a unix socket's path, which
-   * grpc-go clients of the Kubernetes 1.2x era send (crictl 1.26, kubelets), so the first request
-   * is read here first (after this side's SETTINGS, which grpc-go waits for). A connection whose
-   * authority nghttp2 accepts is handed over as the socket it is (native speed); the others go
-   * through AuthorityRewriter (see authority.ts).
-   */
   private accept(socket: net.Socket): void {
-    let buf: Buffer = Buffer.alloc(0);
-    const gone = () => socket.destroy();
-    const onData = (d: Buffer) => {
-      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
-      let r: ReturnType<typeof sniffConnection>;
-      try {
-        r = sniffConnection(buf);
-      } catch {
-        r = { state: "foreign" }; // malformed frames: nghttp2 answers them
-      }
-      if (r.state === "more" && buf.length < SNIFF_LIMIT) return;
-      socket.off("data", onData);
-      socket.off("error", gone);
-      socket.pause();
-      if (r.state === "done" && r.authority !== undefined && authorityStandIn(r.authority) !== undefined) {
-        this.server.emit("connection", rewrittenConnection(socket, r.bytes));
-        return;
-      }
-      socket.unshift(r.state === "done" ? r.bytes : buf);
-      this.server.emit("connection", socket);
-    };
-    socket.on("error", gone);
-    socket.on("data", onData);
-    socket.write(EMPTY_SETTINGS);
+    if (!this.listening) {
+      socket.destroy();
+      return;
+    }
+    if (socket.remoteAddress !== undefined) socket.setNoDelay(true);
+    const conn = new H2Connection(
+      socket,
+      this.settings,
+      (stream) => this.onStream(stream),
+      (err) => this.opts.onError?.(err),
+      (c) => this.connections.delete(c),
+    );
+    this.connections.add(conn);
   }
 
   /** The address listened on (for a TCP port of 0: the port picked). */
@@ -597,35 +526,31 @@ export class H2GrpcServer {
     }
   }
 
-  private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  private onStream(stream: H2Stream): void {
+    const headers = stream.headers;
     if (headers[":method"] !== "POST") {
-      stream.on("error", noop);
-      stream.respond(trailersOnly(GrpcCode.Unimplemented, "grpc: only POST is served", 405), END_NOW);
+      stream.sendTrailersOnly(trailersOnly(GrpcCode.Unimplemented, "grpc: only POST is served", 405));
       return;
     }
-    const ct = headers["content-type"];
+    const ct = first(headers["content-type"]);
     if (!isGrpcContentType(ct)) {
-      stream.on("error", noop);
-      stream.respond(
+      stream.sendTrailersOnly(
         trailersOnly(
           GrpcCode.InvalidArgument,
           `invalid gRPC request content-type ${JSON.stringify(ct ?? "")}`,
           415,
         ),
-        END_NOW,
       );
       return;
     }
-    const path = headers[":path"] ?? "";
+    const path = first(headers[":path"]) ?? "";
     const m = this.routes.get(path);
     if (!m) {
-      stream.on("error", noop);
-      stream.respond(trailersOnly(GrpcCode.Unimplemented, this.unknownMessage(path)), END_NOW);
-      stream.resume(); // discard any request body
+      stream.sendTrailersOnly(trailersOnly(GrpcCode.Unimplemented, this.unknownMessage(path)));
       return;
     }
     this.active++;
-    new ServerCall(this, stream, headers, m);
+    new ServerCall(this, stream, m);
   }
 
   private unknownMessage(path: string): string {
@@ -647,7 +572,7 @@ export class H2GrpcServer {
       this.listening = false;
       this.listener?.close(() => resolve());
     });
-    for (const s of this.sessions) s.close();
+    for (const c of this.connections) c.close();
     const idle = this.active === 0 ? Promise.resolve() : new Promise<void>((r) => this.idleWaiters.push(r));
     return Promise.all([closed, idle]).then(() => undefined);
   }
@@ -658,8 +583,8 @@ export class H2GrpcServer {
       this.listening = false;
       this.listener?.close();
     }
-    for (const s of this.sessions) s.destroy();
-    this.sessions.clear();
+    for (const c of this.connections) c.destroy();
+    this.connections.clear();
   }
 
   /** Shut down gracefully, forcing after `graceMs`. */
@@ -674,44 +599,4 @@ export class H2GrpcServer {
     await Promise.race([this.tryShutdown(), forced]);
     clearTimeout(timer);
   }
-}
-
-/** Bytes read before a connection is handed over without its first request being complete. */
-const SNIFF_LIMIT = 1 << 20;
-
-/** The socket as a stream whose incoming header blocks have their authority replaced. */
-function rewrittenConnection(socket: net.Socket, initial: Buffer): Duplex {
-  const rewriter = new AuthorityRewriter();
-  const conn = new Duplex({
-    read() {
-      socket.resume();
-    },
-    write(chunk: Buffer, _enc, cb) {
-      socket.write(chunk, cb);
-    },
-    final(cb) {
-      socket.end();
-      cb();
-    },
-    destroy(err, cb) {
-      socket.destroy();
-      cb(err);
-    },
-  });
-  const feed = (chunk: Buffer) => {
-    let out: Buffer;
-    try {
-      out = rewriter.push(chunk);
-    } catch (err) {
-      conn.destroy(err as Error);
-      return;
-    }
-    if (out.length > 0 && !conn.push(out)) socket.pause();
-  };
-  socket.on("data", feed);
-  socket.on("end", () => conn.push(null));
-  socket.on("error", (err) => conn.destroy(err));
-  socket.on("close", () => conn.destroy());
-  feed(initial);
-  return conn;
 }
