@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { Version } from "../../src/gen/containerd/services/version/v1/version_pb.js";
 import { H2GrpcServer } from "../../src/grpc/h2server.js";
 import { encodeHeaderBlock, HpackDecoder, HpackError, huffmanDecode } from "../../src/grpc/hpack.js";
@@ -110,60 +111,173 @@ describe("gRPC server and clients that send a socket path as :authority", () => 
 
   for (const authority of ["/run/berth/berth.sock", "localhost"]) {
     it(`serves two calls on one connection with :authority ${authority}`, async () => {
-      const c = net.connect(sock);
-      const got: Buffer[] = [];
-      c.on("data", (d: Buffer) => got.push(d));
-      await new Promise<void>((resolve, reject) => {
-        c.once("connect", () => resolve());
-        c.once("error", reject);
-      });
+      const c = await RawClient.connect(sock);
       c.write(Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.alloc(0))]));
       // like grpc-go: wait for the server's SETTINGS, acknowledge them, then call
-      await new Promise((r) => setTimeout(r, 100));
-      assert.ok(Buffer.concat(got).length >= 9, "the server sent its SETTINGS before any request");
+      await c.until(() => c.frames().some((f) => f.type === 4), "the server's SETTINGS");
       c.write(frame(4, 1, 0, Buffer.alloc(0)));
-      const pseudo = Buffer.concat([
-        Buffer.from([0x83, 0x86]), // :method POST, :scheme http
-        lit(":path", "/containerd.services.version.v1.Version/Version"),
-      ]);
-      const regular = Buffer.concat([lit("content-type", "application/grpc"), lit("te", "trailers")]);
       // first call: the authority enters the dynamic table (index 62); second: referenced from it
       // (pseudo-header fields come before the others, as RFC 7540 8.1.2.1 requires)
-      const first = Buffer.concat([pseudo, Buffer.from([0x41]), str(authority), regular]);
-      const second = Buffer.concat([pseudo, Buffer.from([0x80 | 62]), regular]);
-      const empty = Buffer.from([0, 0, 0, 0, 0]);
-      c.write(Buffer.concat([frame(1, 4, 1, first), frame(0, 1, 1, empty)]));
-      c.write(Buffer.concat([frame(1, 4, 3, second), frame(0, 1, 3, empty)]));
-      const frames = () => {
-        const b = Buffer.concat(got);
-        const out: { type: number; stream: number; payload: Buffer }[] = [];
-        for (let at = 0; at + 9 <= b.length; ) {
-          const len = b.readUIntBE(at, 3);
-          if (at + 9 + len > b.length) break;
-          out.push({
-            type: b[at + 3]!,
-            stream: b.readUInt32BE(at + 5),
-            payload: b.subarray(at + 9, at + 9 + len),
-          });
-          at += 9 + len;
-        }
-        return out;
-      };
-      const deadline = Date.now() + 5000;
-      const answered = (s: number) => frames().some((f) => f.type === 0 && f.stream === s);
-      while (!(answered(1) && answered(3)) && Date.now() < deadline)
-        await new Promise((r) => setTimeout(r, 20));
+      const first = Buffer.concat([PSEUDO, Buffer.from([0x41]), str(authority), REGULAR]);
+      const second = Buffer.concat([PSEUDO, Buffer.from([0x80 | 62]), REGULAR]);
+      c.write(Buffer.concat([frame(1, 4, 1, first), frame(0, 1, 1, EMPTY_MESSAGE)]));
+      c.write(Buffer.concat([frame(1, 4, 3, second), frame(0, 1, 3, EMPTY_MESSAGE)]));
+      await c.until(() => c.ended(1) && c.ended(3), "both answers");
       c.destroy();
-      const fs = frames();
+      const fs = c.frames();
       assert.deepEqual(
         fs.filter((f) => f.type === 3 || f.type === 7).map((f) => [f.type, f.stream]),
         [],
         "no RST_STREAM or GOAWAY",
       );
-      for (const s of [1, 3]) {
-        const data = Buffer.concat(fs.filter((f) => f.type === 0 && f.stream === s).map((f) => f.payload));
-        assert.ok(data.includes(Buffer.from("v-authority")), `call on stream ${s} answered`);
-      }
+      for (const s of [1, 3])
+        assert.ok(c.data(s).includes(Buffer.from("v-authority")), `call on stream ${s}`);
     });
   }
+
+  it("sends no more than the client's stream and connection windows allow, in frames of its size", async () => {
+    const big = new H2GrpcServer();
+    const bigSock = path.join(dir, "big.sock");
+    const version = "v".repeat(70_000);
+    big.addService(Version, { version: () => ({ version, revision: "r" }) } as ServiceImpl<typeof Version>);
+    await big.listen(bigSock);
+    const c = await RawClient.connect(bigSock);
+    try {
+      const settings = Buffer.alloc(6);
+      settings.writeUInt16BE(4, 0); // SETTINGS_INITIAL_WINDOW_SIZE
+      settings.writeUInt32BE(1000, 2);
+      c.write(Buffer.concat([PREFACE, frame(4, 0, 0, settings)]));
+      await c.until(() => c.frames().some((f) => f.type === 4 && (f.flags & 1) === 1), "SETTINGS ACK");
+      c.write(frame(4, 1, 0, Buffer.alloc(0)));
+      c.write(frame(6, 0, 0, Buffer.from("pingpong")));
+      await c.until(
+        () =>
+          c.frames().some((f) => f.type === 6 && f.flags === 1 && f.payload.equals(Buffer.from("pingpong"))),
+        "PING ACK",
+      );
+      const call = Buffer.concat([PSEUDO, Buffer.from([0x41]), str("localhost"), REGULAR]);
+      c.write(Buffer.concat([frame(1, 4, 1, call), frame(0, 1, 1, EMPTY_MESSAGE)]));
+      await c.until(() => c.data(1).length === 1000, "the stream window's 1000 bytes");
+      await sleep(200);
+      assert.equal(c.data(1).length, 1000, "nothing beyond the stream window");
+      c.write(frame(8, 0, 1, u32(200_000)));
+      await c.until(() => c.data(1).length === 65535, "the connection window's 65535 bytes");
+      await sleep(200);
+      assert.equal(c.data(1).length, 65535, "nothing beyond the connection window");
+      assert.ok(!c.ended(1));
+      c.write(frame(8, 0, 0, u32(200_000)));
+      await c.until(() => c.ended(1), "the trailers");
+      const fs = c.frames().filter((f) => f.stream === 1);
+      assert.ok(
+        fs.every((f) => f.type !== 0 || f.payload.length <= 16384),
+        "DATA frames within the default SETTINGS_MAX_FRAME_SIZE",
+      );
+      const body = c.data(1);
+      assert.equal(body[0], 0);
+      assert.equal(body.readUInt32BE(1), body.length - 5);
+      assert.ok(body.includes(Buffer.from(version)));
+    } finally {
+      c.destroy();
+      big.forceShutdown();
+    }
+  });
+
+  it("answers a client that is not HTTP/2 with GOAWAY(PROTOCOL_ERROR) and closes", async () => {
+    const c = await RawClient.connect(sock);
+    c.write(Buffer.from("GET / HTTP/1.1\r\nHost: berth\r\n\r\n", "latin1"));
+    await c.closed;
+    const away = c.frames().find((f) => f.type === 7);
+    assert.ok(away, "a GOAWAY frame");
+    assert.equal(away.payload.readUInt32BE(4), 1, "PROTOCOL_ERROR");
+  });
 });
+
+const PSEUDO = Buffer.concat([
+  Buffer.from([0x83, 0x86]), // :method POST, :scheme http
+  lit(":path", "/containerd.services.version.v1.Version/Version"),
+]);
+const REGULAR = Buffer.concat([lit("content-type", "application/grpc"), lit("te", "trailers")]);
+/** A gRPC message of 0 bytes (Version takes google.protobuf.Empty). */
+const EMPTY_MESSAGE = Buffer.from([0, 0, 0, 0, 0]);
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n, 0);
+  return b;
+}
+
+interface RawFrame {
+  type: number;
+  flags: number;
+  stream: number;
+  payload: Buffer;
+}
+
+/** A client that writes bytes and reads frames, with nothing of its own in between. */
+class RawClient {
+  private got: Buffer[] = [];
+  readonly closed: Promise<void>;
+
+  private constructor(private readonly c: net.Socket) {
+    c.on("data", (d: Buffer) => this.got.push(d));
+    this.closed = new Promise((resolve) => c.once("close", () => resolve()));
+  }
+
+  static async connect(sock: string): Promise<RawClient> {
+    const c = net.connect(sock);
+    await new Promise<void>((resolve, reject) => {
+      c.once("connect", () => resolve());
+      c.once("error", reject);
+    });
+    return new RawClient(c);
+  }
+
+  write(b: Buffer): void {
+    this.c.write(b);
+  }
+
+  destroy(): void {
+    this.c.destroy();
+  }
+
+  frames(): RawFrame[] {
+    const b = Buffer.concat(this.got);
+    const out: RawFrame[] = [];
+    for (let at = 0; at + 9 <= b.length; ) {
+      const len = b.readUIntBE(at, 3);
+      if (at + 9 + len > b.length) break;
+      out.push({
+        type: b[at + 3]!,
+        flags: b[at + 4]!,
+        stream: b.readUInt32BE(at + 5),
+        payload: b.subarray(at + 9, at + 9 + len),
+      });
+      at += 9 + len;
+    }
+    return out;
+  }
+
+  /** The DATA a stream received so far. */
+  data(stream: number): Buffer {
+    return Buffer.concat(
+      this.frames()
+        .filter((f) => f.type === 0 && f.stream === stream)
+        .map((f) => f.payload),
+    );
+  }
+
+  /** The stream got a frame with END_STREAM. */
+  ended(stream: number): boolean {
+    return this.frames().some(
+      (f) => f.stream === stream && (f.type === 0 || f.type === 1) && (f.flags & 1) === 1,
+    );
+  }
+
+  async until(cond: () => boolean, what: string): Promise<void> {
+    const deadline = Date.now() + 5000;
+    while (!cond()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await sleep(10);
+    }
+  }
+}
