@@ -165,15 +165,26 @@ async function runSandbox(
     // network: a namespace of its own and the CNI networks, unless the pod uses the host's. The
     // CNI ADDs (tens of ms of plugin processes) run while the pause container's shim and runc
     // create run: the container only needs the namespace to exist, and the network is complete
-    // before its process starts.
+    // before its process starts. The namespace's creation (an `unshare` child) runs while the
+    // pod's files are written.
     let netnsPath = "";
     let network: Promise<SetupResult> | undefined;
+    let netnsReady: Promise<string> | undefined;
     if (!hostNetwork(cfg)) {
-      netnsPath = await createNetns(netnsDirFor(deps.stateDir, deps.config.netns_mounts_under_state_dir));
-      const nsFile = netnsPath;
-      undo.push(() => removeNetns(nsFile));
-      undo.push(() => st.cni.teardown(id, nsFile, podIdentity(cfg), cniCapabilities(cfg)));
-      network = st.cni.setup(id, netnsPath, podIdentity(cfg), cniCapabilities(cfg));
+      const made = createNetns(netnsDirFor(deps.stateDir, deps.config.netns_mounts_under_state_dir));
+      netnsReady = made;
+      made.catch(noop);
+      // a failed creation removes its own file: these undo steps only act on a made namespace
+      const madeFile = () => made.catch(() => "");
+      undo.push(async () => {
+        const f = await madeFile();
+        if (f) removeNetns(f);
+      });
+      undo.push(async () => {
+        const f = await madeFile();
+        if (f) await st.cni.teardown(id, f, podIdentity(cfg), cniCapabilities(cfg));
+      });
+      network = made.then((f) => st.cni.setup(id, f, podIdentity(cfg), cniCapabilities(cfg)));
       // awaited below, or settled before the undo steps run
       undo.push(() => network?.then(noop, noop));
       network.catch(noop);
@@ -181,6 +192,7 @@ async function runSandbox(
 
     await writePodFiles(st, id, cfg);
     undo.push(() => unmountShm(st, id));
+    if (netnsReady) netnsPath = await netnsReady;
 
     const spec = sandboxSpec(
       {

@@ -56,48 +56,44 @@ function prepareDir(dir: string): void {
   prepared.add(dir);
 }
 
-// Creations are serialised per process so two pods never both bind the dir onto itself.
-let queue: Promise<unknown> = Promise.resolve();
-
-/** Creates a new network namespace bound to `<dir>/cni-<uuid>` and returns that path. */
-export function createNetns(dir: string): Promise<string> {
-  const run = async (): Promise<string> => {
-    const abs = path.resolve(dir);
-    prepareDir(abs);
-    const file = path.join(abs, `cni-${randomUUID()}`);
-    // The mount point must exist; read-only and exclusive, as nothing ever writes it.
-    closeSync(openSync(file, "wx", 0o444));
+/**
+ * Creates a new network namespace bound to `<dir>/cni-<uuid>` and returns that path. Creations
+ * run concurrently: the one step two of them must not both take, binding the dir onto itself,
+ * is synchronous (prepareDir) and done before the first await.
+ */
+export async function createNetns(dir: string): Promise<string> {
+  const abs = path.resolve(dir);
+  prepareDir(abs);
+  const file = path.join(abs, `cni-${randomUUID()}`);
+  // The mount point must exist; read-only and exclusive, as nothing ever writes it.
+  closeSync(openSync(file, "wx", 0o444));
+  try {
+    const r = await runCollect(lookPath("unshare"), [`--net=${file}`, "true"], {
+      env: process.env,
+      signal: AbortSignal.timeout(30_000),
+    });
+    if (r.code !== 0)
+      throw Object.assign(
+        new Error(`unshare: ${r.signal ? `killed by ${r.signal}` : `exit status ${r.code}`}`),
+        {
+          stderr: r.stderr.toString(),
+        },
+      );
+  } catch (err) {
     try {
-      const r = await runCollect(lookPath("unshare"), [`--net=${file}`, "true"], {
-        env: process.env,
-        signal: AbortSignal.timeout(30_000),
-      });
-      if (r.code !== 0)
-        throw Object.assign(
-          new Error(`unshare: ${r.signal ? `killed by ${r.signal}` : `exit status ${r.code}`}`),
-          {
-            stderr: r.stderr.toString(),
-          },
-        );
-    } catch (err) {
-      try {
-        unmount(file, MNT_DETACH);
-      } catch {
-        // not mounted: nothing to undo
-      }
-      try {
-        unlinkSync(file);
-      } catch {
-        // already gone
-      }
-      const e = err as { stderr?: string; message: string };
-      throw new Error(`failed to create network namespace ${file}: ${(e.stderr ?? "").trim() || e.message}`);
+      unmount(file, MNT_DETACH);
+    } catch {
+      // not mounted: nothing to undo
     }
-    return file;
-  };
-  const p = queue.then(run, run);
-  queue = p.catch(() => undefined);
-  return p;
+    try {
+      unlinkSync(file);
+    } catch {
+      // already gone
+    }
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`failed to create network namespace ${file}: ${(e.stderr ?? "").trim() || e.message}`);
+  }
+  return file;
 }
 
 /**
