@@ -271,9 +271,19 @@ interface Node {
   kids: (Node | undefined)[];
 }
 
-let trie: Node | undefined;
-function huffmanTrie(): Node {
-  if (trie) return trie;
+/**
+ * The Huffman code as a state machine read 4 bits at a time: a state is an inner node of the
+ * code's tree, and each entry of `table` (16 per state) holds the next state in bits 0-8, the
+ * symbol completed on the way in bits 9-16 with bit 17 set when there is one, and bit 18 when
+ * the bits lead nowhere (EOS or outside the code). A nibble completes at most one symbol: no
+ * code is shorter than 5 bits.
+ */
+let table: Int32Array | undefined;
+const EMITS = 1 << 17;
+const FAILS = 1 << 18;
+
+function huffmanTable(): Int32Array {
+  if (table) return table;
   const root: Node = { kids: [] };
   HUFFMAN.forEach(([code, len], sym) => {
     let n = root;
@@ -283,27 +293,61 @@ function huffmanTrie(): Node {
     }
     n.sym = sym;
   });
-  trie = root;
-  return root;
+  const states: Node[] = [];
+  const ids = new Map<Node, number>();
+  const idOf = (n: Node): number => {
+    let id = ids.get(n);
+    if (id === undefined) {
+      id = states.length;
+      ids.set(n, id);
+      states.push(n);
+    }
+    return id;
+  };
+  idOf(root);
+  const out: number[] = [];
+  for (let s = 0; s < states.length; s++) {
+    for (let nibble = 0; nibble < 16; nibble++) {
+      let n = states[s]!;
+      let entry = 0;
+      for (let i = 3; i >= 0; i--) {
+        const next = n.kids[(nibble >> i) & 1];
+        if (!next || next.sym === 256) {
+          entry = FAILS;
+          break;
+        }
+        if (next.sym !== undefined) {
+          entry |= EMITS | (next.sym << 9);
+          n = root;
+        } else n = next;
+      }
+      out[s * 16 + nibble] = entry & FAILS ? FAILS : entry | idOf(n);
+    }
+  }
+  table = Int32Array.from(out);
+  return table;
 }
 
 /** Decodes an HPACK Huffman string (padding: up to 7 one-bits, as RFC 7541 5.2 allows). */
 export function huffmanDecode(bytes: Uint8Array): string {
-  const root = huffmanTrie();
-  let n = root;
-  let out = "";
-  for (const b of bytes) {
-    for (let i = 7; i >= 0; i--) {
-      const next = n.kids[(b >> i) & 1];
-      if (!next) throw new Error("invalid HPACK Huffman code");
-      if (next.sym !== undefined) {
-        if (next.sym === 256) throw new Error("HPACK Huffman string contains EOS");
-        out += String.fromCharCode(next.sym);
-        n = root;
-      } else n = next;
-    }
+  const t = huffmanTable();
+  const chars: number[] = [];
+  let state = 0;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]!;
+    let e = t[(state << 4) | (b >> 4)]!;
+    if (e & FAILS) throw new Error("invalid HPACK Huffman code");
+    if (e & EMITS) chars.push((e >> 9) & 0xff);
+    state = e & 0x1ff;
+    e = t[(state << 4) | (b & 0xf)]!;
+    if (e & FAILS) throw new Error("invalid HPACK Huffman code");
+    if (e & EMITS) chars.push((e >> 9) & 0xff);
+    state = e & 0x1ff;
   }
-  return out;
+  // apply() takes the codes as arguments: fine for header-sized strings, not for a huge one
+  return chars.length <= 4096
+    ? String.fromCharCode.apply(null, chars)
+    : Buffer.from(chars).toString("latin1");
 }
 
 /** RFC 7541 Appendix A: the static table, entries 1 to 61 (index 0 unused). */
@@ -401,7 +445,9 @@ export class HpackDecoder {
 
   /** Decodes a complete header block into a fresh record. Throws HpackError on malformed input. */
   decode(block: Uint8Array): HeaderRecord {
-    const out: HeaderRecord = Object.create(null);
+    // a plain object keeps V8's fast properties (a null-prototype one starts as a dictionary);
+    // add() keeps `__proto__` out of it
+    const out: HeaderRecord = {};
     this.block = block;
     this.at = 0;
     while (this.at < block.length) {
@@ -495,7 +541,8 @@ export class HpackDecoder {
 const EMPTY = new Uint8Array(0);
 
 function add(out: HeaderRecord, name: string, value: string): void {
-  const had = out[name];
+  if (name === "__proto__") return;
+  const had = Object.hasOwn(out, name) ? out[name] : undefined;
   if (had === undefined) out[name] = value;
   else if (typeof had === "string") out[name] = [had, value];
   else had.push(value);

@@ -281,3 +281,13 @@ class RawClient {
     }
   }
 }
+
+describe("HPACK Huffman decoding", () => {
+  it("decodes every symbol, long strings, and refuses EOS and codes outside the table", () => {
+    // the RFC 7541 C.4.3 custom value, then a long string of one 5-bit symbol ('0' is 00000)
+    assert.equal(huffmanDecode(Buffer.from("25a849e95bb8e8b4bf", "hex")), "custom-value");
+    const zeros = Buffer.alloc((5000 * 5) / 8, 0); // 5000 '0's in 25,000 bits
+    assert.equal(huffmanDecode(zeros), "0".repeat(5000));
+    assert.throws(() => huffmanDecode(Buffer.from([0xff, 0xff, 0xff, 0xff])), /Huffman/); // EOS
+  });
+});
