@@ -41,6 +41,7 @@ import {
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
 import {
   benchContainer,
+  cpuSeconds,
   DAEMONS,
   type DaemonName,
   fmtBytes,
@@ -167,6 +168,9 @@ const M = {
   seq: { name: `API ${CALLS} sequential calls`, unit: "ms" },
   seqP50: { name: "  per call p50", unit: "µs" },
   seqP95: { name: "  per call p95", unit: "µs" },
+  // the client (grpc-js, one Node process) is most of the wall time of these calls, the same
+  // for both daemons; the daemon's own CPU per call is what the server side costs
+  seqCpu: { name: "  daemon CPU per call", unit: "µs" },
   conc: { name: `API ${CALLS} calls, ${INFLIGHT} in flight`, unit: "ms" },
   concRate: {
     name: "  throughput",
@@ -176,6 +180,7 @@ const M = {
   },
   concP50: { name: "  per call p50", unit: "µs" },
   concP95: { name: "  per call p95", unit: "µs" },
+  concCpu: { name: "  daemon CPU per call", unit: "µs" },
 } satisfies Record<string, MetricSpec>;
 
 async function contentRep(name: DaemonName, d: Daemon, blob: Blob, rep: number): Promise<void> {
@@ -290,8 +295,9 @@ async function apiSetup(conn: Connection): Promise<Call[]> {
   return calls;
 }
 
-async function apiRep(name: DaemonName, calls: Call[], rep: number): Promise<void> {
+async function apiRep(name: DaemonName, pid: number, calls: Call[], rep: number): Promise<void> {
   const seqLat: number[] = [];
+  const seqCpu0 = cpuSeconds(pid);
   const seqStart = nowMs();
   for (let i = 0; i < CALLS; i++) {
     const t = nowMs();
@@ -299,18 +305,23 @@ async function apiRep(name: DaemonName, calls: Call[], rep: number): Promise<voi
     seqLat.push(nowMs() - t);
   }
   const seqMs = nowMs() - seqStart;
+  const seqCpu = cpuSeconds(pid) - seqCpu0;
 
+  const concCpu0 = cpuSeconds(pid);
   const concStart = nowMs();
   const concLat = await runConcurrent(CALLS, INFLIGHT, (i) => calls[i % calls.length]!());
   const concMs = nowMs() - concStart;
+  const concCpu = cpuSeconds(pid) - concCpu0;
 
   results.add(M.seq, name, seqMs);
   results.add(M.seqP50, name, median(seqLat) * 1000);
   results.add(M.seqP95, name, p95(seqLat) * 1000);
+  results.add(M.seqCpu, name, (seqCpu * 1e6) / CALLS);
   results.add(M.conc, name, concMs);
   results.add(M.concRate, name, concMs);
   results.add(M.concP50, name, median(concLat) * 1000);
   results.add(M.concP95, name, p95(concLat) * 1000);
+  results.add(M.concCpu, name, (concCpu * 1e6) / CALLS);
   log(
     `rep ${rep + 1} ${name}: ${CALLS} sequential ${seqMs.toFixed(0)} ms, ${INFLIGHT} in flight ${concMs.toFixed(0)} ms`,
   );
@@ -395,7 +406,7 @@ async function main(): Promise<number> {
           const calls = ready.get(name);
           if (!calls) continue;
           try {
-            await apiRep(name, calls, rep);
+            await apiRep(name, daemons.get(name)!.pid, calls, rep);
             await methodsRep(name, conns.get(name)!, rep);
           } catch (err) {
             ready.delete(name);

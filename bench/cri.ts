@@ -51,7 +51,18 @@ import {
   removeNetwork,
   writeNetwork,
 } from "./cri-env.js";
-import { DAEMONS, type DaemonName, fmt, fmtBytes, fmtRatio, median, nowMs, p95, renderTable } from "./lib.js";
+import {
+  cpuSeconds,
+  DAEMONS,
+  type DaemonName,
+  fmt,
+  fmtBytes,
+  fmtRatio,
+  median,
+  nowMs,
+  p95,
+  renderTable,
+} from "./lib.js";
 
 const { values: opt } = parseArgs({
   options: {
@@ -129,20 +140,6 @@ const runStart = nowMs();
 function procStatus(pid: number, field: string): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return m ? Number(m[1]) * 1024 : Number.NaN;
-}
-
-const CLK_TCK = (() => {
-  try {
-    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 // Shared pieces of the side-by-side benchmarks: timing, statistics, result collection and the
-// results table (medians per daemon and the berthd/containerd ratio).
+// results table (medians per daemon and the berthd/containerd ratio), a process's CPU time.
+
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 
 export type DaemonName = "containerd" | "berthd";
 export const DAEMONS: readonly DaemonName[] = ["containerd", "berthd"];
@@ -202,4 +205,20 @@ export function benchContainer(
     snapshotKey: id,
     labels,
   };
+}
+
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** CPU seconds (user + system) a process has used so far. */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name and state
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }

@@ -40,7 +40,18 @@ import {
 import { buildBusyboxImage, pushImage } from "../test/helpers/images.js";
 import { startRegistry } from "../test/helpers/registry.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
-import { DAEMONS, type DaemonName, fmt, fmtBytes, fmtRatio, median, nowMs, p95, renderTable } from "./lib.js";
+import {
+  cpuSeconds,
+  DAEMONS,
+  type DaemonName,
+  fmt,
+  fmtBytes,
+  fmtRatio,
+  median,
+  nowMs,
+  p95,
+  renderTable,
+} from "./lib.js";
 
 const { values: opt } = parseArgs({
   options: {
@@ -120,21 +131,6 @@ async function pool(total: number, workers: number, job: (i: number) => Promise<
 function procStatus(pid: number, field: string): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return m ? Number(m[1]) * 1024 : Number.NaN;
-}
-
-const CLK_TCK = (() => {
-  try {
-    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name and state
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
 // ------------------------------------------------------------------------------------------------
