@@ -1,4 +1,4 @@
-// The node:http2 gRPC server (src/grpc/h2server.ts), driven by our grpc-js client: every call
+// The gRPC server (src/grpc/h2server.ts on src/grpc/h2conn.ts), driven by our grpc-js client: every call
 // shape, backpressure, cancel and deadline, status mapping, metadata, limits and shutdown; plus
 // a raw HTTP/2 client for the protocol details grpc-js does not let a test produce.
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 // The metrics exposition (src/core/metrics.ts, src/core/metrics/*): gRPC counters bumped by the
-// real node:http2 server for real calls, the pull/GC/config-reload hooks, the cgroup stats
+// real gRPC server for real calls, the pull/GC/config-reload hooks, the cgroup stats
 // decoder on hand-encoded v1 and v2 messages, and prom-client staying unloaded until a metrics
 // listener is asked for.
 import assert from "node:assert/strict";
@@ -51,7 +51,7 @@ function samples(exposition: string, name: string): Map<string, number> {
   return out;
 }
 
-describe("metrics: gRPC counters from the node:http2 server, exposed by prom-client", () => {
+describe("metrics: gRPC counters from the gRPC server, exposed by prom-client", () => {
   let dir: string;
   let server: H2GrpcServer;
   let conn: Connection;
