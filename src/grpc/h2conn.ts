@@ -63,6 +63,12 @@ export interface H2Settings {
   maxConcurrentStreams?: number;
   /** SETTINGS_MAX_HEADER_LIST_SIZE, and the largest header block accepted. */
   maxHeaderListSize: number;
+  /**
+   * Answer bytes a connection may hold unsent (waiting for the client's window, or in the
+   * socket's queue) before new streams are refused: a client that stops reading or crediting
+   * cannot make the daemon keep encoded answers without bound.
+   */
+  maxQueuedBytes: number;
 }
 
 /** What a stream tells its owner (the gRPC call). */
@@ -179,6 +185,7 @@ export class H2Stream {
     if (this.closed || this.localEnded) return true;
     this.pending.push(payload);
     this.pendingBytes += payload.length;
+    this.conn.queued(payload.length);
     this.conn.flush(this);
     if (this.pendingBytes === 0 && !this.conn.congested()) return true;
     this.wantsDrain = true;
@@ -234,6 +241,8 @@ export class H2Connection {
   private uncredited = 0;
   peerInitialWindow = DEFAULT_WINDOW;
   private peerMaxFrame = DEFAULT_FRAME_SIZE;
+  /** DATA bytes queued in streams, waiting for window. */
+  private pendingTotal = 0;
   /** GOAWAY sent: no new streams; the socket ends once the last stream closes. */
   private goingAway = false;
   private ended = false;
@@ -446,7 +455,8 @@ export class H2Connection {
       return;
     }
     const max = this.settings.maxConcurrentStreams;
-    if (max !== undefined && this.streams.size >= max) {
+    const full = this.pendingTotal + this.socket.writableLength > this.settings.maxQueuedBytes;
+    if (full || (max !== undefined && this.streams.size >= max)) {
       this.write(frame(RST_STREAM, 0, id, u32(REFUSED_STREAM)));
       return;
     }
@@ -515,6 +525,11 @@ export class H2Connection {
   write(b: Buffer): void {
     if (this.ended) return;
     this.socket.write(b);
+  }
+
+  /** @internal DATA bytes entered (or, negative, left) a stream's queue. */
+  queued(n: number): void {
+    this.pendingTotal += n;
   }
 
   /** @internal The socket's queue is long enough that writers should wait. */
@@ -601,6 +616,7 @@ export class H2Connection {
       if (len === head.length) s.pending.shift();
       else s.pending[0] = head.subarray(len);
       s.pendingBytes -= len;
+      this.pendingTotal -= len;
       s.sendWindow -= len;
       this.sendWindow -= len;
     }
@@ -662,6 +678,7 @@ export class H2Connection {
     s.closed = true;
     this.streams.delete(s.id);
     this.blocked.delete(s);
+    this.pendingTotal -= s.pendingBytes;
     s.pending = [];
     s.pendingBytes = 0;
     s.handler?.onClose();

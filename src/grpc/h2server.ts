@@ -54,6 +54,8 @@ export interface H2ServerOptions {
   maxFrameSize?: number;
   /** Concurrent calls per connection. */
   maxConcurrentStreams?: number;
+  /** Unsent answer bytes per connection before new calls are refused (REFUSED_STREAM). */
+  maxQueuedBytes?: number;
   /** Told about connection-level errors (a client that speaks garbage, a reset socket). */
   onError?: (err: Error) => void;
   /** The counters of each method added (called once per method, at addService). */
@@ -460,6 +462,8 @@ export class H2GrpcServer {
       // unlimited unless asked, as grpc-go serves by default
       maxConcurrentStreams: opts.maxConcurrentStreams,
       maxHeaderListSize: 1 << 20,
+      // node:http2, before, allowed a session 256 MB (maxSessionMemory)
+      maxQueuedBytes: opts.maxQueuedBytes ?? 256 << 20,
     };
   }
 

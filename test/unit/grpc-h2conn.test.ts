@@ -182,6 +182,50 @@ describe("gRPC server and clients that send a socket path as :authority", () => 
     }
   });
 
+  it("refuses new streams while a connection holds too many unsent answer bytes", async () => {
+    const capped = new H2GrpcServer({ maxQueuedBytes: 200_000 });
+    const cappedSock = path.join(dir, "capped.sock");
+    const version = "v".repeat(100_000);
+    capped.addService(Version, { version: () => ({ version, revision: "r" }) } as ServiceImpl<
+      typeof Version
+    >);
+    await capped.listen(cappedSock);
+    const c = await RawClient.connect(cappedSock);
+    try {
+      c.write(Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.alloc(0))]));
+      await c.until(() => c.frames().some((f) => f.type === 4), "SETTINGS");
+      c.write(frame(4, 1, 0, Buffer.alloc(0)));
+      // six calls, never crediting a window: the first 65,535 bytes leave, the rest wait
+      const call = Buffer.concat([PSEUDO, Buffer.from([0x41]), str("localhost"), REGULAR]);
+      const calls: Buffer[] = [];
+      for (const id of [1, 3, 5, 7, 9, 11]) calls.push(frame(1, 4, id, call), frame(0, 1, id, EMPTY_MESSAGE));
+      c.write(Buffer.concat(calls));
+      const resets = () => c.frames().filter((f) => f.type === 3);
+      await c.until(() => resets().length === 3, "three RST_STREAMs");
+      assert.deepEqual(
+        resets().map((f) => [f.stream, f.payload.readUInt32BE(0)]),
+        [
+          [7, 7],
+          [9, 7],
+          [11, 7],
+        ],
+        "REFUSED_STREAM once 234,465 bytes wait (over 200,000)",
+      );
+      // credit everything: the three accepted calls complete, and a new one is served
+      c.write(frame(8, 0, 0, u32(1 << 30)));
+      for (const id of [1, 3, 5]) c.write(frame(8, 0, id, u32(1 << 30)));
+      await c.until(() => [1, 3, 5].every((id) => c.ended(id)), "the accepted calls' trailers");
+      c.write(
+        Buffer.concat([frame(1, 4, 13, call), frame(0, 1, 13, EMPTY_MESSAGE), frame(8, 0, 13, u32(1 << 30))]),
+      );
+      await c.until(() => c.ended(13), "a new call after the queue drained");
+      assert.ok(c.data(13).includes(Buffer.from(version)));
+    } finally {
+      c.destroy();
+      capped.forceShutdown();
+    }
+  });
+
   it("answers a client that is not HTTP/2 with GOAWAY(PROTOCOL_ERROR) and closes", async () => {
     const c = await RawClient.connect(sock);
     c.write(Buffer.from("GET / HTTP/1.1\r\nHost: berth\r\n\r\n", "latin1"));
