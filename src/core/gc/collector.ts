@@ -58,6 +58,9 @@ export function parseNode(n: string): {
   return { kind, namespace: parts[1]!, snapshotter: "", name: parts.slice(2).join("\0") };
 }
 
+const NO_LABELS: Labels = Object.freeze({}) as Labels;
+const NO_EDGES: RefEdge[] = Object.freeze([]) as unknown as RefEdge[];
+
 /** A reference from one node to another; `via` says how (a label key, "target", "parent", ...). */
 export interface RefEdge {
   to: string;
@@ -113,10 +116,21 @@ export class RefGraph {
   readonly expiredLeases: { namespace: string; id: string; labels: Labels }[] = [];
   /** Outgoing edges of every node that has a record. */
   private readonly out = new Map<string, RefEdge[]>();
-  /** Labels of content, snapshot, image and lease records (for explanations). */
+  /** Labels of content, snapshot, image and lease records (for explanations; empty for a collection). */
   readonly labels = new Map<string, Labels>();
+  /** The content records read, with their nodes: what a collection sweeps. */
+  readonly content: { node: string; namespace: string; digest: string }[] = [];
+  /** The snapshot records read, with their nodes. */
+  readonly snapshots: { node: string; namespace: string; snapshotter: string; key: string }[] = [];
+  private readonly expiredLeaseNodes = new Set<string>();
+  /** For a collection: the resources of live leases, marked as roots. */
+  private readonly leasedRoots: string[] = [];
 
-  constructor(db: MetadataDB, now: number) {
+  /** `explain`: keep every record's labels (`gc why`); a collection only needs the edges. */
+  constructor(db: MetadataDB, now: number, explain = true) {
+    const keep = (node: string, labels: Labels) => {
+      if (explain) this.labels.set(node, labels);
+    };
     const leases = db.stmt("SELECT namespace, id, labels FROM leases").all() as {
       namespace: string;
       id: string;
@@ -125,39 +139,51 @@ export class RefGraph {
     for (const l of leases) {
       const labels = decodeLabels(l.labels);
       const node = leaseNode(l.namespace, l.id);
-      this.labels.set(node, labels);
+      keep(node, labels);
       this.out.set(node, []);
-      if (expired(labels, now)) this.expiredLeases.push({ namespace: l.namespace, id: l.id, labels });
-      else this.roots.push({ node, reason: "lease" });
+      if (expired(labels, now)) {
+        this.expiredLeases.push({ namespace: l.namespace, id: l.id, labels });
+        this.expiredLeaseNodes.add(node);
+      } else this.roots.push({ node, reason: "lease" });
     }
-    const resources = db.stmt("SELECT namespace, lease, type, id FROM lease_resources").all() as {
-      namespace: string;
-      lease: string;
-      type: string;
-      id: string;
-    }[];
-    for (const r of resources) {
-      const edges = this.out.get(leaseNode(r.namespace, r.lease));
+    // A lease is a root (nothing references one): for a collection, the resources of a live
+    // lease are roots themselves, without an edge object each; `gc why` wants the edges.
+    const resources = db.stmt("SELECT namespace, lease, type, id FROM lease_resources").raw(true).all() as [
+      string,
+      string,
+      string,
+      string,
+    ][];
+    for (const [ns, lease, type, id] of resources) {
+      const leaseKey = leaseNode(ns, lease);
+      const edges = this.out.get(leaseKey);
       if (!edges) continue;
-      if (r.type === "content") edges.push({ to: contentNode(r.namespace, r.id), via: "resource" });
-      else if (r.type.startsWith("snapshots/"))
-        edges.push({
-          to: snapshotNode(r.namespace, r.type.slice("snapshots/".length), r.id),
-          via: "resource",
-        });
+      let to: string;
+      if (type === "content") to = contentNode(ns, id);
+      else if (type.startsWith("snapshots/")) to = snapshotNode(ns, type.slice("snapshots/".length), id);
+      else continue;
+      if (explain) edges.push({ to, via: "resource" });
+      else if (!this.expiredLeaseNodes.has(leaseKey)) this.leasedRoots.push(to);
     }
 
-    const content = db.stmt("SELECT namespace, digest, labels FROM content").all() as {
-      namespace: string;
-      digest: string;
-      labels: string;
-    }[];
-    for (const c of content) {
-      const labels = decodeLabels(c.labels);
-      const node = contentNode(c.namespace, c.digest);
-      this.labels.set(node, labels);
-      this.out.set(node, labelEdges(c.namespace, labels));
-      if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
+    const content = db.stmt("SELECT namespace, digest, labels FROM content").raw(true).all() as [
+      string,
+      string,
+      string,
+    ][];
+    for (const [ns, digest, rawLabels] of content) {
+      const node = contentNode(ns, digest);
+      // most blobs carry no labels: no parse, and one shared empty edge list
+      if (rawLabels === "{}") {
+        keep(node, NO_LABELS);
+        this.out.set(node, NO_EDGES);
+      } else {
+        const labels = decodeLabels(rawLabels);
+        keep(node, labels);
+        this.out.set(node, labelEdges(ns, labels));
+        if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
+      }
+      this.content.push({ node, namespace: ns, digest });
     }
     if (tableExists(db, "snapshots")) {
       const rows = db.stmt("SELECT namespace, snapshotter, key, parent, labels FROM snapshots").all() as {
@@ -173,8 +199,9 @@ export class RefGraph {
         const edges: RefEdge[] = [];
         if (s.parent) edges.push({ to: snapshotNode(s.namespace, s.snapshotter, s.parent), via: "parent" });
         edges.push(...labelEdges(s.namespace, labels));
-        this.labels.set(node, labels);
+        keep(node, labels);
         this.out.set(node, edges);
+        this.snapshots.push({ node, namespace: s.namespace, snapshotter: s.snapshotter, key: s.key });
         if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
       }
     }
@@ -188,7 +215,7 @@ export class RefGraph {
       for (const i of rows) {
         const node = imageNode(i.namespace, i.name);
         const labels = decodeLabels(i.labels);
-        this.labels.set(node, labels);
+        keep(node, labels);
         this.out.set(node, [
           { to: contentNode(i.namespace, i.target_digest), via: "target" },
           ...labelEdges(i.namespace, labels),
@@ -244,6 +271,7 @@ export class RefGraph {
       }
     };
     for (const r of this.roots) push(r.node);
+    for (const n of this.leasedRoots) push(n);
     while (stack.length > 0) for (const e of this.edges(stack.pop()!)) push(e.to);
     return live;
   }
@@ -262,12 +290,6 @@ export class MetadataCollector {
     return tableExists(this.db, name);
   }
 
-  /** Mark from roots; returns the set of live nodes and the expired leases. */
-  private mark(now: number): { live: Set<string>; expiredLeases: { namespace: string; id: string }[] } {
-    const graph = new RefGraph(this.db, now);
-    return { live: graph.mark(), expiredLeases: graph.expiredLeases };
-  }
-
   /** Whether every backend has been swept once since start (crash leftovers). */
   private sweptAll = false;
 
@@ -281,39 +303,27 @@ export class MetadataCollector {
       removed = 0;
       dirty.clear();
       const now = Date.now();
-      const { live, expiredLeases } = this.mark(now);
-      for (const l of expiredLeases) {
+      const graph = new RefGraph(this.db, now, false);
+      const live = graph.mark();
+      for (const l of graph.expiredLeases) {
         this.db.stmt("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?").run(l.namespace, l.id);
         this.db.stmt("DELETE FROM leases WHERE namespace = ? AND id = ?").run(l.namespace, l.id);
         removed++;
       }
+      // the records the graph read, in the same transaction: no second pass over the tables
       const delContent = this.db.stmt("DELETE FROM content WHERE namespace = ? AND digest = ?");
-      for (const c of this.db.stmt("SELECT namespace, digest FROM content").all() as {
-        namespace: string;
-        digest: string;
-      }[]) {
-        if (
-          !live.has(contentNode(c.namespace, c.digest)) &&
-          delContent.run(c.namespace, c.digest).changes > 0
-        ) {
+      for (const c of graph.content)
+        if (!live.has(c.node) && delContent.run(c.namespace, c.digest).changes > 0) {
           removed++;
           dirty.add("content");
         }
-      }
-      if (this.tableExists("snapshots")) {
+      // (no snapshot records: the snapshots table may not exist yet)
+      if (graph.snapshots.length > 0) {
         const del = this.db.stmt("DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?");
-        const rows = this.db.stmt("SELECT namespace, snapshotter, key FROM snapshots").all() as {
-          namespace: string;
-          snapshotter: string;
-          key: string;
-        }[];
-        for (const s of rows)
-          if (
-            !live.has(snapshotNode(s.namespace, s.snapshotter, s.key)) &&
-            del.run(s.namespace, s.snapshotter, s.key).changes > 0
-          ) {
+        for (const sn of graph.snapshots)
+          if (!live.has(sn.node) && del.run(sn.namespace, sn.snapshotter, sn.key).changes > 0) {
             removed++;
-            dirty.add(`snapshots/${s.snapshotter}`);
+            dirty.add(`snapshots/${sn.snapshotter}`);
           }
       }
       // Ingests held by no live lease are abandoned (see below for when they go).
