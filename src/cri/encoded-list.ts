@@ -4,26 +4,8 @@
 // records change rarely. Each record's item is encoded once per state it is seen in, and a
 // response (`repeated Item items = 1` is its only field) is those bytes laid end to end.
 import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
-import { EncodedMessage } from "../grpc/service.js";
-import { FRAME_HEADER } from "../grpc/wire.js";
-
-function varintLength(n: number): number {
-  let len = 1;
-  while (n >= 0x80) {
-    n >>>= 7;
-    len++;
-  }
-  return len;
-}
-
-function writeVarint(buf: Buffer, at: number, n: number): number {
-  while (n >= 0x80) {
-    buf[at++] = (n & 0x7f) | 0x80;
-    n >>>= 7;
-  }
-  buf[at++] = n;
-  return at;
-}
+import { encodedFieldOne } from "../grpc/encoded-field.js";
+import type { EncodedMessage } from "../grpc/service.js";
 
 /** Encodes records of type R as items of `schema`, reusing an encoding while `keyOf` is unchanged. */
 export class EncodedItems<R extends object, S extends DescMessage> {
@@ -48,20 +30,7 @@ export class EncodedItems<R extends object, S extends DescMessage> {
   /** A response whose field 1 repeats the records' items, in order. */
   response<O extends DescMessage>(records: Iterable<R>): EncodedMessage<O> {
     const parts: Uint8Array[] = [];
-    let size = 0;
-    for (const r of records) {
-      const b = this.bytesOf(r);
-      parts.push(b);
-      size += 1 + varintLength(b.length) + b.length;
-    }
-    const framed = Buffer.allocUnsafe(FRAME_HEADER + size);
-    let at = FRAME_HEADER;
-    for (const b of parts) {
-      framed[at++] = 0x0a; // field 1, length-delimited
-      at = writeVarint(framed, at, b.length);
-      framed.set(b, at);
-      at += b.length;
-    }
-    return new EncodedMessage<O>(framed);
+    for (const r of records) parts.push(this.bytesOf(r));
+    return encodedFieldOne<O>(parts);
   }
 }

@@ -11,6 +11,7 @@ import type {
   Containers,
 } from "../gen/containerd/services/containers/v1/containers_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
+import { containersResponse } from "./container-wire.js";
 
 const anyToProto = (a: AnyValue): MessageInitShape<typeof AnySchema> => ({
   typeUrl: a.typeUrl,
@@ -61,18 +62,20 @@ function idRequired(): BerthError {
 
 export function containersService(store: ContainerStore): ServiceImpl<typeof Containers> {
   return {
+    // the answers that carry whole records are encoded from them directly (container-wire.ts);
+    // each of these responses has the record(s) as its field 1
     get(req, ctx) {
-      return { container: containerToProto(store.get(ctx.namespace(), req.id)) };
+      return containersResponse([store.get(ctx.namespace(), req.id)]);
     },
     list(req, ctx) {
-      return { containers: store.list(ctx.namespace(), req.filters).map(containerToProto) };
+      return containersResponse(store.list(ctx.namespace(), req.filters));
     },
     async *listStream(req, ctx) {
       // the whole list is read first (one consistent view), then streamed one per message
       const all = store.list(ctx.namespace(), req.filters);
       for (const c of all) {
         if (ctx.signal.aborted) return;
-        yield { container: containerToProto(c) };
+        yield containersResponse([c]);
       }
     },
     create(req, ctx) {

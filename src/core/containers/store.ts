@@ -172,8 +172,14 @@ type Row = {
   updated_at: number;
 };
 
+// SQLite hands each row's blob as a Buffer of its own: a plain view of it, not a copy
 const anyFromRow = (typeUrl: string | null, value: Buffer | null): AnyValue | undefined =>
-  typeUrl === null ? undefined : { typeUrl, value: new Uint8Array(value ?? Buffer.alloc(0)) };
+  typeUrl === null
+    ? undefined
+    : {
+        typeUrl,
+        value: value ? new Uint8Array(value.buffer, value.byteOffset, value.byteLength) : new Uint8Array(),
+      };
 
 const toContainer = (r: Row): Container => ({
   id: r.id,
