@@ -11,6 +11,7 @@ import type {
   Images,
 } from "../gen/containerd/services/images/v1/images_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
+import { imagesResponse } from "./image-wire.js";
 
 export function imageToProto(i: Image): MessageInitShape<typeof ImageSchema> {
   return {
@@ -50,11 +51,12 @@ function nameRequired(): BerthError {
 
 export function imagesService(store: ImageStore): ServiceImpl<typeof Images> {
   return {
+    // records are encoded directly (image-wire.ts); both responses have them as field 1
     get(req, ctx) {
-      return { image: imageToProto(store.get(ctx.namespace(), req.name)) };
+      return imagesResponse([store.get(ctx.namespace(), req.name)]);
     },
     list(req, ctx) {
-      return { images: store.list(ctx.namespace(), req.filters).map(imageToProto) };
+      return imagesResponse(store.list(ctx.namespace(), req.filters));
     },
     create(req, ctx) {
       if (!req.image?.name) throw nameRequired();

@@ -1,18 +1,27 @@
-// The Container message encoded by hand from a record (src/services/container-wire.ts) must
-// decode to exactly what the generic encoder makes of the same record, for every shape of
-// record: empty and missing fields, multi-byte lengths, non-ASCII text, timestamps past 2^32 s.
+// The Container and Image messages encoded by hand from records (src/services/container-wire.ts,
+// image-wire.ts) must decode to exactly what the generic encoder makes of the same record, for
+// every shape of record: empty and missing fields, multi-byte lengths, non-ASCII text,
+// timestamps past 2^32 s, sizes past 2^32.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create, equals, fromBinary } from "@bufbuild/protobuf";
 import type { Container } from "../../src/core/containers/store.js";
+import type { Image } from "../../src/core/images/store.js";
 import {
   ContainerSchema,
   GetContainerResponseSchema,
   ListContainersResponseSchema,
 } from "../../src/gen/containerd/services/containers/v1/containers_pb.js";
+import {
+  GetImageResponseSchema,
+  ImageSchema,
+  ListImagesResponseSchema,
+} from "../../src/gen/containerd/services/images/v1/images_pb.js";
 import { FRAME_HEADER } from "../../src/grpc/wire.js";
-import { containersResponse, encodeContainer } from "../../src/services/container-wire.js";
+import { containersResponse } from "../../src/services/container-wire.js";
 import { containerToProto } from "../../src/services/containers.js";
+import { imagesResponse } from "../../src/services/image-wire.js";
+import { imageToProto } from "../../src/services/images.js";
 
 const bytes = (n: number, fill = 0x61) => new Uint8Array(n).fill(fill);
 
@@ -70,7 +79,8 @@ describe("Container encoded from its record", () => {
   for (const c of records) {
     it(`decodes to what the generic encoder makes of it (${c.id.slice(0, 12)})`, () => {
       const want = create(ContainerSchema, containerToProto(c));
-      const got = fromBinary(ContainerSchema, encodeContainer(c));
+      const one = containersResponse([c]).framed.subarray(FRAME_HEADER);
+      const got = fromBinary(GetContainerResponseSchema, one).container!;
       // equals() is protobuf's own comparison; deepEqual shows the difference when there is one
       if (!equals(ContainerSchema, got, want)) {
         assert.deepEqual(got, want);
@@ -93,5 +103,43 @@ describe("Container encoded from its record", () => {
     );
     assert.equal(get.container?.id, "full");
     assert.equal(get.container?.spec?.value.length, 4096);
+  });
+});
+
+const images: Image[] = [
+  {
+    name: "docker.io/library/busybox:latest",
+    labels: { "containerd.io/gc.ref.content": "x", ünï: "✓", ["k".repeat(200)]: "" },
+    target: {
+      mediaType: "application/vnd.oci.image.index.v1+json",
+      digest: `sha256:${"a".repeat(64)}`,
+      size: 5_000_000_000,
+      annotations: { "org.opencontainers.image.ref.name": "latest" },
+    },
+    createdAt: new Date(1764770000123),
+    updatedAt: new Date(7258118400999),
+  },
+  {
+    name: "bare",
+    labels: {},
+    target: { mediaType: "", digest: "", size: 0, annotations: {} },
+    createdAt: new Date(0),
+    updatedAt: new Date(0),
+  },
+];
+
+describe("Image encoded from its record", () => {
+  it("decodes to what the generic encoder makes of it, in Get and List responses", () => {
+    const list = fromBinary(ListImagesResponseSchema, imagesResponse(images).framed.subarray(FRAME_HEADER));
+    assert.equal(list.images.length, images.length);
+    for (const [i, img] of images.entries()) {
+      const want = create(ImageSchema, imageToProto(img));
+      const get = fromBinary(GetImageResponseSchema, imagesResponse([img]).framed.subarray(FRAME_HEADER));
+      for (const got of [list.images[i]!, get.image!])
+        if (!equals(ImageSchema, got, want)) {
+          assert.deepEqual(got, want);
+          assert.fail(`${img.name}: protobuf's equals() sees a difference deepEqual does not`);
+        }
+    }
   });
 });

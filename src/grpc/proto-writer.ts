@@ -1,0 +1,142 @@
+// A minimal protobuf writer for the answers berth encodes by hand from its records (containers,
+// images): sizes are computed first, then every field is written once into a buffer of the
+// exact size. Encoding rules from the protobuf wire format: a tag is (field << 3) | wire type;
+// proto3 leaves out empty strings and bytes and zero numbers, writes a set message field even
+// when empty, and writes a map entry as a message of key (1) and value (2).
+import type { DescMessage } from "@bufbuild/protobuf";
+import { varintLength } from "./encoded-field.js";
+import { EncodedMessage } from "./handlers.js";
+import { FRAME_HEADER } from "./wire.js";
+
+const LEN = 2; // wire type: length-delimited
+const VARINT = 0;
+
+/** varintLength for any non-negative safe integer (int64 values), not only 32-bit ones. */
+export function varintLength64(n: number): number {
+  let len = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 128);
+    len++;
+  }
+  return len;
+}
+
+export const utf8 = (s: string) => Buffer.byteLength(s, "utf8");
+/** Size of a length-delimited field (tag of a field below 16: one byte) holding `len` bytes. */
+export const fieldSize = (len: number) => 1 + varintLength(len) + len;
+export const stringFieldSize = (byteLen: number) => (byteLen === 0 ? 0 : fieldSize(byteLen));
+/** Size of a varint field (below 16), left out when zero. */
+export const varintFieldSize = (n: number) => (n === 0 ? 0 : 1 + varintLength64(n));
+
+export class Writer {
+  at = 0;
+  constructor(readonly buf: Buffer) {}
+
+  varint(n: number): void {
+    const b = this.buf;
+    while (n >= 0x80) {
+      b[this.at++] = (n % 128) | 0x80;
+      n = Math.floor(n / 128);
+    }
+    b[this.at++] = n;
+  }
+
+  tag(field: number, wire: number): void {
+    this.buf[this.at++] = (field << 3) | wire;
+  }
+
+  /** A length-delimited field's tag and length; `len` bytes of content must follow. */
+  open(field: number, len: number): void {
+    this.tag(field, LEN);
+    this.varint(len);
+  }
+
+  /** A string field of `byteLen` UTF-8 bytes; none when empty. */
+  string(field: number, s: string, byteLen: number): void {
+    if (byteLen === 0) return;
+    this.open(field, byteLen);
+    this.at += this.buf.write(s, this.at, "utf8");
+  }
+
+  /** A string that is always written (a map entry's key or value). */
+  stringAlways(field: number, s: string, byteLen: number): void {
+    this.open(field, byteLen);
+    this.at += this.buf.write(s, this.at, "utf8");
+  }
+
+  bytes(field: number, b: Uint8Array): void {
+    if (b.length === 0) return;
+    this.open(field, b.length);
+    this.buf.set(b, this.at);
+    this.at += b.length;
+  }
+
+  /** A varint field; none when zero. */
+  uint(field: number, n: number): void {
+    if (n === 0) return;
+    this.tag(field, VARINT);
+    this.varint(n);
+  }
+}
+
+/** A map<string, string>: each entry's byte lengths and size, in insertion order. */
+export function stringMapPlan(m: Record<string, string>) {
+  return Object.entries(m).map(([k, v]) => {
+    const kl = utf8(k);
+    const vl = utf8(v);
+    return { k, v, kl, vl, size: fieldSize(kl) + fieldSize(vl) };
+  });
+}
+
+export const stringMapSize = (plan: ReturnType<typeof stringMapPlan>) => {
+  let size = 0;
+  for (const e of plan) size += fieldSize(e.size);
+  return size;
+};
+
+export function writeStringMap(w: Writer, field: number, plan: ReturnType<typeof stringMapPlan>): void {
+  for (const e of plan) {
+    w.open(field, e.size);
+    w.stringAlways(1, e.k, e.kl);
+    w.stringAlways(2, e.v, e.vl);
+  }
+}
+
+/** google.protobuf.Timestamp of a Date: [seconds, nanos]. */
+export function timestampParts(d: Date): [seconds: number, nanos: number] {
+  const ms = d.getTime();
+  const seconds = Math.floor(ms / 1000);
+  return [seconds, (ms - seconds * 1000) * 1_000_000];
+}
+
+export const timestampSize = ([seconds, nanos]: [number, number]) =>
+  varintFieldSize(seconds) + varintFieldSize(nanos);
+
+/** A Timestamp message field (seconds 1, nanos 2), written even when zero. */
+export function writeTimestamp(w: Writer, field: number, t: [number, number], size: number): void {
+  w.open(field, size);
+  w.uint(1, t[0]);
+  w.uint(2, t[1]);
+}
+
+/**
+ * A response whose field 1 holds one message per item (a repeated field, or a singular one with
+ * one item), framed for the gRPC wire: `plans` give each item's size, `write` writes one.
+ */
+export function fieldOneResponse<P extends { size: number }, O extends DescMessage>(
+  plans: readonly P[],
+  write: (w: Writer, p: P) => void,
+): EncodedMessage<O> {
+  let size = FRAME_HEADER;
+  for (const p of plans) size += fieldSize(p.size);
+  const w = new Writer(Buffer.allocUnsafe(size));
+  w.at = FRAME_HEADER;
+  for (const p of plans) {
+    w.open(1, p.size);
+    const start = w.at;
+    write(w, p);
+    if (w.at - start !== p.size)
+      throw new Error(`hand-encoded message: wrote ${w.at - start} bytes, sized ${p.size}`);
+  }
+  return new EncodedMessage<O>(w.buf);
+}
