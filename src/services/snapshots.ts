@@ -12,11 +12,14 @@ import {
 } from "../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import type { MountSchema } from "../gen/containerd/types/mount_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
+import { infosResponse } from "./snapshot-wire.js";
 
 /** Infos per List message, as containerd batches them. */
 const LIST_BATCH = 100;
 
 const KIND: Record<CoreKind, Kind> = { view: Kind.VIEW, active: Kind.ACTIVE, committed: Kind.COMMITTED };
+
+const kindOf = (i: SnapshotInfo) => KIND[i.kind];
 
 export function infoToProto(i: SnapshotInfo): MessageInitShape<typeof InfoSchema> {
   return {
@@ -65,7 +68,7 @@ export function snapshotsService(svc: SnapshotService): ServiceImpl<typeof Snaps
     },
     async stat(req, ctx) {
       const sn = svc.get(req.snapshotter);
-      return { info: infoToProto(await sn.stat(ctx.namespace(), req.key)) };
+      return infosResponse([await sn.stat(ctx.namespace(), req.key)], kindOf);
     },
     async update(req, ctx) {
       const sn = svc.get(req.snapshotter);
@@ -76,7 +79,7 @@ export function snapshotsService(svc: SnapshotService): ServiceImpl<typeof Snaps
       const sn = svc.get(req.snapshotter);
       const infos = await sn.list(ctx.namespace(), req.filters);
       for (let i = 0; i < infos.length; i += LIST_BATCH) {
-        yield { info: infos.slice(i, i + LIST_BATCH).map(infoToProto) };
+        yield infosResponse(infos.slice(i, i + LIST_BATCH), kindOf);
       }
     },
     async usage(req, ctx) {

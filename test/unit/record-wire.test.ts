@@ -1,12 +1,13 @@
-// The Container and Image messages encoded by hand from records (src/services/container-wire.ts,
-// image-wire.ts) must decode to exactly what the generic encoder makes of the same record, for
-// every shape of record: empty and missing fields, multi-byte lengths, non-ASCII text,
-// timestamps past 2^32 s, sizes past 2^32.
+// The Container, Image and snapshot Info messages encoded by hand from records
+// (src/services/container-wire.ts, image-wire.ts, snapshot-wire.ts) must decode to exactly what
+// the generic encoder makes of the same record, for every shape of record: empty and missing
+// fields, multi-byte lengths, non-ASCII text, timestamps past 2^32 s, sizes past 2^32.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create, equals, fromBinary } from "@bufbuild/protobuf";
 import type { Container } from "../../src/core/containers/store.js";
 import type { Image } from "../../src/core/images/store.js";
+import type { SnapshotInfo } from "../../src/core/snapshots/snapshotter.js";
 import {
   ContainerSchema,
   GetContainerResponseSchema,
@@ -17,11 +18,19 @@ import {
   ImageSchema,
   ListImagesResponseSchema,
 } from "../../src/gen/containerd/services/images/v1/images_pb.js";
+import {
+  InfoSchema,
+  Kind,
+  ListSnapshotsResponseSchema,
+  StatSnapshotResponseSchema,
+} from "../../src/gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { FRAME_HEADER } from "../../src/grpc/wire.js";
 import { containersResponse } from "../../src/services/container-wire.js";
 import { containerToProto } from "../../src/services/containers.js";
 import { imagesResponse } from "../../src/services/image-wire.js";
 import { imageToProto } from "../../src/services/images.js";
+import { infosResponse } from "../../src/services/snapshot-wire.js";
+import { infoToProto } from "../../src/services/snapshots.js";
 
 const bytes = (n: number, fill = 0x61) => new Uint8Array(n).fill(fill);
 
@@ -139,6 +148,43 @@ describe("Image encoded from its record", () => {
         if (!equals(ImageSchema, got, want)) {
           assert.deepEqual(got, want);
           assert.fail(`${img.name}: protobuf's equals() sees a difference deepEqual does not`);
+        }
+    }
+  });
+});
+
+const infos: SnapshotInfo[] = [
+  {
+    name: "default/12/sha256:abc",
+    parent: "sha256:" + "p".repeat(64),
+    kind: "committed",
+    labels: { "containerd.io/snapshot.ref": "sha256:x", ünï: "✓" },
+    created: new Date(1764770000123),
+    updated: new Date(7258118400999),
+  },
+  { name: "bare", parent: "", kind: "active", labels: {}, created: new Date(0), updated: new Date(0) },
+  { name: "v", parent: "bare", kind: "view", labels: { "": "" }, created: new Date(1), updated: new Date(2) },
+];
+
+describe("snapshot Info encoded from its record", () => {
+  it("decodes to what the generic encoder makes of it, in List and Stat responses", () => {
+    const kind = { view: Kind.VIEW, active: Kind.ACTIVE, committed: Kind.COMMITTED } as const;
+    const kindOf = (i: SnapshotInfo) => kind[i.kind];
+    const list = fromBinary(
+      ListSnapshotsResponseSchema,
+      infosResponse(infos, kindOf).framed.subarray(FRAME_HEADER),
+    );
+    assert.equal(list.info.length, infos.length);
+    for (const [n, info] of infos.entries()) {
+      const want = create(InfoSchema, infoToProto(info));
+      const stat = fromBinary(
+        StatSnapshotResponseSchema,
+        infosResponse([info], kindOf).framed.subarray(FRAME_HEADER),
+      );
+      for (const got of [list.info[n]!, stat.info!])
+        if (!equals(InfoSchema, got, want)) {
+          assert.deepEqual(got, want);
+          assert.fail(`${info.name}: protobuf's equals() sees a difference deepEqual does not`);
         }
     }
   });
