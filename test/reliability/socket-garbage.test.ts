@@ -40,6 +40,7 @@ import { Version } from "../../src/gen/containerd/services/version/v1/version_pb
 import { RequestSchema, ResponseSchema } from "../../src/gen/ttrpc/request_pb.js";
 import { Connection } from "../../src/grpc/client.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
+import { frame, PREFACE } from "../helpers/h2frames.js";
 import { cases, MODE, randInt, report, rng, SEED } from "./report.js";
 
 const GROUP = "socket-garbage";
@@ -125,17 +126,6 @@ async function checkAlive(batch: string): Promise<void> {
 }
 
 // --- raw sockets --------------------------------------------------------------------------------
-
-const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
-
-function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream & 0x7fffffff, 5);
-  return Buffer.concat([h, payload]);
-}
 
 function hpackInt(first: number, prefix: number, v: number): number[] {
   const max = (1 << prefix) - 1;

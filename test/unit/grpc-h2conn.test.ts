@@ -11,18 +11,8 @@ import { Version } from "../../src/gen/containerd/services/version/v1/version_pb
 import { H2GrpcServer } from "../../src/grpc/h2server.js";
 import { encodeHeaderBlock, HpackDecoder, HpackError, huffmanDecode } from "../../src/grpc/hpack.js";
 import type { ServiceImpl } from "../../src/grpc/service.js";
+import { frame, PREFACE } from "../helpers/h2frames.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
-
-const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
-
-function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream, 5);
-  return Buffer.concat([h, payload]);
-}
 
 /** An HPACK string, raw (not Huffman), with a 7-bit length prefix (short strings only). */
 const str = (s: string) => Buffer.concat([Buffer.from([s.length]), Buffer.from(s, "latin1")]);
