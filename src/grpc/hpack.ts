@@ -6,7 +6,7 @@
 // strings), section 6 (field representations), Appendix A (static table), Appendix B (Huffman).
 
 /** RFC 7541 Appendix B: [code, bit length] of symbols 0..255 and EOS (256). */
-const HUFFMAN: readonly (readonly [number, number])[] = [
+export const HUFFMAN: readonly (readonly [number, number])[] = [
   [0x1ff8, 13],
   [0x7fffd8, 23],
   [0xfffffe2, 28],
@@ -266,83 +266,77 @@ const HUFFMAN: readonly (readonly [number, number])[] = [
   [0x3fffffff, 30],
 ];
 
-interface Node {
-  sym?: number;
-  kids: (Node | undefined)[];
+/**
+ * The Huffman code as a state machine read 4 bits at a time. A state is a node of the code's
+ * tree (index into `kid0`/`kid1`/`sym`); an entry of `table` (16 per state) holds the next state
+ * in bits 0-9, the symbol completed on the way in bits 10-17 with bit 18 set when there is one,
+ * and bit 19 when the bits lead nowhere (EOS or outside the code). A nibble completes at most one
+ * symbol: no code is shorter than 5 bits. Entries are computed on first use (0 means not yet: a
+ * real entry either emits or moves below the root), so a daemon's first request does not pay
+ * for the ~500 states real headers never reach.
+ */
+const EMITS = 1 << 18;
+const FAILS = 1 << 19;
+const NODES = 2 * HUFFMAN.length - 1;
+let tree: { kid0: Int16Array; kid1: Int16Array; sym: Int16Array } | undefined;
+let table: Int32Array | undefined;
+
+function huffmanTree() {
+  if (tree) return tree;
+  const kid0 = new Int16Array(NODES).fill(-1);
+  const kid1 = new Int16Array(NODES).fill(-1);
+  const sym = new Int16Array(NODES).fill(-1);
+  let count = 1; // node 0 is the root
+  for (let s = 0; s < HUFFMAN.length; s++) {
+    const [code, len] = HUFFMAN[s]!;
+    let n = 0;
+    for (let i = len - 1; i >= 0; i--) {
+      const kids = (code >>> i) & 1 ? kid1 : kid0;
+      if (kids[n]! < 0) kids[n] = count++;
+      n = kids[n]!;
+    }
+    sym[n] = s;
+  }
+  tree = { kid0, kid1, sym };
+  return tree;
 }
 
-/**
- * The Huffman code as a state machine read 4 bits at a time: a state is an inner node of the
- * code's tree, and each entry of `table` (16 per state) holds the next state in bits 0-8, the
- * symbol completed on the way in bits 9-16 with bit 17 set when there is one, and bit 18 when
- * the bits lead nowhere (EOS or outside the code). A nibble completes at most one symbol: no
- * code is shorter than 5 bits.
- */
-let table: Int32Array | undefined;
-const EMITS = 1 << 17;
-const FAILS = 1 << 18;
-
-function huffmanTable(): Int32Array {
-  if (table) return table;
-  const root: Node = { kids: [] };
-  HUFFMAN.forEach(([code, len], sym) => {
-    let n = root;
-    for (let i = len - 1; i >= 0; i--) {
-      const bit = (code >>> i) & 1;
-      n = n.kids[bit] ??= { kids: [] };
+function huffmanEntry(t: Int32Array, state: number, nibble: number): number {
+  const { kid0, kid1, sym } = huffmanTree();
+  let n = state;
+  let entry = 0;
+  for (let i = 3; i >= 0; i--) {
+    const next = (nibble >> i) & 1 ? kid1[n]! : kid0[n]!;
+    if (next < 0 || sym[next] === 256) {
+      entry = FAILS;
+      break;
     }
-    n.sym = sym;
-  });
-  const states: Node[] = [];
-  const ids = new Map<Node, number>();
-  const idOf = (n: Node): number => {
-    let id = ids.get(n);
-    if (id === undefined) {
-      id = states.length;
-      ids.set(n, id);
-      states.push(n);
-    }
-    return id;
-  };
-  idOf(root);
-  const out: number[] = [];
-  for (let s = 0; s < states.length; s++) {
-    for (let nibble = 0; nibble < 16; nibble++) {
-      let n = states[s]!;
-      let entry = 0;
-      for (let i = 3; i >= 0; i--) {
-        const next = n.kids[(nibble >> i) & 1];
-        if (!next || next.sym === 256) {
-          entry = FAILS;
-          break;
-        }
-        if (next.sym !== undefined) {
-          entry |= EMITS | (next.sym << 9);
-          n = root;
-        } else n = next;
-      }
-      out[s * 16 + nibble] = entry & FAILS ? FAILS : entry | idOf(n);
-    }
+    if (sym[next]! >= 0) {
+      entry |= EMITS | (sym[next]! << 10);
+      n = 0;
+    } else n = next;
   }
-  table = Int32Array.from(out);
-  return table;
+  if (!(entry & FAILS)) entry |= n;
+  t[(state << 4) | nibble] = entry;
+  return entry;
 }
 
 /** Decodes an HPACK Huffman string (padding: up to 7 one-bits, as RFC 7541 5.2 allows). */
 export function huffmanDecode(bytes: Uint8Array): string {
-  const t = huffmanTable();
+  table ??= new Int32Array(NODES * 16);
+  const t = table;
   const chars: number[] = [];
   let state = 0;
   for (let i = 0; i < bytes.length; i++) {
     const b = bytes[i]!;
-    let e = t[(state << 4) | (b >> 4)]!;
+    let e = t[(state << 4) | (b >> 4)]! || huffmanEntry(t, state, b >> 4);
     if (e & FAILS) throw new Error("invalid HPACK Huffman code");
-    if (e & EMITS) chars.push((e >> 9) & 0xff);
-    state = e & 0x1ff;
-    e = t[(state << 4) | (b & 0xf)]!;
+    if (e & EMITS) chars.push((e >> 10) & 0xff);
+    state = e & 0x3ff;
+    e = t[(state << 4) | (b & 0xf)]! || huffmanEntry(t, state, b & 0xf);
     if (e & FAILS) throw new Error("invalid HPACK Huffman code");
-    if (e & EMITS) chars.push((e >> 9) & 0xff);
-    state = e & 0x1ff;
+    if (e & EMITS) chars.push((e >> 10) & 0xff);
+    state = e & 0x3ff;
   }
   // apply() takes the codes as arguments: fine for header-sized strings, not for a huge one
   return chars.length <= 4096

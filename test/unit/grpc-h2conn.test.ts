@@ -9,7 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Version } from "../../src/gen/containerd/services/version/v1/version_pb.js";
 import { H2GrpcServer } from "../../src/grpc/h2server.js";
-import { encodeHeaderBlock, HpackDecoder, HpackError, huffmanDecode } from "../../src/grpc/hpack.js";
+import { encodeHeaderBlock, HpackDecoder, HpackError, HUFFMAN, huffmanDecode } from "../../src/grpc/hpack.js";
 import type { ServiceImpl } from "../../src/grpc/service.js";
 import { frame, PREFACE } from "../helpers/h2frames.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
@@ -323,5 +323,25 @@ describe("HPACK Huffman decoding", () => {
     const zeros = Buffer.alloc((5000 * 5) / 8, 0); // 5000 '0's in 25,000 bits
     assert.equal(huffmanDecode(zeros), "0".repeat(5000));
     assert.throws(() => huffmanDecode(Buffer.from([0xff, 0xff, 0xff, 0xff])), /Huffman/); // EOS
+  });
+
+  it("decodes all 256 symbols, in every order of states", () => {
+    // a test-side encoder from RFC 7541 Appendix B's table: codes laid bit by bit, padded with 1s
+    const encode = (bytes: number[]): Buffer => {
+      const bits: number[] = [];
+      for (const b of bytes) {
+        const [code, len] = HUFFMAN[b]!;
+        for (let i = len - 1; i >= 0; i--) bits.push((code >>> i) & 1);
+      }
+      while (bits.length % 8 !== 0) bits.push(1);
+      const out = Buffer.alloc(bits.length / 8);
+      bits.forEach((bit, i) => {
+        out[i >> 3]! |= bit << (7 - (i & 7));
+      });
+      return out;
+    };
+    const all = Array.from({ length: 256 }, (_, i) => i);
+    for (const order of [all, [...all].reverse(), all.map((i) => (i * 97) % 256)])
+      assert.equal(huffmanDecode(encode(order)), Buffer.from(order).toString("latin1"));
   });
 });
