@@ -4,7 +4,7 @@
 // records change rarely. Each record's item is encoded once per state it is seen in, and a
 // response (`repeated Item items = 1` is its only field) is those bytes laid end to end.
 import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
-import { encodedFieldOne } from "../grpc/encoded-field.js";
+import { encodedFieldOne } from "../grpc/proto-writer.js";
 import type { EncodedMessage } from "../grpc/service.js";
 
 /** Encodes records of type R as items of `schema`, reusing an encoding while `keyOf` is unchanged. */

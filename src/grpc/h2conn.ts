@@ -31,7 +31,7 @@ const FLAG_END_HEADERS = 0x4;
 const FLAG_PADDED = 0x8;
 const FLAG_PRIORITY = 0x20;
 
-export const H2_NO_ERROR = 0x0;
+const NO_ERROR = 0x0;
 const PROTOCOL_ERROR = 0x1;
 const INTERNAL_ERROR = 0x2;
 const FLOW_CONTROL_ERROR = 0x3;
@@ -208,12 +208,6 @@ export class H2Stream {
       this.write(payload);
       this.end(trailers);
     }
-  }
-
-  /** Abandon the stream (RST_STREAM). */
-  reset(code: number): void {
-    if (this.closed) return;
-    this.conn.resetStream(this, code);
   }
 }
 
@@ -691,7 +685,7 @@ export class H2Connection {
   close(): void {
     if (this.goingAway || this.ended) return;
     this.goingAway = true;
-    this.write(goaway(this.lastStreamId, H2_NO_ERROR, ""));
+    this.write(goaway(this.lastStreamId, NO_ERROR, ""));
     if (this.streams.size === 0) this.endSocket();
   }
 

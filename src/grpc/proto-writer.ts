@@ -1,15 +1,25 @@
 // A minimal protobuf writer for the answers berth encodes by hand from its records (containers,
-// images): sizes are computed first, then every field is written once into a buffer of the
+// images, snapshot infos) or puts together from already encoded items (the CRI's cached list
+// entries): sizes are computed first, then every field is written once into a buffer of the
 // exact size. Encoding rules from the protobuf wire format: a tag is (field << 3) | wire type;
 // proto3 leaves out empty strings and bytes and zero numbers, writes a set message field even
 // when empty, and writes a map entry as a message of key (1) and value (2).
 import type { DescMessage } from "@bufbuild/protobuf";
-import { varintLength } from "./encoded-field.js";
 import { EncodedMessage } from "./handlers.js";
 import { FRAME_HEADER } from "./wire.js";
 
 const LEN = 2; // wire type: length-delimited
 const VARINT = 0;
+
+/** Bytes a varint of a 32-bit unsigned value takes. */
+export function varintLength(n: number): number {
+  let len = 1;
+  while (n >= 0x80) {
+    n >>>= 7;
+    len++;
+  }
+  return len;
+}
 
 /** varintLength for any non-negative safe integer (int64 values), not only 32-bit ones. */
 export function varintLength64(n: number): number {
@@ -139,4 +149,15 @@ export function fieldOneResponse<P extends { size: number }, O extends DescMessa
       throw new Error(`hand-encoded message: wrote ${w.at - start} bytes, sized ${p.size}`);
   }
   return new EncodedMessage<O>(w.buf);
+}
+
+/** A response whose field 1 holds `parts`, messages already encoded, in order. */
+export function encodedFieldOne<O extends DescMessage>(parts: readonly Uint8Array[]): EncodedMessage<O> {
+  return fieldOneResponse<{ b: Uint8Array; size: number }, O>(
+    parts.map((b) => ({ b, size: b.length })),
+    (w, p) => {
+      w.buf.set(p.b, w.at);
+      w.at += p.size;
+    },
+  );
 }
