@@ -102,14 +102,14 @@ function statusTrailers(code: number, message: string): Buffer {
 
 const first = (v: string | string[] | undefined): string | undefined => (typeof v === "string" ? v : v?.[0]);
 
-/** Requests waiting unread before the stream stops reading (and HTTP/2 stops the client). */
+/** Requests waiting unread before the stream stops crediting the client's window (which stops it). */
 const QUEUE_MAX_ITEMS = 16;
 const QUEUE_MAX_BYTES = 4 << 20;
 
 /**
- * Requests of a client- or bidi-streaming call as an async iterator. Stops reading from the
- * stream while too many wait unread; a handler that stops early (return()) lets the rest of
- * the client's messages be discarded so the client is never blocked.
+ * Requests of a client- or bidi-streaming call as an async iterator. Pauses the stream (no more
+ * window for the client) while too many wait unread; a handler that stops early (return()) lets
+ * the rest of the client's messages be discarded so the client is never blocked.
  */
 class RequestQueue implements AsyncIterator<unknown> {
   private items: unknown[] = [];
