@@ -12,3 +12,27 @@ export function frame(type: number, flags: number, stream: number, payload: Buff
   h.writeUInt32BE(stream & 0x7fffffff, 5);
   return Buffer.concat([h, payload]);
 }
+
+export interface RawFrame {
+  type: number;
+  flags: number;
+  stream: number;
+  payload: Buffer;
+}
+
+/** The complete frames at the start of `b` (a partial last frame is left out). */
+export function framesOf(b: Buffer): RawFrame[] {
+  const out: RawFrame[] = [];
+  for (let at = 0; at + 9 <= b.length; ) {
+    const len = b.readUIntBE(at, 3);
+    if (at + 9 + len > b.length) break;
+    out.push({
+      type: b[at + 3]!,
+      flags: b[at + 4]!,
+      stream: b.readUInt32BE(at + 5) & 0x7fffffff,
+      payload: b.subarray(at + 9, at + 9 + len),
+    });
+    at += 9 + len;
+  }
+  return out;
+}

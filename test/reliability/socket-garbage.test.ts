@@ -40,7 +40,7 @@ import { Version } from "../../src/gen/containerd/services/version/v1/version_pb
 import { RequestSchema, ResponseSchema } from "../../src/gen/ttrpc/request_pb.js";
 import { Connection } from "../../src/grpc/client.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
-import { frame, PREFACE } from "../helpers/h2frames.js";
+import { frame, framesOf, PREFACE } from "../helpers/h2frames.js";
 import { cases, MODE, randInt, report, rng, SEED } from "./report.js";
 
 const GROUP = "socket-garbage";
@@ -176,22 +176,6 @@ function grpcRequestBytes(methodPath: string, message: Buffer, extra: [string, s
 }
 
 /** The frames in a byte stream from the server (whole ones). */
-function framesOf(b: Buffer): { type: number; flags: number; stream: number; payload: Buffer }[] {
-  const out: { type: number; flags: number; stream: number; payload: Buffer }[] = [];
-  let at = 0;
-  while (at + 9 <= b.length) {
-    const len = b.readUIntBE(at, 3);
-    if (at + 9 + len > b.length) break;
-    out.push({
-      type: b[at + 3]!,
-      flags: b[at + 4]!,
-      stream: b.readUInt32BE(at + 5) & 0x7fffffff,
-      payload: b.subarray(at + 9, at + 9 + len),
-    });
-    at += 9 + len;
-  }
-  return out;
-}
 
 /**
  * Connect, send `bytes` (optionally half-close), collect what comes back until the server

@@ -11,7 +11,7 @@ import { Version } from "../../src/gen/containerd/services/version/v1/version_pb
 import { H2GrpcServer } from "../../src/grpc/h2server.js";
 import { encodeHeaderBlock, HpackDecoder, HpackError, HUFFMAN, huffmanDecode } from "../../src/grpc/hpack.js";
 import type { ServiceImpl } from "../../src/grpc/service.js";
-import { frame, PREFACE } from "../helpers/h2frames.js";
+import { frame, framesOf, PREFACE, type RawFrame } from "../helpers/h2frames.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 /** An HPACK string, raw (not Huffman), with a 7-bit length prefix (short strings only). */
@@ -240,13 +240,6 @@ function u32(n: number): Buffer {
   return b;
 }
 
-interface RawFrame {
-  type: number;
-  flags: number;
-  stream: number;
-  payload: Buffer;
-}
-
 /** A client that writes bytes and reads frames, with nothing of its own in between. */
 class RawClient {
   private got: Buffer[] = [];
@@ -275,20 +268,7 @@ class RawClient {
   }
 
   frames(): RawFrame[] {
-    const b = Buffer.concat(this.got);
-    const out: RawFrame[] = [];
-    for (let at = 0; at + 9 <= b.length; ) {
-      const len = b.readUIntBE(at, 3);
-      if (at + 9 + len > b.length) break;
-      out.push({
-        type: b[at + 3]!,
-        flags: b[at + 4]!,
-        stream: b.readUInt32BE(at + 5),
-        payload: b.subarray(at + 9, at + 9 + len),
-      });
-      at += 9 + len;
-    }
-    return out;
+    return framesOf(Buffer.concat(this.got));
   }
 
   /** The DATA a stream received so far. */
