@@ -212,14 +212,14 @@ export abstract class LocalSnapshotter implements Snapshotter {
     }
   }
 
-  async commit(name: string, key: string, labels: Labels): Promise<void> {
+  async commit(name: string, key: string, labels: Labels, measured?: Usage): Promise<void> {
     const { id, info } = this.ms.getInfo(key);
     if (info.kind !== "active")
       throw wrapError(
         errFailedPrecondition(`snapshot ${JSON.stringify(key)} is not active`),
         "failed to commit snapshot",
       );
-    const usage = await diskUsage(this.usagePath(id));
+    const usage = measured ?? (await diskUsage(this.usagePath(id)));
     try {
       this.ms.commitActive(key, name, usage, labels);
     } catch (err) {

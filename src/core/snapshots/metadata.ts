@@ -64,6 +64,14 @@ export interface CallOptions {
   lease?: string;
 }
 
+export interface CommitOptions extends CallOptions {
+  /**
+   * The active snapshot's disk usage, measured by the caller that filled it (the pull's staged
+   * layers); the backend measures it when absent.
+   */
+  usage?: Usage;
+}
+
 /** A row of the metadata DB's `snapshots` table. */
 export interface SnapshotRecord {
   namespace: string;
@@ -439,7 +447,7 @@ export class NamespacedSnapshotter {
     name: string,
     key: string,
     labels: Labels = {},
-    opts: CallOptions = {},
+    opts: CommitOptions = {},
   ): Promise<void> {
     validateLabels(labels);
     const base = cleanLabels(labels);
@@ -458,7 +466,7 @@ export class NamespacedSnapshotter {
         );
         if ("exists" in r) throw errAlreadyExists(r.exists);
         try {
-          await this.backend.commit(r.nameKey, r.active.backendKey, inheritedLabels(base));
+          await this.backend.commit(r.nameKey, r.active.backendKey, inheritedLabels(base), opts.usage);
         } catch (err) {
           if (isNotFound(err))
             this.s.log.error("uncommittable snapshot: missing in backend, snapshot should be removed", {

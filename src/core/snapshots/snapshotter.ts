@@ -45,7 +45,8 @@ export interface Snapshotter {
   mounts(key: string): Promise<Mount[]>;
   prepare(key: string, parent: string, labels: Labels): Promise<Mount[]>;
   view(key: string, parent: string, labels: Labels): Promise<Mount[]>;
-  commit(name: string, key: string, labels: Labels): Promise<void>;
+  /** `usage`: the active snapshot's disk usage if the caller measured it; else it is measured. */
+  commit(name: string, key: string, labels: Labels, usage?: Usage): Promise<void>;
   remove(key: string): Promise<void>;
   /** Every snapshot, in an order where parents come before children. */
   list(): Promise<SnapshotInfo[]>;

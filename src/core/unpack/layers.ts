@@ -77,7 +77,7 @@ export function namespacedSnapshots(sn: NamespacedSnapshotter, ns: string, lease
         },
       ),
     prepare: (key, parent, labels) => sn.prepare(ns, key, parent, labels, { lease }),
-    commit: (name, key, labels) => sn.commit(ns, name, key, labels, { lease }),
+    commit: (name, key, labels, usage) => sn.commit(ns, name, key, labels, { lease, usage }),
     remove: (key) => sn.remove(ns, key, { lease }),
   };
 }
@@ -164,9 +164,10 @@ export class LayerUnpack {
         checkDiffId(diffId, staged.diffId);
         await parentDone;
         env.signal.throwIfAborted();
-        await intoSnapshot(env.snapshots, this.chain[i]!, parent, async (mounts) =>
-          moveStaged(staged, mounts, env.log),
-        );
+        await intoSnapshot(env.snapshots, this.chain[i]!, parent, async (mounts) => {
+          moveStaged(staged, mounts, env.log);
+          return staged.usage;
+        });
       } finally {
         await staging.releaseStagingDir(dir);
       }

@@ -1,8 +1,11 @@
-// Messages between the pull pipeline and a staging worker (stage-thread.ts, stage-worker.ts).
+// Messages between the pull pipeline and its staging workers (stage-thread.ts, stage-worker.ts).
+// A worker extracts one layer at a time and is reused for the next: every message about a job
+// carries the job's number, so what arrives late for a finished job is recognised and dropped.
 import type { ApplyMode } from "../diff/apply.js";
 import type { Descriptor } from "../images/media.js";
+import type { Usage } from "../snapshots/snapshotter.js";
 
-/** What a worker is started with. */
+/** One layer to extract. */
 export interface StageJob {
   dir: string;
   desc: Descriptor;
@@ -12,14 +15,15 @@ export interface StageJob {
 }
 
 export type ToWorker =
-  | { type: "chunk"; data: Uint8Array }
-  | { type: "end" }
-  | { type: "fail"; message: string };
+  | { type: "job"; id: number; job: StageJob }
+  | { type: "chunk"; id: number; data: Uint8Array }
+  | { type: "end"; id: number }
+  | { type: "fail"; id: number; message: string };
 
 export type ToMain =
   /** The worker's modules (native addons among them) are loaded: it may be terminated now. */
   | { type: "ready" }
-  | { type: "ack"; bytes: number }
-  | { type: "log"; level: string; msg: string; fields: Record<string, unknown> }
-  | { type: "done"; diffId: string; implicitDirs: string[] }
-  | { type: "error"; name: string; message: string; kind?: string; code?: string };
+  | { type: "ack"; id: number; bytes: number }
+  | { type: "log"; id: number; level: string; msg: string; fields: Record<string, unknown> }
+  | { type: "done"; id: number; diffId: string; implicitDirs: string[]; usage: Usage }
+  | { type: "error"; id: number; name: string; message: string; kind?: string; code?: string };

@@ -1,8 +1,12 @@
 // stageLayer on a worker thread. Extracting a layer is CPU work on the thread that runs it (tar
 // parsing, hashing, one system call per file); on the daemon's event loop every layer of a pull
-// would take turns there. A worker per large layer lets layers extract in parallel on separate
-// cores while the event loop keeps downloading. Small layers stay on the event loop: a worker's
-// start-up (~30 ms) costs more than they take.
+// would take turns there. Worker threads let layers extract in parallel on separate cores while
+// the event loop keeps downloading. Small layers stay on the event loop.
+//
+// The threads are pooled: a thread that finished a layer takes the next one, and up to
+// `idleWorkers` of them wait `idleMs` for more before they exit. A new thread costs ~70 ms of CPU
+// to start (Node's bootstrap and this module's code) and runs the tar code cold until V8 has
+// compiled it again: a 6-layer pull paid that for every large layer.
 import { Worker } from "node:worker_threads";
 import { BerthError, type ErrorKind } from "../../base/errdefs.js";
 import { type Level, type Logger, nopLogger } from "../../base/log.js";
@@ -11,8 +15,14 @@ import type { Descriptor } from "../images/media.js";
 import { type StagedLayer, stageLayer } from "./stage.js";
 import type { StageJob, ToMain, ToWorker } from "./stage-protocol.js";
 
-/** Layers at least `workerMinLayer` bytes big (compressed) are extracted on a worker thread. */
-export const stageTuning = { workerMinLayer: 4 << 20 };
+export const stageTuning = {
+  /** Layers at least this many bytes big (compressed) are extracted on a worker thread. */
+  workerMinLayer: 4 << 20,
+  /** Threads kept for the next layers once they are done with theirs. */
+  idleWorkers: 2,
+  /** How long an idle thread waits for another layer before it exits. */
+  idleMs: 10_000,
+};
 /** Bytes sent to a worker and not yet taken in, before the sender waits. */
 const IN_FLIGHT_MAX = 8 << 20;
 
@@ -32,6 +42,99 @@ export interface StageOptions {
   giveChunks?: boolean;
 }
 
+/** A staging thread, busy with one job or idle in the pool. */
+interface StageThread {
+  worker: Worker;
+  /** Settles once its modules are loaded (or it is gone): only then may it be terminated. */
+  loaded: Promise<void>;
+  exited: Promise<void>;
+  gone: boolean;
+  /** The running job's handlers. */
+  onMessage: ((m: ToMain) => void) | undefined;
+  onGone: ((err: Error) => void) | undefined;
+  idleTimer: NodeJS.Timeout | undefined;
+}
+
+const idle: StageThread[] = [];
+let nextJobId = 1;
+let started = 0;
+
+/** Threads started so far, and those idle in the pool now (for tests and diagnostics). */
+export function stageThreadStats(): { started: number; idle: number } {
+  return { started, idle: idle.length };
+}
+
+function startThread(): StageThread {
+  const worker = new Worker(workerUrl);
+  started++;
+  let markLoaded!: () => void;
+  const t: StageThread = {
+    worker,
+    loaded: new Promise<void>((resolve) => {
+      markLoaded = resolve;
+    }),
+    exited: new Promise<void>((resolve) => worker.once("exit", () => resolve())),
+    gone: false,
+    onMessage: undefined,
+    onGone: undefined,
+    idleTimer: undefined,
+  };
+  const lost = (err: Error) => {
+    t.gone = true;
+    markLoaded();
+    dropIdle(t);
+    t.onGone?.(err);
+  };
+  worker.on("message", (m: ToMain) => {
+    if (m.type === "ready") markLoaded();
+    else t.onMessage?.(m);
+  });
+  worker.once("error", lost);
+  worker.once("exit", (code) => lost(new Error(`layer extraction thread exited with code ${code}`)));
+  return t;
+}
+
+function dropIdle(t: StageThread): void {
+  clearTimeout(t.idleTimer);
+  const i = idle.indexOf(t);
+  if (i >= 0) idle.splice(i, 1);
+}
+
+function takeThread(): StageThread {
+  for (let t = idle.pop(); t; t = idle.pop()) {
+    clearTimeout(t.idleTimer);
+    if (t.gone) continue;
+    t.worker.ref();
+    return t;
+  }
+  return startThread();
+}
+
+/**
+ * Terminating a thread while it still loads its modules can abort the whole process (a native
+ * addon's initialisation throwing into an environment being torn down: "napi_throw" FATAL
+ * ERROR), so this waits for the load first.
+ */
+async function retire(t: StageThread): Promise<void> {
+  dropIdle(t);
+  await t.loaded;
+  await t.worker.terminate();
+  await t.exited;
+}
+
+/** A thread whose job succeeded waits in the pool (unreferenced: it keeps no process alive). */
+function giveBack(t: StageThread): void {
+  if (t.gone) return;
+  if (idle.length >= stageTuning.idleWorkers) {
+    void retire(t);
+    return;
+  }
+  t.worker.unref();
+  t.idleTimer = setTimeout(() => void retire(t), stageTuning.idleMs);
+  t.idleTimer.unref();
+  idle.push(t);
+}
+
 /** stageLayer's contract, run on a worker thread for large layers. */
 export async function stageLayerThreaded(
   dir: string,
@@ -42,6 +145,7 @@ export async function stageLayerThreaded(
 ): Promise<StagedLayer> {
   if (opts.inline || desc.size < stageTuning.workerMinLayer) return stageLayer(dir, src, desc, mode, opts);
   const log = opts.log ?? nopLogger;
+  const id = nextJobId++;
   const job: StageJob = {
     dir,
     desc: { mediaType: desc.mediaType, digest: desc.digest, size: desc.size },
@@ -49,20 +153,11 @@ export async function stageLayerThreaded(
     verify: opts.verify !== false,
     logLevel: LEVELS.find((l) => log.enabled(l)) ?? "panic",
   };
-  const worker = new Worker(workerUrl, { workerData: job });
-  const exited = new Promise<void>((resolve) => worker.once("exit", () => resolve()));
-  // Terminating a worker while it still loads its modules can abort the whole process (a native
-  // addon's initialisation throwing into an environment being torn down: "napi_throw" FATAL
-  // ERROR), so the finally below waits for this first.
-  let markLoaded!: () => void;
-  const loaded = new Promise<void>((resolve) => {
-    markLoaded = resolve;
-  });
-  worker.once("exit", () => markLoaded());
+  const t = takeThread();
   let inFlight = 0;
   let wakeSender: (() => void) | undefined;
   let settled = false;
-  /** The worker is done: a sender waiting for room must stop waiting (no ack will come). */
+  /** The job is over: a sender waiting for room must stop waiting (no ack will come). */
   const settle = () => {
     settled = true;
     const w = wakeSender;
@@ -70,11 +165,9 @@ export async function stageLayerThreaded(
     w?.();
   };
   const result = new Promise<StagedLayer>((resolve, reject) => {
-    worker.on("message", (m: ToMain) => {
+    t.onMessage = (m: ToMain) => {
+      if (m.type === "ready" || m.id !== id) return;
       switch (m.type) {
-        case "ready":
-          markLoaded();
-          return;
         case "ack": {
           inFlight -= m.bytes;
           const w = wakeSender;
@@ -89,7 +182,7 @@ export async function stageLayerThreaded(
         }
         case "done":
           settle();
-          resolve({ dir, diffId: m.diffId, implicitDirs: new Set(m.implicitDirs) });
+          resolve({ dir, diffId: m.diffId, implicitDirs: new Set(m.implicitDirs), usage: m.usage });
           return;
         case "error": {
           settle();
@@ -103,43 +196,43 @@ export async function stageLayerThreaded(
           reject(e);
         }
       }
-    });
-    worker.once("error", (err) => {
+    };
+    t.onGone = (err) => {
+      if (settled) return;
       settle();
       reject(err);
-    });
-    worker.once("exit", (code) => {
-      if (!settled) reject(new Error(`layer extraction thread exited with code ${code}`));
-      settle();
-    });
+    };
+    if (t.gone) t.onGone(new Error("layer extraction thread is gone"));
   });
   result.catch(() => {});
-  const send = (m: ToWorker) => worker.postMessage(m);
+  const send = (m: ToWorker, transfer?: ArrayBuffer[]) => t.worker.postMessage(m, transfer);
+  send({ type: "job", id, job });
   const feeding = (async () => {
     try {
       for await (const c of src) {
-        if (settled) break; // the worker is done (or failed): stop reading
+        if (settled) break; // the job is done (or failed): stop reading
         opts.signal?.throwIfAborted();
         const n = c.length; // before a transfer detaches it
         const whole = c.byteOffset === 0 && c.byteLength === c.buffer.byteLength;
-        if (opts.giveChunks && whole && c.buffer instanceof ArrayBuffer) {
-          const data = new Uint8Array(c.buffer);
-          worker.postMessage({ type: "chunk", data } satisfies ToWorker, [c.buffer]);
-        } else send({ type: "chunk", data: c }); // cloned: the caller may still use it
+        if (opts.giveChunks && whole && c.buffer instanceof ArrayBuffer)
+          send({ type: "chunk", id, data: new Uint8Array(c.buffer) }, [c.buffer]);
+        else send({ type: "chunk", id, data: c }); // cloned: the caller may still use it
         inFlight += n;
         while (inFlight > IN_FLIGHT_MAX && !settled)
           await new Promise<void>((r) => {
             wakeSender = r;
           });
       }
-      if (!settled) send({ type: "end" });
+      if (!settled) send({ type: "end", id });
     } catch (err) {
-      if (!settled) send({ type: "fail", message: err instanceof Error ? err.message : String(err) });
+      if (!settled) send({ type: "fail", id, message: err instanceof Error ? err.message : String(err) });
       throw err;
     }
   })();
+  let ok = false;
   try {
     const [staged] = await Promise.all([result, feeding]);
+    ok = true;
     return staged;
   } catch (err) {
     // The feeder's own error says more than the worker's echo of it. It has failed already if
@@ -154,10 +247,11 @@ export async function stageLayerThreaded(
     ]);
     throw fed ?? err;
   } finally {
-    // the staging dir is removed by the caller: the thread must have stopped writing first (and
-    // a finished one would idle on its message port forever)
-    await loaded;
-    await worker.terminate();
-    await exited;
+    t.onMessage = undefined;
+    t.onGone = undefined;
+    // The staging dir is removed by the caller: a thread whose job failed must have stopped
+    // writing first, so it is terminated, never reused. A thread that finished is idle.
+    if (ok) giveBack(t);
+    else await retire(t);
   }
 }

@@ -1,8 +1,9 @@
-// Worker-thread side of stageLayerThreaded (stage-thread.ts): extracts one layer into its staging
-// directory. The compressed bytes arrive as messages; every chunk taken in is acknowledged, so
-// the sender keeps only a bounded amount in flight. Tar parsing and the file writes run here, off
+// Worker-thread side of stageLayerThreaded (stage-thread.ts): extracts layers into their staging
+// directories, one job at a time, for as long as the pool keeps the thread. A job's compressed
+// bytes arrive as messages; every chunk taken in is acknowledged, so the sender keeps only a
+// bounded amount in flight. Tar parsing, the file writes and the tree's disk usage run here, off
 // the daemon's event loop, so layers really extract in parallel on several cores.
-import { parentPort, workerData } from "node:worker_threads";
+import { parentPort } from "node:worker_threads";
 import { BerthError } from "../../base/errdefs.js";
 import { createLogger, type Fields, type Level } from "../../base/log.js";
 import { stageLayer } from "./stage.js";
@@ -10,69 +11,95 @@ import type { StageJob, ToMain, ToWorker } from "./stage-protocol.js";
 
 const port = parentPort;
 if (!port) throw new Error("stage-worker.ts runs only as a worker thread");
-const job = workerData as StageJob;
 port.postMessage({ type: "ready" } satisfies ToMain);
 
-const queue: Uint8Array[] = [];
-let ended = false;
-let failure: string | undefined;
-let wake: (() => void) | undefined;
+/** The job being extracted: its chunks not yet taken, and whether its sender ended or failed. */
+interface Current {
+  id: number;
+  queue: Uint8Array[];
+  ended: boolean;
+  failure: string | undefined;
+  wake: (() => void) | undefined;
+}
+let current: Current | undefined;
 
 port.on("message", (m: ToWorker) => {
-  if (m.type === "chunk") queue.push(m.data);
-  else if (m.type === "end") ended = true;
-  else failure = m.message;
-  const w = wake;
-  wake = undefined;
+  if (m.type === "job") {
+    current = { id: m.id, queue: [], ended: false, failure: undefined, wake: undefined };
+    void run(current, m.job);
+    return;
+  }
+  const c = current;
+  if (!c || m.id !== c.id) return; // a finished job's late chunks: nobody reads them
+  if (m.type === "chunk") c.queue.push(m.data);
+  else if (m.type === "end") c.ended = true;
+  else c.failure = m.message;
+  const w = c.wake;
+  c.wake = undefined;
   w?.();
 });
 
-async function* chunks(): AsyncGenerator<Buffer> {
+async function* chunks(c: Current): AsyncGenerator<Buffer> {
   for (;;) {
-    if (failure !== undefined) throw new Error(failure);
-    const c = queue.shift();
-    if (c) {
-      port!.postMessage({ type: "ack", bytes: c.byteLength } satisfies ToMain);
-      yield Buffer.from(c.buffer, c.byteOffset, c.byteLength);
+    if (c.failure !== undefined) throw new Error(c.failure);
+    const d = c.queue.shift();
+    if (d) {
+      port!.postMessage({ type: "ack", id: c.id, bytes: d.byteLength } satisfies ToMain);
+      yield Buffer.from(d.buffer, d.byteOffset, d.byteLength);
       continue;
     }
-    if (ended) return;
+    if (c.ended) return;
     await new Promise<void>((r) => {
-      wake = r;
+      c.wake = r;
     });
   }
 }
 
-// Log lines go back to the daemon's logger, at its level.
-const log = createLogger({
-  level: job.logLevel as Level,
-  format: "json",
-  write: (line: string) => {
-    try {
-      const { level, msg, ...fields } = JSON.parse(line) as { level: string; msg: string } & Fields;
-      delete fields.time;
-      port.postMessage({ type: "log", level, msg, fields } satisfies ToMain);
-    } catch {
-      // a line that is not ours to forward
-    }
-  },
-});
+/** Log lines go back to the daemon's logger, at the level the job asked for. */
+function jobLogger(id: number, level: string) {
+  return createLogger({
+    level: level as Level,
+    format: "json",
+    write: (line: string) => {
+      try {
+        const { level, msg, ...fields } = JSON.parse(line) as { level: string; msg: string } & Fields;
+        delete fields.time;
+        port!.postMessage({ type: "log", id, level, msg, fields } satisfies ToMain);
+      } catch {
+        // a line that is not ours to forward
+      }
+    },
+  });
+}
 
-try {
-  const staged = await stageLayer(job.dir, chunks(), job.desc, job.mode, { verify: job.verify, log });
-  port.postMessage({
-    type: "done",
-    diffId: staged.diffId,
-    implicitDirs: [...staged.implicitDirs],
-  } satisfies ToMain);
-} catch (err) {
-  const e = err as Error;
-  port.postMessage({
-    type: "error",
-    name: e?.name ?? "Error",
-    message: e?.message ?? String(err),
-    kind: err instanceof BerthError ? err.kind : undefined,
-    code:
-      typeof (e as NodeJS.ErrnoException)?.code === "string" ? (e as NodeJS.ErrnoException).code : undefined,
-  } satisfies ToMain);
+async function run(c: Current, job: StageJob): Promise<void> {
+  try {
+    const staged = await stageLayer(job.dir, chunks(c), job.desc, job.mode, {
+      verify: job.verify,
+      log: jobLogger(c.id, job.logLevel),
+    });
+    port!.postMessage({
+      type: "done",
+      id: c.id,
+      diffId: staged.diffId,
+      implicitDirs: [...staged.implicitDirs],
+      usage: staged.usage,
+    } satisfies ToMain);
+  } catch (err) {
+    const e = err as Error;
+    port!.postMessage({
+      type: "error",
+      id: c.id,
+      name: e?.name ?? "Error",
+      message: e?.message ?? String(err),
+      kind: err instanceof BerthError ? err.kind : undefined,
+      code:
+        typeof (e as NodeJS.ErrnoException)?.code === "string"
+          ? (e as NodeJS.ErrnoException).code
+          : undefined,
+    } satisfies ToMain);
+  } finally {
+    if (current === c) current = undefined;
+    c.queue.length = 0;
+  }
 }

@@ -13,13 +13,15 @@ import { chainIds } from "../images/image.js";
 import { snapshotRefLabel } from "../images/labels.js";
 import type { Descriptor } from "../images/media.js";
 import { SNAPSHOT_REF_LABEL } from "../snapshots/metadata.js";
+import type { Usage } from "../snapshots/snapshotter.js";
 
 /** One snapshotter, as an unpack sees it (namespace and lease bound by the caller). */
 export interface LayerSnapshots {
   /** Whether a snapshot (a committed chain) exists. */
   exists(key: string): Promise<boolean>;
   prepare(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]>;
-  commit(name: string, key: string, labels: Record<string, string>): Promise<void>;
+  /** `usage`: the snapshot's disk usage when the caller measured it already (a staged layer). */
+  commit(name: string, key: string, labels: Record<string, string>, usage?: Usage): Promise<void>;
   remove(key: string): Promise<void>;
 }
 
@@ -53,14 +55,15 @@ function wrapError(err: unknown, what: string): Error {
 
 /**
  * containerd's unpack step: an active snapshot keyed `extract-… <chainID>` on `parent`, filled
- * by `fill`, committed as the chain ID, removed again if anything fails. A chain that exists
- * already (a concurrent unpack made it) is left as it is.
+ * by `fill` (which may return the disk usage it measured), committed as the chain ID, removed
+ * again if anything fails. A chain that exists already (a concurrent unpack made it) is left as
+ * it is.
  */
 export async function intoSnapshot(
   sn: LayerSnapshots,
   chainId: string,
   parent: string,
-  fill: (mounts: Mount[]) => Promise<void>,
+  fill: (mounts: Mount[]) => Promise<Usage | undefined>,
 ): Promise<void> {
   const key = extractKey(chainId);
   const labels = { [SNAPSHOT_REF_LABEL]: chainId };
@@ -73,9 +76,9 @@ export async function intoSnapshot(
   }
   let done = false;
   try {
-    await fill(mounts);
+    const usage = await fill(mounts);
     try {
-      await sn.commit(chainId, key, labels);
+      await sn.commit(chainId, key, labels, usage);
     } catch (err) {
       if (!isAlreadyExists(err)) throw wrapError(err, `failed to commit snapshot ${key}`);
       await sn.remove(key).catch(() => {});
@@ -95,7 +98,10 @@ export function applyLayer(
   parent: string,
   diffId: string,
 ): Promise<void> {
-  return intoSnapshot(sn, chainId, parent, async (mounts) => checkDiffId(diffId, await apply(layer, mounts)));
+  return intoSnapshot(sn, chainId, parent, async (mounts) => {
+    checkDiffId(diffId, await apply(layer, mounts));
+    return undefined; // the snapshotter measures what the differ applied
+  });
 }
 
 export interface UnpackHooks {
