@@ -551,10 +551,14 @@ async function main(): Promise<void> {
         }
       }
     }
-    // every (rep, level) pair runs each daemon in turn, the first one alternating
-    const rounds = Array.from({ length: REPS }, (_, rep) => LEVELS.map((level) => ({ rep, level }))).flat();
-    for (const [ri, { rep, level }] of rounds.entries()) {
-      const order = ri % 2 === 0 ? [...subjects] : [...subjects].reverse();
+    // every (rep, level) pair runs each daemon in turn. Which goes first alternates from one rep
+    // to the next within each level (and between neighbouring levels): alternating over the
+    // flat list of pairs gave, with two levels, the same order at every rep of a level.
+    const rounds = Array.from({ length: REPS }, (_, rep) =>
+      LEVELS.map((level, li) => ({ rep, level, flip: (rep + li) % 2 === 1 })),
+    ).flat();
+    for (const { rep, level, flip } of rounds) {
+      const order = flip ? [...subjects].reverse() : [...subjects];
       for (const s of order) {
         try {
           await measure(s, images, level, rep);

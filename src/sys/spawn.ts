@@ -15,9 +15,12 @@
 // - signals: Node ignores SIGPIPE, and ignored dispositions survive exec, so every signal is
 //   reset to its default in the child and its mask is emptied (POSIX_SPAWN_SETSIGDEF/SETSIGMASK);
 // - reaping: libuv's SIGCHLD handler waits only for the PIDs it started itself, so it never
-//   takes our children's status. We collect it with waitpid(pid, WNOHANG): right away when the
-//   child's output pipes reach EOF (a program closes them when it exits), otherwise on a timer
-//   that backs off from 1 ms to 50 ms.
+//   takes our children's status. We collect it with waitpid(pid, WNOHANG) for each child still
+//   running whenever SIGCHLD arrives (a handler of our own, beside libuv's), and when the child's
+//   output pipes reach EOF. A timer backing off from 1 ms to 1 s is the safety net. Polling at EOF
+//   alone lost a race: the kernel closes an exiting program's pipes before its status can be
+//   waited for, so the poll often found it still running and the status then waited for the
+//   timer, up to 50 ms later (a pod sandbox waits for ten such children in a row).
 
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { Socket } from "node:net";
@@ -266,6 +269,14 @@ export function fastSpawnAsync(
   });
 }
 
+/** Children not reaped yet: SIGCHLD polls each of them (waitpid by PID, never -1). */
+const running = new Set<SpawnedChild>();
+let sigchldInstalled = false;
+
+function pollRunning(): void {
+  for (const c of running) c.poll();
+}
+
 class SpawnedChild implements FastChild {
   readonly stdin: Writable | null;
   readonly stdout: Readable | null;
@@ -289,16 +300,22 @@ class SpawnedChild implements FastChild {
     this.stdout = wrap(fds[1], true);
     this.stderr = wrap(fds[2], true);
     for (const s of [this.stdout, this.stderr]) s?.once("end", () => this.poll());
+    running.add(this);
+    if (!sigchldInstalled) {
+      // (a signal listener does not keep the process alive)
+      process.on("SIGCHLD", pollRunning);
+      sigchldInstalled = true;
+    }
     this.schedule();
   }
 
   private schedule(): void {
     this.timer = setTimeout(() => this.poll(), this.delay);
-    this.delay = Math.min(this.delay * 2, 50);
+    this.delay = Math.min(this.delay * 2, 1000);
   }
 
   /** waitpid(WNOHANG); reschedules itself until the child is reaped. */
-  private poll(): void {
+  poll(): void {
     if (this.status) return;
     const st = [0];
     let r: number;
@@ -329,6 +346,7 @@ class SpawnedChild implements FastChild {
 
   private finish(s: ExitStatus): void {
     this.status = s;
+    running.delete(this);
     this.resolveExit(s);
   }
 

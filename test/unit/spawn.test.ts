@@ -1,7 +1,7 @@
 // fastSpawn (posix_spawn): stdio pipes, exit codes and signals, environment, cwd, session,
 // signal dispositions reset in the child, and start-up errors in child_process's shape.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { Readable } from "node:stream";
@@ -123,4 +123,25 @@ test("runCollect: output, status, and an abort while the spawn is under way kill
   const t0 = Date.now();
   await assert.rejects(run, /stop/);
   assert.ok(Date.now() - t0 < 5000, "the child was killed, not waited for");
+});
+
+test("an exit is seen when it happens, not at the next poll, when the pipes closed long before", async () => {
+  // The child closes its stdout and stderr at once (so the EOF poll finds it still running),
+  // lives 0.7 s, notes the time and exits. The backing-off timer alone would see the exit at
+  // ~1.02 s (1 + 2 + … + 512 ms); SIGCHLD makes it seen right away.
+  const dir = mkdtempSync(path.join(tmpdir(), "spawn-"));
+  try {
+    const stamp = path.join(dir, "exit-ns");
+    const c = fastSpawn(SH, ["-c", `exec >&- 2>&-; sleep 0.7; date +%s%N > ${stamp}`], {
+      env: { PATH: "/usr/bin:/bin" },
+    });
+    const st = await c.exited;
+    const seenNs = BigInt(Date.now()) * 1_000_000n;
+    assert.deepEqual(st, { code: 0, signal: null });
+    const exitedNs = BigInt(readFileSync(stamp, "utf8").trim());
+    const lagMs = Number(seenNs - exitedNs) / 1e6;
+    assert.ok(lagMs < 200, `exit seen ${lagMs.toFixed(0)} ms after it happened`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
