@@ -112,7 +112,7 @@ async function createContainer(
   const runtime = runtimeFor(deps, s.runtimeHandler);
   const undo: (() => Promise<void> | void)[] = [];
   try {
-    await st.dirs.makeContainerDirs(id);
+    st.dirs.makeContainerDirs(id);
     undo.push(() => st.dirs.removeContainerDirs(id));
     const volumes = imageVolumes(
       image.config,

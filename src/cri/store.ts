@@ -5,8 +5,8 @@
 //     extension;
 //   - a status file per object under the plugin's root dir for what changes afterwards (pid,
 //     start/finish times, exit code, reason), rewritten atomically on each change.
-import { readFileSync, renameSync, writeFileSync } from "node:fs";
-import { mkdir, rm } from "node:fs/promises";
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { errNotFound } from "../base/errdefs.js";
@@ -239,13 +239,15 @@ export class CriDirs {
     };
   }
 
-  async makeSandboxDirs(id: string): Promise<void> {
-    await mkdir(this.sandboxRoot(id), { recursive: true, mode: 0o755 });
-    await mkdir(this.sandboxState(id), { recursive: true, mode: 0o755 });
+  // Made synchronously: under concurrent creations each promise-API call waits for a turn of the
+  // busy event loop (~25 ms for these two at concurrency 8, well under 1 ms like this).
+  makeSandboxDirs(id: string): void {
+    mkdirSync(this.sandboxRoot(id), { recursive: true, mode: 0o755 });
+    mkdirSync(this.sandboxState(id), { recursive: true, mode: 0o755 });
   }
-  async makeContainerDirs(id: string): Promise<void> {
-    await mkdir(this.containerRoot(id), { recursive: true, mode: 0o755 });
-    await mkdir(this.containerState(id), { recursive: true, mode: 0o755 });
+  makeContainerDirs(id: string): void {
+    mkdirSync(this.containerRoot(id), { recursive: true, mode: 0o755 });
+    mkdirSync(this.containerState(id), { recursive: true, mode: 0o755 });
   }
   async removeSandboxDirs(id: string): Promise<void> {
     await rm(this.sandboxRoot(id), { recursive: true, force: true });

@@ -1,8 +1,8 @@
 // CniManager: what the CRI pod code calls. It keeps the loaded network configs (reloading when
 // conf_dir changes), sets up the loopback network plus the configured networks (`eth0`, `eth1`,
 // … in file order) for a pod, tears them down and checks them, and renders conf_template.
-import { existsSync, type FSWatcher, watch } from "node:fs";
-import { readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { existsSync, type FSWatcher, readdirSync, statSync, watch } from "node:fs";
+import { readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Logger } from "../../base/log.js";
 import { netnsExists } from "../../sys/netns.js";
@@ -129,14 +129,19 @@ export class CniManager {
     return this.networks;
   }
 
-  /** A cheap fingerprint of conf_dir (names, sizes, mtimes) to know when to reload. */
-  private async dirSignature(): Promise<string> {
+  /**
+   * A cheap fingerprint of conf_dir (names, sizes, mtimes) to know when to reload. Synchronous:
+   * every pod's setup checks it, and with the promise API each readdir and stat waited for a turn
+   * of the busy event loop (a median of ~55 ms per setup with eight pods starting at once, all of
+   * it on the way to the plugins). A conf dir holds a few files whose metadata is cached.
+   */
+  private dirSignature(): string {
     try {
-      const names = (await readdir(this.opts.confDir)).sort();
+      const names = readdirSync(this.opts.confDir).sort();
       const parts: string[] = [];
       for (const n of names) {
         try {
-          const s = await stat(path.join(this.opts.confDir, n));
+          const s = statSync(path.join(this.opts.confDir, n));
           parts.push(`${n}:${s.size}:${s.mtimeMs}`);
         } catch {
           parts.push(`${n}:gone`);
@@ -148,14 +153,24 @@ export class CniManager {
     }
   }
 
+  /** A load under way (or queued): later checks wait for it, they do not race it. */
+  private loading = 0;
+
   /** Loads conf_dir again when it changed since the last load. Never throws. */
   reload(force = false): Promise<void> {
-    this.reloads = this.reloads.then(() => this.reloadNow(force));
+    // the common case, nothing changed and nothing loading: no promise chain, no loop turn
+    if (!force && this.loading === 0 && this.dirSignature() === this.signature) return Promise.resolve();
+    this.loading++;
+    this.reloads = this.reloads
+      .then(() => this.reloadNow(force))
+      .finally(() => {
+        this.loading--;
+      });
     return this.reloads;
   }
 
   private async reloadNow(force: boolean): Promise<void> {
-    const sig = await this.dirSignature();
+    const sig = this.dirSignature();
     if (!force && sig === this.signature) return;
     this.signature = sig;
     try {

@@ -62,7 +62,7 @@ export async function addNetworkList(
 ): Promise<unknown> {
   let prev: unknown;
   for (const plugin of list.plugins) prev = await runPlugin(ctx, "ADD", list, plugin, prev, rt);
-  await ctx.cache.put({
+  ctx.cache.put({
     containerId: rt.containerId,
     config: list.bytes.toString("base64"),
     ifName: rt.ifName,
