@@ -169,8 +169,7 @@ async function runSandbox(
     // network: a namespace of its own and the CNI networks, unless the pod uses the host's. The
     // CNI ADDs (tens of ms of plugin processes) run while the pause container's shim and runc
     // create run: the container only needs the namespace to exist, and the network is complete
-    // before its process starts. The namespace's creation (an `unshare` child) runs while the
-    // pod's files are written.
+    // before its process starts.
     let netnsPath = "";
     let network: Promise<SetupResult> | undefined;
     let netnsReady: Promise<string> | undefined;

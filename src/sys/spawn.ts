@@ -1,10 +1,10 @@
-// Starting short-lived helper programs (CNI plugins, `containerd-shim-* start`, `unshare`) with
+// Starting short-lived helper programs (CNI plugins, `containerd-shim-* start`) with
 // glibc's posix_spawn instead of Node's child_process.
 //
 // Why: libuv starts a child with fork(), and the event loop is blocked until the child has
 // exec'd. fork() copies the page tables of the whole daemon, so the block grows with berthd's
 // heap: 6–10 ms per child measured at ~120 MiB RSS, and a pod sandbox runs about ten children
-// (four CNI plugins for ADD, four for DEL, the shim, unshare). glibc's posix_spawn uses
+// (four CNI plugins for ADD, four for DEL, the shim). glibc's posix_spawn uses
 // clone(CLONE_VM|CLONE_VFORK): nothing is copied and the loop is blocked ~0.3 ms.
 // (docs/performance.md has the profile.)
 //

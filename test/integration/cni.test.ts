@@ -4,7 +4,8 @@
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { once } from "node:events";
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -150,6 +151,34 @@ describe("CNI with the real plugins", { timeout: 300_000 }, () => {
     assert.equal(netnsExists(p), false);
     assert.equal(existsSync(p), false);
     removeNetns(p); // idempotent
+    assert.deepEqual(mountsUnder(netnsDir), [netnsDir]);
+  });
+
+  it("makes namespaces in-process and leaves this thread in its own namespace", async () => {
+    // createNetns moves the event-loop thread into each new namespace and back (src/sys/netns.ts)
+    const home = statSync("/proc/thread-self/ns/net").ino;
+    const made = await Promise.all(Array.from({ length: 5 }, () => newNetns()));
+    assert.equal(statSync("/proc/thread-self/ns/net").ino, home);
+    assert.equal(statSync("/proc/self/ns/net").ino, home);
+    const inos = made.map((p) => statSync(p).ino);
+    assert.equal(new Set([...inos, home]).size, 6, "five distinct namespaces, none of them this one");
+    // a socket made now is in the daemon's namespace: it reaches a listener on the host's loopback
+    const server = net.createServer((c) => c.end("here")).listen(0, "127.0.0.1");
+    await once(server, "listening");
+    try {
+      const port = (server.address() as net.AddressInfo).port;
+      const got = await new Promise<string>((resolve, reject) => {
+        const c = net.connect(port, "127.0.0.1");
+        let data = "";
+        c.on("data", (b) => (data += b));
+        c.on("end", () => resolve(data));
+        c.on("error", reject);
+      });
+      assert.equal(got, "here");
+    } finally {
+      server.close();
+    }
+    for (const p of made) removeNetns(p);
     assert.deepEqual(mountsUnder(netnsDir), [netnsDir]);
   });
 
