@@ -322,10 +322,13 @@ export async function stopSandbox(st: CriState, s: SandboxRecord): Promise<void>
     });
   }
   const network = (async () => {
+    // Written only when it changes: the pause container's exit watcher has written notready
+    // already, and RemovePodSandbox stops the pod again. (A restart finds a pod whose status says
+    // ready without a task and marks it notready itself.)
     if (s.status.state !== "notready") {
       s.status = { state: "notready", pid: 0, exitCode: 137, exitedAt: String(nowNs()) };
+      writeSandboxStatus(st, s);
     }
-    writeSandboxStatus(st, s);
     if (s.netnsPath && !s.status.networkDown) {
       // CNI DEL also when the namespace is already gone: the plugins free what they hold outside it
       await st.cni.teardown(s.id, s.netnsPath, podIdentity(s.config), cniCapabilities(s.config));
