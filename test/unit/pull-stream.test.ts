@@ -27,6 +27,7 @@ import { imagesServicePlugin } from "../../src/plugins/images.js";
 import { snapshotPlugins, snapshotsServicePlugin } from "../../src/plugins/snapshots.js";
 import { localTransferPlugin, streamingManagerPlugin } from "../../src/plugins/transfer.js";
 import type { LocalTransfer } from "../../src/services/transfer.js";
+import { startFaultProxy } from "../helpers/fault-proxy.js";
 import { type Blob, blob, MediaType, manifestBlob, pushBlob, pushManifest } from "../helpers/images.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
 import { buildTar, gzip, sha256, type TarEntry, zstd } from "../helpers/tarbuild.js";
@@ -377,6 +378,26 @@ for (const threaded of [false, true])
       assert.deepEqual((await sn.list("store")).map((s) => s.name).sort(), before);
       assert.equal(again.filter((e) => e.event === "unpacking").length, 0);
       assert.deepEqual(stagingDirs(), []);
+    });
+
+    it("a first pull GETs the manifest once, by tag; a pull of an image it has asks with HEAD", async () => {
+      const proxy = await startFaultProxy(reg.url);
+      try {
+        const ref = `${proxy.host}/${REPO}:1`;
+        const ns = `gets-${threaded ? "threads" : "loop"}`;
+        const manifestRequests = () =>
+          proxy.hits
+            .filter((h) => h.path.includes("/manifests/"))
+            .map((h) => `${h.method} ${h.path.slice(h.path.indexOf("/manifests/") + 11)}`);
+        proxy.clear();
+        await doPull(ns, ref, "overlayfs");
+        assert.deepEqual(manifestRequests(), ["GET 1"]);
+        proxy.clear();
+        await doPull(ns, ref, "overlayfs");
+        assert.deepEqual(manifestRequests(), ["HEAD 1"]);
+      } finally {
+        await proxy.close();
+      }
     });
 
     it("a tampered blob whose tar still matches the diff ID: no snapshot, no staging dir, no image", async () => {

@@ -18,7 +18,7 @@ import type { ImageStore } from "../images/store.js";
 import { GC_EXPIRE_LABEL, type LeaseStore } from "../leases/store.js";
 import type { Labels } from "../metadata/db.js";
 import { metricsHooks, PullTimer } from "../metrics.js";
-import { hostname, parseNormalized } from "../reference.js";
+import { formatReference, hostname, parseNormalized } from "../reference.js";
 import type { RegistryClient } from "../remotes/client.js";
 import type { SnapshotService } from "../snapshots/metadata.js";
 import { LayerUnpack, namespacedSnapshots, type UnpackEnv } from "../unpack/layers.js";
@@ -179,10 +179,25 @@ class PullJob {
     };
   }
 
+  /** Whether the image record this pull would write exists already. */
+  private imageKnown(): boolean {
+    try {
+      const name = this.req.name || formatReference(parseNormalized(this.req.ref));
+      this.deps.images.get(this.ns, name);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   async run(): Promise<PullResult> {
     const { req } = this;
     this.emit({ event: "resolving", name: req.ref });
-    const resolved = await req.client.resolve(req.ref);
+    // A first pull GETs the manifest at once: the walk below takes those bytes instead of asking
+    // again, one round trip fewer for the same count of GETs. A re-pull asks with HEAD first, as
+    // containerd does: an unchanged image then downloads nothing, and a registry that meters GETs
+    // (Docker Hub) counts nothing.
+    const resolved = await req.client.resolve(req.ref, { withBody: !this.imageKnown() });
     const root = resolved.descriptor;
     this.timer.mark("resolve");
     this.emit({ event: "resolved", name: resolved.name, desc: root });

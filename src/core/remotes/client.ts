@@ -8,7 +8,7 @@ import type { CredentialsFn } from "./auth.js";
 import { type FetchOptions, fetchBlob, fetchBytes } from "./fetcher.js";
 import { type HostsOptions, type RegistryHost, resolveHosts } from "./hosts.js";
 import { type BlobPushResult, pushBlob, pushManifest } from "./pusher.js";
-import { type Resolved, resolve } from "./resolver.js";
+import { type Resolved, type ResolveOptions, resolve } from "./resolver.js";
 import { type Body, Transport, type TransportOptions } from "./transport.js";
 
 export interface RegistryClientOptions extends TransportOptions {
@@ -32,9 +32,18 @@ export class RegistryClient {
     return resolveHosts(domain, this.opts.hosts);
   }
 
-  async resolve(ref: string | Reference): Promise<Resolved> {
+  /** Manifests a resolve with `withBody` got, by digest, until fetchBytes takes them (once). */
+  private readonly resolvedBytes = new Map<string, Buffer>();
+
+  async resolve(ref: string | Reference, opts: ResolveOptions = {}): Promise<Resolved> {
     const r = toRef(ref);
-    return resolve(this.transport, await this.hosts(r.domain), r);
+    const resolved = await resolve(this.transport, await this.hosts(r.domain), r, opts);
+    if (resolved.data) {
+      // a pull that found the manifest in its store never takes them: keep only the latest few
+      if (this.resolvedBytes.size >= 8) this.resolvedBytes.delete(this.resolvedBytes.keys().next().value!);
+      this.resolvedBytes.set(resolved.descriptor.digest, resolved.data);
+    }
+    return resolved;
   }
 
   /**
@@ -47,6 +56,11 @@ export class RegistryClient {
   }
 
   async fetchBytes(ref: string | Reference, desc: Descriptor): Promise<Buffer> {
+    const got = this.resolvedBytes.get(desc.digest);
+    if (got && got.length === desc.size) {
+      this.resolvedBytes.delete(desc.digest);
+      return got;
+    }
     const r = toRef(ref);
     return fetchBytes(this.transport, await this.hosts(r.domain), r, desc, this.opts.fetch);
   }

@@ -15,6 +15,17 @@ export interface Resolved {
   descriptor: Descriptor;
   /** The host that answered. */
   host: RegistryHost;
+  /** The manifest's bytes, when it was resolved with a GET (their digest is the descriptor's). */
+  data?: Buffer;
+}
+
+export interface ResolveOptions {
+  /**
+   * GET the manifest straight away instead of a HEAD first: a pull fetches it next anyway, so
+   * this saves it a round trip to the registry, and the count of GETs (what registries meter)
+   * stays the same.
+   */
+  withBody?: boolean;
 }
 
 const contentType = (v: string | undefined) => v?.split(";")[0]?.trim() || undefined;
@@ -42,8 +53,9 @@ async function resolveOn(
   t: Transport,
   host: RegistryHost,
   ref: Reference,
-  retries?: number,
-): Promise<Descriptor> {
+  retries: number | undefined,
+  withBody: boolean,
+): Promise<{ descriptor: Descriptor; data?: Buffer }> {
   const object = ref.digest ?? ref.tag ?? "latest";
   const path = `/${ref.path}/manifests/${object}`;
   const scopes = [repositoryScope(ref.path)];
@@ -51,10 +63,10 @@ async function resolveOn(
   const notFound = () =>
     new RegistryError("not found", `${formatReference(ref)}: not found on ${host.host}`, 404);
 
-  const head = await t.send({ method: "HEAD", path, host, scopes, headers, retries });
-  await head.body.dump();
-  if (head.status === 404) throw notFound();
-  if (head.status === 200) {
+  const head = withBody ? undefined : await t.send({ method: "HEAD", path, host, scopes, headers, retries });
+  await head?.body.dump();
+  if (head?.status === 404) throw notFound();
+  if (head?.status === 200) {
     const mt = contentType(header(head.headers, "content-type"));
     const dgst = header(head.headers, "docker-content-digest");
     const size = Number(header(head.headers, "content-length"));
@@ -73,11 +85,11 @@ async function resolveOn(
             "data loss",
             `${formatReference(ref)}: ${host.host} answered digest ${dgst} for ${ref.digest}`,
           );
-        return { mediaType: mt, digest, size };
+        return { descriptor: { mediaType: mt, digest, size } };
       }
     }
   }
-  // HEAD was refused or left something out: GET the manifest and measure it ourselves.
+  // No HEAD asked, or it was refused or left something out: GET the manifest and measure it.
   const get = await t.send({ method: "GET", path, host, scopes, headers, retries });
   if (get.status === 404) {
     await get.body.dump();
@@ -119,11 +131,26 @@ async function resolveOn(
       "data loss",
       `${formatReference(ref)}: manifest from ${host.host} hashes to ${computed}, not ${ref.digest}`,
     );
-  return { mediaType: mt, digest, size: data.length };
+  const announced = header(get.headers, "docker-content-digest");
+  if (announced?.startsWith("sha256:") && announced !== computed)
+    throw new RegistryError(
+      "data loss",
+      `${formatReference(ref)}: manifest from ${host.host} hashes to ${computed}, but the registry says ${announced}`,
+    );
+  // the bytes are handed on only when their digest is the descriptor's (sha256 was checked)
+  return {
+    descriptor: { mediaType: mt, digest, size: data.length },
+    data: digest === computed ? data : undefined,
+  };
 }
 
 /** Resolve on each resolve-capable host in order; the first answer wins. */
-export async function resolve(t: Transport, hosts: RegistryHost[], ref: Reference): Promise<Resolved> {
+export async function resolve(
+  t: Transport,
+  hosts: RegistryHost[],
+  ref: Reference,
+  opts: ResolveOptions = {},
+): Promise<Resolved> {
   const candidates = hosts.filter((h) => h.capabilities.includes("resolve"));
   const errors: { host: RegistryHost; err: unknown }[] = [];
   for (const host of candidates) {
@@ -131,8 +158,8 @@ export async function resolve(t: Transport, hosts: RegistryHost[], ref: Referenc
       // A mirror that fails is left for the next host at once, as containerd does; only the
       // last host gets the transport's retries (a down mirror cost seconds per request).
       const last = host === candidates[candidates.length - 1];
-      const descriptor = await resolveOn(t, host, ref, last ? undefined : 0);
-      return { name: formatReference(ref), descriptor, host };
+      const r = await resolveOn(t, host, ref, last ? undefined : 0, opts.withBody === true);
+      return { name: formatReference(ref), descriptor: r.descriptor, host, data: r.data };
     } catch (err) {
       // A refusal to handle schema 1 is about the image, not the host: no point asking the next.
       if (err instanceof RegistryError && err.kind === "not implemented") throw err;
