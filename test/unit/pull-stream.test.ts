@@ -5,7 +5,16 @@
 // tampered blob in the registry, and for the staging API of the local snapshotters. Uses the
 // real docker-registry on loopback; needs root (overlay mounts, owners, device whiteouts).
 import assert from "node:assert/strict";
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, writeFileSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isNotFound } from "../../src/base/errdefs.js";
@@ -398,6 +407,31 @@ for (const threaded of [false, true])
       } finally {
         await proxy.close();
       }
+    });
+
+    it("a layer listed twice feeds both extractions, even when they cannot run at once", async () => {
+      // Above the pipe's 16 MiB high-water mark: the extraction left waiting for a thread stalls
+      // the download that also feeds the running one, until it gives up waiting.
+      const twice = buildTar([{ name: "twice/blob", data: big(17 << 20, 7), mtime: T0 }]);
+      const other = buildTar([{ name: "other", data: "o", mtime: T0 }]);
+      const dup = await pushLayers(reg, "dup", [
+        { tar: twice, as: "" },
+        { tar: other, as: "gzip" },
+        { tar: twice, as: "" },
+      ]);
+      const saved = { ...stageTuning };
+      stageTuning.maxBusy = 1;
+      stageTuning.maxWaitMs = 300;
+      try {
+        await doPull("dup", dup.ref, "overlayfs");
+      } finally {
+        Object.assign(stageTuning, saved);
+      }
+      const chain = chainIds(dup.diffIds);
+      const upper = await upperOf(overlay(), "dup", chain[2]!);
+      assert.deepEqual(Object.keys(stableTree(upper)).sort(), ["twice", "twice/blob"]);
+      assert.equal(statSync(join(upper, "twice/blob")).size, 17 << 20);
+      assert.deepEqual(stagingDirs(), []);
     });
 
     it("a tampered blob whose tar still matches the diff ID: no snapshot, no staging dir, no image", async () => {

@@ -400,7 +400,8 @@ export class Fetcher {
             start: () => decide(true),
             write: async (c) => {
               if (taps.length === 1) await taps[0]!.pipe.write(c);
-              else await Promise.all(taps.map((t) => t.pipe.write(c)));
+              // an extraction may take its chunk's memory over (stage-thread.ts): one each
+              else await Promise.all(taps.map((t, i) => t.pipe.write(i === 0 ? c : Buffer.from(c))));
             },
             end: () => {
               for (const t of taps) t.pipe.end();

@@ -7,6 +7,7 @@
 // `idleWorkers` of them wait `idleMs` for more before they exit. A new thread costs ~70 ms of CPU
 // to start (Node's bootstrap and this module's code) and runs the tar code cold until V8 has
 // compiled it again: a 6-layer pull paid that for every large layer.
+import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { BerthError, type ErrorKind } from "../../base/errdefs.js";
 import { type Level, type Logger, nopLogger } from "../../base/log.js";
@@ -22,6 +23,19 @@ export const stageTuning = {
   idleWorkers: 2,
   /** How long an idle thread waits for another layer before it exits. */
   idleMs: 10_000,
+  /**
+   * Layers extracting on threads at once; the next waits for a thread to finish (its bytes
+   * queue in the download's pipe meanwhile). A download ends before its extraction does, so
+   * with three downloads at a time a 6-layer pull had five threads at once: each paid its start
+   * and ran the tar code cold, on a machine with two cores.
+   */
+  maxBusy: Math.max(2, availableParallelism()),
+  /**
+   * The longest a layer waits for a thread before it starts one of its own. Waiting stalls the
+   * layer's download once its pipe is full: were that download also feeding a running
+   * extraction (a layer shared by two unpacks of one pull), all could wait on each other.
+   */
+  maxWaitMs: 5_000,
 };
 /** Bytes sent to a worker and not yet taken in, before the sender waits. */
 const IN_FLIGHT_MAX = 8 << 20;
@@ -94,6 +108,45 @@ function startThread(): StageThread {
   return t;
 }
 
+/** Jobs on threads now, and those waiting for one (first come, first served). */
+let busy = 0;
+const waiting: Array<() => void> = [];
+
+async function acquireSlot(signal: AbortSignal | undefined): Promise<void> {
+  if (busy < stageTuning.maxBusy && waiting.length === 0) {
+    busy++;
+    return;
+  }
+  await new Promise<void>((resolve, reject) => {
+    const go = () => {
+      signal?.removeEventListener("abort", onAbort);
+      clearTimeout(timer);
+      busy++;
+      resolve();
+    };
+    const leave = () => {
+      const i = waiting.indexOf(go);
+      if (i >= 0) waiting.splice(i, 1);
+    };
+    const onAbort = () => {
+      leave();
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      leave();
+      go();
+    }, stageTuning.maxWaitMs);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    waiting.push(go);
+  });
+}
+
+function releaseSlot(): void {
+  busy--;
+  while (busy < stageTuning.maxBusy && waiting.length > 0) waiting.shift()?.();
+}
+
 function dropIdle(t: StageThread): void {
   clearTimeout(t.idleTimer);
   const i = idle.indexOf(t);
@@ -153,7 +206,24 @@ export async function stageLayerThreaded(
     verify: opts.verify !== false,
     logLevel: LEVELS.find((l) => log.enabled(l)) ?? "panic",
   };
-  const t = takeThread();
+  opts.signal?.throwIfAborted();
+  await acquireSlot(opts.signal);
+  try {
+    return await runOnThread(takeThread(), id, job, src, opts, log);
+  } finally {
+    releaseSlot();
+  }
+}
+
+async function runOnThread(
+  t: StageThread,
+  id: number,
+  job: StageJob,
+  src: AsyncIterable<Buffer>,
+  opts: StageOptions,
+  log: Logger,
+): Promise<StagedLayer> {
+  const dir = job.dir;
   let inFlight = 0;
   let wakeSender: (() => void) | undefined;
   let settled = false;
