@@ -7,7 +7,7 @@ import { realSyscalls, type Syscalls } from "../../sys/syscalls.js";
 import type { Usage } from "./snapshotter.js";
 
 /** Bytes of st_blocks. */
-const BLOCK = 512n;
+const BLOCK = 512;
 /** Longest stretch a walk runs before letting other work in. */
 const YIELD_MS = 10;
 
@@ -16,8 +16,13 @@ const YIELD_MS = 10;
  * inode, so hard links count once.
  */
 export async function diskUsage(root: string): Promise<Usage> {
-  const seen = new Set<string>();
-  let size = 0n;
+  // Only an inode with more than one link can be met twice (directories cannot be hard-linked),
+  // so only those are remembered, by their exact (bigint) identity. Plain number stats and path
+  // concatenation keep the walk at about the cost of its system calls: it runs once per
+  // extracted layer, over every entry.
+  const linked = new Set<string>();
+  let size = 0;
+  let inodes = 0;
   // Synchronous calls are several times faster than the fs promise API here; the walk yields
   // to the event loop every few milliseconds so that a big layer does not stall the daemon.
   const stack: string[] = [root];
@@ -25,19 +30,30 @@ export async function diskUsage(root: string): Promise<Usage> {
   let count = 0;
   while (stack.length > 0) {
     const path = stack.pop()!;
-    const st = lstatSync(path, { bigint: true });
-    const id = `${st.dev}:${st.ino}`;
-    if (!seen.has(id)) {
-      seen.add(id);
+    const st = lstatSync(path);
+    if (st.isDirectory()) {
       size += st.blocks * BLOCK;
+      inodes++;
+      const prefix = path.endsWith("/") ? path : `${path}/`;
+      for (const name of readdirSync(path)) stack.push(prefix + name);
+    } else if (st.nlink > 1) {
+      const big = lstatSync(path, { bigint: true });
+      const id = `${big.dev}:${big.ino}`;
+      if (!linked.has(id)) {
+        linked.add(id);
+        size += st.blocks * BLOCK;
+        inodes++;
+      }
+    } else {
+      size += st.blocks * BLOCK;
+      inodes++;
     }
-    if (st.isDirectory()) for (const name of readdirSync(path)) stack.push(join(path, name));
     if (++count % 256 === 0 && performance.now() - slice > YIELD_MS) {
       await new Promise((r) => setImmediate(r));
       slice = performance.now();
     }
   }
-  return { size: Number(size), inodes: seen.size };
+  return { size, inodes };
 }
 
 export interface CopyOptions {
