@@ -5,7 +5,8 @@
 //   node dist/scripts/profile-summary.js <file.cpuprofile> [--top N] [--by function|file|both]
 //            [--inclusive <substring>]   (total time under frames whose name or file matches)
 //            [--callers <function name>] (self time of that function by its nearest program caller)
-//            [--under <function name>]   (self time by function among the samples under that frame)
+//            [--under <function name>]   (self time by function among the samples under that frame;
+//                                         "name file:line" as printed picks one of several namesakes)
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
@@ -139,7 +140,8 @@ for (const name of values.under ?? []) {
   let sum = 0;
   for (const [id, us] of self) {
     for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
-      if (byId.get(cur)!.callFrame.functionName !== name) continue;
+      const fr = byId.get(cur)!.callFrame;
+      if (fr.functionName !== name && frameName(fr) !== name) continue;
       const f = frameName(byId.get(id)!.callFrame);
       fns.set(f, (fns.get(f) ?? 0) + us);
       sum += us;

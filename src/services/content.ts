@@ -19,6 +19,7 @@ import {
 import { EncodedMessage } from "../grpc/handlers.js";
 import type { ServiceImpl } from "../grpc/service.js";
 import { FRAME_HEADER } from "../grpc/wire.js";
+import { contentInfosResponse } from "./content-wire.js";
 
 /** Blobs per List message, as containerd batches them. */
 const LIST_BATCH = 100;
@@ -78,7 +79,7 @@ async function readReply(
   return { msg: new EncodedMessage(buf), dataLength: n };
 }
 
-function infoToProto(i: Info): MessageInitShape<typeof InfoSchema> {
+export function infoToProto(i: Info): MessageInitShape<typeof InfoSchema> {
   return {
     digest: i.digest,
     size: BigInt(i.size),
@@ -124,7 +125,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
       const ns = ctx.namespace();
       if (digestError(req.digest))
         throw errorf("invalid argument", `${JSON.stringify(req.digest)} failed validation`);
-      return { info: infoToProto(store.info(ns, req.digest)) };
+      return contentInfosResponse([store.info(ns, req.digest)]);
     },
 
     update(req, ctx) {
@@ -140,7 +141,7 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
       const ns = ctx.namespace();
       const infos = store.list(ns, req.filters);
       for (let i = 0; i < infos.length; i += LIST_BATCH) {
-        yield { info: infos.slice(i, i + LIST_BATCH).map(infoToProto) };
+        yield contentInfosResponse(infos.slice(i, i + LIST_BATCH));
       }
     },
 

@@ -1,11 +1,12 @@
-// The Container, Image and snapshot Info messages encoded by hand from records
-// (src/services/container-wire.ts, image-wire.ts, snapshot-wire.ts) must decode to exactly what
+// The Container, Image, snapshot Info and content Info messages encoded by hand from records
+// (src/services/container-wire.ts, image-wire.ts, snapshot-wire.ts, content-wire.ts) must decode to exactly what
 // the generic encoder makes of the same record, for every shape of record: empty and missing
 // fields, multi-byte lengths, non-ASCII text, timestamps past 2^32 s, sizes past 2^32.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create, equals, fromBinary } from "@bufbuild/protobuf";
 import type { Container } from "../../src/core/containers/store.js";
+import type { Info as ContentInfo } from "../../src/core/content/local.js";
 import type { Image } from "../../src/core/images/store.js";
 import type { SnapshotInfo } from "../../src/core/snapshots/snapshotter.js";
 import {
@@ -13,6 +14,11 @@ import {
   GetContainerResponseSchema,
   ListContainersResponseSchema,
 } from "../../src/gen/containerd/services/containers/v1/containers_pb.js";
+import {
+  InfoSchema as ContentInfoSchema,
+  InfoResponseSchema,
+  ListContentResponseSchema,
+} from "../../src/gen/containerd/services/content/v1/content_pb.js";
 import {
   GetImageResponseSchema,
   ImageSchema,
@@ -27,6 +33,8 @@ import {
 import { FRAME_HEADER } from "../../src/grpc/wire.js";
 import { containersResponse } from "../../src/services/container-wire.js";
 import { containerToProto } from "../../src/services/containers.js";
+import { infoToProto as contentInfoToProto } from "../../src/services/content.js";
+import { contentInfosResponse } from "../../src/services/content-wire.js";
 import { imagesResponse } from "../../src/services/image-wire.js";
 import { imageToProto } from "../../src/services/images.js";
 import { infosResponse } from "../../src/services/snapshot-wire.js";
@@ -187,5 +195,46 @@ describe("snapshot Info encoded from its record", () => {
           assert.fail(`${info.name}: protobuf's equals() sees a difference deepEqual does not`);
         }
     }
+  });
+});
+
+const blobs: ContentInfo[] = [
+  {
+    digest: `sha256:${"ab".repeat(32)}`,
+    size: 5 * 2 ** 32 + 7, // past 2^32
+    createdAt: new Date(1764770000123),
+    updatedAt: new Date(7258118400999),
+    labels: {
+      "containerd.io/gc.ref.content.l.0": `sha256:${"cd".repeat(32)}`,
+      "containerd.io/distribution.source.registry.example": "library/ünïcode",
+      ["k".repeat(300)]: "v".repeat(200),
+    },
+  },
+  { digest: "", size: 0, createdAt: new Date(0), updatedAt: new Date(1000), labels: {} },
+  { digest: "sha256:x", size: 127, createdAt: new Date(999), updatedAt: new Date(999), labels: { "": "" } },
+];
+
+describe("content Info encoded from its record", () => {
+  for (const b of blobs) {
+    it(`decodes to what the generic encoder makes of it (${b.digest.slice(0, 12) || "empty"})`, () => {
+      const want = create(ContentInfoSchema, contentInfoToProto(b));
+      const one = contentInfosResponse([b]).framed.subarray(FRAME_HEADER);
+      const got = fromBinary(InfoResponseSchema, one).info!;
+      if (!equals(ContentInfoSchema, got, want)) {
+        assert.deepEqual(got, want);
+        assert.fail(`${b.digest}: protobuf's equals() sees a difference deepEqual does not`);
+      }
+    });
+  }
+
+  it("makes Info and List responses of field 1", () => {
+    const list = fromBinary(
+      ListContentResponseSchema,
+      contentInfosResponse(blobs).framed.subarray(FRAME_HEADER),
+    );
+    assert.equal(list.info.length, blobs.length);
+    for (const [i, b] of blobs.entries())
+      assert.ok(equals(ContentInfoSchema, list.info[i]!, create(ContentInfoSchema, contentInfoToProto(b))));
+    assert.equal(list.info[0]!.size, 5n * 2n ** 32n + 7n);
   });
 });
