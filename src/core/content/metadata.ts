@@ -144,9 +144,12 @@ function prepare(db: MetadataDB) {
     getContent: s.prepare(
       "SELECT digest, size, created_at, updated_at, labels FROM content WHERE namespace = ? AND digest = ?",
     ),
-    listContent: s.prepare(
-      "SELECT digest, size, created_at, updated_at, labels FROM content WHERE namespace = ? ORDER BY digest",
-    ),
+    // rows as arrays: a list reads every blob of the namespace, and objects cost ~30% more
+    listContent: s
+      .prepare(
+        "SELECT digest, size, created_at, updated_at, labels FROM content WHERE namespace = ? ORDER BY digest",
+      )
+      .raw(true),
     insertContent: s.prepare(
       "INSERT OR IGNORE INTO content (namespace, digest, size, created_at, updated_at, labels) VALUES (?, ?, ?, ?, ?, ?)",
     ),
@@ -278,10 +281,16 @@ export class MetadataContentStore {
 
   list(ns: string, filters: string[] = []): Info[] {
     const filter = parseFilters(filters);
-    const rows = this.stmts.listContent.all(ns) as ContentRow[];
+    const rows = this.stmts.listContent.all(ns) as [string, number, number, number, string][];
     const out: Info[] = [];
-    for (const r of rows) {
-      const info = toInfo(r);
+    for (const [digest, size, createdAt, updatedAt, labels] of rows) {
+      const info: Info = {
+        digest,
+        size,
+        createdAt: new Date(createdAt),
+        updatedAt: new Date(updatedAt),
+        labels: decodeLabels(labels),
+      };
       const matched = filter.match((fp) => {
         if (fp.length === 0) return undefined;
         if (fp[0] === "digest") return info.digest;
