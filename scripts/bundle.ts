@@ -5,12 +5,20 @@
 // One file per entry loads in a fraction of that (docs/performance.md). tsc's output under
 // dist/src stays as it is: the CLI, the tests and the tools run from it.
 //
+// Modules berthd imports dynamically (the CRI plugin's code, plugins/cri-init.ts) go into chunks
+// of their own next to the entries, loaded only when the import runs; code both entries use goes
+// into shared chunks.
+//
 // Native addons (koffi, better-sqlite3) stay external: they are loaded from node_modules at run
 // time. So do the modules berthd loads only on demand (prom-client with [metrics], undici on the
 // first registry request), which keeps a daemon that never needs them from parsing them.
+import { rmSync } from "node:fs";
 import { build } from "esbuild";
 
 const external = ["koffi", "better-sqlite3", "prom-client", "undici"];
+
+// chunk names change with their contents: a previous build's would pile up
+rmSync("dist/bundle", { recursive: true, force: true });
 
 await build({
   entryPoints: {
@@ -22,6 +30,8 @@ await build({
   bundle: true,
   platform: "node",
   format: "esm",
+  splitting: true,
+  chunkNames: "[name]-[hash]",
   target: "node20",
   external,
   // CommonJS dependencies inside an ES module bundle call require(): give them Node's

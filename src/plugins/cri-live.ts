@@ -1,48 +1,13 @@
-// The CRI plugin's part of a config reload: which values of a new section it refuses, and
-// applying the live keys (live-keys.ts) to the running plugin. Every CRI code path reads these
+// The CRI plugin's part of a config reload: applying the live keys (live-keys.ts) to the running
+// plugin (what a new section may not hold is cri-check.ts). Every CRI code path reads these
 // keys from the plugin's config object when it starts a piece of work (a pull reads `registry`
 // once, a pod `sandbox_image`, a container's log copy `max_container_log_line_size`), so
 // replacing a key's value there is an atomic swap: work in flight keeps what it started with.
 import { parseDuration } from "../base/duration.js";
-import { ConfigKeyError } from "../config/diff.js";
-import { parseNormalized } from "../core/reference.js";
-import { criRegistrySettings } from "../core/remotes/cri-registry.js";
 import type { CriConfig } from "../cri/config.js";
 import type { CriDeps } from "../cri/context.js";
 import { criState } from "../cri/state.js";
 import type { StreamServer } from "../cri/streaming/server.js";
-
-/**
- * Check a CRI section as the plugin would use it; throws a ConfigKeyError (path under `prefix`).
- * Returns notices (deprecated registry tables).
- */
-export function checkCriSection(c: CriConfig, prefix: string[]): string[] {
-  let warnings: string[];
-  try {
-    warnings = criRegistrySettings(c.registry).warnings;
-  } catch (err) {
-    const msg = (err as Error).message;
-    // name the table the message is about, so the error points at its line
-    const sub = /`(mirrors|configs|auths|headers)/.exec(msg)?.[1] ?? /headers\./.exec(msg)?.[0];
-    throw new ConfigKeyError(
-      [...prefix, "registry", ...(sub ? [sub.replace(".", "")] : [])],
-      msg.replace(/^registry: /, ""),
-    );
-  }
-  try {
-    if (parseDuration(c.stream_idle_timeout || "0") < 0) throw new Error("must not be negative");
-  } catch (err) {
-    throw new ConfigKeyError([...prefix, "stream_idle_timeout"], (err as Error).message);
-  }
-  try {
-    parseNormalized(c.sandbox_image);
-  } catch (err) {
-    throw new ConfigKeyError([...prefix, "sandbox_image"], (err as Error).message);
-  }
-  if (c.cni.max_conf_num < 0)
-    throw new ConfigKeyError([...prefix, "cni", "max_conf_num"], "must not be negative");
-  return warnings;
-}
 
 const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 

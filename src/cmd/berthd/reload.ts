@@ -26,7 +26,7 @@ import { criRegistrySettings } from "../../core/remotes/cri-registry.js";
 import type { CriConfig } from "../../cri/config.js";
 import { ConfigReloadedSchema } from "../../gen/berth/config/v1/config_pb.js";
 import { CRI_PLUGIN_KEY, type CriPluginInstance } from "../../plugins/cri.js";
-import { checkCriSection } from "../../plugins/cri-live.js";
+import { checkCriSection } from "../../plugins/cri-check.js";
 import type { ReloadReport } from "../../services/berth-config.js";
 import type { LocalTransfer } from "../../services/transfer.js";
 import { serveMetrics } from "./http.js";
