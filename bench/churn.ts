@@ -9,6 +9,11 @@
 // the first sample taken after the warm-up.
 //
 //   node dist/bench/churn.js [--minutes 30] [--every 5] [--workers 2] [--images 20] [--tmpfs]
+//                            [--heap-snapshots]
+//
+// --heap-snapshots has berthd write a V8 heap snapshot (/debug/heapsnapshot) at the first and at
+// the last sample, and prints their paths: `node dist/scripts/heap-diff.js first last` then names
+// what grew between them.
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { get } from "node:http";
@@ -29,6 +34,7 @@ const { values: opt } = parseArgs({
     workers: { type: "string", default: "2" },
     images: { type: "string", default: "20" },
     tmpfs: { type: "boolean", default: false },
+    "heap-snapshots": { type: "boolean", default: false },
   },
 });
 const MINUTES = Number(opt.minutes);
@@ -49,9 +55,9 @@ interface Sample {
   failures: number;
 }
 
-function debugGc(sock: string): Promise<{ memstats: NodeJS.MemoryUsage }> {
+function debugGet<T>(sock: string, what: string): Promise<T> {
   return new Promise((resolve, reject) => {
-    get({ socketPath: sock, path: "/debug/gc" }, (res) => {
+    get({ socketPath: sock, path: what }, (res) => {
       let body = "";
       res.on("data", (c) => (body += c));
       res.on("end", () => (res.statusCode === 200 ? resolve(JSON.parse(body)) : reject(new Error(body))));
@@ -125,7 +131,7 @@ async function main(): Promise<void> {
       }
     };
     const sample = async (minute: number) => {
-      const gc = await debugGc(debugSock);
+      const gc = await debugGet<{ memstats: NodeJS.MemoryUsage }>(debugSock, "/debug/gc");
       samples.push({
         minute,
         rss: rssOf(d.pid),
@@ -137,6 +143,10 @@ async function main(): Promise<void> {
         ...work,
       });
       const s = samples[samples.length - 1]!;
+      if (opt["heap-snapshots"] && (minute === 0 || minute + EVERY > MINUTES)) {
+        const { file } = await debugGet<{ file: string }>(debugSock, "/debug/heapsnapshot");
+        log(`minute ${minute}: heap snapshot ${file}`);
+      }
       log(
         `minute ${minute}: rss ${fmtBytes(s.rss)}, heap ${fmtBytes(s.heapAfterGc)}, fds ${s.fds}, ${s.containers} containers, ${s.pulls} pulls`,
       );
