@@ -119,8 +119,14 @@ export abstract class LocalSnapshotter implements Snapshotter {
   /** Fill the temporary directory of a new snapshot (`parentId`: its parent's id, if any). */
   protected abstract populate(td: string, kind: Kind, parentId: string | undefined): Promise<void>;
   /** Add snapshotter-specific labels to what stat/update/list report. */
-  protected decorate(_id: string, info: SnapshotInfo): SnapshotInfo {
-    return info;
+  protected decorate(id: string, info: SnapshotInfo): SnapshotInfo {
+    const labels = this.decorateLabels(id, info.labels);
+    return labels === info.labels ? info : { ...info, labels };
+  }
+
+  /** Labels a snapshotter adds to what is stored (the overlay's upperdir label). */
+  protected decorateLabels(_id: string, labels: Labels): Labels {
+    return labels;
   }
 
   async stat(key: string): Promise<SnapshotInfo> {
@@ -253,6 +259,13 @@ export abstract class LocalSnapshotter implements Snapshotter {
 
   async list(): Promise<SnapshotInfo[]> {
     return this.ms.list().map((r) => this.decorate(r.id, r.info));
+  }
+
+  kinds(): Map<string, { kind: Kind; labels: Labels }> {
+    const out = new Map<string, { kind: Kind; labels: Labels }>();
+    for (const [key, r] of this.ms.kinds())
+      out.set(key, { kind: r.kind, labels: this.decorateLabels(r.id, r.labels) });
+    return out;
   }
 
   /**

@@ -109,13 +109,18 @@ const toRecord = (r: Row): SnapshotRecord => ({
   updated: new Date(r.updated_at),
 });
 
+const isEmpty = (o: object): boolean => {
+  for (const _ in o) return false;
+  return true;
+};
+
 /** Backend info seen through a namespace: name, parent, times and labels are the namespace's. */
-function overlayInfo(backend: SnapshotInfo, local: SnapshotRecord): SnapshotInfo {
+function overlayInfo(backend: Pick<SnapshotInfo, "kind" | "labels">, local: SnapshotRecord): SnapshotInfo {
   return {
     name: local.key,
     parent: local.parent,
     kind: backend.kind,
-    labels: { ...backend.labels, ...local.labels },
+    labels: isEmpty(backend.labels) ? local.labels : { ...backend.labels, ...local.labels },
     created: local.created,
     updated: local.updated,
   };
@@ -202,7 +207,11 @@ function statements(db: MetadataDB) {
   const s = db.sql;
   return {
     get: s.prepare("SELECT * FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?"),
-    list: s.prepare("SELECT * FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY key"),
+    listRaw: s
+      .prepare(
+        "SELECT key, backend_key, parent, kind, labels, created_at, updated_at FROM snapshots WHERE namespace = ? AND snapshotter = ? ORDER BY key",
+      )
+      .raw(true),
     hasChild: s.prepare(
       "SELECT 1 FROM snapshots WHERE namespace = ? AND snapshotter = ? AND parent = ? LIMIT 1",
     ),
@@ -579,14 +588,35 @@ export class NamespacedSnapshotter {
   /** Snapshots of a namespace in name order, matching containerd filters (ORed). */
   async list(ns: string, filters: string[] = []): Promise<SnapshotInfo[]> {
     const filter = parseFilters(filters);
-    const rows = (this.s.stmts.list.all(ns, this.name) as Row[]).map(toRecord);
+    // rows as arrays, and of the backend only each snapshot's kind and labels: a list reads
+    // every snapshot of the namespace and of the backend
+    const rows = this.s.stmts.listRaw.all(ns, this.name) as [
+      string,
+      string,
+      string,
+      Kind,
+      string,
+      number,
+      number,
+    ][];
     if (rows.length === 0) return [];
-    const backend = new Map((await this.backend.list()).map((i) => [i.name, i]));
+    const backend: Map<string, { kind: Kind; labels: Labels }> =
+      this.backend.kinds?.() ?? new Map((await this.backend.list()).map((i) => [i.name, i]));
     const out: SnapshotInfo[] = [];
-    for (const local of rows) {
-      const b = backend.get(local.backendKey);
+    for (const [key, backendKey, parent, kind, labels, createdAt, updatedAt] of rows) {
+      const b = backend.get(backendKey);
       if (!b) continue;
-      const info = overlayInfo(b, local);
+      const info = overlayInfo(b, {
+        namespace: ns,
+        snapshotter: this.name,
+        key,
+        backendKey,
+        parent,
+        kind,
+        labels: decodeLabels(labels),
+        created: new Date(createdAt),
+        updated: new Date(updatedAt),
+      });
       const match = filter.match((fp) => {
         switch (fp[0]) {
           case "kind":

@@ -14,9 +14,10 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Mount } from "../../base/mount.js";
 import { realSyscalls, type Syscalls } from "../../sys/syscalls.js";
+import type { Labels } from "../metadata/db.js";
 import { mountOne, unmountAll } from "../mount/mount.js";
 import { type LocalOptions, LocalSnapshotter } from "./local.js";
-import type { Kind, SnapshotInfo } from "./snapshotter.js";
+import type { Kind } from "./snapshotter.js";
 import type { StoredSnapshot } from "./storage.js";
 
 /** Label carrying a snapshot's upper directory, when upperdir_label is set. */
@@ -150,9 +151,9 @@ export class OverlaySnapshotter extends LocalSnapshotter {
     }
   }
 
-  protected override decorate(id: string, info: SnapshotInfo): SnapshotInfo {
-    if (!this.upperdirLabel) return info;
-    return { ...info, labels: { ...info.labels, [UPPERDIR_LABEL]: this.upperPath(id) } };
+  protected override decorateLabels(id: string, labels: Labels): Labels {
+    if (!this.upperdirLabel) return labels;
+    return { ...labels, [UPPERDIR_LABEL]: this.upperPath(id) };
   }
 
   protected mountsFor(s: StoredSnapshot): Mount[] {

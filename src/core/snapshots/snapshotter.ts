@@ -50,6 +50,11 @@ export interface Snapshotter {
   remove(key: string): Promise<void>;
   /** Every snapshot, in an order where parents come before children. */
   list(): Promise<SnapshotInfo[]>;
+  /**
+   * Every snapshot's kind and labels by name: all a namespaced list needs of the backend, read
+   * without the rest of each record (optional; list() is used without it).
+   */
+  kinds?(): Map<string, { kind: Kind; labels: Labels }>;
   /** Remove on-disk leftovers of removed snapshots (containerd's Cleanup). */
   cleanup?(): Promise<void>;
   close(): Promise<void>;

@@ -105,6 +105,7 @@ export class MetaStore {
       byKey: s.prepare(`${SELECT} WHERE s.key = ?`),
       byId: s.prepare("SELECT id, key, parent_id, kind FROM snapshots WHERE id = ?"),
       all: s.prepare(`${SELECT} ORDER BY s.id`),
+      kinds: s.prepare("SELECT id, key, kind, labels FROM snapshots").raw(true),
       insert: s.prepare(
         "INSERT INTO snapshots (key, parent_id, kind, labels, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
       ),
@@ -165,6 +166,14 @@ export class MetaStore {
       this.stmts.setLabels.run(encodeLabels(labels), now, r.id);
       return { id: String(r.id), info: { ...toInfo(r), labels, updated: new Date(now) } };
     });
+  }
+
+  /** Every snapshot's kind and labels, by key. */
+  kinds(): Map<string, { id: string; kind: Kind; labels: Labels }> {
+    const out = new Map<string, { id: string; kind: Kind; labels: Labels }>();
+    for (const [id, key, kind, labels] of this.stmts.kinds.all() as [number, string, Kind, string][])
+      out.set(key, { id: String(id), kind, labels: decodeLabels(labels) });
+    return out;
   }
 
   /** Every snapshot with its id, parents before children. */
