@@ -129,6 +129,21 @@ export function writeTimestamp(w: Writer, field: number, t: [number, number], si
   w.uint(2, t[1]);
 }
 
+/** A record's created and updated times, as two Timestamp fields: their parts and sizes. */
+export function timesPlan(created: Date, updated: Date) {
+  const c = timestampParts(created);
+  const u = timestampParts(updated);
+  const cs = timestampSize(c);
+  const us = timestampSize(u);
+  return { c, u, cs, us, size: fieldSize(cs) + fieldSize(us) };
+}
+
+/** The two Timestamp fields of a timesPlan: created at `field`, updated at `field + 1`. */
+export function writeTimes(w: Writer, field: number, t: ReturnType<typeof timesPlan>): void {
+  writeTimestamp(w, field, t.c, t.cs);
+  writeTimestamp(w, field + 1, t.u, t.us);
+}
+
 /**
  * A response whose field 1 holds one message per item (a repeated field, or a singular one with
  * one item), framed for the gRPC wire: `plans` give each item's size, `write` writes one.

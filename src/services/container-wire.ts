@@ -15,12 +15,11 @@ import {
   stringFieldSize,
   stringMapPlan,
   stringMapSize,
-  timestampParts,
-  timestampSize,
+  timesPlan,
   utf8,
   type Writer,
   writeStringMap,
-  writeTimestamp,
+  writeTimes,
 } from "../grpc/proto-writer.js";
 
 function anySize(a: AnyValue): number {
@@ -38,8 +37,6 @@ function plan(c: Container) {
   const runtimeNameLen = utf8(c.runtime.name);
   const options = c.runtime.options;
   const optionsSize = options ? anySize(options) : 0;
-  const created = timestampParts(c.createdAt);
-  const updated = timestampParts(c.updatedAt);
   const labels = stringMapPlan(c.labels);
   const extensions = Object.entries(c.extensions).map(([k, a]) => {
     const kl = utf8(k);
@@ -56,10 +53,7 @@ function plan(c: Container) {
     optionsSize,
     runtimeSize: stringFieldSize(runtimeNameLen) + (options ? fieldSize(optionsSize) : 0),
     specSize: c.spec ? anySize(c.spec) : 0,
-    created,
-    updated,
-    createdSize: timestampSize(created),
-    updatedSize: timestampSize(updated),
+    times: timesPlan(c.createdAt, c.updatedAt),
     labels,
     extensions,
     size: 0,
@@ -72,8 +66,7 @@ function plan(c: Container) {
     (c.spec ? fieldSize(p.specSize) : 0) +
     stringFieldSize(p.snapshotterLen) +
     stringFieldSize(p.keyLen) +
-    fieldSize(p.createdSize) +
-    fieldSize(p.updatedSize);
+    p.times.size;
   for (const e of extensions) p.size += fieldSize(e.size);
   return p;
 }
@@ -89,8 +82,7 @@ function write(w: Writer, p: ReturnType<typeof plan>): void {
   if (c.spec) writeAny(w, 5, c.spec, p.specSize);
   w.string(6, c.snapshotter, p.snapshotterLen);
   w.string(7, c.snapshotKey, p.keyLen);
-  writeTimestamp(w, 8, p.created, p.createdSize);
-  writeTimestamp(w, 9, p.updated, p.updatedSize);
+  writeTimes(w, 8, p.times);
   for (const e of p.extensions) {
     w.open(10, e.size);
     w.stringAlways(1, e.k, e.kl);

@@ -8,46 +8,33 @@ import type { Info } from "../core/content/local.js";
 import type { EncodedMessage } from "../grpc/handlers.js";
 import {
   fieldOneResponse,
-  fieldSize,
   stringFieldSize,
   stringMapPlan,
   stringMapSize,
-  timestampParts,
-  timestampSize,
+  timesPlan,
   utf8,
   varintFieldSize,
   type Writer,
   writeStringMap,
-  writeTimestamp,
+  writeTimes,
 } from "../grpc/proto-writer.js";
 
 function plan(i: Info) {
-  const created = timestampParts(i.createdAt);
-  const updated = timestampParts(i.updatedAt);
   const p = {
     i,
     digestLen: utf8(i.digest),
-    created,
-    updated,
-    createdSize: timestampSize(created),
-    updatedSize: timestampSize(updated),
+    times: timesPlan(i.createdAt, i.updatedAt),
     labels: stringMapPlan(i.labels),
     size: 0,
   };
-  p.size =
-    stringFieldSize(p.digestLen) +
-    varintFieldSize(i.size) +
-    fieldSize(p.createdSize) +
-    fieldSize(p.updatedSize) +
-    stringMapSize(p.labels);
+  p.size = stringFieldSize(p.digestLen) + varintFieldSize(i.size) + p.times.size + stringMapSize(p.labels);
   return p;
 }
 
 function write(w: Writer, p: ReturnType<typeof plan>): void {
   w.string(1, p.i.digest, p.digestLen);
   w.uint(2, p.i.size);
-  writeTimestamp(w, 3, p.created, p.createdSize);
-  writeTimestamp(w, 4, p.updated, p.updatedSize);
+  writeTimes(w, 3, p.times);
   writeStringMap(w, 5, p.labels);
 }
 

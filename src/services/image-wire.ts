@@ -13,13 +13,12 @@ import {
   stringFieldSize,
   stringMapPlan,
   stringMapSize,
-  timestampParts,
-  timestampSize,
+  timesPlan,
   utf8,
   varintFieldSize,
   type Writer,
   writeStringMap,
-  writeTimestamp,
+  writeTimes,
 } from "../grpc/proto-writer.js";
 
 function plan(i: Image) {
@@ -32,8 +31,6 @@ function plan(i: Image) {
     stringFieldSize(digestLen) +
     varintFieldSize(t.size) +
     stringMapSize(annotations);
-  const created = timestampParts(i.createdAt);
-  const updated = timestampParts(i.updatedAt);
   const p = {
     i,
     nameLen: utf8(i.name),
@@ -42,18 +39,10 @@ function plan(i: Image) {
     digestLen,
     annotations,
     targetSize,
-    created,
-    updated,
-    createdSize: timestampSize(created),
-    updatedSize: timestampSize(updated),
+    times: timesPlan(i.createdAt, i.updatedAt),
     size: 0,
   };
-  p.size =
-    stringFieldSize(p.nameLen) +
-    stringMapSize(p.labels) +
-    fieldSize(targetSize) +
-    fieldSize(p.createdSize) +
-    fieldSize(p.updatedSize);
+  p.size = stringFieldSize(p.nameLen) + stringMapSize(p.labels) + fieldSize(targetSize) + p.times.size;
   return p;
 }
 
@@ -66,8 +55,7 @@ function write(w: Writer, p: ReturnType<typeof plan>): void {
   w.string(2, i.target.digest, p.digestLen);
   w.uint(3, i.target.size);
   writeStringMap(w, 5, p.annotations);
-  writeTimestamp(w, 7, p.created, p.createdSize);
-  writeTimestamp(w, 8, p.updated, p.updatedSize);
+  writeTimes(w, 7, p.times);
 }
 
 /** A response whose field 1 is the images (ListImagesResponse; with one, GetImageResponse). */

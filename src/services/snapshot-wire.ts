@@ -9,31 +9,24 @@ import type { Kind } from "../gen/containerd/services/snapshots/v1/snapshots_pb.
 import type { EncodedMessage } from "../grpc/handlers.js";
 import {
   fieldOneResponse,
-  fieldSize,
   stringFieldSize,
   stringMapPlan,
   stringMapSize,
-  timestampParts,
-  timestampSize,
+  timesPlan,
   utf8,
   varintFieldSize,
   type Writer,
   writeStringMap,
-  writeTimestamp,
+  writeTimes,
 } from "../grpc/proto-writer.js";
 
 function plan(i: SnapshotInfo, kind: Kind) {
-  const created = timestampParts(i.created);
-  const updated = timestampParts(i.updated);
   const p = {
     i,
     kind: kind as number,
     nameLen: utf8(i.name),
     parentLen: utf8(i.parent),
-    created,
-    updated,
-    createdSize: timestampSize(created),
-    updatedSize: timestampSize(updated),
+    times: timesPlan(i.created, i.updated),
     labels: stringMapPlan(i.labels),
     size: 0,
   };
@@ -41,8 +34,7 @@ function plan(i: SnapshotInfo, kind: Kind) {
     stringFieldSize(p.nameLen) +
     stringFieldSize(p.parentLen) +
     varintFieldSize(p.kind) +
-    fieldSize(p.createdSize) +
-    fieldSize(p.updatedSize) +
+    p.times.size +
     stringMapSize(p.labels);
   return p;
 }
@@ -51,8 +43,7 @@ function write(w: Writer, p: ReturnType<typeof plan>): void {
   w.string(1, p.i.name, p.nameLen);
   w.string(2, p.i.parent, p.parentLen);
   w.uint(3, p.kind);
-  writeTimestamp(w, 4, p.created, p.createdSize);
-  writeTimestamp(w, 5, p.updated, p.updatedSize);
+  writeTimes(w, 4, p.times);
   writeStringMap(w, 6, p.labels);
 }
 
