@@ -1,7 +1,7 @@
 // gRPC-over-HTTP/2 wire details that do not depend on the transport: message framing (a 1-byte
 // compressed flag and a 4-byte big-endian length before each message), grpc-timeout values, the
 // percent-encoding of grpc-message, and binary ("-bin") metadata values.
-import { gunzipSync } from "node:zlib";
+import { zlib } from "../base/builtin.js";
 import { errorf } from "../base/errdefs.js";
 
 /** Bytes before each message: the compressed flag and the length. */
@@ -35,7 +35,7 @@ export function decompressorFor(encoding: string | undefined): Decompressor | nu
  */
 function gunzipBounded(b: Uint8Array, max: number): Uint8Array {
   try {
-    return gunzipSync(b, { maxOutputLength: max + 1 });
+    return zlib().gunzipSync(b, { maxOutputLength: max + 1 });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ERR_BUFFER_TOO_LARGE") throw err;
     throw statusError(

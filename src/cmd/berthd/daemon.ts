@@ -5,14 +5,15 @@ import type { Logger } from "../../base/log.js";
 import { type Plugin, PluginSet, pluginKey } from "../../base/plugin.js";
 import { PluginType } from "../../base/plugin-types.js";
 import type { Config } from "../../config/config.js";
-import { Metrics } from "../../core/metrics.js";
+import type { MetadataDB } from "../../core/metadata/db.js";
+import { Metrics, type MetricsSources } from "../../core/metrics.js";
+import type { TaskManager } from "../../core/runtime/manager.js";
 import { Config as ConfigService } from "../../gen/berth/config/v1/config_pb.js";
 import { H2GrpcServer } from "../../grpc/h2server.js";
 import type { GrpcServicePlugin } from "../../plugins/grpc.js";
 import { configService } from "../../services/berth-config.js";
 import { REVISION, VERSION } from "../../version.js";
 import { checkOwnDir } from "./dirs.js";
-import { metricsSources, serveDebug, serveMetrics } from "./http.js";
 import { applyOomScore } from "./oom.js";
 import { ConfigReloader, type ReloadSource } from "./reload.js";
 import { prepareSocketPath, secureSocket } from "./socket.js";
@@ -107,10 +108,12 @@ export class Daemon {
     this.metrics.sources = metricsSources(this.plugins);
     this.metrics.setGrpcHistogram(cfg.metrics.grpc_histogram);
     if (cfg.metrics.address) {
+      const { serveMetrics } = await import("./http.js");
       this.metricsServer = await serveMetrics(cfg.metrics.address, this.metrics);
       this.log.info("metrics served", { address: cfg.metrics.address });
     }
     if (cfg.debug.address) {
+      const { serveDebug } = await import("./http.js");
       this.http.push(await serveDebug(cfg.debug.address, cfg.debug.uid, cfg.debug.gid));
       this.log.info("debug served", { address: cfg.debug.address });
     }
@@ -138,4 +141,15 @@ export class Daemon {
     })();
     return this.stopping;
   }
+}
+
+/** What the scrape-time families read, from the loaded plugins (a disabled one is left out). */
+export function metricsSources(plugins: PluginSet): MetricsSources {
+  const ok = <T>(type: string, id: string): T | undefined => {
+    const l = plugins.find(type, id);
+    return l?.status.state === "ok" ? (l.instance as T) : undefined;
+  };
+  const md = ok<{ db: MetadataDB }>(PluginType.Metadata, "bolt");
+  const tasks = ok<TaskManager>(PluginType.RuntimeV2, "task");
+  return { ...(md ? { db: md.db } : {}), ...(tasks ? { tasks } : {}) };
 }

@@ -1,18 +1,16 @@
 // The optional HTTP endpoints: [metrics] address (TCP host:port, Prometheus text at /v1/metrics,
 // as containerd; prom-client is loaded only when it is set) and [debug] address (a unix socket
 // with /debug/vars, process stats as JSON, and /debug/gc, the same after a full collection).
+// berthd imports this module only when one of them is configured: node:http and its six
+// dependencies, node:v8 and node:vm are not compiled at start otherwise.
 import { chmodSync, chownSync, mkdirSync, unlinkSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { getHeapStatistics, setFlagsFromString, writeHeapSnapshot } from "node:v8";
 import { runInNewContext } from "node:vm";
-import type { PluginSet } from "../../base/plugin.js";
-import { PluginType } from "../../base/plugin-types.js";
-import type { MetadataDB } from "../../core/metadata/db.js";
 import type { PrometheusExporter } from "../../core/metrics/prometheus.js";
-import type { Metrics, MetricsSources } from "../../core/metrics.js";
-import type { TaskManager } from "../../core/runtime/manager.js";
+import type { Metrics } from "../../core/metrics.js";
 import { mallocTrim } from "../../sys/malloc.js";
 import { prepareSocketPath } from "./socket.js";
 
@@ -30,17 +28,6 @@ function listen(server: Server, address: string): Promise<void> {
       server.listen(Number(address.slice(i + 1)), host, () => resolve());
     }
   });
-}
-
-/** What the scrape-time families read, from the loaded plugins (a disabled one is left out). */
-export function metricsSources(plugins: PluginSet): MetricsSources {
-  const ok = <T>(type: string, id: string): T | undefined => {
-    const l = plugins.find(type, id);
-    return l?.status.state === "ok" ? (l.instance as T) : undefined;
-  };
-  const md = ok<{ db: MetadataDB }>(PluginType.Metadata, "bolt");
-  const tasks = ok<TaskManager>(PluginType.RuntimeV2, "task");
-  return { ...(md ? { db: md.db } : {}), ...(tasks ? { tasks } : {}) };
 }
 
 /** Each Metrics object's exporter, made (and prom-client loaded) by the first listener. */

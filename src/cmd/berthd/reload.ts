@@ -29,7 +29,6 @@ import { CRI_PLUGIN_KEY, type CriPluginInstance } from "../../plugins/cri.js";
 import { checkCriSection } from "../../plugins/cri-check.js";
 import type { ReloadReport } from "../../services/berth-config.js";
 import type { LocalTransfer } from "../../services/transfer.js";
-import { serveMetrics } from "./http.js";
 
 /** The topic of the event published after each applied reload. */
 export const CONFIG_RELOAD_TOPIC = "/config/reload";
@@ -347,7 +346,7 @@ export class ConfigReloader {
           return { rollback: () => t.metrics.setGrpcHistogram(prevHistogram) };
         }
         // the new listener first: a taken port fails the reload with the old one still serving
-        const server = addr ? await serveMetrics(addr, t.metrics) : undefined;
+        const server = addr ? await (await import("./http.js")).serveMetrics(addr, t.metrics) : undefined;
         const old = t.metricsServer;
         t.metricsServer = server;
         histogram();

@@ -3,7 +3,7 @@
 import { spawn } from "node:child_process";
 import { createHash, type Hash } from "node:crypto";
 import { Readable } from "node:stream";
-import { createGunzip, createGzip, constants as zc } from "node:zlib";
+import { zlib } from "../../base/builtin.js";
 import { BerthError, errNotImplemented } from "../../base/errdefs.js";
 
 export const MediaType = {
@@ -216,7 +216,7 @@ export async function* decompress(
 
 async function* gunzip(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   const input = Readable.from(src, { objectMode: false, highWaterMark: 1 << 20 });
-  const gz = createGunzip({ chunkSize: GUNZIP_CHUNK });
+  const gz = zlib().createGunzip({ chunkSize: GUNZIP_CHUNK });
   // A larger readable buffer lets the decoder run ahead (in the threadpool) while the caller
   // works on the previous chunks.
   (gz as unknown as { _readableState: { highWaterMark: number } })._readableState.highWaterMark =
@@ -302,7 +302,8 @@ export async function* compress(src: AsyncIterable<Buffer>, kind: "gzip" | "zstd
     return;
   }
   const input = Readable.from(src, { objectMode: false });
-  const gz = createGzip({ level: zc.Z_DEFAULT_COMPRESSION, chunkSize: 1 << 20 });
+  const z = zlib();
+  const gz = z.createGzip({ level: z.constants.Z_DEFAULT_COMPRESSION, chunkSize: 1 << 20 });
   input.on("error", (err) => gz.destroy(err));
   input.pipe(gz);
   try {

@@ -6,7 +6,6 @@ import { readFileSync } from "node:fs";
 import type { IncomingHttpHeaders } from "node:http";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
-import { rootCertificates } from "node:tls";
 import type { Agent, Dispatcher } from "undici";
 
 // undici is loaded on the first registry request: it is the largest module berthd has (~20 MiB of
@@ -175,7 +174,7 @@ export class Transport {
             );
           }
         });
-        connect.ca = [...rootCertificates, ...extra];
+        connect.ca = [...(await import("node:tls")).rootCertificates, ...extra];
       }
       if (tls.clientPairs.length > 0) {
         const [cert, key] = tls.clientPairs[0]!;

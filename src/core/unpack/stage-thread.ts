@@ -8,7 +8,8 @@
 // to start (Node's bootstrap and this module's code) and runs the tar code cold until V8 has
 // compiled it again: a 6-layer pull paid that for every large layer.
 import { availableParallelism } from "node:os";
-import { Worker } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
+import { workerThreads } from "../../base/builtin.js";
 import { BerthError, type ErrorKind } from "../../base/errdefs.js";
 import { type Level, type Logger, nopLogger } from "../../base/log.js";
 import type { ApplyMode } from "../diff/apply.js";
@@ -79,7 +80,7 @@ export function stageThreadStats(): { started: number; idle: number } {
 }
 
 function startThread(): StageThread {
-  const worker = new Worker(workerUrl);
+  const worker = new (workerThreads().Worker)(workerUrl);
   started++;
   let markLoaded!: () => void;
   const t: StageThread = {
