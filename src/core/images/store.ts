@@ -118,13 +118,34 @@ const toImage = (r: Row): Image => ({
   updatedAt: new Date(r.updated_at),
 });
 
+/** A row of `cols` as an array (better-sqlite3's raw mode, ~30% cheaper than row objects). */
+type RawRow = [string, string, string, number, string, string, number, number];
+
+const imageOfRaw = ([
+  name,
+  mediaType,
+  digest,
+  size,
+  annotations,
+  labels,
+  createdAt,
+  updatedAt,
+]: RawRow): Image => ({
+  name,
+  labels: decodeLabels(labels),
+  target: { mediaType, digest, size, annotations: decodeLabels(annotations) },
+  createdAt: new Date(createdAt),
+  updatedAt: new Date(updatedAt),
+});
+
 function statements(db: MetadataDB) {
   const s = db.sql;
   const cols =
     "name, target_media_type, target_digest, target_size, target_annotations, labels, created_at, updated_at";
   return {
     get: s.prepare(`SELECT ${cols} FROM images WHERE namespace = ? AND name = ?`),
-    list: s.prepare(`SELECT ${cols} FROM images WHERE namespace = ? ORDER BY name`),
+    // rows as arrays: a list reads every image of the namespace (see imageOfRaw)
+    list: s.prepare(`SELECT ${cols} FROM images WHERE namespace = ? ORDER BY name`).raw(true),
     insert: s.prepare(`INSERT OR IGNORE INTO images (namespace, ${cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
     update: s.prepare(
       `UPDATE images SET target_media_type = ?, target_digest = ?, target_size = ?, target_annotations = ?,
@@ -178,7 +199,7 @@ export class ImageStore {
   }
 
   list(ns: string, filters: string[] = []): Image[] {
-    return selectMatching(filters, (this.stmts.list.all(ns) as Row[]).map(toImage), adapt);
+    return selectMatching(filters, (this.stmts.list.all(ns) as RawRow[]).map(imageOfRaw), adapt);
   }
 
   create(ns: string, input: ImageInput): Image {

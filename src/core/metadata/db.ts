@@ -281,5 +281,6 @@ export function encodeLabels(l: Labels | undefined): string {
 }
 
 export function decodeLabels(s: string): Labels {
-  return JSON.parse(s) as Labels;
+  // most records carry none
+  return s === "{}" ? {} : (JSON.parse(s) as Labels);
 }
