@@ -195,13 +195,50 @@ const toContainer = (r: Row): Container => ({
   updatedAt: new Date(r.updated_at),
 });
 
+/** A row of `cols` as an array (better-sqlite3's raw mode, ~30% cheaper than row objects). */
+type RawRow = [
+  Row["id"],
+  Row["labels"],
+  Row["image"],
+  Row["runtime_name"],
+  Row["runtime_options_type_url"],
+  Row["runtime_options"],
+  Row["spec_type_url"],
+  Row["spec"],
+  Row["snapshotter"],
+  Row["snapshot_key"],
+  Row["sandbox_id"],
+  Row["extensions"],
+  Row["created_at"],
+  Row["updated_at"],
+];
+
+const containerOfRaw = (r: RawRow): Container =>
+  toContainer({
+    id: r[0],
+    labels: r[1],
+    image: r[2],
+    runtime_name: r[3],
+    runtime_options_type_url: r[4],
+    runtime_options: r[5],
+    spec_type_url: r[6],
+    spec: r[7],
+    snapshotter: r[8],
+    snapshot_key: r[9],
+    sandbox_id: r[10],
+    extensions: r[11],
+    created_at: r[12],
+    updated_at: r[13],
+  });
+
 function statements(db: MetadataDB) {
   const s = db.sql;
   const cols = `id, labels, image, runtime_name, runtime_options_type_url, runtime_options, spec_type_url,
     spec, snapshotter, snapshot_key, sandbox_id, extensions, created_at, updated_at`;
   return {
     get: s.prepare(`SELECT ${cols} FROM containers WHERE namespace = ? AND id = ?`),
-    list: s.prepare(`SELECT ${cols} FROM containers WHERE namespace = ? ORDER BY id`),
+    // rows as arrays: a list reads every container of the namespace (see containerOfRaw)
+    list: s.prepare(`SELECT ${cols} FROM containers WHERE namespace = ? ORDER BY id`).raw(true),
     insert: s.prepare(
       `INSERT OR IGNORE INTO containers (namespace, ${cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
@@ -270,7 +307,7 @@ export class ContainerStore {
   }
 
   list(ns: string, filters: readonly string[] = []): Container[] {
-    return selectMatching(filters, (this.stmts.list.all(ns) as Row[]).map(toContainer), adapt);
+    return selectMatching(filters, (this.stmts.list.all(ns) as RawRow[]).map(containerOfRaw), adapt);
   }
 
   create(ns: string, input: ContainerInput): Container {
