@@ -204,9 +204,12 @@ export class H2Stream {
   reply(headers: Buffer, payload: Buffer, trailers: Buffer): void {
     if (this.closed || this.localEnded) return;
     if (!this.conn.replyAtOnce(this, headers, payload, trailers)) {
-      this.conn.writeHeaders(this.id, headers, false);
-      this.write(payload);
-      this.end(trailers);
+      // what can leave now (the headers, the data the windows allow) leaves in one write
+      this.conn.batch(() => {
+        this.conn.writeHeaders(this.id, headers, false);
+        this.write(payload);
+        this.end(trailers);
+      });
     }
   }
 }
@@ -634,11 +637,28 @@ export class H2Connection {
   }
 
   private flushAll(): void {
-    for (const s of [...this.blocked]) {
-      if (this.sendWindow <= 0) break;
-      this.flush(s);
-    }
+    // a window update can let several streams go on: their frames leave in one write
+    this.batch(() => {
+      for (const s of [...this.blocked]) {
+        if (this.sendWindow <= 0) break;
+        this.flush(s);
+      }
+    });
     this.notifyDrained();
+  }
+
+  /** @internal Runs `fn` with the socket corked: what it writes leaves in one system call. */
+  batch(fn: () => void): void {
+    if (this.ended) {
+      fn();
+      return;
+    }
+    this.socket.cork();
+    try {
+      fn();
+    } finally {
+      this.socket.uncork();
+    }
   }
 
   /** Tells writers that waited that they may go on, unless the socket is still backed up. */
