@@ -155,22 +155,23 @@ function decodeExtensions(s: string): Record<string, AnyValue> {
   return out;
 }
 
-type Row = {
-  id: string;
-  labels: string;
-  image: string;
-  runtime_name: string;
-  runtime_options_type_url: string | null;
-  runtime_options: Buffer | null;
-  spec_type_url: string | null;
-  spec: Buffer | null;
-  snapshotter: string;
-  snapshot_key: string;
-  sandbox_id: string;
-  extensions: string;
-  created_at: number;
-  updated_at: number;
-};
+/** A row of `cols` as an array (better-sqlite3's raw mode: a list reads every container). */
+type Row = [
+  id: string,
+  labels: string,
+  image: string,
+  runtimeName: string,
+  runtimeOptionsTypeUrl: string | null,
+  runtimeOptions: Buffer | null,
+  specTypeUrl: string | null,
+  spec: Buffer | null,
+  snapshotter: string,
+  snapshotKey: string,
+  sandboxId: string,
+  extensions: string,
+  createdAt: number,
+  updatedAt: number,
+];
 
 // SQLite hands each row's blob as a Buffer of its own: a plain view of it, not a copy
 const anyFromRow = (typeUrl: string | null, value: Buffer | null): AnyValue | undefined =>
@@ -181,63 +182,41 @@ const anyFromRow = (typeUrl: string | null, value: Buffer | null): AnyValue | un
         value: value ? new Uint8Array(value.buffer, value.byteOffset, value.byteLength) : new Uint8Array(),
       };
 
-const toContainer = (r: Row): Container => ({
-  id: r.id,
-  labels: decodeLabels(r.labels),
-  image: r.image,
-  runtime: { name: r.runtime_name, options: anyFromRow(r.runtime_options_type_url, r.runtime_options) },
-  spec: anyFromRow(r.spec_type_url, r.spec),
-  snapshotter: r.snapshotter,
-  snapshotKey: r.snapshot_key,
-  sandboxId: r.sandbox_id,
-  extensions: decodeExtensions(r.extensions),
-  createdAt: new Date(r.created_at),
-  updatedAt: new Date(r.updated_at),
+const toContainer = ([
+  id,
+  labels,
+  image,
+  runtimeName,
+  runtimeOptionsTypeUrl,
+  runtimeOptions,
+  specTypeUrl,
+  spec,
+  snapshotter,
+  snapshotKey,
+  sandboxId,
+  extensions,
+  createdAt,
+  updatedAt,
+]: Row): Container => ({
+  id,
+  labels: decodeLabels(labels),
+  image,
+  runtime: { name: runtimeName, options: anyFromRow(runtimeOptionsTypeUrl, runtimeOptions) },
+  spec: anyFromRow(specTypeUrl, spec),
+  snapshotter,
+  snapshotKey,
+  sandboxId,
+  extensions: decodeExtensions(extensions),
+  createdAt: new Date(createdAt),
+  updatedAt: new Date(updatedAt),
 });
-
-/** A row of `cols` as an array (better-sqlite3's raw mode, ~30% cheaper than row objects). */
-type RawRow = [
-  Row["id"],
-  Row["labels"],
-  Row["image"],
-  Row["runtime_name"],
-  Row["runtime_options_type_url"],
-  Row["runtime_options"],
-  Row["spec_type_url"],
-  Row["spec"],
-  Row["snapshotter"],
-  Row["snapshot_key"],
-  Row["sandbox_id"],
-  Row["extensions"],
-  Row["created_at"],
-  Row["updated_at"],
-];
-
-const containerOfRaw = (r: RawRow): Container =>
-  toContainer({
-    id: r[0],
-    labels: r[1],
-    image: r[2],
-    runtime_name: r[3],
-    runtime_options_type_url: r[4],
-    runtime_options: r[5],
-    spec_type_url: r[6],
-    spec: r[7],
-    snapshotter: r[8],
-    snapshot_key: r[9],
-    sandbox_id: r[10],
-    extensions: r[11],
-    created_at: r[12],
-    updated_at: r[13],
-  });
 
 function statements(db: MetadataDB) {
   const s = db.sql;
   const cols = `id, labels, image, runtime_name, runtime_options_type_url, runtime_options, spec_type_url,
     spec, snapshotter, snapshot_key, sandbox_id, extensions, created_at, updated_at`;
   return {
-    get: s.prepare(`SELECT ${cols} FROM containers WHERE namespace = ? AND id = ?`),
-    // rows as arrays: a list reads every container of the namespace (see containerOfRaw)
+    get: s.prepare(`SELECT ${cols} FROM containers WHERE namespace = ? AND id = ?`).raw(true),
     list: s.prepare(`SELECT ${cols} FROM containers WHERE namespace = ? ORDER BY id`).raw(true),
     insert: s.prepare(
       `INSERT OR IGNORE INTO containers (namespace, ${cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -307,7 +286,7 @@ export class ContainerStore {
   }
 
   list(ns: string, filters: readonly string[] = []): Container[] {
-    return selectMatching(filters, (this.stmts.list.all(ns) as RawRow[]).map(containerOfRaw), adapt);
+    return selectMatching(filters, (this.stmts.list.all(ns) as Row[]).map(toContainer), adapt);
   }
 
   create(ns: string, input: ContainerInput): Container {
