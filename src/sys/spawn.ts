@@ -36,6 +36,7 @@ const ECHILD = 10;
 const POSIX_SPAWN_SETSIGMASK = 0x08;
 const POSIX_SPAWN_SETSIGDEF = 0x04;
 const POSIX_SPAWN_SETSID = 0x80;
+const POSIX_SPAWN_SETPGROUP = 0x02;
 
 // glibc's opaque types, over-allocated: posix_spawn_file_actions_t is 80 bytes and
 // posix_spawnattr_t 336 on x86_64/arm64; sigset_t is 128.
@@ -53,6 +54,13 @@ export interface FastSpawnOptions {
   stdio?: [StdioSpec, StdioSpec, StdioSpec];
   /** Start the child in a new session (setsid), as child_process's `detached`. */
   detached?: boolean;
+  /** Start the child in a process group of its own (setpgid(0, 0)), as Go's `Setpgid`. */
+  ownProcessGroup?: boolean;
+  /**
+   * berthd's fds the child gets as fd 3, 4, …, as Go's `ExtraFiles`. Each must be above the last
+   * of those numbers (dup2 onto itself would keep its close-on-exec flag).
+   */
+  extraFds?: number[];
 }
 
 export interface ExitStatus {
@@ -95,6 +103,7 @@ function fns() {
     attrInit: libc("posix_spawnattr_init", "int posix_spawnattr_init(void *attr)"),
     attrDestroy: libc("posix_spawnattr_destroy", "int posix_spawnattr_destroy(void *attr)"),
     attrFlags: libc("posix_spawnattr_setflags", "int posix_spawnattr_setflags(void *attr, short flags)"),
+    attrPgroup: libc("posix_spawnattr_setpgroup", "int posix_spawnattr_setpgroup(void *attr, int pgroup)"),
     attrSigdef: libc(
       "posix_spawnattr_setsigdefault",
       "int posix_spawnattr_setsigdefault(void *attr, const void *set)",
@@ -178,12 +187,24 @@ function prepare(file: string, args: readonly string[], opts: FastSpawnOptions):
         f.faDup2(p.fa, spec, target);
       }
     }
+    const extra = opts.extraFds ?? [];
+    extra.forEach((fd, i) => {
+      if (fd < 3 + extra.length)
+        throw new Error(
+          `spawn ${file}: extra fd ${fd} would be overwritten (use fds from ${3 + extra.length})`,
+        );
+      f.faDup2(p.fa, fd, 3 + i);
+    });
     if (opts.cwd) f.faChdir(p.fa, opts.cwd);
     f.attrSigdef(p.attr, sigsets.all);
     f.attrSigmask(p.attr, sigsets.none);
+    if (opts.ownProcessGroup) f.attrPgroup(p.attr, 0);
     f.attrFlags(
       p.attr,
-      POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | (opts.detached ? POSIX_SPAWN_SETSID : 0),
+      POSIX_SPAWN_SETSIGDEF |
+        POSIX_SPAWN_SETSIGMASK |
+        (opts.detached ? POSIX_SPAWN_SETSID : 0) |
+        (opts.ownProcessGroup ? POSIX_SPAWN_SETPGROUP : 0),
     );
     for (const [k, v] of Object.entries(opts.env)) if (v !== undefined) p.envp.push(`${k}=${v}`);
     p.envp.push(null);
@@ -238,26 +259,27 @@ export function spawnsInFlight(): number {
   return pendingSpawns;
 }
 
-/**
- * fastSpawn with posix_spawn run on a libuv pool thread: the event loop spends ~0.1 ms on the
- * argument conversion instead of waiting for the child's exec, which on a busy machine (a pod's
- * plugins, runc and shims all starting at once) took 1.5–2 ms per child.
- */
-export function fastSpawnAsync(
+/** posix_spawn on a libuv pool thread: the PID and the parent's ends of the stdio pipes. */
+function spawnOnPool(
   file: string,
   args: readonly string[],
   opts: FastSpawnOptions,
-): Promise<FastChild> {
-  const p = prepare(file, args, opts);
+): Promise<{ pid: number; parentFds: (number | undefined)[] }> {
+  let p: Prepared;
+  try {
+    p = prepare(file, args, opts);
+  } catch (err) {
+    return Promise.reject(err);
+  }
   const pidOut = [0];
   pendingSpawns++;
-  return new Promise<FastChild>((resolve, reject) => {
+  return new Promise((resolve, reject) => {
     const done = (err: unknown, rc: number) => {
       pendingSpawns--;
       finish(p, !err && rc === 0);
       if (err) reject(err);
       else if (rc !== 0) reject(spawnError("posix_spawn", rc, file));
-      else resolve(new SpawnedChild(pidOut[0]!, p.parentFds));
+      else resolve({ pid: pidOut[0]!, parentFds: p.parentFds });
     };
     try {
       bound!.spawn.async(pidOut, file, p.fa, p.attr, p.argv, p.envp, done);
@@ -267,6 +289,35 @@ export function fastSpawnAsync(
       reject(err);
     }
   });
+}
+
+/**
+ * fastSpawn with posix_spawn run on a libuv pool thread: the event loop spends ~0.1 ms on the
+ * argument conversion instead of waiting for the child's exec, which on a busy machine (a pod's
+ * plugins, runc and shims all starting at once) took 1.5–2 ms per child.
+ */
+export async function fastSpawnAsync(
+  file: string,
+  args: readonly string[],
+  opts: FastSpawnOptions,
+): Promise<FastChild> {
+  const { pid, parentFds } = await spawnOnPool(file, args, opts);
+  return new SpawnedChild(pid, parentFds);
+}
+
+/**
+ * Starts a long-lived child that the caller reaps by PID (a shim: berthd's reaper collects it,
+ * so the per-child SIGCHLD polling and timer of fastSpawnAsync are not wanted for it). Its stdio
+ * cannot be pipes. Resolves with the PID once the child has exec'd.
+ */
+export async function spawnUntracked(
+  file: string,
+  args: readonly string[],
+  opts: FastSpawnOptions,
+): Promise<number> {
+  if ((opts.stdio ?? ["pipe"]).includes("pipe"))
+    throw new Error(`spawn ${file}: an untracked child cannot have pipes`);
+  return (await spawnOnPool(file, args, opts)).pid;
 }
 
 /** Children not reaped yet: SIGCHLD polls each of them (waitpid by PID, never -1). */

@@ -5,7 +5,19 @@
 // of one sandbox on one shim, the shim kept until the last task is deleted) and wait over a
 // reconnected manager (what a berthd restart does).
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import {
+  copyFileSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isKind } from "../../src/base/errdefs.js";
@@ -257,34 +269,50 @@ describe("runtime Task API over containerd-shim-runc-v2", { skip: !existsSync(SH
     assert.deepEqual(shimsOf(env.address), []);
   });
 
-  it("a task joining its group's running shim does not run the shim's start", async () => {
-    // a containerd-shim-runc-v2 first on PATH that logs each invocation's command, then runs the real one
-    const wrapDir = join(dir, "wrap");
-    const calls = join(dir, "shim-calls");
+  /**
+   * Runs `body` with a containerd-shim-runc-v2 first on PATH that logs each invocation's last
+   * argument (`start`, `delete`, or the -address of a shim berthd launched itself), then runs
+   * the real one. Returns how many shims were launched directly and how many `start`s ran.
+   */
+  const withShimWrapper = async (
+    name: string,
+    body: (count: () => { direct: number; starts: number }) => Promise<void>,
+  ) => {
+    const wrapDir = join(dir, `wrap-${name}`);
+    const calls = join(dir, `shim-calls-${name}`);
     mkdirSync(wrapDir, { recursive: true });
     writeFileSync(
       join(wrapDir, "containerd-shim-runc-v2"),
       `#!/bin/sh\nfor a; do last="$a"; done\necho "$last" >> ${calls}\nexec ${SHIM} "$@"\n`,
       { mode: 0o755 },
     );
-    const starts = () =>
-      existsSync(calls)
-        ? readFileSync(calls, "utf8")
-            .split("\n")
-            .filter((l) => l === "start").length
-        : 0;
+    const count = () => {
+      const lines = existsSync(calls) ? readFileSync(calls, "utf8").split("\n") : [];
+      return {
+        direct: lines.filter((l) => l === env.address).length,
+        starts: lines.filter((l) => l === "start").length,
+      };
+    };
     const savedPath = process.env.PATH;
     process.env.PATH = `${wrapDir}:${savedPath ?? "/usr/bin:/bin"}`;
     try {
+      await body(count);
+    } finally {
+      process.env.PATH = savedPath;
+    }
+  };
+
+  it("a task joining its group's running shim starts no shim process", async () => {
+    await withShimWrapper("group", async (count) => {
       const g = { "io.containerd.runc.v2.group": "grp" };
       const a = await createTask("ga", ["sleep", "1000"], g);
-      assert.equal(starts(), 1, "the group's first task starts its shim");
+      assert.deepEqual(count(), { direct: 1, starts: 0 }, "the group's first task starts its shim");
       const b = await createTask("gb", ["sleep", "1000"], g);
       const c = await createTask("gc", ["sleep", "1000"], {
         "io.containerd.runc.v2.group": "grp",
         [SANDBOX_ANNOTATION]: "other", // the runc v2 shim reads the group annotation first
       });
-      assert.equal(starts(), 1, "the others join the running shim without a start");
+      assert.deepEqual(count(), { direct: 1, starts: 0 }, "the others join the running shim");
       for (const t of [a, b, c]) await t.start();
       assert.equal(shimsOf(env.address).length, 1, "one shim serves the group");
       for (const t of [b, c])
@@ -294,7 +322,7 @@ describe("runtime Task API over containerd-shim-runc-v2", { skip: !existsSync(SH
           "the joining bundle names the group's shim, as its start would have",
         );
       const own = await createTask("solo", ["sleep", "1000"]);
-      assert.equal(starts(), 2, "a task without a group gets a shim of its own");
+      assert.deepEqual(count(), { direct: 2, starts: 0 }, "a task without a group gets a shim of its own");
       assert.equal(shimsOf(env.address).length, 2);
       for (const t of [a, b, c, own]) {
         await t.kill("SIGKILL");
@@ -304,14 +332,69 @@ describe("runtime Task API over containerd-shim-runc-v2", { skip: !existsSync(SH
       await until("no shim left", () => shimsOf(env.address).length === 0);
       // the group's shim is gone: a new task of the group starts a new one
       const again = await createTask("ga2", ["true"], g);
-      assert.equal(starts(), 3, "a group whose shim went away gets a new one");
+      assert.deepEqual(count(), { direct: 3, starts: 0 }, "a group whose shim went away gets a new one");
       await again.start();
       await again.wait();
       await again.delete();
       await until("no shim left", () => shimsOf(env.address).length === 0);
-    } finally {
-      process.env.PATH = savedPath;
-    }
+    });
+  });
+
+  it("berthd starts the runc v2 shim as its start would; start runs where that is not covered", async () => {
+    await withShimWrapper("launch", async (count) => {
+      const t = await createTask("direct", ["sleep", "1000"]);
+      assert.deepEqual(count(), { direct: 1, starts: 0 });
+      const address = readFileSync(join(t.bundle, "address"), "utf8").trim();
+      // the runc v2 shim's own derivation: sha256 of <daemon address>/<namespace>/<group>
+      const digest = createHash("sha256")
+        .update(join(env.address, NS, "direct"))
+        .digest("hex");
+      assert.equal(address, `unix:///run/containerd/s/${digest}`);
+      const sock = address.slice("unix://".length);
+      assert.equal(statSync(sock).mode & 0o777, 0o600, "the shim's socket is root's only");
+      const [shim] = shimsOf(env.address);
+      assert.ok(shim, "the shim runs");
+      assert.deepEqual(shim.argv.slice(1), ["-namespace", NS, "-id", "direct", "-address", env.address]);
+      const stat = readFileSync(`/proc/${shim.pid}/stat`, "utf8");
+      const pgrp = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+      assert.equal(pgrp, shim.pid, "the shim leads a process group of its own");
+      const own = Number(readFileSync("/proc/self/oom_score_adj", "utf8"));
+      assert.equal(
+        Number(readFileSync(`/proc/${shim.pid}/oom_score_adj`, "utf8")),
+        Math.min(own + 1, 1000),
+        "the shim's OOM score is its starter's + 1",
+      );
+      const environ = readFileSync(`/proc/${shim.pid}/environ`, "utf8").split("\0");
+      assert.ok(environ.includes(`TTRPC_ADDRESS=${env.ttrpcAddress}`));
+      assert.ok(environ.includes("GOMAXPROCS=4"));
+      await t.start();
+      await t.kill("SIGKILL");
+      assert.equal((await t.wait()).exitStatus, 137);
+      await t.delete();
+      await until("the shim gone", () => shimsOf(env.address).length === 0);
+      assert.equal(existsSync(sock), false, "the shim removed its socket on shutdown");
+
+      // a stale socket where the group's shim would listen: `start` replaces it
+      const staleDigest = createHash("sha256")
+        .update(join(env.address, NS, "stale"))
+        .digest("hex");
+      const stalePath = `/run/containerd/s/${staleDigest}`;
+      const stale = createServer();
+      await new Promise<void>((res) => stale.listen(stalePath, () => res()));
+      // closing a net.Server unlinks its path: keep a link to leave the file behind, as a killed
+      // shim does
+      const dupPath = `${stalePath}.keep`;
+      linkSync(stalePath, dupPath);
+      await new Promise<void>((res) => stale.close(() => res()));
+      renameSync(dupPath, stalePath);
+      assert.ok(statSync(stalePath).isSocket(), "a socket file nobody listens on");
+      const s = await createTask("stale", ["true"]);
+      assert.deepEqual(count(), { direct: 1, starts: 1 }, "a taken socket path goes to start");
+      await s.start();
+      await s.wait();
+      await s.delete();
+      await until("no shim left", () => shimsOf(env.address).length === 0);
+    });
   });
 
   it("create takes the spec as an Any too; a failed create leaves nothing", async () => {

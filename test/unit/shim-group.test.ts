@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { shimGroupOf } from "../../src/core/runtime/shim-group.js";
+import { canLaunchDirectly, shimSocketAddress } from "../../src/core/runtime/shim-launch.js";
+import { OptionsSchema } from "../../src/gen/containerd/runc/v1/oci_pb.js";
 
 const bytes = (v: unknown) => new TextEncoder().encode(typeof v === "string" ? v : JSON.stringify(v));
 
@@ -29,5 +32,42 @@ describe("shimGroupOf (which runc v2 shim a task joins)", () => {
   it("reads the bytes of a view into a larger buffer only", () => {
     const whole = bytes(`xxxx${JSON.stringify({ annotations: { "io.containerd.runc.v2.group": "g" } })}`);
     assert.equal(shimGroupOf(whole.subarray(4), "c1"), "g");
+  });
+});
+
+describe("canLaunchDirectly (berthd starts the runc v2 shim without its `start`)", () => {
+  const runcOptions = (o: Partial<{ shimCgroup: string; binaryName: string }>) => ({
+    typeUrl: "containerd.runc.v1.Options",
+    value: toBinary(OptionsSchema, create(OptionsSchema, o)),
+  });
+  const shim = "/usr/bin/containerd-shim-runc-v2";
+  it("the runc v2 shim, with or without runc options, is started directly", () => {
+    assert.equal(canLaunchDirectly(shim, "io.containerd.runc.v2", undefined), true);
+    assert.equal(canLaunchDirectly(shim, "io.containerd.runc.v2", runcOptions({ binaryName: "crun" })), true);
+  });
+  it("a shim cgroup in the options, which `start` moves the shim into, goes through `start`", () => {
+    const opts = runcOptions({ shimCgroup: "/shims" });
+    assert.equal(canLaunchDirectly(shim, "io.containerd.runc.v2", opts), false);
+    assert.equal(
+      canLaunchDirectly(shim, "io.containerd.runc.v2", { ...opts, typeUrl: `types.x/${opts.typeUrl}` }),
+      false,
+    );
+  });
+  it("another runtime or shim binary, or options that do not decode, go through `start`", () => {
+    assert.equal(
+      canLaunchDirectly("/usr/bin/containerd-shim-runsc-v1", "io.containerd.runsc.v1", undefined),
+      false,
+    );
+    assert.equal(canLaunchDirectly("/opt/my-shim", "io.containerd.runc.v2", undefined), false);
+    const bad = { typeUrl: "containerd.runc.v1.Options", value: Uint8Array.of(0xff, 0xff) };
+    assert.equal(canLaunchDirectly(shim, "io.containerd.runc.v2", bad), false);
+  });
+  it("the shim's socket is derived as the runc v2 shim derives it", () => {
+    const a = shimSocketAddress("/run/berth/berth.sock", "k8s.io", "pod1");
+    assert.match(a, /^unix:\/\/\/run\/containerd\/s\/[0-9a-f]{64}$/);
+    assert.notEqual(a, shimSocketAddress("/run/berth/berth.sock", "k8s.io", "pod2"));
+    assert.notEqual(a, shimSocketAddress("/run/berth/berth.sock", "default", "pod1"));
+    // Go's filepath.Join cleans the path, as path.join does
+    assert.equal(a, shimSocketAddress("/run/berth//berth.sock", "k8s.io", "pod1"));
   });
 });

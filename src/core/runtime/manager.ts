@@ -320,11 +320,13 @@ export class TaskManager {
     let bundle: Bundle | undefined;
     let shim: ShimConnection | undefined;
     let connected: Promise<void> | undefined;
+    let launchedPid: number | undefined;
     try {
       const bytes = specBytes(opts.spec);
       bundle = await newBundle(this.stateDir, this.rootDir, ns, id, bytes);
       const topts = opts.taskOptions ?? opts.runtimeOptions;
-      const group = runtime === GROUPING_RUNTIME ? groupKey(ns, shimGroupOf(bytes, id)) : undefined;
+      const groupName = shimGroupOf(bytes, id);
+      const group = runtime === GROUPING_RUNTIME ? groupKey(ns, groupName) : undefined;
       const running = group === undefined ? undefined : this.runningShimOf(group);
       if (running) {
         // The group's shim runs and berthd is connected to it: its `start` would only answer that
@@ -335,7 +337,9 @@ export class TaskManager {
         shim = running;
         shim.tasks.add(k);
       } else {
-        const started = await startShim(this.env, bundle, runtime, topts);
+        const started = await startShim(this.env, bundle, runtime, topts, groupName);
+        if (started.pid !== undefined) this.shimPids.add(started.pid);
+        launchedPid = started.pid;
         try {
           shim = await this.shimAt(started.address);
         } catch (err) {
@@ -392,7 +396,7 @@ export class TaskManager {
           this.deleting.delete(k);
         }
       }
-      if (bundle && !shim) this.killUnreachableShim(bundle);
+      if (bundle && !shim) this.killUnreachableShim(bundle, launchedPid);
       if (bundle) {
         const b = bundle;
         await deleteDeadShim(this.env, b, runtime, this.timeouts.cleanup).catch(() => {});
@@ -461,15 +465,18 @@ export class TaskManager {
   }
 
   /**
-   * A shim that `start` spawned for this bundle (its `shim.pid`; a shim of a group that was already
-   * running writes none here) but that berthd could not connect to: no Shutdown can reach it.
+   * A shim started for this bundle (by berthd, or by `start`: its `shim.pid`; a shim of a group
+   * that was already running writes none here) but that berthd could not connect to: no Shutdown
+   * can reach it.
    */
-  private killUnreachableShim(bundle: Bundle): void {
-    let pid = 0;
-    try {
-      pid = Number(readFileSync(join(bundle.path, "shim.pid"), "utf8").trim()) || 0;
-    } catch {
-      return; // no shim was spawned for this bundle
+  private killUnreachableShim(bundle: Bundle, launchedPid?: number): void {
+    let pid = launchedPid ?? 0;
+    if (pid === 0) {
+      try {
+        pid = Number(readFileSync(join(bundle.path, "shim.pid"), "utf8").trim()) || 0;
+      } catch {
+        return; // no shim was spawned for this bundle
+      }
     }
     killStrayShim(this.log, pid, "shim started but unreachable", {
       id: bundle.id,

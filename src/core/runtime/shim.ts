@@ -8,7 +8,7 @@
 // blocks; what it logs goes to berthd's log. A shim may serve several tasks (a group, see
 // ShimConnection). `delete` (same flags plus -bundle) cleans up after a
 // shim that died, printing a task.v2 DeleteResponse.
-import { closeSync, existsSync, constants as fsc, openSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, constants as fsc, openSync, readFileSync, writeFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { Socket } from "node:net";
 import { delimiter, isAbsolute, join } from "node:path";
@@ -25,6 +25,7 @@ import { mknod, S_IFIFO } from "../../sys/mknod.js";
 import { runCollect } from "../../sys/spawn.js";
 import { TtrpcClient, type TtrpcServiceClient } from "../../ttrpc/index.js";
 import type { Bundle } from "./bundle.js";
+import { canLaunchDirectly, launchShim } from "./shim-launch.js";
 
 export interface ShimEnv {
   /** berthd's gRPC socket (the shim's -address). */
@@ -211,31 +212,41 @@ export class ShimConnection {
 }
 
 /**
- * Run the shim's `start` for a bundle: resolves with the shim's ttrpc address (a new shim's, or the
- * running shim of the bundle's group) and the bundle's log FIFO, opened here (the caller keeps it
- * with the shim's connection, or destroys it when the shim was already running).
+ * Start a bundle's shim: resolves with its ttrpc address (a new shim's, or the running shim of the
+ * bundle's group) and the bundle's log FIFO, opened here (the caller keeps it with the shim's
+ * connection, or destroys it when the shim was already running). The runc v2 shim is started
+ * directly when shim-launch.ts covers the case (then `pid` is the new shim's, for the caller to
+ * reap); otherwise its `start` runs. `group` is the task's shim group (shimGroupOf).
  */
 export async function startShim(
   env: ShimEnv,
   bundle: Bundle,
   runtime: string,
   opts: { typeUrl: string; value: Uint8Array } | undefined,
-): Promise<{ address: string; logPipe: Socket | undefined }> {
+  group: string,
+): Promise<{ address: string; logPipe: Socket | undefined; pid?: number }> {
   const binary = findShimBinary(runtime);
-  const args = [
-    "-namespace",
-    bundle.namespace,
-    "-address",
-    env.address,
-    "-publish-binary",
-    env.publishBinary,
-    "-id",
-    bundle.id,
-  ];
-  if (env.debug) args.push("-debug");
-  args.push("start");
   const logPipe = openShimLog(bundle, env.log);
   try {
+    if (canLaunchDirectly(binary, runtime, opts)) {
+      const launched = await launchShim(env, bundle, binary, group);
+      if (launched) {
+        writeFileSync(join(bundle.path, "shim-binary-path"), binary, { mode: 0o600 });
+        return { address: launched.address, logPipe, pid: launched.pid };
+      }
+    }
+    const args = [
+      "-namespace",
+      bundle.namespace,
+      "-address",
+      env.address,
+      "-publish-binary",
+      env.publishBinary,
+      "-id",
+      bundle.id,
+    ];
+    if (env.debug) args.push("-debug");
+    args.push("start");
     const r = await run(env, binary, args, bundle.path, anyBytes(opts));
     if (r.code !== 0) {
       const text = Buffer.concat([r.stdout, r.stderr]).toString("utf8").trim();
