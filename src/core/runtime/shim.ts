@@ -211,6 +211,20 @@ export class ShimConnection {
   }
 }
 
+/** The flags containerd gives a shim binary before its command (`start`, `delete`). */
+function shimFlags(env: ShimEnv, bundle: Bundle): string[] {
+  return [
+    "-namespace",
+    bundle.namespace,
+    "-address",
+    env.address,
+    "-publish-binary",
+    env.publishBinary,
+    "-id",
+    bundle.id,
+  ];
+}
+
 /**
  * Start a bundle's shim: resolves with its ttrpc address (a new shim's, or the running shim of the
  * bundle's group) and the bundle's log FIFO, opened here (the caller keeps it with the shim's
@@ -235,16 +249,7 @@ export async function startShim(
         return { address: launched.address, logPipe, pid: launched.pid };
       }
     }
-    const args = [
-      "-namespace",
-      bundle.namespace,
-      "-address",
-      env.address,
-      "-publish-binary",
-      env.publishBinary,
-      "-id",
-      bundle.id,
-    ];
+    const args = shimFlags(env, bundle);
     if (env.debug) args.push("-debug");
     args.push("start");
     const r = await run(env, binary, args, bundle.path, anyBytes(opts));
@@ -277,19 +282,7 @@ export async function deleteDeadShim(
   const recorded = join(bundle.path, "shim-binary-path");
   binary = existsSync(recorded) ? readFileSync(recorded, "utf8").trim() : findShimBinary(runtime);
   if (!existsSync(binary)) binary = findShimBinary(runtime);
-  const args = [
-    "-namespace",
-    bundle.namespace,
-    "-address",
-    env.address,
-    "-publish-binary",
-    env.publishBinary,
-    "-id",
-    bundle.id,
-    "-bundle",
-    bundle.path,
-    "delete",
-  ];
+  const args = [...shimFlags(env, bundle), "-bundle", bundle.path, "delete"];
   const r = await run(env, binary, args, bundle.path, undefined, timeoutMs);
   if (r.code !== 0) throw new Error(`${r.stderr.toString("utf8").trim()}: exit status ${r.code}`);
   const warn = r.stderr.toString("utf8").trim();
