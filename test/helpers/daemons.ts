@@ -2,7 +2,7 @@
 // Version/Version, and stop them again. Only processes started here are ever signalled (by PID);
 // an exit hook kills any that a test left running before the temp dirs are removed.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import type { Socket } from "node:net";
 import path from "node:path";
@@ -169,6 +169,16 @@ export function killShimsOf(address: string): number[] {
     order.push(pid);
   };
   for (const s of shims) visit(s.pid);
+  // a killed shim cannot remove its socket under /run/containerd/s: its bundle (its cwd) names it
+  const sockets: string[] = [];
+  for (const s of shims) {
+    try {
+      const address = readFileSync(`/proc/${s.pid}/cwd/address`, "utf8").trim();
+      if (address.startsWith("unix:///run/containerd/s/")) sockets.push(address.slice("unix://".length));
+    } catch {
+      // no bundle address (gone, or not a runc v2 shim)
+    }
+  }
   for (const pid of order) {
     try {
       process.kill(pid, "SIGKILL");
@@ -176,6 +186,7 @@ export function killShimsOf(address: string): number[] {
       // already gone
     }
   }
+  for (const path of sockets) rmSync(path, { force: true });
   return order;
 }
 

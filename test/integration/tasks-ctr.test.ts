@@ -273,6 +273,8 @@ describe("tasks: ctr run against berthd", () => {
     // while berthd is down: one task's process exits, another task's shim dies
     process.kill(Number(readFileSync(`${bundles}/t-dies/init.pid`, "utf8")), "SIGKILL");
     const shimDead = shimsOf(crashed.address).find((p) => p.argv.includes("t-shimdead"))!;
+    const deadSocket = readFileSync(`${bundles}/t-shimdead/address`, "utf8").trim().replace("unix://", "");
+    assert.ok(existsSync(deadSocket), "the shim's socket exists while it runs");
     process.kill(shimDead.pid, "SIGKILL");
     await sleep(300);
     // the restarted daemon has its own socket: it finds the shims through each bundle's address file
@@ -282,6 +284,7 @@ describe("tasks: ctr run against berthd", () => {
     assert.match(ls, /t-dies\s+\d+\s+STOPPED/);
     assert.doesNotMatch(ls, /t-shimdead/);
     assert.deepEqual(readdirSync(bundles).sort(), ["t-dies", "t-live"]);
+    assert.equal(existsSync(deadSocket), false, "the killed shim's socket was removed with its bundle");
     ok(await c(["tasks", "delete", "t-dies"]), "delete t-dies");
     ok(await c(["tasks", "kill", "-s", "SIGKILL", "t-live"]), "kill t-live");
     for (let i = 0; i < 100; i++) {

@@ -32,6 +32,7 @@ import {
   startShim,
 } from "./shim.js";
 import { GROUPING_RUNTIME, shimGroupOf } from "./shim-group.js";
+import { removeDeadShimSocket } from "./shim-launch.js";
 import type { CreateTaskOptions, ExitInfo, Task, TaskExitEvent } from "./task.js";
 
 export * from "./task.js";
@@ -563,6 +564,13 @@ export class TaskManager {
     } catch (err) {
       this.log.warn("failed to clean up after shim disconnected", { id, error: (err as Error).message });
     }
+    let address: string | undefined;
+    try {
+      address = shimAddressOf(bundle);
+    } catch {
+      // no address recorded: no shim was started for it
+    }
+    if (address) await removeDeadShimSocket(address);
     await deleteBundle(bundle).catch((e) => this.log.warn("cannot remove bundle", { error: String(e) }));
     this.reapShims();
     if (!publish) return;

@@ -15,7 +15,8 @@
 // SCHED_CORE set (core scheduling), or a socket path already taken (a group whose shim berthd is
 // not connected to, a stale socket: `start` knows whether to join or replace it).
 import { createHash } from "node:crypto";
-import { chmodSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { basename, join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
 import { OptionsSchema } from "../../gen/containerd/runc/v1/oci_pb.js";
@@ -132,4 +133,43 @@ export async function launchShim(
 function setShimOomScore(pid: number): void {
   const own = Number.parseInt(readFileSync("/proc/self/oom_score_adj", "utf8").trim(), 10) || 0;
   writeFileSync(`/proc/${pid}/oom_score_adj`, String(Math.min(own + 1, OOM_SCORE_ADJ_MAX)));
+}
+
+/**
+ * After a shim died without its shutdown (killed, OOM): remove its socket, which it would have
+ * removed itself, when nothing listens on it any more. containerd leaves these behind; here the
+ * next task of that id or group can then be started directly instead of through `start`. Only
+ * sockets under the runc v2 shim's directory are touched, and only the file that refused the
+ * connection (a shim started meanwhile on the same path makes a new file).
+ */
+export async function removeDeadShimSocket(address: string): Promise<boolean> {
+  if (!address.startsWith(`unix://${SHIM_SOCKET_DIR}/`)) return false;
+  const path = address.slice("unix://".length);
+  let ino: number;
+  try {
+    ino = lstatSync(path).ino;
+  } catch {
+    return false; // already gone
+  }
+  const refused = await new Promise<boolean>((resolve) => {
+    const sock = connect(path);
+    sock.setTimeout(1000);
+    sock.once("connect", () => {
+      sock.destroy();
+      resolve(false);
+    });
+    sock.once("timeout", () => {
+      sock.destroy();
+      resolve(false);
+    });
+    sock.once("error", (err: NodeJS.ErrnoException) => resolve(err.code === "ECONNREFUSED"));
+  });
+  if (!refused) return false;
+  try {
+    if (lstatSync(path).ino !== ino) return false;
+    unlinkSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }
