@@ -1,6 +1,7 @@
 // The one place berth calls into libc (koffi). Functions are bound lazily so that code paths
 // which never need a syscall never load the FFI.
 import { createRequire } from "node:module";
+import { constants } from "node:os";
 import { dirname, join } from "node:path";
 import type * as koffiTypes from "koffi";
 import type koffiModule from "koffi";
@@ -46,4 +47,9 @@ export function libc(name: string, signature: string): koffiTypes.KoffiFunction 
 /** errno of the last failed call on this thread, as a Node-style code name when known. */
 export function lastErrno(): number {
   return ffi().errno();
+}
+
+/** An errno's name as Node spells it (ENOENT, EADDRINUSE, …), or `errno N`. */
+export function errnoName(errno: number): string {
+  return Object.entries(constants.errno).find(([, n]) => n === errno)?.[0] ?? `errno ${errno}`;
 }

@@ -26,7 +26,7 @@ import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { Socket } from "node:net";
 import { constants } from "node:os";
 import type { Readable, Writable } from "node:stream";
-import { lastErrno, libc } from "./libc.js";
+import { errnoName, lastErrno, libc } from "./libc.js";
 
 const O_CLOEXEC = 0o2000000;
 const O_RDWR = 2;
@@ -127,7 +127,7 @@ let bound: ReturnType<typeof fns> | undefined;
 let sigsets: { all: Buffer; none: Buffer } | undefined;
 
 function spawnError(what: string, errno: number, file: string): Error {
-  const name = Object.entries(constants.errno).find(([, n]) => n === errno)?.[0] ?? `errno ${errno}`;
+  const name = errnoName(errno);
   const err = new Error(`spawn ${file}: ${what}: ${name}`) as NodeJS.ErrnoException;
   err.code = name;
   err.errno = -errno;

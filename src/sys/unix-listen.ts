@@ -2,8 +2,7 @@
 // starter made and passes as fd 3). Node's net.Server would keep the socket on berthd's event
 // loop and offers no fd to hand over; these are the few syscalls instead.
 import { unlinkSync } from "node:fs";
-import { constants } from "node:os";
-import { lastErrno, libc } from "./libc.js";
+import { errnoName, lastErrno, libc } from "./libc.js";
 
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
@@ -26,7 +25,7 @@ let bound: ReturnType<typeof fns> | undefined;
 
 function sysError(call: string, path: string): NodeJS.ErrnoException {
   const errno = lastErrno();
-  const name = Object.entries(constants.errno).find(([, n]) => n === errno)?.[0] ?? `errno ${errno}`;
+  const name = errnoName(errno);
   const err = new Error(`${call} ${path}: ${name}`) as NodeJS.ErrnoException;
   err.code = name;
   err.errno = -errno;
