@@ -243,6 +243,8 @@ export class H2Connection {
   /** GOAWAY sent: no new streams; the socket ends once the last stream closes. */
   private goingAway = false;
   private ended = false;
+  /** The socket is corked until the loop's check phase (see holdForTurn). */
+  private heldForTurn = false;
 
   constructor(
     private readonly socket: net.Socket,
@@ -589,9 +591,25 @@ export class H2Connection {
     s.sendWindow -= n;
     this.sendWindow -= n;
     s.localEnded = true;
+    this.holdForTurn();
     this.write(out);
     this.maybeClose(s);
     return true;
+  }
+
+  /**
+   * Answers written in one turn of the event loop leave together at its end (the check phase,
+   * right after the I/O callbacks), in one write, as grpc-go's writer flushes what is queued once
+   * it runs out of work: with calls in flight, the client reads several answers per read.
+   */
+  private holdForTurn(): void {
+    if (this.heldForTurn || this.ended) return;
+    this.heldForTurn = true;
+    this.socket.cork();
+    setImmediate(() => {
+      this.heldForTurn = false;
+      this.socket.uncork();
+    });
   }
 
   /** @internal Sends what the windows allow of a stream's queued data, then its trailers. */

@@ -125,6 +125,44 @@ describe("gRPC server and clients that send a socket path as :authority", () => 
     });
   }
 
+  it("answers to calls that arrive together leave in one write", async () => {
+    const c = await RawClient.connect(sock);
+    // count the server's socket writes (net.Socket's _write/_writev), not the client's
+    const proto = net.Socket.prototype as unknown as Record<
+      "_write" | "_writev",
+      (...a: unknown[]) => unknown
+    >;
+    const saved = { write: proto._write, writev: proto._writev };
+    let serverWrites = 0;
+    proto._write = function (this: unknown, ...a: unknown[]) {
+      if (this !== c.socket) serverWrites++;
+      return saved.write.apply(this, a);
+    };
+    proto._writev = function (this: unknown, ...a: unknown[]) {
+      if (this !== c.socket) serverWrites++;
+      return saved.writev.apply(this, a);
+    };
+    try {
+      c.write(Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.alloc(0))]));
+      await c.until(() => c.frames().some((f) => f.type === 4 && (f.flags & 1) === 1), "SETTINGS ACK");
+      c.write(frame(4, 1, 0, Buffer.alloc(0)));
+      await sleep(50);
+      const streams = [1, 3, 5, 7, 9, 11, 13, 15];
+      const header = Buffer.concat([PSEUDO, Buffer.from([0x41]), str("localhost"), REGULAR]);
+      serverWrites = 0;
+      c.write(
+        Buffer.concat(streams.flatMap((id) => [frame(1, 4, id, header), frame(0, 1, id, EMPTY_MESSAGE)])),
+      );
+      await c.until(() => streams.every((id) => c.ended(id)), "the eight answers");
+      for (const id of streams) assert.ok(c.data(id).includes(Buffer.from("v-authority")), `answer on ${id}`);
+      assert.equal(serverWrites, 1, "eight answers of one turn in one write");
+    } finally {
+      proto._write = saved.write;
+      proto._writev = saved.writev;
+      c.destroy();
+    }
+  });
+
   it("sends no more than the client's stream and connection windows allow, in frames of its size", async () => {
     const big = new H2GrpcServer();
     const bigSock = path.join(dir, "big.sock");
@@ -261,6 +299,10 @@ class RawClient {
 
   write(b: Buffer): void {
     this.c.write(b);
+  }
+
+  get socket(): net.Socket {
+    return this.c;
   }
 
   destroy(): void {
