@@ -462,6 +462,7 @@ describe("reliability: wedged and dying shims", () => {
         const { shim, initPid } = await runVictim(id);
         switch (kind) {
           case "stopped": {
+            const sock = shimSocket(id);
             process.kill(shim.pid, "SIGSTOP");
             orphans.push(initPid); // ours once its stopped shim is killed after the restart
             try {
@@ -474,6 +475,8 @@ describe("reliability: wedged and dying shims", () => {
               assert.doesNotMatch(ls, new RegExp(`^${id}\\s`, "m"), ls);
             } finally {
               process.kill(shim.pid, "SIGKILL");
+              // its socket outlives it (a killed shim cannot remove it)
+              rmSync(sock, { force: true });
             }
             break;
           }
