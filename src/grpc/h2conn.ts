@@ -642,11 +642,10 @@ export class H2Connection {
     }
     if (out.length > 0 && !this.ended) {
       if (out.length === 1) this.socket.write(out[0]!);
-      else {
-        this.socket.cork();
-        for (const b of out) this.socket.write(b);
-        this.socket.uncork();
-      }
+      else
+        this.batch(() => {
+          for (const b of out) this.socket.write(b);
+        });
     }
     if (done) {
       this.blocked.delete(s);

@@ -9,7 +9,6 @@
 // ShimConnection). `delete` (same flags plus -bundle) cleans up after a
 // shim that died, printing a task.v2 DeleteResponse.
 import { closeSync, existsSync, constants as fsc, openSync, readFileSync, writeFileSync } from "node:fs";
-import { writeFile } from "node:fs/promises";
 import { Socket } from "node:net";
 import { delimiter, isAbsolute, join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -242,28 +241,33 @@ export async function startShim(
   const binary = findShimBinary(runtime);
   const logPipe = openShimLog(bundle, env.log);
   try {
-    if (canLaunchDirectly(binary, runtime, opts)) {
-      const launched = await launchShim(env, bundle, binary, group);
-      if (launched) {
-        writeFileSync(join(bundle.path, "shim-binary-path"), binary, { mode: 0o600 });
-        return { address: launched.address, logPipe, pid: launched.pid };
-      }
-    }
-    const args = shimFlags(env, bundle);
-    if (env.debug) args.push("-debug");
-    args.push("start");
-    const r = await run(env, binary, args, bundle.path, anyBytes(opts));
-    if (r.code !== 0) {
-      const text = Buffer.concat([r.stdout, r.stderr]).toString("utf8").trim();
-      throw new Error(`${text}: exit status ${r.code}`);
-    }
-    const address = parseShimAddress(r.stdout.toString("utf8"));
-    await writeFile(join(bundle.path, "shim-binary-path"), binary, { mode: 0o600 });
-    return { address, logPipe };
+    const started =
+      (canLaunchDirectly(binary, runtime, opts) && (await launchShim(env, bundle, binary, group))) ||
+      (await runStart(env, bundle, binary, opts));
+    writeFileSync(join(bundle.path, "shim-binary-path"), binary, { mode: 0o600 });
+    return { ...started, logPipe };
   } catch (err) {
     logPipe?.destroy();
     throw err;
   }
+}
+
+/** `<shim> … start`: the shim's address as it prints it. */
+async function runStart(
+  env: ShimEnv,
+  bundle: Bundle,
+  binary: string,
+  opts: { typeUrl: string; value: Uint8Array } | undefined,
+): Promise<{ address: string }> {
+  const args = shimFlags(env, bundle);
+  if (env.debug) args.push("-debug");
+  args.push("start");
+  const r = await run(env, binary, args, bundle.path, anyBytes(opts));
+  if (r.code !== 0) {
+    const text = Buffer.concat([r.stdout, r.stderr]).toString("utf8").trim();
+    throw new Error(`${text}: exit status ${r.code}`);
+  }
+  return { address: parseShimAddress(r.stdout.toString("utf8")) };
 }
 
 /** The address a bundle's shim wrote at `start` (the bundle's `address` file). */
