@@ -45,6 +45,17 @@ describe("gc why agrees with the collector", () => {
     content.run("ns", d("j"), now, now, "{}");
     // the same digest in another namespace is another record, held by nothing
     content.run("other", d("c"), now, now, "{}");
+    // k (labelled, leased) → l: both stay; m (labelled, held by nothing) → n: both go; o, held
+    // by the expired lease, → p: both go; q is held by the expired and the live lease; r in
+    // another namespace is held by that namespace's lease
+    content.run("ns", d("k"), now, now, J({ "containerd.io/gc.ref.content.l.0": d("l") }));
+    content.run("ns", d("l"), now, now, "{}");
+    content.run("ns", d("m"), now, now, J({ "containerd.io/gc.ref.content.l.0": d("n") }));
+    content.run("ns", d("n"), now, now, "{}");
+    content.run("ns", d("o"), now, now, J({ "containerd.io/gc.ref.content.l.0": d("p") }));
+    content.run("ns", d("p"), now, now, "{}");
+    content.run("ns", d("q"), now, now, "{}");
+    content.run("other", d("r"), now, now, "{}");
     sql
       .prepare(
         `INSERT INTO images (namespace, name, target_media_type, target_digest, target_size, created_at, updated_at)
@@ -61,6 +72,16 @@ describe("gc why agrees with the collector", () => {
     res.run("ns", "live", "content", d("g"));
     res.run("ns", "old", "content", d("h"));
     res.run("ns", "live", "snapshots/overlayfs", "leased-snap");
+    res.run("ns", "live", "content", d("k"));
+    res.run("ns", "old", "content", d("o"));
+    res.run("ns", "old", "content", d("q"));
+    res.run("ns", "live", "content", d("q"));
+    sql
+      .prepare("INSERT INTO leases (namespace, id, created_at, labels) VALUES (?, ?, ?, ?)")
+      .run("other", "live", now, "{}");
+    res.run("other", "live", "content", d("r"));
+    // a resource naming a blob that has no record
+    res.run("ns", "live", "content", d("z"));
     const snap = sql.prepare(
       `INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at)
        VALUES ('ns', 'overlayfs', ?, ?, ?, ?, ?, ?, ?)`,
@@ -146,6 +167,12 @@ describe("gc why agrees with the collector", () => {
         explain(md.db, { namespace: r.namespace, object: r.name, type: "snapshot" }).collectable,
       );
     assert.ok([...verdict.values()].includes(true) && [...verdict.values()].includes(false));
+    const expect = (c: string, ns: string, collectable: boolean) =>
+      assert.equal(verdict.get(`c ${ns} ${d(c)}`), collectable, `${ns} ${c}`);
+    for (const c of ["a", "b", "c", "e", "f", "g", "j", "k", "l", "q"]) expect(c, "ns", false);
+    for (const c of ["h", "i", "m", "n", "o", "p"]) expect(c, "ns", true);
+    expect("c", "other", true);
+    expect("r", "other", false);
     await new MetadataCollector(md.db).collect();
     const left = new Set([
       ...contentRows().map((r) => `c ${r.namespace} ${r.name}`),

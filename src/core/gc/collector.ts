@@ -122,11 +122,18 @@ export class RefGraph {
   readonly content: { node: string; namespace: string; digest: string }[] = [];
   /** The snapshot records read, with their nodes. */
   readonly snapshots: { node: string; namespace: string; snapshotter: string; key: string }[] = [];
-  private readonly expiredLeaseNodes = new Set<string>();
   /** For a collection: the resources of live leases, marked as roots. */
   private readonly leasedRoots: string[] = [];
 
-  /** `explain`: keep every record's labels (`gc why`); a collection only needs the edges. */
+  /**
+   * `explain`: keep every record's labels and every edge (`gc why`). A collection (`explain`
+   * false) needs only what decides a record's fate, and must run after the expired leases and
+   * their resources were deleted (`deleteExpiredLeases`, same transaction): it then takes every
+   * lease resource as held. A blob without labels references nothing, so when a lease holds it,
+   * it is live and its row is never read: SQLite hands over only the labelled blobs and the
+   * unlabelled ones no lease holds, which on a node full of leased blobs is a small part of
+   * the table.
+   */
   constructor(db: MetadataDB, now: number, explain = true) {
     const keep = (node: string, labels: Labels) => {
       if (explain) this.labels.set(node, labels);
@@ -143,48 +150,10 @@ export class RefGraph {
       this.out.set(node, []);
       if (expired(labels, now)) {
         this.expiredLeases.push({ namespace: l.namespace, id: l.id, labels });
-        this.expiredLeaseNodes.add(node);
       } else this.roots.push({ node, reason: "lease" });
     }
-    // A lease is a root (nothing references one): for a collection, the resources of a live
-    // lease are roots themselves, without an edge object each; `gc why` wants the edges.
-    const resources = db.stmt("SELECT namespace, lease, type, id FROM lease_resources").raw(true).all() as [
-      string,
-      string,
-      string,
-      string,
-    ][];
-    for (const [ns, lease, type, id] of resources) {
-      const leaseKey = leaseNode(ns, lease);
-      const edges = this.out.get(leaseKey);
-      if (!edges) continue;
-      let to: string;
-      if (type === "content") to = contentNode(ns, id);
-      else if (type.startsWith("snapshots/")) to = snapshotNode(ns, type.slice("snapshots/".length), id);
-      else continue;
-      if (explain) edges.push({ to, via: "resource" });
-      else if (!this.expiredLeaseNodes.has(leaseKey)) this.leasedRoots.push(to);
-    }
-
-    const content = db.stmt("SELECT namespace, digest, labels FROM content").raw(true).all() as [
-      string,
-      string,
-      string,
-    ][];
-    for (const [ns, digest, rawLabels] of content) {
-      const node = contentNode(ns, digest);
-      // most blobs carry no labels: no parse, and one shared empty edge list
-      if (rawLabels === "{}") {
-        keep(node, NO_LABELS);
-        this.out.set(node, NO_EDGES);
-      } else {
-        const labels = decodeLabels(rawLabels);
-        keep(node, labels);
-        this.out.set(node, labelEdges(ns, labels));
-        if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
-      }
-      this.content.push({ node, namespace: ns, digest });
-    }
+    if (explain) this.readAllContent(db);
+    else this.readContentForCollection(db);
     if (tableExists(db, "snapshots")) {
       const rows = db.stmt("SELECT namespace, snapshotter, key, parent, labels FROM snapshots").all() as {
         namespace: string;
@@ -245,6 +214,90 @@ export class RefGraph {
     }
   }
 
+  /** Every lease resource as an edge from its lease, and every blob with its labels (`gc why`). */
+  private readAllContent(db: MetadataDB): void {
+    const resources = db.stmt("SELECT namespace, lease, type, id FROM lease_resources").raw(true).all() as [
+      string,
+      string,
+      string,
+      string,
+    ][];
+    for (const [ns, lease, type, id] of resources) {
+      const edges = this.out.get(leaseNode(ns, lease));
+      if (!edges) continue;
+      let to: string;
+      if (type === "content") to = contentNode(ns, id);
+      else if (type.startsWith("snapshots/")) to = snapshotNode(ns, type.slice("snapshots/".length), id);
+      else continue;
+      edges.push({ to, via: "resource" });
+    }
+    const content = db.stmt("SELECT namespace, digest, labels FROM content").raw(true).all() as [
+      string,
+      string,
+      string,
+    ][];
+    for (const [ns, digest, rawLabels] of content) {
+      const node = contentNode(ns, digest);
+      // most blobs carry no labels: no parse, and one shared empty edge list
+      if (rawLabels === "{}") {
+        this.labels.set(node, NO_LABELS);
+        this.out.set(node, NO_EDGES);
+      } else {
+        const labels = decodeLabels(rawLabels);
+        this.labels.set(node, labels);
+        this.out.set(node, labelEdges(ns, labels));
+        if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
+      }
+      this.content.push({ node, namespace: ns, digest });
+    }
+  }
+
+  /**
+   * For a collection (every lease in the DB live): leased snapshots and leased labelled blobs
+   * are roots; labelled blobs carry their edges; unlabelled blobs no lease holds are listed for
+   * the sweep, to stay only if a label or an image reaches them. Leased unlabelled blobs are
+   * neither read nor swept.
+   */
+  private readContentForCollection(db: MetadataDB): void {
+    if (this.expiredLeases.length > 0)
+      throw new Error("internal: a collection's graph was read before its expired leases were deleted");
+    const snapshots = db
+      .stmt("SELECT namespace, type, id FROM lease_resources WHERE type != 'content'")
+      .raw(true)
+      .all() as [string, string, string][];
+    for (const [ns, type, id] of snapshots)
+      if (type.startsWith("snapshots/"))
+        this.leasedRoots.push(snapshotNode(ns, type.slice("snapshots/".length), id));
+    const labelled = db
+      .stmt(
+        `SELECT namespace, digest, labels, EXISTS (SELECT 1 FROM lease_resources r
+           WHERE r.namespace = content.namespace AND r.type = 'content' AND r.id = content.digest)
+         FROM content WHERE labels != '{}'`,
+      )
+      .raw(true)
+      .all() as [string, string, string, number][];
+    for (const [ns, digest, rawLabels, leased] of labelled) {
+      const node = contentNode(ns, digest);
+      const labels = decodeLabels(rawLabels);
+      this.out.set(node, labelEdges(ns, labels));
+      if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
+      if (leased) this.leasedRoots.push(node);
+      this.content.push({ node, namespace: ns, digest });
+    }
+    const unheld = db
+      .stmt(
+        `SELECT namespace, digest FROM content WHERE labels = '{}' AND NOT EXISTS (SELECT 1 FROM lease_resources r
+           WHERE r.namespace = content.namespace AND r.type = 'content' AND r.id = content.digest)`,
+      )
+      .raw(true)
+      .all() as [string, string][];
+    for (const [ns, digest] of unheld) {
+      const node = contentNode(ns, digest);
+      this.out.set(node, NO_EDGES);
+      this.content.push({ node, namespace: ns, digest });
+    }
+  }
+
   /** The references a node makes (none when it has no record). */
   edges(node: string): RefEdge[] {
     return this.out.get(node) ?? [];
@@ -277,6 +330,23 @@ export class RefGraph {
   }
 }
 
+/** Delete the leases whose gc.expire has passed, with their resources; how many went. */
+function deleteExpiredLeases(db: MetadataDB, now: number): number {
+  let n = 0;
+  const leases = db.stmt("SELECT namespace, id, labels FROM leases WHERE labels != '{}'").raw(true).all() as [
+    string,
+    string,
+    string,
+  ][];
+  for (const [ns, id, labels] of leases) {
+    if (!expired(decodeLabels(labels), now)) continue;
+    db.stmt("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?").run(ns, id);
+    db.stmt("DELETE FROM leases WHERE namespace = ? AND id = ?").run(ns, id);
+    n++;
+  }
+  return n;
+}
+
 export class MetadataCollector {
   private sweepers: BackendSweeper[] = [];
 
@@ -303,13 +373,9 @@ export class MetadataCollector {
       removed = 0;
       dirty.clear();
       const now = Date.now();
+      removed += deleteExpiredLeases(this.db, now);
       const graph = new RefGraph(this.db, now, false);
       const live = graph.mark();
-      for (const l of graph.expiredLeases) {
-        this.db.stmt("DELETE FROM lease_resources WHERE namespace = ? AND lease = ?").run(l.namespace, l.id);
-        this.db.stmt("DELETE FROM leases WHERE namespace = ? AND id = ?").run(l.namespace, l.id);
-        removed++;
-      }
       // the records the graph read, in the same transaction: no second pass over the tables
       const delContent = this.db.stmt("DELETE FROM content WHERE namespace = ? AND digest = ?");
       for (const c of graph.content)

@@ -119,6 +119,9 @@ const MIGRATIONS: string[] = [
    BEGIN
      DELETE FROM container_buckets WHERE namespace = OLD.name;
    END;`,
+  // 5: lease resources by what they hold, so a collection asks SQLite which blobs no lease
+  // holds instead of reading every lease resource and every blob into the daemon's heap.
+  `CREATE INDEX lease_resources_by_resource ON lease_resources (namespace, type, id);`,
 ];
 
 /**
