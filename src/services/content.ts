@@ -139,10 +139,18 @@ export function contentService(store: MetadataContentStore): ServiceImpl<typeof 
 
     async *list(req, ctx) {
       const ns = ctx.namespace();
-      const infos = store.list(ns, req.filters);
-      for (let i = 0; i < infos.length; i += LIST_BATCH) {
-        yield contentInfosResponse(infos.slice(i, i + LIST_BATCH));
-      }
+      // every batch is encoded before the first is sent: the rows are read in one go
+      const batches: ReturnType<typeof contentInfosResponse>[] = [];
+      let batch: Info[] = [];
+      store.each(ns, req.filters, (info) => {
+        batch.push(info);
+        if (batch.length === LIST_BATCH) {
+          batches.push(contentInfosResponse(batch));
+          batch = [];
+        }
+      });
+      if (batch.length > 0) batches.push(contentInfosResponse(batch));
+      yield* batches;
     },
 
     delete(req, ctx) {

@@ -282,9 +282,19 @@ export class MetadataContentStore {
   }
 
   list(ns: string, filters: string[] = []): Info[] {
-    const filter = parseFilters(filters);
     const out: Info[] = [];
-    for (const r of this.stmts.listContent.all(ns) as ContentRow[]) {
+    this.each(ns, filters, (info) => out.push(info));
+    return out;
+  }
+
+  /**
+   * Hand each of the namespace's blobs that match the filters to `fn`, in digest order, before
+   * returning (no statement stays open across a turn of the event loop). Rows are read one at a
+   * time: a node with 50,000 blobs made one array of them all, which cost twice the read.
+   */
+  each(ns: string, filters: string[], fn: (info: Info) => void): void {
+    const filter = parseFilters(filters);
+    for (const r of this.stmts.listContent.iterate(ns) as IterableIterator<ContentRow>) {
       const info = toInfo(r);
       const matched = filter.match((fp) => {
         if (fp.length === 0) return undefined;
@@ -295,9 +305,8 @@ export class MetadataContentStore {
         }
         return undefined; // containerd does not filter on size
       });
-      if (matched) out.push(info);
+      if (matched) fn(info);
     }
-    return out;
   }
 
   /** Remove the blob from the namespace; the file stays for the garbage collector. */
