@@ -192,6 +192,14 @@ export class H2Stream {
     return false;
   }
 
+  /**
+   * What this stream writes until the end of the loop's turn leaves in one write with the rest
+   * of the connection's (a list streamed from memory: its messages, not a write each).
+   */
+  holdForTurn(): void {
+    if (!this.closed) this.conn.holdForTurn();
+  }
+
   /** Ends the answer with trailers, after whatever data is still queued. */
   end(trailers: Buffer): void {
     if (this.closed || this.localEnded) return;
@@ -600,9 +608,11 @@ export class H2Connection {
   /**
    * Answers written in one turn of the event loop leave together at its end (the check phase,
    * right after the I/O callbacks), in one write, as grpc-go's writer flushes what is queued once
-   * it runs out of work: with calls in flight, the client reads several answers per read.
+   * it runs out of work: with calls in flight, the client reads several answers per read; a
+   * streamed list's messages leave together too.
+   * @internal
    */
-  private holdForTurn(): void {
+  holdForTurn(): void {
     if (this.heldForTurn || this.ended) return;
     this.heldForTurn = true;
     this.socket.cork();

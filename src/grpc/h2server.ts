@@ -355,6 +355,7 @@ class ServerCall implements StreamHandler {
       if (this.finished) return; // cancelled or past the deadline: leaving the loop ends the handler
       const frame = this.encode(res);
       if (this.m.counters) this.m.counters.msgSent++;
+      stream.holdForTurn();
       if (!this.headersSent) {
         this.headersSent = true;
         stream.sendHeaders(RESPONSE_HEADERS);

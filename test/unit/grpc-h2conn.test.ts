@@ -7,6 +7,7 @@ import net from "node:net";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { Containers } from "../../src/gen/containerd/services/containers/v1/containers_pb.js";
 import { Version } from "../../src/gen/containerd/services/version/v1/version_pb.js";
 import { H2GrpcServer } from "../../src/grpc/h2server.js";
 import { encodeHeaderBlock, HpackDecoder, HpackError, HUFFMAN, huffmanDecode } from "../../src/grpc/hpack.js";
@@ -163,6 +164,42 @@ describe("gRPC server and clients that send a socket path as :authority", () => 
     }
   });
 
+  it("a stream's messages written in one turn leave in one write", async () => {
+    const streaming = new H2GrpcServer();
+    const streamSock = path.join(dir, "stream.sock");
+    streaming.addService(Containers, {
+      async *listStream() {
+        for (let i = 0; i < 40; i++) yield { container: { id: `c${i}`, runtime: { name: "r" } } };
+      },
+    } as unknown as ServiceImpl<typeof Containers>);
+    await streaming.listen(streamSock);
+    const c = await RawClient.connect(streamSock);
+    const counter = countServerWrites(c.socket);
+    try {
+      c.write(Buffer.concat([PREFACE, frame(4, 0, 0, Buffer.alloc(0))]));
+      await c.until(() => c.frames().some((f) => f.type === 4 && (f.flags & 1) === 1), "SETTINGS ACK");
+      c.write(frame(4, 1, 0, Buffer.alloc(0)));
+      await sleep(50);
+      const header = Buffer.concat([
+        Buffer.from([0x83, 0x86]),
+        lit(":path", "/containerd.services.containers.v1.Containers/ListStream"),
+        Buffer.from([0x41]),
+        str("localhost"),
+        REGULAR,
+      ]);
+      counter.n = 0;
+      c.write(Buffer.concat([frame(1, 4, 1, header), frame(0, 1, 1, EMPTY_MESSAGE)]));
+      await c.until(() => c.ended(1), "the stream's end");
+      for (const id of ["c0", "c39"]) assert.ok(c.data(1).includes(Buffer.from(id)), id);
+      // the headers and 40 messages in one write; the trailers follow the generator's end
+      assert.ok(counter.n <= 2, `${counter.n} server writes for 40 messages`);
+    } finally {
+      counter.restore();
+      c.destroy();
+      streaming.forceShutdown();
+    }
+  });
+
   it("sends no more than the client's stream and connection windows allow, in frames of its size", async () => {
     const big = new H2GrpcServer();
     const bigSock = path.join(dir, "big.sock");
@@ -276,6 +313,28 @@ function u32(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(n, 0);
   return b;
+}
+
+/** Counts the socket writes (net.Socket's _write/_writev) of every socket but the client's. */
+function countServerWrites(client: net.Socket): { n: number; restore(): void } {
+  const proto = net.Socket.prototype as unknown as Record<"_write" | "_writev", (...a: unknown[]) => unknown>;
+  const saved = { write: proto._write, writev: proto._writev };
+  const counter = {
+    n: 0,
+    restore() {
+      proto._write = saved.write;
+      proto._writev = saved.writev;
+    },
+  };
+  proto._write = function (this: unknown, ...a: unknown[]) {
+    if (this !== client) counter.n++;
+    return saved.write.apply(this, a);
+  };
+  proto._writev = function (this: unknown, ...a: unknown[]) {
+    if (this !== client) counter.n++;
+    return saved.writev.apply(this, a);
+  };
+  return counter;
 }
 
 /** A client that writes bytes and reads frames, with nothing of its own in between. */
