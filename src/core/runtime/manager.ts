@@ -43,6 +43,8 @@ export const DEFAULT_RUNTIME = "io.containerd.runc.v2";
 const key = (ns: string, id: string) => `${ns}/${id}`;
 /** A shim group: the runc v2 shim derives its socket from the namespace and the group's id. */
 const groupKey = (ns: string, group: string) => `${ns}/${group}`;
+/** Shims reconnected to at once when berthd starts (loadExisting). */
+const LOAD_CONCURRENCY = 8;
 
 /**
  * How long the manager waits on shims, in ms (0: no bound). The first three are containerd's
@@ -608,6 +610,8 @@ export class TaskManager {
     const gone: ShimTask[] = [];
     /** Each connection with a task that loaded on it, to shut down the ones left without tasks. */
     const seen = new Map<ShimConnection, { ns: string; id: string }>();
+    /** The bundles by the address of their shim: a shim's tasks load one after the other. */
+    const byShim = new Map<string, { ns: string; id: string }[]>();
     for (const ns of nss) {
       if (ns.startsWith(".")) continue;
       let ids: string[];
@@ -623,57 +627,87 @@ export class TaskManager {
           await deleteBundle({ ...bundle, id: id.slice(1), path: bundle.path }).catch(() => {});
           continue;
         }
-        let runtime = DEFAULT_RUNTIME;
+        let address: string;
         try {
-          runtime = readFileSync(join(bundle.path, "shim-binary-path"), "utf8").trim() || runtime;
+          address = shimAddressOf(bundle);
         } catch {
-          // no shim was started for this bundle
+          address = `\0${ns}\0${id}`; // no shim recorded: loads (and is cleaned up) on its own
         }
-        const exists = containerExists(ns, id);
-        if (!exists) this.log.info("container for bundle is gone; cleaning up", { id, namespace: ns });
-        let shim: ShimConnection | undefined;
-        let taskPid: number;
-        try {
-          shim = await this.shimAt(shimAddressOf(bundle));
-          seen.set(shim, { ns, id });
-          shim.addLog(openShimLog(bundle, this.env.log));
-          const c = await shim.connectTask(ns, id, this.timeouts.load || 5000);
-          taskPid = c.taskPid;
-          if (c.shimPid > 0) this.shimPids.add(c.shimPid);
-        } catch (err) {
-          // a shim that accepts but does not answer (stopped, wedged): drop the connection rather
-          // than ask it to shut down below, which would wait on it once more
-          if (shim && shim.tasks.size === 0 && !shim.closed) {
-            seen.delete(shim);
-            this.forget(shim);
-            shim.close();
-          }
-          if (exists)
-            this.log.info("shim gone while berthd was down", {
-              id,
-              namespace: ns,
-              error: (err as Error).message,
-            });
-          await this.cleanupAfterDeadShim(bundle, runtime, false);
-          continue;
-        }
-        if (taskPid === 0) {
-          // berthd died between starting the shim and creating its task (or between deleting the
-          // task and stopping the shim): no task to manage; the shim is stopped below unless other
-          // tasks use it, rather than keep a task that no call can see, delete or let its container go
-          this.log.info("shim holds no task; stopping it", { id, namespace: ns, pid: shim.shimPid });
-          await this.cleanupAfterDeadShim(bundle, runtime, false);
-          continue;
-        }
-        const task = new ShimTask(shim, bundle, runtime, taskPid, (t) => this.remove(t));
-        this.tasks.set(key(ns, id), task);
-        shim.tasks.add(key(ns, id));
-        if (exists) this.log.info("reconnected to shim", { id, namespace: ns, pid: shim.shimPid });
-        else gone.push(task);
+        const list = byShim.get(address);
+        if (list) list.push({ ns, id });
+        else byShim.set(address, [{ ns, id }]);
       }
     }
+    // Different shims load at once: each task costs a connection and a Connect call, a round
+    // trip to another process, and a node with hundreds of tasks waited for them one by one.
+    // The tasks of one shim (a pod's) load in order, as a failure on one may close its
+    // connection, which the next then opens afresh.
+    const queues = [...byShim.values()];
+    const worker = async () => {
+      for (let q = queues.shift(); q !== undefined; q = queues.shift())
+        for (const { ns, id } of q) await this.loadOne(ns, id, containerExists, seen, gone);
+    };
+    await Promise.all(Array.from({ length: Math.min(LOAD_CONCURRENCY, queues.length) }, worker));
     for (const t of gone) await this.remove(t).catch(() => {});
     for (const [s, t] of seen) if (s.tasks.size === 0 && !s.closed) await this.shutdown(s, t.ns, t.id);
+  }
+
+  /** Reconnect to one bundle's task after a restart, or clean up after its shim. */
+  private async loadOne(
+    ns: string,
+    id: string,
+    containerExists: (ns: string, id: string) => boolean,
+    seen: Map<ShimConnection, { ns: string; id: string }>,
+    gone: ShimTask[],
+  ): Promise<void> {
+    const bundle = bundlePaths(this.stateDir, this.rootDir, ns, id);
+    let runtime = DEFAULT_RUNTIME;
+    try {
+      runtime = readFileSync(join(bundle.path, "shim-binary-path"), "utf8").trim() || runtime;
+    } catch {
+      // no shim was started for this bundle
+    }
+    const exists = containerExists(ns, id);
+    if (!exists) this.log.info("container for bundle is gone; cleaning up", { id, namespace: ns });
+    let shim: ShimConnection | undefined;
+    let taskPid: number;
+    try {
+      shim = await this.shimAt(shimAddressOf(bundle));
+      seen.set(shim, { ns, id });
+      shim.addLog(openShimLog(bundle, this.env.log));
+      const c = await shim.connectTask(ns, id, this.timeouts.load || 5000);
+      taskPid = c.taskPid;
+      if (c.shimPid > 0) this.shimPids.add(c.shimPid);
+    } catch (err) {
+      // a shim that accepts but does not answer (stopped, wedged): drop the connection rather
+      // than ask it to shut down below, which would wait on it once more
+      if (shim && shim.tasks.size === 0 && !shim.closed) {
+        seen.delete(shim);
+        this.forget(shim);
+        shim.close();
+      }
+      if (exists)
+        this.log.info("shim gone while berthd was down", {
+          id,
+          namespace: ns,
+          error: (err as Error).message,
+        });
+      await this.cleanupAfterDeadShim(bundle, runtime, false);
+      return;
+    }
+    if (taskPid === 0) {
+      // berthd died between starting the shim and creating its task (or between deleting the
+      // task and stopping the shim): no task to manage; the shim is stopped below unless other
+      // tasks use it, rather than keep a task that no call can see, delete or let its container go
+      this.log.info("shim holds no task; stopping it", { id, namespace: ns, pid: shim.shimPid });
+      await this.cleanupAfterDeadShim(bundle, runtime, false);
+      return;
+    }
+    const task = new ShimTask(shim, bundle, runtime, taskPid, (t) => this.remove(t));
+    this.tasks.set(key(ns, id), task);
+    shim.tasks.add(key(ns, id));
+    if (exists) this.log.info("reconnected to shim", { id, namespace: ns, pid: shim.shimPid });
+    else gone.push(task);
   }
 }
 
