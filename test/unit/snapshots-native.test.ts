@@ -174,6 +174,38 @@ describe("native snapshotter", () => {
     }
   });
 
+  it("kinds() answers every write made since it was last read (it keeps its map in between)", async () => {
+    const sn = new NativeSnapshotter(join(dir, "kinds"));
+    const seen = () => [...sn.kinds()].map(([k, v]) => [k, v.kind, { ...v.labels }]);
+    try {
+      assert.deepEqual(seen(), []);
+      await sn.prepare("a", "", { "containerd.io/snapshot/x": "1" });
+      assert.deepEqual(seen(), [["a", "active", { "containerd.io/snapshot/x": "1" }]]);
+      assert.equal(sn.kinds(), sn.kinds(), "no write in between: the same map");
+      await sn.commit("A", "a", {});
+      assert.deepEqual(seen(), [["A", "committed", {}]]);
+      await sn.view("v", "A", {});
+      assert.deepEqual(seen(), [
+        ["A", "committed", {}],
+        ["v", "view", {}],
+      ]);
+      await sn.update({ name: "A", labels: { l: "2" } }, ["labels.l"]);
+      assert.deepEqual(seen()[0], ["A", "committed", { l: "2" }]);
+      await sn.remove("v");
+      assert.deepEqual(seen(), [["A", "committed", { l: "2" }]]);
+      // a write that fails changes nothing, and the map still says so
+      await assert.rejects(sn.prepare("A", "", {}), kind("already exists"));
+      assert.deepEqual(seen(), [["A", "committed", { l: "2" }]]);
+      assert.deepEqual(
+        seen(),
+        (await sn.list()).map((i) => [i.name, i.kind, i.labels]),
+        "kinds() agrees with list()",
+      );
+    } finally {
+      await sn.close();
+    }
+  });
+
   it("measures usage like containerd: allocated blocks of distinct inodes", async () => {
     const root = join(dir, "du");
     mkdirSync(root);

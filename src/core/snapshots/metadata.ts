@@ -115,7 +115,10 @@ const isEmpty = (o: object): boolean => {
 };
 
 /** Backend info seen through a namespace: name, parent, times and labels are the namespace's. */
-function overlayInfo(backend: Pick<SnapshotInfo, "kind" | "labels">, local: SnapshotRecord): SnapshotInfo {
+function overlayInfo(
+  backend: { readonly kind: Kind; readonly labels: Readonly<Labels> },
+  local: SnapshotRecord,
+): SnapshotInfo {
   return {
     name: local.key,
     parent: local.parent,
@@ -600,7 +603,7 @@ export class NamespacedSnapshotter {
       number,
     ][];
     if (rows.length === 0) return [];
-    const backend: Map<string, { kind: Kind; labels: Labels }> =
+    const backend: ReadonlyMap<string, { readonly kind: Kind; readonly labels: Readonly<Labels> }> =
       this.backend.kinds?.() ?? new Map((await this.backend.list()).map((i) => [i.name, i]));
     const out: SnapshotInfo[] = [];
     for (const [key, backendKey, parent, kind, labels, createdAt, updatedAt] of rows) {

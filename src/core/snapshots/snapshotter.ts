@@ -54,7 +54,7 @@ export interface Snapshotter {
    * Every snapshot's kind and labels by name: all a namespaced list needs of the backend, read
    * without the rest of each record (optional; list() is used without it).
    */
-  kinds?(): Map<string, { kind: Kind; labels: Labels }>;
+  kinds?(): ReadonlyMap<string, { readonly kind: Kind; readonly labels: Readonly<Labels> }>;
   /** Remove on-disk leftovers of removed snapshots (containerd's Cleanup). */
   cleanup?(): Promise<void>;
   close(): Promise<void>;

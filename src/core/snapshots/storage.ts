@@ -93,6 +93,7 @@ export function updateLabels(name: string, current: Labels, labels: Labels, path
 export class MetaStore {
   readonly sql: Database.Database;
   private readonly stmts;
+  private writes = 0;
 
   constructor(private readonly path: string) {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
@@ -163,9 +164,19 @@ export class MetaStore {
       if (!r) throw errNotFound("snapshot does not exist");
       const labels = updateLabels(info.name, decodeLabels(r.labels), info.labels ?? {}, paths);
       const now = Date.now();
+      this.writes++;
       this.stmts.setLabels.run(encodeLabels(labels), now, r.id);
       return { id: String(r.id), info: { ...toInfo(r), labels, updated: new Date(now) } };
     });
+  }
+
+  /**
+   * How many writes to the snapshot records this store has made (a rolled-back one counts too):
+   * a reader can keep what it derived from the records while this is unchanged. berthd is the
+   * only process that opens this database.
+   */
+  get generation(): number {
+    return this.writes;
   }
 
   /** Every snapshot's kind and labels, by key. */
@@ -225,6 +236,7 @@ export class MetaStore {
       );
     const parentId = this.checkCreate(key, parent);
     const now = Date.now();
+    this.writes++;
     const r = this.stmts.insert.run(key, parentId, kind, encodeLabels(cleanLabels(labels)), now, now);
     const id = Number(r.lastInsertRowid);
     return { id: String(id), kind, parentIds: this.parentChain(parentId) };
@@ -238,6 +250,7 @@ export class MetaStore {
       if (!r) throw errNotFound(`failed to get active snapshot ${JSON.stringify(key)}`);
       if (r.kind !== "active") throw errFailedPrecondition(`snapshot ${JSON.stringify(key)} is not active`);
       const now = Date.now();
+      this.writes++;
       this.stmts.commit.run(
         name,
         encodeLabels(cleanLabels(labels)),
@@ -256,6 +269,7 @@ export class MetaStore {
     const r = this.row(key);
     if (!r) throw errNotFound(`snapshot ${key}`);
     if (this.stmts.hasChild.get(r.id)) throw errFailedPrecondition("cannot remove snapshot with child");
+    this.writes++;
     this.stmts.remove.run(r.id);
     return { id: String(r.id), kind: r.kind };
   }
