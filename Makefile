@@ -53,10 +53,12 @@ test-integration: deps build
 test: deps build lint typecheck
 	node --test --test-concurrency=1 dist/test/unit/*.test.js dist/test/integration/*.test.js $$(ls dist/test/reliability/*.test.js 2>/dev/null)
 
-# Side-by-side with the real containerd; prints berthd/containerd ratios. Not part of `make test`.
+# Side-by-side with the real containerd; prints berthd/containerd ratios. Pulls run with the daemons'
+# roots on disk and again on tmpfs (this disk's speed swings several-fold). Not part of `make test`.
 bench: deps build
 	node dist/bench/core.js
 	node dist/bench/apply.js
+	node dist/bench/pull.js 3
 	node dist/bench/pull.js 3 --tmpfs
 	node dist/bench/lifecycle.js
 	node dist/bench/cri.js
