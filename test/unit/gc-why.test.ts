@@ -56,6 +56,8 @@ describe("gc why agrees with the collector", () => {
     content.run("ns", d("p"), now, now, "{}");
     content.run("ns", d("q"), now, now, "{}");
     content.run("other", d("r"), now, now, "{}");
+    // s: only a container's label holds it
+    content.run("ns", d("s"), now, now, "{}");
     sql
       .prepare(
         `INSERT INTO images (namespace, name, target_media_type, target_digest, target_size, created_at, updated_at)
@@ -105,6 +107,12 @@ describe("gc why agrees with the collector", () => {
          VALUES ('ns', 'c1', 'io.containerd.runc.v2', 'overlayfs', 'ctr-rw', ?, ?)`,
       )
       .run(now, now);
+    sql
+      .prepare(
+        `INSERT INTO containers (namespace, id, runtime_name, snapshotter, snapshot_key, labels, created_at, updated_at)
+         VALUES ('ns', 'c2', 'io.containerd.runc.v2', '', '', ?, ?, ?)`,
+      )
+      .run(J({ "containerd.io/gc.ref.content.x": d("s") }), now, now);
   });
   after(() => {
     md.close();
@@ -169,7 +177,7 @@ describe("gc why agrees with the collector", () => {
     assert.ok([...verdict.values()].includes(true) && [...verdict.values()].includes(false));
     const expect = (c: string, ns: string, collectable: boolean) =>
       assert.equal(verdict.get(`c ${ns} ${d(c)}`), collectable, `${ns} ${c}`);
-    for (const c of ["a", "b", "c", "e", "f", "g", "j", "k", "l", "q"]) expect(c, "ns", false);
+    for (const c of ["a", "b", "c", "e", "f", "g", "j", "k", "l", "q", "s"]) expect(c, "ns", false);
     for (const c of ["h", "i", "m", "n", "o", "p"]) expect(c, "ns", true);
     expect("c", "other", true);
     expect("r", "other", false);

@@ -155,23 +155,29 @@ export class RefGraph {
     if (explain) this.readAllContent(db);
     else this.readContentForCollection(db);
     if (tableExists(db, "snapshots")) {
-      const rows = db.stmt("SELECT namespace, snapshotter, key, parent, labels FROM snapshots").all() as {
-        namespace: string;
-        snapshotter: string;
-        key: string;
-        parent: string;
-        labels: string;
-      }[];
-      for (const s of rows) {
-        const labels = decodeLabels(s.labels);
-        const node = snapshotNode(s.namespace, s.snapshotter, s.key);
-        const edges: RefEdge[] = [];
-        if (s.parent) edges.push({ to: snapshotNode(s.namespace, s.snapshotter, s.parent), via: "parent" });
-        edges.push(...labelEdges(s.namespace, labels));
-        keep(node, labels);
-        this.out.set(node, edges);
-        this.snapshots.push({ node, namespace: s.namespace, snapshotter: s.snapshotter, key: s.key });
-        if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
+      // rows as arrays, and no parse of an empty label set: a node can hold thousands of
+      // snapshots, most of them unlabelled, and every collection reads them all
+      const rows = db
+        .stmt("SELECT namespace, snapshotter, key, parent, labels FROM snapshots")
+        .raw(true)
+        .all() as [string, string, string, string, string][];
+      for (const [ns, snapshotter, key, parent, rawLabels] of rows) {
+        const node = snapshotNode(ns, snapshotter, key);
+        const toParent: RefEdge | undefined = parent
+          ? { to: snapshotNode(ns, snapshotter, parent), via: "parent" }
+          : undefined;
+        if (rawLabels === "{}") {
+          keep(node, NO_LABELS);
+          this.out.set(node, toParent ? [toParent] : NO_EDGES);
+        } else {
+          const labels = decodeLabels(rawLabels);
+          keep(node, labels);
+          const edges = labelEdges(ns, labels);
+          if (toParent) edges.unshift(toParent);
+          this.out.set(node, edges);
+          if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
+        }
+        this.snapshots.push({ node, namespace: ns, snapshotter, key });
       }
     }
     if (tableExists(db, "images")) {
@@ -195,19 +201,14 @@ export class RefGraph {
     if (tableExists(db, "containers")) {
       const rows = db
         .stmt("SELECT namespace, id, snapshotter, snapshot_key, labels FROM containers")
-        .all() as {
-        namespace: string;
-        id: string;
-        snapshotter: string;
-        snapshot_key: string;
-        labels: string;
-      }[];
-      for (const c of rows) {
-        const node = containerNode(c.namespace, c.id);
+        .raw(true)
+        .all() as [string, string, string, string, string][];
+      for (const [ns, id, snapshotter, snapshotKey, rawLabels] of rows) {
+        const node = containerNode(ns, id);
         const edges: RefEdge[] = [];
-        if (c.snapshotter && c.snapshot_key)
-          edges.push({ to: snapshotNode(c.namespace, c.snapshotter, c.snapshot_key), via: "snapshot" });
-        edges.push(...labelEdges(c.namespace, decodeLabels(c.labels)));
+        if (snapshotter && snapshotKey)
+          edges.push({ to: snapshotNode(ns, snapshotter, snapshotKey), via: "snapshot" });
+        if (rawLabels !== "{}") edges.push(...labelEdges(ns, decodeLabels(rawLabels)));
         this.out.set(node, edges);
         this.roots.push({ node, reason: "container" });
       }
