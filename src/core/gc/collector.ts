@@ -105,6 +105,10 @@ export function expired(labels: Labels, now: number): boolean {
 const tableExists = (db: MetadataDB, name: string) =>
   db.stmt("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) !== undefined;
 
+/** SQL: a lease resource holds the content row at hand (served by lease_resources_by_resource). */
+const LEASE_HOLDS_BLOB = `SELECT 1 FROM lease_resources r
+  WHERE r.namespace = content.namespace AND r.type = 'content' AND r.id = content.digest`;
+
 /**
  * The metadata DB as containerd's GC sees it: roots (live leases, images, containers, records
  * labelled gc.root) and edges (lease resources, image targets, container snapshots, gc.ref labels,
@@ -304,9 +308,7 @@ export class RefGraph {
         this.heldRoots.push(snapshotNode(ns, type.slice("snapshots/".length), id));
     const labelled = db
       .stmt(
-        `SELECT namespace, digest, labels, EXISTS (SELECT 1 FROM lease_resources r
-           WHERE r.namespace = content.namespace AND r.type = 'content' AND r.id = content.digest)
-         FROM content WHERE labels != '{}'`,
+        `SELECT namespace, digest, labels, EXISTS (${LEASE_HOLDS_BLOB}) FROM content WHERE labels != '{}'`,
       )
       .raw(true)
       .all() as [string, string, string, number][];
@@ -319,10 +321,7 @@ export class RefGraph {
       this.content.push({ node, namespace: ns, digest });
     }
     const unheld = db
-      .stmt(
-        `SELECT namespace, digest FROM content WHERE labels = '{}' AND NOT EXISTS (SELECT 1 FROM lease_resources r
-           WHERE r.namespace = content.namespace AND r.type = 'content' AND r.id = content.digest)`,
-      )
+      .stmt(`SELECT namespace, digest FROM content WHERE labels = '{}' AND NOT EXISTS (${LEASE_HOLDS_BLOB})`)
       .raw(true)
       .all() as [string, string][];
     for (const [ns, digest] of unheld) {
