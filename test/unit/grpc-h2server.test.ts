@@ -304,11 +304,17 @@ describe("h2server: calls", () => {
     const first = await it.next();
     assert.equal(first.done, false);
     // the client holds off: the handler must stall, not run through the whole stream (grpc-js
-    // itself buffers up to 16 messages, HTTP/2 windows a few more)
-    await sleep(300);
-    const stalledAt = seen.produced;
+    // itself buffers up to 16 messages, HTTP/2 windows a few more). How soon it stalls depends
+    // on when grpc-js's window updates arrive (later on a cold start), so wait until the count
+    // has stood still for 200 ms, for up to 5 s
+    let stalledAt = seen.produced;
+    for (const start = Date.now(); Date.now() - start < 5000; ) {
+      await sleep(200);
+      if (seen.produced === stalledAt) break;
+      stalledAt = seen.produced;
+    }
     assert.ok(stalledAt < 40, `handler produced ${stalledAt} MiB ahead of a stalled client`);
-    await sleep(200);
+    await sleep(300);
     assert.equal(seen.produced, stalledAt, "the handler went on while the client read nothing");
     let n = 1;
     let bytes = first.value!.data.length;
