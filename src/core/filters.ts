@@ -442,6 +442,15 @@ class Parser {
   }
 }
 
+/** A List's filters parsed, a syntax error wrapped once more as containerd's stores do. */
+export function parseListFilters(filters: readonly string[]): Filter {
+  try {
+    return parseFilters([...filters]);
+  } catch (err) {
+    throw errInvalidArgument((err as Error).message);
+  }
+}
+
 /**
  * What a store's List does with filters: parse them (a syntax error is InvalidArgument, wrapped
  * once more as containerd's stores do) and keep the items that match.
@@ -451,12 +460,7 @@ export function selectMatching<T>(
   items: Iterable<T>,
   adapt: (item: T) => Adaptor,
 ): T[] {
-  let filter: Filter;
-  try {
-    filter = parseFilters([...filters]);
-  } catch (err) {
-    throw errInvalidArgument((err as Error).message);
-  }
+  const filter = parseListFilters(filters);
   const out: T[] = [];
   for (const item of items) if (filter.match(adapt(item))) out.push(item);
   return out;

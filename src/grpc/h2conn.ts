@@ -178,14 +178,16 @@ export class H2Stream {
   }
 
   /**
-   * One DATA payload (split into frames as the client allows). False when it could not leave
+   * One DATA payload, or one in parts (split into frames as the client allows). False when it could not leave
    * yet (flow control, or the socket's queue is long): wait for onDrain before writing more.
    */
-  write(payload: Buffer): boolean {
+  write(payload: Buffer | readonly Buffer[]): boolean {
     if (this.closed || this.localEnded) return true;
-    this.pending.push(payload);
-    this.pendingBytes += payload.length;
-    this.conn.queued(payload.length);
+    for (const b of Buffer.isBuffer(payload) ? [payload] : payload) {
+      this.pending.push(b);
+      this.pendingBytes += b.length;
+      this.conn.queued(b.length);
+    }
     this.conn.flush(this);
     if (this.pendingBytes === 0 && !this.conn.congested()) return true;
     this.wantsDrain = true;
@@ -209,9 +211,10 @@ export class H2Stream {
   }
 
   /** A whole unary answer: headers, one message, trailers; in one write when the windows allow. */
-  reply(headers: Buffer, payload: Buffer, trailers: Buffer): void {
+  reply(headers: Buffer, payload: Buffer | readonly Buffer[], trailers: Buffer): void {
     if (this.closed || this.localEnded) return;
-    if (!this.conn.replyAtOnce(this, headers, payload, trailers)) {
+    // a message in parts is large: it goes frame by frame, as the windows allow
+    if (!Buffer.isBuffer(payload) || !this.conn.replyAtOnce(this, headers, payload, trailers)) {
       // what can leave now (the headers, the data the windows allow) leaves in one write
       this.conn.batch(() => {
         this.conn.writeHeaders(this.id, headers, false);

@@ -34,7 +34,6 @@ import { encodeHeaderBlock } from "./hpack.js";
 import {
   decompressorFor,
   encodeGrpcMessage,
-  FRAME_HEADER,
   frameMessage,
   MessageDecoder,
   parseTimeout,
@@ -308,13 +307,14 @@ class ServerCall implements StreamHandler {
     }
   }
 
-  private encode(res: unknown): Buffer {
+  private encode(res: unknown): Buffer | readonly Buffer[] {
     if (res instanceof EncodedMessage) {
       const f = res.framed;
-      this.checkSize(f.length - FRAME_HEADER);
+      const n = res.length;
+      this.checkSize(n);
       f[0] = 0;
-      f.writeUInt32BE(f.length - FRAME_HEADER, 1);
-      return f;
+      f.writeUInt32BE(n, 1);
+      return res.rest.length === 0 ? f : [f, ...res.rest];
     }
     const out = this.m.output;
     const bin = toBinary(out, create(out, res as MessageInitShape<DescMessage>));
@@ -333,7 +333,7 @@ class ServerCall implements StreamHandler {
   /** A unary answer: headers, the message and trailers in one go. */
   private reply(res: unknown): void {
     if (this.finished) return;
-    let frame: Buffer;
+    let frame: Buffer | readonly Buffer[];
     try {
       frame = this.encode(res);
     } catch (err) {

@@ -90,11 +90,26 @@ type Out<O extends DescMessage> = MessageInitShape<O>;
  * may yield these.
  */
 export class EncodedMessage<_O extends DescMessage = DescMessage> {
-  constructor(readonly framed: Buffer) {}
+  /**
+   * A large message may come in parts: `framed` then `rest`, sent one after the other as if they
+   * were one buffer (a list encoded as its rows are read, never copied into one buffer).
+   */
+  constructor(
+    readonly framed: Buffer,
+    readonly rest: readonly Buffer[] = [],
+  ) {}
 
-  /** The encoded message without the room for the prefix. */
+  /** The message's length without the room for the prefix. */
+  get length(): number {
+    let n = this.framed.length - FRAME_HEADER;
+    for (const b of this.rest) n += b.length;
+    return n;
+  }
+
+  /** The encoded message without the room for the prefix (parts joined: a copy when in parts). */
   get body(): Buffer {
-    return this.framed.subarray(FRAME_HEADER);
+    const head = this.framed.subarray(FRAME_HEADER);
+    return this.rest.length === 0 ? head : Buffer.concat([head, ...this.rest]);
   }
 }
 

@@ -10,6 +10,7 @@ import type { DescMessage } from "@bufbuild/protobuf";
 import type { AnyValue, Container } from "../core/containers/store.js";
 import type { EncodedMessage } from "../grpc/handlers.js";
 import {
+  FieldOneParts,
   fieldOneResponse,
   fieldSize,
   stringFieldSize,
@@ -96,4 +97,17 @@ function write(w: Writer, p: ReturnType<typeof plan>): void {
  */
 export function containersResponse<O extends DescMessage>(cs: readonly Container[]): EncodedMessage<O> {
   return fieldOneResponse<ReturnType<typeof plan>, O>(cs.map(plan), write);
+}
+
+/**
+ * ListContainersResponse from containers handed over one at a time (ContainerStore.each), each
+ * encoded as it comes, in parts (FieldOneParts): a row is garbage as soon as it is written.
+ */
+export function containersResponseEach<O extends DescMessage>(
+  each: (fn: (c: Container) => void) => void,
+  partBytes?: number,
+): EncodedMessage<O> {
+  const parts = new FieldOneParts<ReturnType<typeof plan>>(write, partBytes);
+  each((c) => parts.add(plan(c)));
+  return parts.finish<O>();
 }

@@ -11,7 +11,7 @@ import type {
   Containers,
 } from "../gen/containerd/services/containers/v1/containers_pb.js";
 import type { ServiceImpl } from "../grpc/service.js";
-import { containersResponse } from "./container-wire.js";
+import { containersResponse, containersResponseEach } from "./container-wire.js";
 
 const anyToProto = (a: AnyValue): MessageInitShape<typeof AnySchema> => ({
   typeUrl: a.typeUrl,
@@ -68,7 +68,7 @@ export function containersService(store: ContainerStore): ServiceImpl<typeof Con
       return containersResponse([store.get(ctx.namespace(), req.id)]);
     },
     list(req, ctx) {
-      return containersResponse(store.list(ctx.namespace(), req.filters));
+      return containersResponseEach((fn) => store.each(ctx.namespace(), req.filters, fn));
     },
     async *listStream(req, ctx) {
       // the whole list is read first (one consistent view), then streamed one per message

@@ -258,7 +258,14 @@ describe("container store", () => {
     store.create("ns", { id: "a", runtime, spec: spec({}), image: "i1", labels: { role: "web" } });
     store.create("ns", { id: "b", runtime: { name: "rt" }, spec: spec({}), labels: { role: "db" } });
     store.create("ns", { id: "c", runtime, spec: spec({}), image: "i2" });
-    const ids = (f: string[]) => store.list("ns", f).map((c) => c.id);
+    // list() and each() (what Containers/List encodes from) choose the same, in the same order
+    const ids = (f: string[]) => {
+      const listed = store.list("ns", f).map((c) => c.id);
+      const each: string[] = [];
+      store.each("ns", f, (c) => each.push(c.id));
+      assert.deepEqual(each, listed, `each() with ${JSON.stringify(f)}`);
+      return listed;
+    };
     assert.deepEqual(ids(["id==b"]), ["b"]);
     assert.deepEqual(ids(["image==i1"]), ["a"]);
     assert.deepEqual(ids(["image"]), ["a", "c"]);
@@ -268,6 +275,10 @@ describe("container store", () => {
     assert.deepEqual(ids(["labels.role~=^d"]), ["b"]);
     assert.deepEqual(ids(["snapshotter==overlayfs"]), [], "not a container field path in containerd");
     assert.throws(() => store.list("ns", ["id=="]), kind("invalid argument"));
+    assert.throws(
+      () => store.each("ns", ["id=="], () => assert.fail("no container for a bad filter")),
+      kind("invalid argument"),
+    );
   });
 
   it("holds its namespace and its snapshot; delete marks the DB dirty; the delete hook can refuse", async () => {

@@ -113,6 +113,16 @@ function waitAbort(ctx: CallContext, tag: string): Promise<void> {
 
 const MiB = 1 << 20;
 
+/** An encoded message in three parts (the first with the prefix's room), cut at odd places. */
+function inParts(body: Uint8Array): EncodedMessage {
+  const framed = Buffer.alloc(5 + 10);
+  framed.set(body.subarray(0, 10), 5);
+  return new EncodedMessage(framed, [
+    Buffer.from(body.subarray(10, 100_007)),
+    Buffer.from(body.subarray(100_007)),
+  ]);
+}
+
 const impl: Omit<ServiceImpl<typeof Test>, "missing"> = {
   async unary(req, ctx) {
     switch (req.digest) {
@@ -132,6 +142,10 @@ const impl: Omit<ServiceImpl<typeof Test>, "missing"> = {
         return { info: { digest: ctx.namespace(), labels: { lease: ctx.lease() ?? "" } } };
       case "bin":
         return { info: { digest: ctx.binaryHeader("x-test-bin")?.toString("hex") ?? "none" } };
+      case "parts":
+        return inParts(
+          toBinary(InfoResponseSchema, create(InfoResponseSchema, { info: { digest: "p".repeat(300_000) } })),
+        );
       default:
         return { info: { digest: req.digest, size: 42n } };
     }
@@ -145,6 +159,11 @@ const impl: Omit<ServiceImpl<typeof Test>, "missing"> = {
     if (req.digest === "fail-after-one") {
       yield { offset: 0n, data: Buffer.from("one") };
       throw statusError("data loss", "gone after the first");
+    }
+    if (req.digest === "encoded-parts") {
+      for (const data of [Buffer.alloc(200_000, 1), Buffer.alloc(100_000, 2)])
+        yield inParts(toBinary(ReadContentResponseSchema, create(ReadContentResponseSchema, { data })));
+      return;
     }
     if (req.digest === "encoded") {
       const body = toBinary(
@@ -337,6 +356,20 @@ describe("h2server: calls", () => {
     assert.equal(got.length, 1);
     assert.equal(got[0]!.offset, 7n);
     assert.equal(Buffer.from(got[0]!.data).toString(), "pre");
+  });
+
+  it("sends a message given in parts as one, past the flow-control window", async () => {
+    const res = await client.unary({ digest: "parts" });
+    assert.equal(res.info?.digest, "p".repeat(300_000));
+    const got = [];
+    for await (const m of client.serverStream({ digest: "encoded-parts" })) got.push(m);
+    assert.deepEqual(
+      got.map((m) => [m.data.length, m.data[0], m.data.at(-1)]),
+      [
+        [200_000, 1, 1],
+        [100_000, 2, 2],
+      ],
+    );
   });
 
   it("collects a client stream until the client half-closes", async () => {

@@ -31,7 +31,7 @@ import {
   StatSnapshotResponseSchema,
 } from "../../src/gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { FRAME_HEADER } from "../../src/grpc/wire.js";
-import { containersResponse } from "../../src/services/container-wire.js";
+import { containersResponse, containersResponseEach } from "../../src/services/container-wire.js";
 import { containerToProto } from "../../src/services/containers.js";
 import { infoToProto as contentInfoToProto } from "../../src/services/content.js";
 import { contentInfosResponse } from "../../src/services/content-wire.js";
@@ -120,6 +120,38 @@ describe("Container encoded from its record", () => {
     );
     assert.equal(get.container?.id, "full");
     assert.equal(get.container?.spec?.value.length, 4096);
+  });
+});
+
+describe("ListContainersResponse encoded in parts as rows come", () => {
+  const each = (cs: readonly Container[]) => (fn: (c: Container) => void) => {
+    for (const c of cs) fn(c);
+  };
+  // many records of every shape, so that parts of every size below break between items
+  const many = Array.from({ length: 40 }, (_, i) => ({ ...records[i % records.length]!, id: `c-${i}` }));
+
+  for (const partBytes of [1, 100, 5_000, 20_000, 300_000, 1 << 20]) {
+    it(`is the one-buffer answer's bytes, in parts of ${partBytes} bytes`, () => {
+      const whole = containersResponse(many);
+      const parts = containersResponseEach(each(many), partBytes);
+      assert.equal(parts.length, whole.length);
+      assert.ok(parts.framed.length >= FRAME_HEADER, "the first part keeps the prefix's room");
+      assert.ok(
+        parts.rest.every((b) => b.length > 0),
+        "no empty part",
+      );
+      assert.ok(parts.body.equals(whole.body), "same bytes as the one-buffer encoding");
+      if (partBytes <= 20_000) assert.ok(parts.rest.length > 0, "a small part size splits the answer");
+      // an item is never split: a part past the first starts with an item's tag (field 1, bytes)
+      for (const b of parts.rest) assert.equal(b[0], 0x0a);
+    });
+  }
+
+  it("answers an empty list with the prefix's room alone", () => {
+    const empty = containersResponseEach(each([]));
+    assert.equal(empty.length, 0);
+    assert.equal(empty.framed.length, FRAME_HEADER);
+    assert.deepEqual(empty.rest, []);
   });
 });
 

@@ -25,7 +25,7 @@ import {
 } from "../../gen/containerd/events/container_pb.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
-import { type Adaptor, labelAdaptor, selectMatching } from "../filters.js";
+import { type Adaptor, labelAdaptor, parseListFilters, selectMatching } from "../filters.js";
 import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 
@@ -287,6 +287,18 @@ export class ContainerStore {
 
   list(ns: string, filters: readonly string[] = []): Container[] {
     return selectMatching(filters, (this.stmts.list.all(ns) as Row[]).map(toContainer), adapt);
+  }
+
+  /**
+   * The namespace's containers that match `filters`, in id order, handed to `fn` one at a time
+   * as SQLite reads them (nothing holds the whole list). `fn` must not write to the database.
+   */
+  each(ns: string, filters: readonly string[], fn: (c: Container) => void): void {
+    const filter = parseListFilters(filters);
+    for (const r of this.stmts.list.iterate(ns) as IterableIterator<Row>) {
+      const c = toContainer(r);
+      if (filter.match(adapt(c))) fn(c);
+    }
   }
 
   create(ns: string, input: ContainerInput): Container {
