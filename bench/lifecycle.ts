@@ -10,7 +10,11 @@
 //
 // Shown: per phase median and p95 (ms), containers/s per worker count, berthd/containerd ratios,
 // each daemon's peak RSS (VmHWM) and CPU seconds (utime+stime) over its whole lifecycle run. The
-// "raw" column is the floor: `runc create/start/kill/delete` alone on a prepared bundle.
+// "raw" column is the floor: `runc create/start/kill/delete` alone on a prepared bundle. RSS is
+// also split: the anonymous part (the daemon's own heap and stacks, peak sampled every 100 ms
+// during the timed runs) and the file-backed part at the end (pages of the executable and its
+// libraries that the process has mapped: for berthd mostly the node binary, docs/performance.md
+// finding 45).
 //
 //   node dist/bench/lifecycle.js [--quick] [--n N] [--workers 1,4,8] [--only containerd|berthd]
 //                                [--skip-raw] [--group] [--json FILE]
@@ -263,10 +267,19 @@ async function lifecycleRaw(
 
 // ------------------------------------------------------------------------------------------------
 
+/** A daemon's resources over its timed runs (bytes, CPU seconds). */
+interface Usage {
+  peakRss: number;
+  endRss: number;
+  peakAnon: number;
+  endFile: number;
+  cpu: number;
+}
+
 async function main(): Promise<void> {
   setChildSubreaper(true);
   const results = new Map<string, RunStats>(); // `${column}/${workers}`
-  const usage: Partial<Record<DaemonName, { peakRss: number; endRss: number; cpu: number }>> = {};
+  const usage: Partial<Record<DaemonName, Usage>> = {};
   const reg = await startRegistry();
   const tmp = await makeTempDir("bench-lifecycle");
   const daemons: Daemon[] = [];
@@ -295,11 +308,16 @@ async function main(): Promise<void> {
         const d = daemons[WANTED.indexOf(name)]!;
         const cpu0 = cpuSeconds(d.pid);
         log(`${name}: ${N} containers, ${w} workers`);
-        const s = await lifecycleDaemon(d, ref, w, `lc${w}`);
-        const u = usage[name] ?? { peakRss: 0, endRss: 0, cpu: 0 };
+        const u = usage[name] ?? { peakRss: 0, endRss: 0, peakAnon: 0, endFile: 0, cpu: 0 };
+        const sampler = setInterval(() => {
+          u.peakAnon = Math.max(u.peakAnon, procStatus(d.pid, "RssAnon"));
+        }, 100);
+        const s = await lifecycleDaemon(d, ref, w, `lc${w}`).finally(() => clearInterval(sampler));
         u.cpu += cpuSeconds(d.pid) - cpu0;
         u.peakRss = procStatus(d.pid, "VmHWM");
         u.endRss = procStatus(d.pid, "VmRSS");
+        u.peakAnon = Math.max(u.peakAnon, procStatus(d.pid, "RssAnon"));
+        u.endFile = procStatus(d.pid, "RssFile");
         usage[name] = u;
         results.set(`${name}/${w}`, s);
         if (s.failures.length > 0)
@@ -353,11 +371,7 @@ async function main(): Promise<void> {
       row.push(fmtRatio(rate[columns.indexOf("berthd")]!, rate[columns.indexOf("containerd")]!));
     rows.push(row);
   }
-  const res = (
-    label: string,
-    f: (u: { peakRss: number; endRss: number; cpu: number }) => string,
-    ratio: (u: { peakRss: number; endRss: number; cpu: number }) => number,
-  ) => {
+  const res = (label: string, f: (u: Usage) => string, ratio: (u: Usage) => number) => {
     const row = [
       label,
       "all",
@@ -376,6 +390,16 @@ async function main(): Promise<void> {
     "daemon RSS at end",
     (u) => fmtBytes(u.endRss),
     (u) => u.endRss,
+  );
+  res(
+    "  anonymous, peak (RssAnon)",
+    (u) => fmtBytes(u.peakAnon),
+    (u) => u.peakAnon,
+  );
+  res(
+    "  file-backed at end (RssFile)",
+    (u) => fmtBytes(u.endFile),
+    (u) => u.endFile,
   );
   res(
     "daemon CPU (s)",
