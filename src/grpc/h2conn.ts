@@ -178,8 +178,9 @@ export class H2Stream {
   }
 
   /**
-   * One DATA payload, or one in parts (split into frames as the client allows). False when it could not leave
-   * yet (flow control, or the socket's queue is long): wait for onDrain before writing more.
+   * One DATA payload, or one in parts (split into frames as the client allows). False when it
+   * could not leave yet (flow control, or the socket's queue is long): wait for onDrain before
+   * writing more.
    */
   write(payload: Buffer | readonly Buffer[]): boolean {
     if (this.closed || this.localEnded) return true;

@@ -152,18 +152,12 @@ export function fieldOneResponse<P extends { size: number }, O extends DescMessa
   plans: readonly P[],
   write: (w: Writer, p: P) => void,
 ): EncodedMessage<O> {
+  // sized first, so the answer is one part of exactly its size
   let size = FRAME_HEADER;
   for (const p of plans) size += fieldSize(p.size);
-  const w = new Writer(Buffer.allocUnsafe(size));
-  w.at = FRAME_HEADER;
-  for (const p of plans) {
-    w.open(1, p.size);
-    const start = w.at;
-    write(w, p);
-    if (w.at - start !== p.size)
-      throw new Error(`hand-encoded message: wrote ${w.at - start} bytes, sized ${p.size}`);
-  }
-  return new EncodedMessage<O>(w.buf);
+  const parts = new FieldOneParts<P>(write, size);
+  for (const p of plans) parts.add(p);
+  return parts.finish<O>();
 }
 
 /** A response whose field 1 holds `parts`, messages already encoded, in order. */
