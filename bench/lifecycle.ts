@@ -371,41 +371,24 @@ async function main(): Promise<void> {
       row.push(fmtRatio(rate[columns.indexOf("berthd")]!, rate[columns.indexOf("containerd")]!));
     rows.push(row);
   }
-  const res = (label: string, f: (u: Usage) => string, ratio: (u: Usage) => number) => {
+  // one row per resource: each daemon's value, then the ratio
+  const resources: [label: string, pick: (u: Usage) => number, show: (n: number) => string][] = [
+    ["daemon peak RSS (VmHWM)", (u) => u.peakRss, fmtBytes],
+    ["daemon RSS at end", (u) => u.endRss, fmtBytes],
+    ["  anonymous, peak (RssAnon)", (u) => u.peakAnon, fmtBytes],
+    ["  file-backed at end (RssFile)", (u) => u.endFile, fmtBytes],
+    ["daemon CPU (s)", (u) => u.cpu, fmt],
+  ];
+  for (const [label, pick, show] of resources) {
     const row = [
       label,
       "all",
-      ...columns.map((col) => (col === "raw" || !usage[col] ? "—" : f(usage[col]!))),
+      ...columns.map((col) => (col === "raw" || !usage[col] ? "—" : show(pick(usage[col]!)))),
     ];
     if (WANTED.length === 2 && usage.berthd && usage.containerd)
-      row.push(fmtRatio(ratio(usage.berthd), ratio(usage.containerd)));
+      row.push(fmtRatio(pick(usage.berthd), pick(usage.containerd)));
     rows.push(row);
-  };
-  res(
-    "daemon peak RSS (VmHWM)",
-    (u) => fmtBytes(u.peakRss),
-    (u) => u.peakRss,
-  );
-  res(
-    "daemon RSS at end",
-    (u) => fmtBytes(u.endRss),
-    (u) => u.endRss,
-  );
-  res(
-    "  anonymous, peak (RssAnon)",
-    (u) => fmtBytes(u.peakAnon),
-    (u) => u.peakAnon,
-  );
-  res(
-    "  file-backed at end (RssFile)",
-    (u) => fmtBytes(u.endFile),
-    (u) => u.endFile,
-  );
-  res(
-    "daemon CPU (s)",
-    (u) => fmt(u.cpu),
-    (u) => u.cpu,
-  );
+  }
   console.log(
     `\nlifecycle${opt.group ? " (grouped: one shim for all containers)" : ""}: ${N} containers per worker count, ctr ${ok(await run("ctr", ["--version"])).trim()}`,
   );

@@ -33,7 +33,6 @@ import path from "node:path";
 import { parseArgs } from "node:util";
 import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { AnySchema } from "@bufbuild/protobuf/wkt";
-import * as grpc from "@grpc/grpc-js";
 import { defaultSpec } from "../src/core/oci/index.js";
 import {
   Containers,
@@ -49,10 +48,10 @@ import {
   NamespaceMode,
   type PodSandboxConfigSchema,
 } from "../src/gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
-import { type Client, Connection, grpcTarget } from "../src/grpc/client.js";
+import { type Client, Connection } from "../src/grpc/client.js";
 import { NAMESPACE_HEADER } from "../src/grpc/handlers.js";
 import { setChildSubreaper } from "../src/sys/reaper.js";
-import { criClient } from "../test/helpers/cri.js";
+import { criClient, rawUnaryClient } from "../test/helpers/cri.js";
 import { ctr, ok } from "../test/helpers/ctr.js";
 import {
   CRI_PLUGIN,
@@ -195,30 +194,18 @@ const SPEC = create(AnySchema, {
 });
 
 /**
- * Containers/List answers as bytes, undecoded, on a grpc-js client of its own: both daemons send
- * the same bytes, so decoding 5,000 containers in this process (most of the decoded row's time)
- * costs the same for either; the bytes row times what differs, the daemons.
+ * Containers/List answers as bytes, undecoded: both daemons send the same bytes, so decoding
+ * 5,000 containers in this process (most of the decoded row's time) costs the same for either;
+ * the bytes row times what differs, the daemons.
  */
 function rawContainersList(address: string): { list: () => Promise<Buffer>; close: () => void } {
-  const raw = new grpc.Client(grpcTarget(address), grpc.credentials.createInsecure(), {
-    "grpc.default_authority": "localhost",
-    "grpc.max_receive_message_length": 256 << 20,
-  });
-  const md = new grpc.Metadata();
-  md.set(NAMESPACE_HEADER, NS);
-  const same = (b: Buffer) => b;
-  const list = () =>
-    new Promise<Buffer>((resolve, reject) =>
-      raw.makeUnaryRequest(
-        "/containerd.services.containers.v1.Containers/List",
-        same,
-        same,
-        Buffer.alloc(0),
-        md,
-        (err, res) => (err || !res ? reject(err ?? new Error("no answer")) : resolve(res)),
-      ),
-    );
-  return { list, close: () => raw.close() };
+  const raw = rawUnaryClient(address, { [NAMESPACE_HEADER]: NS });
+  const list = async () => {
+    const r = await raw.call("/containerd.services.containers.v1.Containers/List");
+    if (r.code !== 0 || !r.response) throw new Error(`Containers/List: status ${r.code} ${r.details}`);
+    return r.response;
+  };
+  return { list, close: raw.close };
 }
 
 async function containersSection(name: DaemonName, d: Daemon): Promise<void> {

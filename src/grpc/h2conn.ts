@@ -184,15 +184,18 @@ export class H2Stream {
    */
   write(payload: Buffer | readonly Buffer[]): boolean {
     if (this.closed || this.localEnded) return true;
-    for (const b of Buffer.isBuffer(payload) ? [payload] : payload) {
-      this.pending.push(b);
-      this.pendingBytes += b.length;
-      this.conn.queued(b.length);
-    }
+    if (Buffer.isBuffer(payload)) this.enqueue(payload);
+    else for (const b of payload) this.enqueue(b);
     this.conn.flush(this);
     if (this.pendingBytes === 0 && !this.conn.congested()) return true;
     this.wantsDrain = true;
     return false;
+  }
+
+  private enqueue(b: Buffer): void {
+    this.pending.push(b);
+    this.pendingBytes += b.length;
+    this.conn.queued(b.length);
   }
 
   /**

@@ -13,34 +13,52 @@ export interface CriClient {
   runtime: Client<typeof RuntimeService>;
   image: Client<typeof ImageService>;
   /** Call any method path with raw request bytes; resolves with the status code and details. */
-  raw(methodPath: string, body?: Buffer): Promise<{ code: number; details: string; response?: Buffer }>;
+  raw: RawUnary;
   close(): void;
+}
+
+/** A unary call on any method path, with raw request and answer bytes. */
+export type RawUnary = (
+  methodPath: string,
+  body?: Buffer,
+) => Promise<{ code: number; details: string; response?: Buffer }>;
+
+/**
+ * A grpc-js client that sends and receives bytes as they are (nothing encoded or decoded here),
+ * with `headers` on every call; answers up to 256 MiB.
+ */
+export function rawUnaryClient(
+  address: string,
+  headers: Record<string, string> = {},
+): { call: RawUnary; close: () => void } {
+  const raw = new grpc.Client(grpcTarget(address), grpc.credentials.createInsecure(), {
+    "grpc.default_authority": "localhost",
+    "grpc.max_receive_message_length": 256 << 20,
+  });
+  const same = (b: Buffer) => b;
+  const call: RawUnary = (methodPath, body = Buffer.alloc(0)) =>
+    new Promise((resolve) => {
+      const md = new grpc.Metadata();
+      for (const [k, v] of Object.entries(headers)) md.set(k, v);
+      raw.makeUnaryRequest(methodPath, same, same, body, md, (err, res) =>
+        resolve(
+          err
+            ? { code: err.code, details: err.details }
+            : { code: 0, details: "", response: res ?? undefined },
+        ),
+      );
+    });
+  return { call, close: () => raw.close() };
 }
 
 /** The CRI services on a daemon's gRPC socket (kubelet sends no namespace header; none is set). */
 export function criClient(address: string): CriClient {
   const conn = new Connection(address);
-  const raw = new grpc.Client(grpcTarget(address), grpc.credentials.createInsecure(), {
-    "grpc.default_authority": "localhost",
-  });
+  const raw = rawUnaryClient(address);
   return {
     runtime: conn.client(RuntimeService),
     image: conn.client(ImageService),
-    raw: (methodPath, body = Buffer.alloc(0)) =>
-      new Promise((resolve) => {
-        raw.makeUnaryRequest(
-          methodPath,
-          (b: Buffer) => b,
-          (b: Buffer) => b,
-          body,
-          (err, res) =>
-            resolve(
-              err
-                ? { code: err.code, details: err.details }
-                : { code: 0, details: "", response: res ?? undefined },
-            ),
-        );
-      }),
+    raw: raw.call,
     close() {
       raw.close();
       conn.close();

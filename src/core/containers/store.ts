@@ -25,7 +25,7 @@ import {
 } from "../../gen/containerd/events/container_pb.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
-import { type Adaptor, labelAdaptor, parseListFilters, selectMatching } from "../filters.js";
+import { type Adaptor, labelAdaptor, parseListFilters } from "../filters.js";
 import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 
@@ -286,7 +286,9 @@ export class ContainerStore {
   }
 
   list(ns: string, filters: readonly string[] = []): Container[] {
-    return selectMatching(filters, (this.stmts.list.all(ns) as Row[]).map(toContainer), adapt);
+    const out: Container[] = [];
+    this.each(ns, filters, (c) => out.push(c));
+    return out;
   }
 
   /**
