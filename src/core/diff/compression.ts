@@ -267,14 +267,21 @@ async function* filterProcess(
   const feed = (async () => {
     try {
       for await (const chunk of src) {
+        if (stdin.destroyed) break; // the reader gave up (or the program is gone)
         if (!stdin.write(chunk)) {
           await new Promise<void>((resolve, reject) => {
-            const onErr = (e: Error) => reject(e);
-            stdin.once("drain", () => {
-              stdin.off("error", onErr);
-              resolve();
-            });
-            stdin.once("error", onErr);
+            const done = (err?: Error) => {
+              stdin.off("drain", ok);
+              stdin.off("error", done);
+              stdin.off("close", ok);
+              if (err) reject(err);
+              else resolve();
+            };
+            const ok = () => done();
+            stdin.on("drain", ok);
+            stdin.on("error", done);
+            // destroyed without an error (the reader stopped early): no drain will come
+            stdin.on("close", ok);
           });
         }
       }
