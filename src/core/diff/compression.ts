@@ -1,9 +1,12 @@
 // Layer media types and (de)compression streams: gzip through node:zlib, zstd through the `zstd`
 // binary (Node 20 has no zstd), as async iterables of buffers.
 import { createHash, type Hash } from "node:crypto";
+import { closeSync } from "node:fs";
+import { Socket, type SocketConstructorOpts } from "node:net";
 import { Readable } from "node:stream";
 import { zlib } from "../../base/builtin.js";
 import { BerthError, errNotImplemented } from "../../base/errdefs.js";
+import { makePipe } from "../../sys/pipe.js";
 import { type FastChild, fastSpawnAsync, lookPath } from "../../sys/spawn.js";
 
 export const MediaType = {
@@ -106,7 +109,9 @@ async function* verified(
 
 /**
  * Open a layer blob's bytes as its tar stream: verified against `expect`, decompressed as
- * `compression` (and the magic bytes) say, with the tar's sha256 computed on the way.
+ * `compression` (and the magic bytes) say, with the tar's sha256 computed on the way. A chunk
+ * of a zstd layer is valid only until the next one is asked for (filterProcess reuses its
+ * buffer): the consumer must be done with it by then, as applyTar is.
  *
  * (Inflating and hashing in a worker thread was measured and lost: node's gunzip already runs
  * in the threadpool alongside the caller, and a worker serialises inflating with hashing.)
@@ -134,7 +139,7 @@ export function openLayer(
       const kind = detectCompression(head);
       const body = opts.expect ? verified(rest, opts.expect) : rest;
       if (kind === "gzip") yield* hashed(gunzip(body));
-      else if (kind === "zstd") yield* hashed(zstdDecompress(body));
+      else if (kind === "zstd") yield* hashed(zstdDecompress(body, true));
       else yield* hashed(body);
     } catch (err) {
       fail(err);
@@ -210,7 +215,7 @@ export async function* decompress(
   const { head, rest } = await peek(src, 4);
   const kind = detectCompression(head);
   if (kind === "gzip") yield* gunzip(rest);
-  else if (kind === "zstd") yield* zstdDecompress(rest);
+  else if (kind === "zstd") yield* zstdDecompress(rest, false);
   else yield* rest;
 }
 
@@ -231,31 +236,75 @@ async function* gunzip(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   }
 }
 
+/** Pipe buffer and read size for a filter program's output. */
+const FILTER_PIPE_SIZE = 1 << 20;
+
 /**
  * Run `zstd` (or another filter program) over a stream, yielding its output. The program is
  * started with posix_spawn (src/sys/spawn.ts), not child_process: a fork() leaves every page of
  * the daemon copy-on-write, so for a while after each start every first write to a page of
  * berthd's heap is a fault (100 MiB touched after a spawn: 25,600 faults and ~385 ms of CPU on
  * this VM, against none after posix_spawn; finding 49), and a pull starts one per zstd layer.
+ *
+ * Its output comes through a pipe with a 1 MiB buffer, read into one buffer again and again:
+ * reading into fresh memory cost a fault per 4 KiB as well (finding 47). With `reuse`, a chunk
+ * yielded is valid only until the next one is asked for, and the caller must be done with it by
+ * then; without, each chunk is copied out.
  */
 async function* filterProcess(
   cmd: string,
   args: string[],
   src: AsyncIterable<Buffer>,
+  reuse: boolean,
 ): AsyncGenerator<Buffer> {
   let child: FastChild;
+  const output = makePipe(FILTER_PIPE_SIZE);
   try {
     child = await fastSpawnAsync(lookPath(cmd), args, {
       env: process.env,
-      stdio: ["pipe", "pipe", "pipe"],
+      stdio: ["pipe", output.write, "pipe"],
     });
   } catch (err) {
+    closeSync(output.read);
     if ((err as NodeJS.ErrnoException).code === "ENOENT")
       throw errNotImplemented(`${cmd} binary not found (install the Debian package ${JSON.stringify(cmd)})`);
     throw err;
+  } finally {
+    closeSync(output.write); // the child has its own copy (or never started)
   }
   const stdin = child.stdin!;
-  const stdout = child.stdout!;
+  const buffer = Buffer.allocUnsafeSlow(FILTER_PIPE_SIZE);
+  let ready: Buffer | undefined;
+  let ended = false;
+  let readError: Error | undefined;
+  let wake: (() => void) | undefined;
+  const wakeUp = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  // `onread` is a constructor option of net.Socket (net.js), missing from @types/node's type
+  const stdout = new Socket({
+    fd: output.read,
+    readable: true,
+    writable: false,
+    onread: {
+      buffer,
+      callback: (n: number) => {
+        ready = buffer.subarray(0, n);
+        wakeUp();
+        return false; // paused until the chunk is consumed
+      },
+    },
+  } as SocketConstructorOpts);
+  stdout.on("end", () => {
+    ended = true;
+    wakeUp();
+  });
+  stdout.on("error", (err) => {
+    readError = err;
+    wakeUp();
+  });
   const stderr: Buffer[] = [];
   child.stderr!.on("data", (c: Buffer) => stderr.push(c));
   // read to its end, so that the exit status is collected as soon as the program is done
@@ -295,7 +344,20 @@ async function* filterProcess(
   stdin.on("error", () => {}); // EPIPE when the program stops early: reported by its exit
   let complete = false;
   try {
-    for await (const chunk of stdout) yield chunk as Buffer;
+    for (;;) {
+      if (ready) {
+        const c = ready;
+        ready = undefined;
+        yield reuse ? c : Buffer.from(c);
+        stdout.resume();
+        continue;
+      }
+      if (readError) throw readError;
+      if (ended) break;
+      await new Promise<void>((r) => {
+        wake = r;
+      });
+    }
     await feed;
     if (feedError) throw feedError;
     const { code, signal } = await child.exited;
@@ -306,9 +368,9 @@ async function* filterProcess(
     }
     complete = true;
   } finally {
+    stdout.destroy();
     if (!complete) {
       child.kill("SIGKILL");
-      stdout.destroy();
       stdin.destroy();
     }
     await child.exited;
@@ -316,14 +378,18 @@ async function* filterProcess(
   }
 }
 
-function zstdDecompress(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  return filterProcess("zstd", ["-d", "-c", "-q"], src);
+function zstdDecompress(src: AsyncIterable<Buffer>, reuse: boolean): AsyncGenerator<Buffer> {
+  return filterProcess("zstd", ["-d", "-c", "-q"], src, reuse);
 }
 
-/** Compress a stream: gzip (level 6, like Go's default) or zstd (level 3, like containerd's). */
+/**
+ * Compress a stream: gzip (level 6, like Go's default) or zstd (level 3, like containerd's). A
+ * zstd chunk is valid only until the next one is asked for (filterProcess).
+ */
 export async function* compress(src: AsyncIterable<Buffer>, kind: "gzip" | "zstd"): AsyncGenerator<Buffer> {
   if (kind === "zstd") {
-    yield* filterProcess("zstd", ["-c", "-q", "-3"], src);
+    // the one caller (walking.ts) writes each chunk before it asks for the next
+    yield* filterProcess("zstd", ["-c", "-q", "-3"], src, true);
     return;
   }
   const input = Readable.from(src, { objectMode: false });
