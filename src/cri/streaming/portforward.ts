@@ -12,10 +12,10 @@
 // shared): each connection runs `nsenter --net=<netns> busybox nc 127.0.0.1 <port>` and relays
 // through its stdio. That costs a process start per connection (a few milliseconds) and keeps the
 // daemon's own sockets out of pod namespaces. Host-network pods (no netns) are dialled directly.
-import { spawn } from "node:child_process";
 import net from "node:net";
 import { Duplex, type Readable, type Writable } from "node:stream";
 import { finished } from "node:stream/promises";
+import { type FastChild, fastSpawn, lookPath } from "../../sys/spawn.js";
 import { wsDecode, wsSend } from "./remotecommand.js";
 import type { SpdySession, SpdyStream } from "./spdy.js";
 import type { WsConnection } from "./websocket.js";
@@ -42,21 +42,44 @@ export function dialPod(netnsPath: string, port: number): PodConnection {
     });
     return { stream: sock, result };
   }
-  const child = spawn("nsenter", [`--net=${netnsPath}`, "--", NC_BINARY, "nc", "127.0.0.1", String(port)], {
-    stdio: ["pipe", "pipe", "pipe"],
-  });
+  // posix_spawn, not child_process: a fork would leave every page of the daemon copy-on-write,
+  // and the daemon's next writes to them would each fault (docs/performance.md, finding 49)
+  let child: FastChild;
+  try {
+    child = fastSpawn(
+      lookPath("nsenter"),
+      [`--net=${netnsPath}`, "--", NC_BINARY, "nc", "127.0.0.1", String(port)],
+      { env: process.env, stdio: ["pipe", "pipe", "pipe"] },
+    );
+  } catch (err) {
+    const stream = new Duplex({
+      read() {
+        this.push(null);
+      },
+      write(_chunk, _enc, cb) {
+        cb();
+      },
+    });
+    return { stream, result: Promise.resolve((err as Error).message) };
+  }
   let stderr = "";
-  child.stderr.on("data", (b: Buffer) => {
+  child.stderr!.on("data", (b: Buffer) => {
     stderr += b.toString();
   });
-  const result = new Promise<string>((resolve) => {
-    child.once("error", (e) => resolve(e.message));
-    child.once("close", (code) => resolve(code === 0 ? "" : stderr.trim() || `relay exited with ${code}`));
+  const stderrClosed = new Promise<void>((resolve) => {
+    child.stderr!.once("close", resolve);
+    child.stderr!.once("error", () => resolve());
   });
-  const stream = new RelayStream(child.stdout as Readable, child.stdin as Writable);
+  let exited = false;
+  const result = child.exited.then(async ({ code, signal }) => {
+    exited = true;
+    await stderrClosed;
+    return code === 0 ? "" : stderr.trim() || `relay exited with ${signal ?? code}`;
+  });
+  const stream = new RelayStream(child.stdout!, child.stdin!);
   stream.on("error", () => {});
   stream.once("close", () => {
-    if (child.exitCode === null) child.kill("SIGTERM");
+    if (!exited) child.kill("SIGTERM");
   });
   return { stream, result };
 }
