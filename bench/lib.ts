@@ -215,10 +215,23 @@ const CLK_TCK = (() => {
   }
 })();
 
+function statFields(pid: number | "self"): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+}
+
 /** CPU seconds (user + system) a process has used so far. */
 export function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const f = statFields(pid);
   // fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name and state
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+}
+
+/**
+ * CPU seconds of the children a process has waited for (cutime + cstime, fields 16 and 17 of
+ * stat): a daemon's decompressors, or this process's own CLI runs and shell pipelines.
+ */
+export function childrenCpuSeconds(pid: number | "self"): number {
+  const f = statFields(pid);
+  return (Number(f[13]) + Number(f[14])) / CLK_TCK;
 }

@@ -6,7 +6,9 @@
 // compressed with the zstd binary (application/vnd.oci.image.layer.v1.tar+zstd; the raw limit uses
 // `zstd -d | tar -x`); small — ~20k files of 1-16 KiB in six gzip layers.
 // Every measurement starts a fresh daemon (cold: empty content store and snapshotter); medians of
-// REPS (default 3), the order of the contenders reversed every other rep.
+// REPS (default 3), the order of the contenders reversed every other rep. Each is timed and its
+// CPU counted: the daemon's own, that of the children it reaped (berthd's `zstd`) and the
+// client's; for the raw limit, curl's, the decompressor's and tar's.
 // Usage: node dist/bench/pull.js [reps] [--variants gzip,zstd,small] [--scale F | --quick] [--tmpfs]
 // [--settle MS]. --scale multiplies the sets' entry counts (F in (0, 1], default 1); --quick is
 // --scale 0.2 with 1 rep unless reps are given. --tmpfs puts the daemons' roots (and the raw
@@ -24,7 +26,7 @@ import { pushBlob, pushManifest } from "../test/helpers/images.js";
 import { type Registry, startRegistry } from "../test/helpers/registry.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
 import { benchLayerSet, type LayerCompression, type LayerFile, type LayerSetName } from "./layers.js";
-import { fmt, median, nowMs, renderTable } from "./lib.js";
+import { childrenCpuSeconds, cpuSeconds, fmt, median, nowMs, renderTable } from "./lib.js";
 
 const argv = process.argv.slice(2);
 const flag = (name: string) => {
@@ -66,14 +68,32 @@ if (!(SCALE > 0 && SCALE <= 1)) throw new Error(`--scale ${SCALE}: want a number
 const REPS = Number(argv[0] ?? (QUICK ? 1 : 3));
 const sha = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
-async function timedPull(d: Daemon, cli: "berth" | "ctr", ref: string): Promise<number> {
+/** One timed pull: wall time, and the CPU it took (see cpuOf). */
+interface Sample {
+  ms: number;
+  cpuS: number;
+}
+
+/**
+ * CPU seconds used so far by a daemon (itself and the children it reaped: berthd's `zstd`) and by
+ * the children this process reaped (the `berth`/`ctr` client, or the raw pipeline's curl,
+ * decompressor and tar). On two cores a pull is bound by CPU, so this is what a native extractor
+ * would save; the registry's CPU is in no contender's count.
+ */
+function cpuOf(d?: Daemon): number {
+  return childrenCpuSeconds("self") + (d ? cpuSeconds(d.pid) + childrenCpuSeconds(d.pid) : 0);
+}
+
+async function timedPull(d: Daemon, cli: "berth" | "ctr", ref: string): Promise<Sample> {
+  const c0 = cpuOf(d);
   const t0 = nowMs();
   const args = ["images", "pull", "--plain-http", ref];
   ok(
     await (cli === "berth" ? berth : ctr)(d.address, args, { timeoutMs: 600_000 }),
     `${cli} pull on ${d.kind}`,
   );
-  return nowMs() - t0;
+  const ms = nowMs() - t0;
+  return { ms, cpuS: cpuOf(d) - c0 };
 }
 
 function sh(cmd: string): Promise<void> {
@@ -129,6 +149,8 @@ interface VariantResult {
   ctrBerthd: number;
   ctrContainerd: number;
   raw: number;
+  /** Median CPU seconds per pull, by contender (cpuOf). */
+  cpuS: { berthPullBerthd: number; ctrBerthd: number; ctrContainerd: number; raw: number };
 }
 
 interface Env {
@@ -154,14 +176,14 @@ async function runVariant(name: string, env: Env): Promise<VariantResult> {
       `${(tarTotal / 1e6).toFixed(1)} MB tar, ${entries} entries (layers ready in ${fmt(genMs)} ms)\n`,
   );
   const unpack = v.compression === "gzip" ? "tar -xz" : "zstd -dcq | tar -x";
-  const samples: Record<string, number[]> = {
+  const samples: Record<string, Sample[]> = {
     berthPullBerthd: [],
     ctrBerthd: [],
     ctrContainerd: [],
     raw: [],
   };
   for (let rep = 0; rep < REPS; rep++) {
-    const runs: [string, () => Promise<number>][] = [
+    const runs: [string, () => Promise<Sample>][] = [
       [
         "berthPullBerthd",
         async () =>
@@ -195,6 +217,7 @@ async function runVariant(name: string, env: Env): Promise<VariantResult> {
         "raw",
         async () => {
           const dir = join(env.base, `raw-${name}-${rep}`);
+          const c0 = cpuOf();
           const t0 = nowMs();
           await Promise.all(
             layers.map(async (l, i) => {
@@ -204,48 +227,60 @@ async function runVariant(name: string, env: Env): Promise<VariantResult> {
               );
             }),
           );
-          const ms = nowMs() - t0;
+          const sample = { ms: nowMs() - t0, cpuS: cpuOf() - c0 };
           rmSync(dir, { recursive: true, force: true });
-          return ms;
+          return sample;
         },
       ],
     ];
     const order = rep % 2 === 0 ? runs : [...runs].reverse();
     for (const [what, fn] of order) {
       await env.settle();
-      const ms = await fn();
-      samples[what]!.push(ms);
-      process.stdout.write(`rep ${rep + 1} ${what}: ${fmt(ms)} ms\n`);
+      const sample = await fn();
+      samples[what]!.push(sample);
+      process.stdout.write(
+        `rep ${rep + 1} ${what}: ${fmt(sample.ms)} ms, ${sample.cpuS.toFixed(2)} s of CPU\n`,
+      );
     }
   }
-  const m = Object.fromEntries(Object.entries(samples).map(([k, xs]) => [k, median(xs)]));
+  const m = Object.fromEntries(Object.entries(samples).map(([k, xs]) => [k, median(xs.map((x) => x.ms))]));
+  const c = Object.fromEntries(Object.entries(samples).map(([k, xs]) => [k, median(xs.map((x) => x.cpuS))]));
   const r: VariantResult = {
     name,
     berthPullBerthd: m.berthPullBerthd!,
     ctrBerthd: m.ctrBerthd!,
     ctrContainerd: m.ctrContainerd!,
     raw: m.raw!,
+    cpuS: {
+      berthPullBerthd: c.berthPullBerthd!,
+      ctrBerthd: c.ctrBerthd!,
+      ctrContainerd: c.ctrContainerd!,
+      raw: c.raw!,
+    },
   };
   const rawWhat = v.compression === "gzip" ? "curl | tar -xz" : "curl | zstd -d | tar -x";
   process.stdout.write(
     `\n${renderTable(
-      [`${name}: measure`, "median ms", "ratio"],
+      [`${name}: measure`, "median ms", "ratio", "CPU s"],
       [
         [
           "(a) berth images pull @berthd",
           fmt(r.berthPullBerthd),
           `${(r.berthPullBerthd / r.ctrContainerd).toFixed(2)}x vs ctr@containerd`,
+          r.cpuS.berthPullBerthd.toFixed(2),
         ],
         [
           "(b) ctr images pull @berthd",
           fmt(r.ctrBerthd),
           `${(r.ctrBerthd / r.ctrContainerd).toFixed(2)}x vs ctr@containerd`,
+          r.cpuS.ctrBerthd.toFixed(2),
         ],
-        ["    ctr images pull @containerd", fmt(r.ctrContainerd), "1.00x"],
+        ["    ctr images pull @containerd", fmt(r.ctrContainerd), "1.00x", r.cpuS.ctrContainerd.toFixed(2)],
         [
           `(c) raw: ${rawWhat}, parallel`,
           fmt(r.raw),
           `berth pull = ${(r.berthPullBerthd / r.raw).toFixed(2)}x raw`,
+          r.cpuS.raw.toFixed(2),
         ],
       ],
     )}\n`,
@@ -309,6 +344,32 @@ async function main(): Promise<void> {
         ]),
       )}\n`,
     );
+    // On two cores a pull is bound by CPU: these say how much of the gap to the raw limit is work
+    // the daemon does that curl, the decompressor and tar do not.
+    process.stdout.write(
+      `\nCPU seconds per pull (medians; the daemon, the children it reaped and the client; raw: curl, decompressor, tar)\n${renderTable(
+        [
+          "variant",
+          "berth@berthd",
+          "ctr@berthd",
+          "ctr@containerd",
+          "raw",
+          "(a)/ctr@ctrd",
+          "(b)/ctr@ctrd",
+          "berth/raw",
+        ],
+        results.map((r) => [
+          r.name,
+          r.cpuS.berthPullBerthd.toFixed(2),
+          r.cpuS.ctrBerthd.toFixed(2),
+          r.cpuS.ctrContainerd.toFixed(2),
+          r.cpuS.raw.toFixed(2),
+          (r.cpuS.berthPullBerthd / r.cpuS.ctrContainerd).toFixed(2),
+          (r.cpuS.ctrBerthd / r.cpuS.ctrContainerd).toFixed(2),
+          (r.cpuS.berthPullBerthd / r.cpuS.raw).toFixed(2),
+        ]),
+      )}\n`,
+    );
   } finally {
     await reg.cleanup();
     if (mounted) {
@@ -322,7 +383,7 @@ async function main(): Promise<void> {
   }
 }
 
-async function withDaemon(start: () => Promise<Daemon>, fn: (d: Daemon) => Promise<number>): Promise<number> {
+async function withDaemon(start: () => Promise<Daemon>, fn: (d: Daemon) => Promise<Sample>): Promise<Sample> {
   const d = await start();
   try {
     return await fn(d);
