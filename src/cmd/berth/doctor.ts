@@ -31,9 +31,20 @@ export interface DoctorConfig {
 }
 
 const CRI = "io.containerd.grpc.v1.cri";
-const here = dirname(fileURLToPath(import.meta.url));
-/** bin/berthd.js of the same installation (dist/src/cmd/berth → the package root). */
-const BERTHD = join(here, "../../../../bin/berthd.js");
+/**
+ * bin/berthd.js of the same installation: the first directory above this module's that has one
+ * (dist/src/cmd/berth, or dist/bundle when the CLI runs bundled).
+ */
+const BERTHD = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const candidate = join(dir, "bin/berthd.js");
+    if (existsSync(candidate)) return candidate;
+    const up = dirname(dir);
+    if (up === dir) return candidate; // not found: running it reports the missing file
+    dir = up;
+  }
+})();
 
 type Table = Record<string, unknown>;
 const table = (v: unknown): Table => (typeof v === "object" && v !== null ? (v as Table) : {});
