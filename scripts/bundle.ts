@@ -1,7 +1,8 @@
 // Bundles berthd (and the layer-staging worker it starts) and the berth CLI into one ES module
-// each under dist/bundle/, the files bin/berthd.js and bin/berth.js run. Why: Node 20 loads an ES module graph file by file
-// (resolve, stat, read, compile each of ~270 modules plus their dependencies'), which took about
-// 0.3 s of berthd's ~0.5 s start-up, and the per-module records cost ~10 MiB of resident memory.
+// each under dist/bundle/, the files bin/berthd.js and bin/berth.js run. Why: Node 20 loads an ES
+// module graph file by file (resolve, stat, read, compile each of ~270 modules plus their
+// dependencies'), which took about 0.3 s of berthd's ~0.5 s start-up, and the per-module records
+// cost ~10 MiB of resident memory.
 // One file per entry loads in a fraction of that (docs/performance.md); the CLI, a process per
 // command, starts in ~0.27 s instead of ~0.45 s. tsc's output under dist/src stays as it is: the
 // tests and the tools run from it.
