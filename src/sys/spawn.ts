@@ -119,12 +119,39 @@ function fns() {
       "int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)",
     ),
     waitpid: libc("waitpid", "int waitpid(int, _Out_ int *, int)"),
+    fcntl: libc("fcntl", "int fcntl(int fd, int cmd, int arg)"),
   };
 }
 let bound: ReturnType<typeof fns> | undefined;
 
 /** The signal sets every spawn uses: all signals to default, nothing blocked. Built once. */
 let sigsets: { all: Buffer; none: Buffer } | undefined;
+
+const F_SETPIPE_SZ = 1031;
+
+/**
+ * A pipe's two ends, both close-on-exec (a child gets one through its stdio, dup'ed over 0 or 1).
+ * With `size`, the kernel is asked for that much buffer; a smaller limit (fs.pipe-max-size for an
+ * unprivileged daemon) keeps the default. The caller closes both fds. A caller that reads the
+ * pipe itself (compression.ts reads zstd's output into one reused buffer with net.Socket's
+ * `onread`) passes the child's end as a numeric stdio fd.
+ */
+export function makePipe(size?: number): { read: number; write: number } {
+  bound ??= fns();
+  const fds = [0, 0];
+  if ((bound.pipe2(fds, O_CLOEXEC) as number) !== 0) {
+    const errno = lastErrno();
+    const err = new Error(`pipe2: ${errnoName(errno)}`) as NodeJS.ErrnoException;
+    err.code = errnoName(errno);
+    err.errno = -errno;
+    err.syscall = "pipe2";
+    throw err;
+  }
+  const [read, write] = fds as [number, number];
+  // best effort: a pipe with the default buffer still works, in 64 KiB steps
+  if (size !== undefined) bound.fcntl(write, F_SETPIPE_SZ, size);
+  return { read, write };
+}
 
 function spawnError(what: string, errno: number, file: string): Error {
   const name = errnoName(errno);
@@ -174,10 +201,14 @@ function prepare(file: string, args: readonly string[], opts: FastSpawnOptions):
     for (let target = 0; target < 3; target++) {
       const spec = stdio[target]!;
       if (spec === "pipe") {
-        const fds = [0, 0];
-        if ((f.pipe2(fds, O_CLOEXEC) as number) !== 0) throw spawnError("pipe2", lastErrno(), file);
-        // fds[0] reads, fds[1] writes: the child reads its stdin, writes stdout/stderr.
-        const [childEnd, parentEnd] = target === 0 ? [fds[0]!, fds[1]!] : [fds[1]!, fds[0]!];
+        let pipe: { read: number; write: number };
+        try {
+          pipe = makePipe();
+        } catch (err) {
+          throw spawnError("pipe2", -((err as NodeJS.ErrnoException).errno ?? 0), file);
+        }
+        // the child reads its stdin, writes stdout/stderr
+        const [childEnd, parentEnd] = target === 0 ? [pipe.read, pipe.write] : [pipe.write, pipe.read];
         p.parentFds[target] = parentEnd;
         p.childFds.push(childEnd);
         f.faDup2(p.fa, childEnd, target);

@@ -36,13 +36,12 @@ const CRI = "io.containerd.grpc.v1.cri";
  * (dist/src/cmd/berth, or dist/bundle when the CLI runs bundled).
  */
 const BERTHD = (() => {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (let dir = here; ; dir = dirname(dir)) {
     const candidate = join(dir, "bin/berthd.js");
     if (existsSync(candidate)) return candidate;
-    const up = dirname(dir);
-    if (up === dir) return candidate; // not found: running it reports the missing file
-    dir = up;
+    // not found: the layout tsc gives; running it reports the missing file
+    if (dirname(dir) === dir) return join(here, "../../../../bin/berthd.js");
   }
 })();
 

@@ -6,8 +6,7 @@ import { Socket, type SocketConstructorOpts } from "node:net";
 import { Readable } from "node:stream";
 import { zlib } from "../../base/builtin.js";
 import { BerthError, errNotImplemented } from "../../base/errdefs.js";
-import { makePipe } from "../../sys/pipe.js";
-import { type FastChild, fastSpawnAsync, lookPath } from "../../sys/spawn.js";
+import { type FastChild, fastSpawnAsync, lookPath, makePipe } from "../../sys/spawn.js";
 
 export const MediaType = {
   OciLayer: "application/vnd.oci.image.layer.v1.tar",
