@@ -20,7 +20,9 @@
 //   output pipes reach EOF. A timer backing off from 1 ms to 1 s is the safety net. Polling at EOF
 //   alone lost a race: the kernel closes an exiting program's pipes before its status can be
 //   waited for, so the poll often found it still running and the status then waited for the
-//   timer, up to 50 ms later (a pod sandbox waits for ten such children in a row).
+//   timer, up to 50 ms later (a pod sandbox waits for ten such children in a row). After EOF the
+//   timer starts again from 1 ms: worker threads get no signal events, so there it is the
+//   timer that sees the exit.
 
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { Socket } from "node:net";
@@ -381,7 +383,7 @@ class SpawnedChild implements FastChild {
     this.stdin = wrap(fds[0], false);
     this.stdout = wrap(fds[1], true);
     this.stderr = wrap(fds[2], true);
-    for (const s of [this.stdout, this.stderr]) s?.once("end", () => this.poll());
+    for (const s of [this.stdout, this.stderr]) s?.once("end", () => this.exiting());
     running.add(this);
     if (!sigchldInstalled) {
       // (a signal listener does not keep the process alive)
@@ -394,6 +396,18 @@ class SpawnedChild implements FastChild {
   private schedule(): void {
     this.timer = setTimeout(() => this.poll(), this.delay);
     this.delay = Math.min(this.delay * 2, 1000);
+  }
+
+  /**
+   * Its output reached EOF: it is most likely exiting. The kernel closes its pipes before its
+   * status can be waited for, so the poll may find it still running; the next polls then start
+   * again from 1 ms instead of the backed-off delay. This matters on worker threads (the layer
+   * extractions' `zstd`), where no SIGCHLD listener runs: a program that had run for a second
+   * was otherwise seen to exit up to a second late.
+   */
+  private exiting(): void {
+    this.delay = 1;
+    this.poll();
   }
 
   /** waitpid(WNOHANG); reschedules itself until the child is reaped. */
