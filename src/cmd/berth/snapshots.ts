@@ -4,17 +4,17 @@
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { type Command, Option } from "commander";
+import { GC_EXPIRE, GC_ROOT } from "../../core/gc/labels.js";
 import { Content } from "../../gen/containerd/services/content/v1/content_pb.js";
 import { Diff } from "../../gen/containerd/services/diff/v1/diff_pb.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import { type Info, Kind, Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import type { Mount } from "../../gen/containerd/types/mount_pb.js";
 import type { CliContext, Wire } from "./context.js";
+import { randomLeaseId } from "./leases.js";
 import { parseLabelArgs, rfc3339Nano, TabWriter } from "./table.js";
 
 export const DEFAULT_SNAPSHOTTER = "overlayfs";
-const GC_ROOT_LABEL = "containerd.io/gc.root";
-const GC_EXPIRE_LABEL = "containerd.io/gc.expire";
 const LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 const KIND_NAMES: Record<number, string> = {
@@ -110,12 +110,6 @@ async function listAll(ctx: CliContext, snapshotter: string): Promise<Info[]> {
   return out;
 }
 
-/** ctr's lease id: the clock's nanoseconds and a few random bytes. */
-function randomLeaseId(): string {
-  const nanos = (Date.now() % 1000) * 1_000_000 + Math.floor(Math.random() * 1_000_000);
-  return `${nanos}-${randomBytes(3).toString("base64url")}`;
-}
-
 export function registerSnapshots(program: Command, wire: Wire): void {
   const env = process.env;
   const snapshots = program
@@ -142,7 +136,7 @@ export function registerSnapshots(program: Command, wire: Wire): void {
         const [name, key] = cmd.args as [string, string];
         const client = await ctx.client(Snapshots);
         await client.commit(
-          { snapshotter: snapshotterOf(cmd), name, key, labels: { [GC_ROOT_LABEL]: rfc3339Utc(new Date()) } },
+          { snapshotter: snapshotterOf(cmd), name, key, labels: { [GC_ROOT]: rfc3339Utc(new Date()) } },
           ctx.call(),
         );
       }),
@@ -168,13 +162,13 @@ export function registerSnapshots(program: Command, wire: Wire): void {
         const opts = cmd.opts<{ mediaType: string; ref?: string; keep?: boolean; label: string[] }>();
         const snapshotter = snapshotterOf(cmd);
         const labels = parseLabelArgs(opts.label);
-        if (opts.keep) labels[GC_ROOT_LABEL] = rfc3339Utc(new Date());
+        if (opts.keep) labels[GC_ROOT] = rfc3339Utc(new Date());
         const leases = await ctx.client(Leases);
         const sn = await ctx.client(Snapshots);
         const { lease } = await leases.create(
           {
             id: randomLeaseId(),
-            labels: { [GC_EXPIRE_LABEL]: rfc3339Utc(new Date(Date.now() + 24 * 3600_000)) },
+            labels: { [GC_EXPIRE]: rfc3339Utc(new Date(Date.now() + 24 * 3600_000)) },
           },
           ctx.call(),
         );
@@ -283,10 +277,7 @@ export function registerSnapshots(program: Command, wire: Wire): void {
           const req = { snapshotter: snapshotterOf(cmd), key, parent: parent ?? "" };
           const { mounts } =
             name === "prepare"
-              ? await client.prepare(
-                  { ...req, labels: { [GC_ROOT_LABEL]: rfc3339Utc(new Date()) } },
-                  ctx.call(),
-                )
+              ? await client.prepare({ ...req, labels: { [GC_ROOT]: rfc3339Utc(new Date()) } }, ctx.call())
               : await client.view(req, ctx.call());
           if (opts.target) process.stdout.write(formatMounts(opts.target, mounts));
           if (opts.mounts) process.stdout.write(`${mountsJson(mounts)}\n`);

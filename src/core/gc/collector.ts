@@ -6,10 +6,11 @@
 // The graph it marks (RefGraph) is also what `berth gc why` walks backwards to explain a record.
 import type { Labels, MetadataDB } from "../metadata/db.js";
 import { decodeLabels, FREES } from "../metadata/db.js";
+import { GC_EXPIRE, GC_ROOT } from "./labels.js";
 import type { GcStats } from "./scheduler.js";
 
-export const GC_ROOT = "containerd.io/gc.root";
-export const GC_EXPIRE = "containerd.io/gc.expire";
+export { GC_EXPIRE, GC_ROOT };
+
 const REF_CONTENT = "containerd.io/gc.ref.content";
 const REF_SNAPSHOT = "containerd.io/gc.ref.snapshot.";
 /** Unleased ingests older than this are removed, like containerd's default ingest expiry. */

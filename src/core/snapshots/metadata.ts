@@ -32,10 +32,15 @@ import { packEvent } from "../events/exchange.js";
 import { parseFilters } from "../filters.js";
 import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
 import type { NamespaceStore } from "../namespaces/store.js";
-import type { Kind, SnapshotInfo, Snapshotter, Usage } from "./snapshotter.js";
+import {
+  type Kind,
+  SNAPSHOT_REF_LABEL,
+  type SnapshotInfo,
+  type Snapshotter,
+  type Usage,
+} from "./snapshotter.js";
 import { cleanLabels, updateLabels } from "./storage.js";
 
-export const SNAPSHOT_REF_LABEL = "containerd.io/snapshot.ref";
 const INHERITED_PREFIX = "containerd.io/snapshot/";
 const MAX_LABEL_SIZE = 4096;
 

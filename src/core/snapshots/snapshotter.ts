@@ -4,6 +4,9 @@
 import type { Mount } from "../../base/mount.js";
 import type { Labels } from "../metadata/db.js";
 
+/** The label naming the snapshot an unpack's active snapshot becomes (containerd's). */
+export const SNAPSHOT_REF_LABEL = "containerd.io/snapshot.ref";
+
 export type Kind = "view" | "active" | "committed";
 
 export interface SnapshotInfo {

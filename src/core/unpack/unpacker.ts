@@ -12,8 +12,7 @@ import { UNCOMPRESSED_LABEL } from "../diff/walking.js";
 import { chainIds } from "../images/image.js";
 import { snapshotRefLabel } from "../images/labels.js";
 import type { Descriptor } from "../images/media.js";
-import { SNAPSHOT_REF_LABEL } from "../snapshots/metadata.js";
-import type { Usage } from "../snapshots/snapshotter.js";
+import { SNAPSHOT_REF_LABEL, type Usage } from "../snapshots/snapshotter.js";
 
 /** One snapshotter, as an unpack sees it (namespace and lease bound by the caller). */
 export interface LayerSnapshots {
