@@ -6,7 +6,7 @@ import { anyPack } from "@bufbuild/protobuf/wkt";
 import { parseDuration } from "../../src/base/duration.js";
 import { rechunk, validateDigest } from "../../src/cmd/berth/content.js";
 import { eventJson, formatEventLine } from "../../src/cmd/berth/events.js";
-import { randomLeaseId } from "../../src/cmd/berth/leases.js";
+import { randomLeaseId } from "../../src/cmd/berth/lease-scope.js";
 import { formatPluginsDetailed, pluginStatus, prettyPlatforms } from "../../src/cmd/berth/plugins.js";
 import {
   alignColumns,

@@ -9,7 +9,7 @@ import { GC } from "../../gen/berth/gc/v1/gc_pb.js";
 import { Content } from "../../gen/containerd/services/content/v1/content_pb.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import type { CliContext, Wire } from "./context.js";
-import { randomLeaseId } from "./leases.js";
+import { randomLeaseId } from "./lease-scope.js";
 
 const LAYER_PREFIX = "containerd.io/gc.ref.content.l.";
 const CONTENT_PREFIX = "containerd.io/gc.ref.content.";

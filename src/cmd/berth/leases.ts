@@ -1,21 +1,15 @@
 // `berth leases`: create, list and delete leases.
-import { randomBytes } from "node:crypto";
 import { toJson } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import { parseDuration } from "../../base/duration.js";
 import { LeaseSchema, Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import type { Wire } from "./context.js";
+import { randomLeaseId } from "./lease-scope.js";
 import { formatLabels, parseLabelArgs, printJson, rfc3339Local, TabWriter, wantsJson } from "./table.js";
 
 /** Label that makes the garbage collector drop a lease after the given time. */
 export const GC_EXPIRE_LABEL = "containerd.io/gc.expire";
-
-/** A lease id like ctr's generated ones: `<nanoseconds of the second>-<4 random chars>`. */
-export function randomLeaseId(now = Date.now()): string {
-  const nanos = (now % 1000) * 1_000_000 + Math.floor(Math.random() * 1_000_000);
-  return `${nanos}-${randomBytes(3).toString("base64url")}`;
-}
 
 export function registerLeases(program: Command, wire: Wire): void {
   const leases = program.command("leases").description("manage leases");

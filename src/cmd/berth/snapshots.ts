@@ -11,7 +11,7 @@ import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import { type Info, Kind, Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import type { Mount } from "../../gen/containerd/types/mount_pb.js";
 import type { CliContext, Wire } from "./context.js";
-import { randomLeaseId } from "./leases.js";
+import { randomLeaseId } from "./lease-scope.js";
 import { parseLabelArgs, rfc3339Nano, TabWriter } from "./table.js";
 
 export const DEFAULT_SNAPSHOTTER = "overlayfs";
