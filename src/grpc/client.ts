@@ -1,5 +1,7 @@
-// A typed gRPC client over grpc-js for protobuf-es service descriptors (used by the berth CLI,
-// tests and benchmarks). Namespace and lease travel as containerd's metadata headers.
+// A typed gRPC client over grpc-js for protobuf-es service descriptors, used by tests and
+// benchmarks (grpc-js is an implementation independent of berthd's server). The berth CLI uses
+// the same `Client` type on node:http2 alone (h2client.ts), which starts faster. Namespace and
+// lease travel as containerd's metadata headers.
 import {
   create,
   type DescMessage,

@@ -5,7 +5,8 @@ import * as net from "node:net";
 import { resolve } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
 import type { Command } from "commander";
-import { type CallOptions, type Client, Connection } from "../../grpc/client.js";
+import type { CallOptions, Client } from "../../grpc/client.js";
+import { H2Connection } from "../../grpc/h2client.js";
 
 export const DEFAULT_ADDRESS = "/run/berth/berth.sock";
 const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
@@ -22,7 +23,7 @@ export interface GlobalOptions {
 
 /** What a command handler gets: the global options and a lazily connected client factory. */
 export class CliContext {
-  private conn?: Connection;
+  private conn?: H2Connection;
   private connecting?: Promise<void>;
 
   constructor(readonly globals: GlobalOptions) {}
@@ -35,7 +36,7 @@ export class CliContext {
   async client<S extends DescService>(service: S): Promise<Client<S>> {
     if (!this.conn) {
       this.debug(`connecting to ${this.globals.address} (namespace ${this.namespace})`);
-      const conn = new Connection(channelAddress(this.globals.address));
+      const conn = new H2Connection(channelAddress(this.globals.address));
       this.conn = conn;
       this.connecting = this.connect(conn);
     }
@@ -69,7 +70,7 @@ export class CliContext {
     this.conn?.close();
   }
 
-  private async connect(conn: Connection): Promise<void> {
+  private async connect(conn: H2Connection): Promise<void> {
     const { address } = this.globals;
     const timeoutMs = this.globals.connectTimeoutMs || this.globals.timeoutMs || DEFAULT_CONNECT_TIMEOUT_MS;
     const path = unixSocketPath(address);
