@@ -1,7 +1,7 @@
 // The berth CLI's start is on the path of every command (and of every pull the benchmark times):
 // what its modules import at load time is what each run pays for. It talks to the daemon over
 // gRPC only, so nothing in its static import graph may load the daemon's native addons (SQLite,
-// the FFI) or the registry client.
+// the FFI), the registry client, or grpc-js (the CLI has its own client on node:http2).
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import path from "node:path";
@@ -38,11 +38,11 @@ function staticPackages(entry: string): Map<string, string[]> {
   return found;
 }
 
-test("the berth CLI loads no native addon and no registry client when it starts", () => {
+test("the berth CLI loads no native addon, no registry client and no grpc-js when it starts", () => {
   const entry = fileURLToPath(new URL("../../src/cmd/berth/main.js", import.meta.url));
   const pkgs = staticPackages(entry);
   assert.ok(pkgs.has("commander"), "the walk follows the CLI's imports");
-  for (const heavy of ["better-sqlite3", "koffi", "undici", "prom-client"]) {
+  for (const heavy of ["better-sqlite3", "koffi", "undici", "prom-client", "@grpc/grpc-js"]) {
     const chain = pkgs.get(heavy);
     assert.equal(chain, undefined, `${heavy} is imported at start through ${chain?.join(" -> ")}`);
   }
