@@ -5,76 +5,23 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import type { GenService } from "@bufbuild/protobuf/codegenv2";
 import * as grpc from "@grpc/grpc-js";
 import {
   type InfoRequest,
-  InfoRequestSchema,
   type InfoResponse,
   InfoResponseSchema,
   type ReadContentRequest,
-  ReadContentRequestSchema,
   type ReadContentResponse,
   ReadContentResponseSchema,
   type WriteContentRequest,
-  WriteContentRequestSchema,
   type WriteContentResponse,
   WriteContentResponseSchema,
 } from "../../src/gen/containerd/services/content/v1/content_pb.js";
 import { H2Connection } from "../../src/grpc/h2client.js";
 import { grpcDefinition } from "../../src/grpc/service.js";
 import { kind } from "../helpers/assert.js";
+import { Test } from "../helpers/grpc-test-service.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
-
-type TestMethods = {
-  unary: { methodKind: "unary"; input: typeof InfoRequestSchema; output: typeof InfoResponseSchema };
-  serverStream: {
-    methodKind: "server_streaming";
-    input: typeof ReadContentRequestSchema;
-    output: typeof ReadContentResponseSchema;
-  };
-  clientStream: {
-    methodKind: "client_streaming";
-    input: typeof WriteContentRequestSchema;
-    output: typeof WriteContentResponseSchema;
-  };
-  bidi: {
-    methodKind: "bidi_streaming";
-    input: typeof WriteContentRequestSchema;
-    output: typeof WriteContentResponseSchema;
-  };
-};
-
-const methods = (
-  [
-    ["Unary", "unary", "unary", InfoRequestSchema, InfoResponseSchema],
-    ["ServerStream", "serverStream", "server_streaming", ReadContentRequestSchema, ReadContentResponseSchema],
-    [
-      "ClientStream",
-      "clientStream",
-      "client_streaming",
-      WriteContentRequestSchema,
-      WriteContentResponseSchema,
-    ],
-    ["Bidi", "bidi", "bidi_streaming", WriteContentRequestSchema, WriteContentResponseSchema],
-  ] as const
-).map(([name, localName, methodKind, input, output]) => ({
-  kind: "rpc",
-  name,
-  localName,
-  methodKind,
-  input,
-  output,
-  idempotency: 0,
-  deprecated: false,
-}));
-const Test = {
-  kind: "service",
-  typeName: "berth.test.v1.H2ClientTest",
-  name: "H2ClientTest",
-  methods,
-  method: Object.fromEntries(methods.map((m) => [m.localName, m])),
-} as unknown as GenService<TestMethods>;
 
 /** What the server saw, for assertions. */
 const seen = { cancelled: 0 };

@@ -8,15 +8,11 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { GenService } from "@bufbuild/protobuf/codegenv2";
 import { GrpcCode } from "../../src/base/errdefs.js";
 import {
   InfoRequestSchema,
   InfoResponseSchema,
-  ReadContentRequestSchema,
   ReadContentResponseSchema,
-  WriteContentRequestSchema,
-  WriteContentResponseSchema,
 } from "../../src/gen/containerd/services/content/v1/content_pb.js";
 import { Namespaces } from "../../src/gen/containerd/services/namespaces/v1/namespace_pb.js";
 import { type Client, Connection } from "../../src/grpc/client.js";
@@ -32,62 +28,10 @@ import {
   statusError,
 } from "../../src/grpc/wire.js";
 import { kind } from "../helpers/assert.js";
+import { TEST_SERVICE, Test } from "../helpers/grpc-test-service.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
-// --- a test service: one method of each shape, on containerd's content messages --------------
-
-type TestMethods = {
-  unary: { methodKind: "unary"; input: typeof InfoRequestSchema; output: typeof InfoResponseSchema };
-  serverStream: {
-    methodKind: "server_streaming";
-    input: typeof ReadContentRequestSchema;
-    output: typeof ReadContentResponseSchema;
-  };
-  clientStream: {
-    methodKind: "client_streaming";
-    input: typeof WriteContentRequestSchema;
-    output: typeof WriteContentResponseSchema;
-  };
-  bidi: {
-    methodKind: "bidi_streaming";
-    input: typeof WriteContentRequestSchema;
-    output: typeof WriteContentResponseSchema;
-  };
-  missing: { methodKind: "unary"; input: typeof InfoRequestSchema; output: typeof InfoResponseSchema };
-};
-
-const TEST_SERVICE = "berth.test.v1.Test";
-const methods = (
-  [
-    ["Unary", "unary", "unary", InfoRequestSchema, InfoResponseSchema],
-    ["ServerStream", "serverStream", "server_streaming", ReadContentRequestSchema, ReadContentResponseSchema],
-    [
-      "ClientStream",
-      "clientStream",
-      "client_streaming",
-      WriteContentRequestSchema,
-      WriteContentResponseSchema,
-    ],
-    ["Bidi", "bidi", "bidi_streaming", WriteContentRequestSchema, WriteContentResponseSchema],
-    ["Missing", "missing", "unary", InfoRequestSchema, InfoResponseSchema],
-  ] as const
-).map(([name, localName, methodKind, input, output]) => ({
-  kind: "rpc",
-  name,
-  localName,
-  methodKind,
-  input,
-  output,
-  idempotency: 0,
-  deprecated: false,
-}));
-const Test = {
-  kind: "service",
-  typeName: TEST_SERVICE,
-  name: "Test",
-  methods,
-  method: Object.fromEntries(methods.map((m) => [m.localName, m])),
-} as unknown as GenService<TestMethods>;
+// --- the test service (test/helpers/grpc-test-service.ts) --------------------------------------
 
 /** What the handlers saw, for assertions. */
 const seen = {
