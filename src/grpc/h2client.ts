@@ -1,7 +1,8 @@
 // A gRPC client on node:http2 alone, for the berth CLI: the same typed `Client<S>` as client.ts,
 // without grpc-js. grpc-js's channels, resolvers and load balancers, and the built-ins they load
-// (tls, dns, zlib), took ~65 ms of every command's ~0.28 s start; a CLI run makes one connection
-// to one daemon and needs none of them (docs/performance.md, finding 54). Tests and benchmarks
+// (tls, dns, zlib), made it the largest part of a command's start, and a CLI run makes one
+// connection to one daemon and needs none of them: `berth version` against berthd went from
+// ~350 to ~260–320 ms (docs/performance.md, finding 54). Tests and benchmarks
 // keep grpc-js (client.ts), an implementation independent of berthd's server; this client is
 // judged by the CLI's tests against the real containerd.
 //
