@@ -4,6 +4,7 @@
 // so they work against a remote socket too.
 
 import type { Command } from "commander";
+import { GC_EXPIRE } from "../../core/gc/labels.js";
 import { formatChain } from "../../core/gc/why-format.js";
 import { GC } from "../../gen/berth/gc/v1/gc_pb.js";
 import { Content } from "../../gen/containerd/services/content/v1/content_pb.js";
@@ -26,7 +27,7 @@ async function collect(ctx: CliContext, sync: boolean): Promise<void> {
   const leases = await ctx.client(Leases);
   const id = randomLeaseId();
   const expire = new Date(Date.now() + 3600_000).toISOString().replace(/\.\d{3}Z$/, "Z");
-  await leases.create({ id, labels: { "containerd.io/gc.expire": expire } }, ctx.call());
+  await leases.create({ id, labels: { [GC_EXPIRE]: expire } }, ctx.call());
   await leases.delete({ id, sync }, ctx.call());
 }
 

@@ -3,9 +3,11 @@
 // streams). The archive formats live in src/core/images/archive.ts; this file connects them to
 // the daemon: content read and written over gRPC, the image records, and the host platform's
 // layers unpacked into snapshots named by chain ID, like a pull.
+
 import { randomBytes } from "node:crypto";
 import type { Command } from "commander";
 import { isAlreadyExists } from "../../base/errdefs.js";
+import { GC_EXPIRE } from "../../core/gc/labels.js";
 import { exportArchive, importArchive } from "../../core/images/archive.js";
 import { hostMatcher, imageConfig } from "../../core/images/image.js";
 import { unpackImage } from "../../core/unpack/unpacker.js";
@@ -112,7 +114,7 @@ async function importImages(ctx: CliContext, file: string, o: ImportOpts): Promi
   const leases = await ctx.client(Leases);
   const lease = `import-${Date.now()}-${randomBytes(6).toString("hex")}`;
   const expire = new Date(Date.now() + 24 * 3600 * 1000).toISOString().replace(/\.\d+Z$/, "Z");
-  await leases.create({ id: lease, labels: { "containerd.io/gc.expire": expire } }, ctx.call());
+  await leases.create({ id: lease, labels: { [GC_EXPIRE]: expire } }, ctx.call());
   try {
     const r = await importArchive(
       file,

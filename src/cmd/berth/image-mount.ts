@@ -3,9 +3,11 @@
 // after the target, mounted here with mountAll. Unmount undoes the mounts and with --rm removes
 // the snapshot and the lease. Usage: per layer of the host platform's manifest, the content size
 // and the unpacked snapshot's usage.
+
 import { resolve } from "node:path";
 import type { Command } from "commander";
 import { isAlreadyExists, isNotFound } from "../../base/errdefs.js";
+import { GC_EXPIRE } from "../../core/gc/labels.js";
 import { mountAll, unmountAll } from "../../core/mount/mount.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import { Snapshots } from "../../gen/containerd/services/snapshots/v1/snapshots_pb.js";
@@ -39,7 +41,7 @@ export function registerImageMount(images: Command, wire: Wire): void {
         const leases = await ctx.client(Leases);
         const expire = new Date(Date.now() + 24 * 3600 * 1000).toISOString().replace(/\.\d+Z$/, "Z");
         await leases
-          .create({ id: target, labels: { "containerd.io/gc.expire": expire } }, ctx.call())
+          .create({ id: target, labels: { [GC_EXPIRE]: expire } }, ctx.call())
           .catch((err: unknown) => {
             if (!isAlreadyExists(err)) throw err;
           });

@@ -1,7 +1,9 @@
 // Leases for the CLI's commands: generated ids in ctr's shape, and a short-lived lease around CLI
 // work that creates resources (a new snapshot survives the garbage collector until the container
 // that holds it exists), deleted when the work ends.
+
 import { randomBytes } from "node:crypto";
+import { GC_EXPIRE } from "../../core/gc/labels.js";
 import { Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import type { CliContext } from "./context.js";
 
@@ -16,7 +18,7 @@ export async function withLease<T>(ctx: CliContext, fn: (lease: string) => Promi
   const leases = await ctx.client(Leases);
   const id = `berth-${Date.now()}-${randomBytes(6).toString("hex")}`;
   const expire = new Date(Date.now() + 24 * 3600_000).toISOString().replace(/\.\d+Z$/, "Z");
-  await leases.create({ id, labels: { "containerd.io/gc.expire": expire } }, ctx.call());
+  await leases.create({ id, labels: { [GC_EXPIRE]: expire } }, ctx.call());
   try {
     return await fn(id);
   } finally {

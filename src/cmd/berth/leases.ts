@@ -1,15 +1,14 @@
 // `berth leases`: create, list and delete leases.
+
 import { toJson } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import { parseDuration } from "../../base/duration.js";
+import { GC_EXPIRE } from "../../core/gc/labels.js";
 import { LeaseSchema, Leases } from "../../gen/containerd/services/leases/v1/leases_pb.js";
 import type { Wire } from "./context.js";
 import { randomLeaseId } from "./lease-scope.js";
 import { formatLabels, parseLabelArgs, printJson, rfc3339Local, TabWriter, wantsJson } from "./table.js";
-
-/** Label that makes the garbage collector drop a lease after the given time. */
-export const GC_EXPIRE_LABEL = "containerd.io/gc.expire";
 
 export function registerLeases(program: Command, wire: Wire): void {
   const leases = program.command("leases").description("manage leases");
@@ -55,7 +54,7 @@ export function registerLeases(program: Command, wire: Wire): void {
         const opts = cmd.opts<{ id?: string; expires: string }>();
         const expiresMs = parseDuration(opts.expires);
         const labels = parseLabelArgs(cmd.args, "skip");
-        if (expiresMs > 0) labels[GC_EXPIRE_LABEL] = rfc3339Local(new Date(Date.now() + expiresMs));
+        if (expiresMs > 0) labels[GC_EXPIRE] = rfc3339Local(new Date(Date.now() + expiresMs));
         const client = await ctx.client(Leases);
         const { lease } = await client.create({ id: opts.id || randomLeaseId(), labels }, ctx.call());
         process.stdout.write(`${lease?.id ?? ""}\n`);

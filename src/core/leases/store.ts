@@ -18,7 +18,7 @@ export interface LeaseResource {
   type: string;
 }
 
-export const GC_EXPIRE_LABEL = "containerd.io/gc.expire";
+export { GC_EXPIRE as GC_EXPIRE_LABEL } from "../gc/labels.js";
 
 const ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
