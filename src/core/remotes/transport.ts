@@ -8,11 +8,21 @@ import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Agent, Dispatcher } from "undici";
 
-// undici is loaded on the first registry request: it is the largest module berthd has (~20 MiB of
-// RSS), and a daemon that only runs containers never needs it.
-let undiciLib: Promise<typeof import("undici")> | undefined;
+// undici is loaded on the first registry request: it is the largest module berthd has, and a
+// daemon that only runs containers never needs it. Only its connection pool (Agent) and its
+// request API are loaded, not the package's entry: that entry also loads fetch, WebSocket, the
+// cache, mocking and proxy code, 113 files taking 100-140 ms on the first pull's critical path
+// against ~40 ms for these 31 (docs/performance.md, finding 55). Types: src/core/remotes/undici-parts.d.ts.
+interface UndiciParts {
+  Agent: typeof Agent;
+  request: (this: Dispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
+}
+let undiciLib: Promise<UndiciParts> | undefined;
 const undici = () => {
-  undiciLib ??= import("undici");
+  undiciLib ??= Promise.all([
+    import("undici/lib/dispatcher/agent.js"),
+    import("undici/lib/api/api-request.js"),
+  ]).then(([agent, request]) => ({ Agent: agent.default, request: request.default }));
   return undiciLib;
 };
 
@@ -231,11 +241,13 @@ export class Transport {
   ) {
     try {
       const { request } = await undici();
-      return await request(u, {
+      // what undici's request(url, opts) does with a URL before calling the dispatcher's
+      return await request.call(dispatcher, {
+        origin: u.origin,
+        path: u.search ? `${u.pathname}${u.search}` : u.pathname,
         method: method as Dispatcher.HttpMethod,
         headers,
         body: body ?? null,
-        dispatcher,
         headersTimeout: this.o.headersTimeoutMs,
         bodyTimeout: this.o.bodyTimeoutMs,
       });
