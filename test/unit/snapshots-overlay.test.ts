@@ -18,6 +18,7 @@ import { BerthError } from "../../src/base/errdefs.js";
 import type { Mount } from "../../src/base/mount.js";
 import { mountAll, unmountAll } from "../../src/core/mount/mount.js";
 import { splitLowerdir } from "../../src/core/mount/options.js";
+import { diskUsage } from "../../src/core/snapshots/fsutil.js";
 import { checkOverlaySupport, OverlaySnapshotter, UPPERDIR_LABEL } from "../../src/core/snapshots/overlay.js";
 import { MOUNT_DATA_MAX } from "../../src/sys/mount.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
@@ -180,6 +181,47 @@ describe("overlayfs snapshotter", () => {
       await sn.prepare("owned", "L1", {});
       const st = statSync(join(dir, "chain", "snapshots", "5", "fs"));
       assert.deepEqual([st.uid, st.gid], [1234, 5678]);
+    } finally {
+      await sn.close();
+    }
+  });
+
+  it("measures a committed snapshot's usage on the first ask, once, and keeps it across a restart", async () => {
+    let sn = newSnapshotter("lazy-usage");
+    try {
+      await withMounted(await sn.prepare("a", "", {}), (root) => {
+        writeFileSync(join(root, "one"), Buffer.alloc(20_000, 1));
+        mkdirSync(join(root, "d"));
+        writeFileSync(join(root, "d", "two"), "two");
+      });
+      await sn.commit("A", "a", {}); // no measurement given: none taken now
+      const upper = join(dir, "lazy-usage", "snapshots", "1", "fs");
+      const walked = await diskUsage(upper);
+      assert.equal(walked.inodes, 4); // root, one, d, d/two
+      assert.deepEqual(await sn.usage("A"), walked);
+      // recorded: a file slipped into the committed tree behind the snapshotter's back (which
+      // nothing may do) is not seen, as a committed record in containerd would not see it
+      writeFileSync(join(upper, "stray"), Buffer.alloc(8192, 2));
+      assert.deepEqual(await sn.usage("A"), walked);
+      await sn.close();
+      sn = newSnapshotter("lazy-usage");
+      assert.deepEqual(await sn.usage("A"), walked);
+      // a measurement the caller made (a staged layer's) is kept as given
+      await sn.prepare("b", "A", {});
+      await sn.commit("B", "b", {}, { size: 12_288, inodes: 3 });
+      assert.deepEqual(await sn.usage("B"), { size: 12_288, inodes: 3 });
+      // the commit itself walks nothing: what the tree holds at the first ask is what counts
+      await sn.prepare("d", "B", {});
+      await sn.commit("D", "d", {});
+      const upperD = join(dir, "lazy-usage", "snapshots", "3", "fs");
+      assert.equal((await diskUsage(upperD)).inodes, 1);
+      writeFileSync(join(upperD, "late"), "x");
+      assert.equal((await sn.usage("D")).inodes, 2);
+      // removed before its first measurement: not found, as for any snapshot that is gone
+      await sn.prepare("c", "B", {});
+      await sn.commit("C", "c", {});
+      await sn.remove("C");
+      await assert.rejects(sn.usage("C"), kind("not found"));
     } finally {
       await sn.close();
     }

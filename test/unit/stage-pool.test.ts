@@ -53,15 +53,15 @@ describe("layer staging threads", () => {
     await removeTempDir(dir);
   });
 
-  it("extracts consecutive layers on one thread, each with its tree's usage", async () => {
+  it("extracts consecutive layers on one thread, each into its tree", async () => {
     const before = stageThreadStats().started;
     for (const seed of [1, 2, 3]) {
       const l = layer(seed);
       const d = fresh();
       const staged = await stageLayerThreaded(d, chunks(l.blob, 4096), l.desc, "plain");
       assert.equal(staged.diffId, sha256(l.tar));
-      assert.deepEqual(staged.usage, await diskUsage(d));
-      assert.ok(staged.usage.inodes >= 42, `inodes ${staged.usage.inodes}`); // dir, 40 files, symlink
+      const u = await diskUsage(d);
+      assert.ok(u.inodes >= 42, `inodes ${u.inodes}`); // dir, 40 files, symlink
     }
     // the first layer may have found a thread an earlier test left idle
     assert.ok(
@@ -71,11 +71,11 @@ describe("layer staging threads", () => {
     assert.equal(stageThreadStats().idle, 1);
   });
 
-  it("reports the same usage on a thread and on the event loop", async () => {
+  it("builds the same tree on a thread and on the event loop", async () => {
     const l = layer(7, 120);
     const a = await stageLayerThreaded(fresh(), chunks(l.blob), l.desc, "plain");
     const b = await stageLayer(fresh(), chunks(l.blob), l.desc, "plain");
-    assert.deepEqual(a.usage, b.usage);
+    assert.deepEqual(await diskUsage(a.dir), await diskUsage(b.dir));
     assert.equal(a.diffId, b.diffId);
   });
 
@@ -114,6 +114,6 @@ describe("layer staging threads", () => {
     const d = fresh();
     const staged = await stageLayerThreaded(d, chunks(next.blob, 1 << 10), next.desc, "plain");
     assert.equal(staged.diffId, sha256(next.tar));
-    assert.deepEqual(staged.usage, await diskUsage(d));
+    assert.ok((await diskUsage(d)).inodes >= 42);
   });
 });

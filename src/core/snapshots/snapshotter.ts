@@ -48,7 +48,10 @@ export interface Snapshotter {
   mounts(key: string): Promise<Mount[]>;
   prepare(key: string, parent: string, labels: Labels): Promise<Mount[]>;
   view(key: string, parent: string, labels: Labels): Promise<Mount[]>;
-  /** `usage`: the active snapshot's disk usage if the caller measured it; else it is measured. */
+  /**
+   * `usage`: the active snapshot's disk usage if the caller measured it; else it is measured when
+   * first asked for (usage()), not here.
+   */
   commit(name: string, key: string, labels: Labels, usage?: Usage): Promise<void>;
   remove(key: string): Promise<void>;
   /** Every snapshot, in an order where parents come before children. */

@@ -30,6 +30,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
 CREATE INDEX IF NOT EXISTS snapshots_by_parent ON snapshots (parent_id);
 `;
 
+/** size and inodes of a committed snapshot whose usage has not been measured yet. */
+const UNMEASURED = -1;
+
 type Row = {
   id: number;
   key: string;
@@ -114,6 +117,7 @@ export class MetaStore {
       commit: s.prepare(
         "UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created_at = ?, updated_at = ?, size = ?, inodes = ? WHERE id = ?",
       ),
+      setUsage: s.prepare("UPDATE snapshots SET size = ?, inodes = ? WHERE id = ? AND size = ?"),
       hasChild: s.prepare("SELECT 1 FROM snapshots WHERE parent_id = ? LIMIT 1"),
       remove: s.prepare("DELETE FROM snapshots WHERE id = ?"),
       ids: s.prepare("SELECT id FROM snapshots").pluck(),
@@ -149,10 +153,18 @@ export class MetaStore {
     return this.stmts.byKey.get(key) as Row | undefined;
   }
 
-  getInfo(key: string): { id: string; info: SnapshotInfo; usage: Usage } {
+  /** `usage` is undefined for a committed snapshot whose usage was not measured yet (see commitActive). */
+  getInfo(key: string): { id: string; info: SnapshotInfo; usage: Usage | undefined } {
     const r = this.row(key);
     if (!r) throw errNotFound("snapshot does not exist");
-    return { id: String(r.id), info: toInfo(r), usage: { size: r.size, inodes: r.inodes } };
+    const usage = r.size === UNMEASURED ? undefined : { size: r.size, inodes: r.inodes };
+    return { id: String(r.id), info: toInfo(r), usage };
+  }
+
+  /** Keep the usage measured for a committed snapshot committed without one. */
+  recordUsage(id: string, usage: Usage): void {
+    this.writes++;
+    this.stmts.setUsage.run(usage.size, usage.inodes, Number(id), UNMEASURED);
   }
 
   updateInfo(
@@ -242,8 +254,12 @@ export class MetaStore {
     return { id: String(id), kind, parentIds: this.parentChain(parentId) };
   }
 
-  /** Turn an active snapshot into a committed one named `name`; its id stays. */
-  commitActive(key: string, name: string, usage: Usage, labels: Labels): string {
+  /**
+   * Turn an active snapshot into a committed one named `name`; its id stays. Without `usage` the
+   * snapshot is recorded as not measured yet: a committed snapshot's files never change, so the
+   * walk that measures them can wait until its usage is asked for (getInfo, recordUsage).
+   */
+  commitActive(key: string, name: string, usage: Usage | undefined, labels: Labels): string {
     return this.tx(() => {
       if (this.row(name)) throw errAlreadyExists(`committed snapshot ${name}`);
       const r = this.row(key);
@@ -256,8 +272,8 @@ export class MetaStore {
         encodeLabels(cleanLabels(labels)),
         now,
         now,
-        usage.size,
-        usage.inodes,
+        usage?.size ?? UNMEASURED,
+        usage?.inodes ?? UNMEASURED,
         r.id,
       );
       return String(r.id);

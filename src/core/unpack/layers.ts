@@ -166,7 +166,7 @@ export class LayerUnpack {
         env.signal.throwIfAborted();
         await intoSnapshot(env.snapshots, this.chain[i]!, parent, async (mounts) => {
           moveStaged(staged, mounts, env.log);
-          return staged.usage;
+          return undefined; // measured when first asked for (the snapshotter's usage())
         });
       } finally {
         await staging.releaseStagingDir(dir);

@@ -3,7 +3,6 @@
 // carries the job's number, so what arrives late for a finished job is recognised and dropped.
 import type { ApplyMode } from "../diff/apply.js";
 import type { Descriptor } from "../images/media.js";
-import type { Usage } from "../snapshots/snapshotter.js";
 
 /** One layer to extract. */
 export interface StageJob {
@@ -25,5 +24,5 @@ export type ToMain =
   | { type: "ready" }
   | { type: "ack"; id: number; bytes: number }
   | { type: "log"; id: number; level: string; msg: string; fields: Record<string, unknown> }
-  | { type: "done"; id: number; diffId: string; implicitDirs: string[]; usage: Usage }
+  | { type: "done"; id: number; diffId: string; implicitDirs: string[] }
   | { type: "error"; id: number; name: string; message: string; kind?: string; code?: string };

@@ -253,7 +253,7 @@ async function runOnThread(
         }
         case "done":
           settle();
-          resolve({ dir, diffId: m.diffId, implicitDirs: new Set(m.implicitDirs), usage: m.usage });
+          resolve({ dir, diffId: m.diffId, implicitDirs: new Set(m.implicitDirs) });
           return;
         case "error": {
           settle();

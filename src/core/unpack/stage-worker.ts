@@ -83,7 +83,6 @@ async function run(c: Current, job: StageJob): Promise<void> {
       id: c.id,
       diffId: staged.diffId,
       implicitDirs: [...staged.implicitDirs],
-      usage: staged.usage,
     } satisfies ToMain);
   } catch (err) {
     const e = err as Error;

@@ -12,8 +12,6 @@ import { type ApplyMode, adoptLowerDirs, applyTar } from "../diff/apply.js";
 import { type Compression, diffCompression, openLayer } from "../diff/compression.js";
 import { overlayDirs } from "../diff/walking.js";
 import type { Descriptor } from "../images/media.js";
-import { diskUsage } from "../snapshots/fsutil.js";
-import type { Usage } from "../snapshots/snapshotter.js";
 
 /** Bytes a pipe holds before its writer waits (per layer streamed). */
 const PIPE_HIGH_WATER = 16 << 20;
@@ -107,13 +105,6 @@ export interface StagedLayer {
   diffId: string;
   /** Parent directories the layer did not carry (ApplyOptions.implicitDirs). */
   implicitDirs: Set<string>;
-  /**
-   * The tree's disk usage, measured where it was extracted (on the worker thread for a large
-   * layer): the snapshot it is moved into records it at commit instead of walking the tree again
-   * on the daemon's event loop. Moving keeps every inode, so the numbers are the upper
-   * directory's.
-   */
-  usage: Usage;
 }
 
 function compressionOf(desc: Descriptor): Compression {
@@ -140,7 +131,9 @@ export async function stageLayer(
   const layer = openLayer(src, compressionOf(desc), { expect });
   const implicitDirs = new Set<string>();
   const r = await applyTar(dir, layer, { mode, implicitDirs, log: opts.log, signal: opts.signal });
-  return { dir, diffId: r.digest, implicitDirs, usage: await diskUsage(dir) };
+  // no walk to measure the tree's disk usage: the snapshot measures it when first asked
+  // (docs/performance.md, finding 56)
+  return { dir, diffId: r.digest, implicitDirs };
 }
 
 /** The upper directory and lowers (top first) of an overlay snapshot's active mounts. */
