@@ -104,6 +104,8 @@ interface RunStats {
   phases: Record<Phase, number[]>;
   wallMs: number;
   failures: string[];
+  /** The daemon's CPU seconds over the run (not for raw runc). */
+  cpuS?: number;
 }
 
 const emptyStats = (): RunStats => ({
@@ -313,7 +315,8 @@ async function main(): Promise<void> {
           u.peakAnon = Math.max(u.peakAnon, procStatus(d.pid, "RssAnon"));
         }, 100);
         const s = await lifecycleDaemon(d, ref, w, `lc${w}`).finally(() => clearInterval(sampler));
-        u.cpu += cpuSeconds(d.pid) - cpu0;
+        s.cpuS = cpuSeconds(d.pid) - cpu0;
+        u.cpu += s.cpuS;
         u.peakRss = procStatus(d.pid, "VmHWM");
         u.endRss = procStatus(d.pid, "VmRSS");
         u.peakAnon = Math.max(u.peakAnon, procStatus(d.pid, "RssAnon"));
@@ -370,6 +373,22 @@ async function main(): Promise<void> {
     if (WANTED.length === 2)
       row.push(fmtRatio(rate[columns.indexOf("berthd")]!, rate[columns.indexOf("containerd")]!));
     rows.push(row);
+    // Per run, so the first (V8 still compiling berthd's code, docs/performance.md finding 57)
+    // and the later ones can be told apart; the "daemon CPU" row below is their sum.
+    const perContainer = columns.map((col) => {
+      const s = get(col, w);
+      return s?.cpuS === undefined ? Number.NaN : (s.cpuS * 1000) / Math.max(1, N - s.failures.length);
+    });
+    const cpuRow = [
+      "daemon CPU per container (ms)",
+      String(w),
+      ...perContainer.map((v) => (Number.isNaN(v) ? "—" : fmt(v))),
+    ];
+    if (WANTED.length === 2)
+      cpuRow.push(
+        fmtRatio(perContainer[columns.indexOf("berthd")]!, perContainer[columns.indexOf("containerd")]!),
+      );
+    rows.push(cpuRow);
   }
   // one row per resource: each daemon's value, then the ratio
   const resources: [label: string, pick: (u: Usage) => number, show: (n: number) => string][] = [
