@@ -1,5 +1,5 @@
-// Bundles berthd (and the layer-staging worker it starts) and the berth CLI into one ES module
-// each under dist/bundle/, the files bin/berthd.js and bin/berth.js run. Why: Node 20 loads an ES
+// Bundles berthd (and the layer-staging worker it starts) into ES modules and the berth CLI into
+// one CommonJS file under dist/bundle/, the files bin/berthd.js and bin/berth.js run. Why: Node 20 loads an ES
 // module graph file by file (resolve, stat, read, compile each of ~270 modules plus their
 // dependencies'), which took about 0.3 s of berthd's ~0.5 s start-up, and the per-module records
 // cost ~10 MiB of resident memory.
@@ -14,6 +14,7 @@
 // Native addons (koffi, better-sqlite3) stay external: they are loaded from node_modules at run
 // time. So do the modules berthd loads only on demand (prom-client with [metrics], undici on the
 // first registry request), which keeps a daemon that never needs them from parsing them.
+import { spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { build } from "esbuild";
 
@@ -25,7 +26,6 @@ rmSync("dist/bundle", { recursive: true, force: true });
 await build({
   entryPoints: {
     berthd: "dist/src/cmd/berthd/main.js",
-    berth: "dist/src/cmd/berth/main.js",
     // stage-thread.js starts it as new URL("./stage-worker.js", import.meta.url): next to berthd.js
     "stage-worker": "dist/src/core/unpack/stage-worker.js",
   },
@@ -44,3 +44,29 @@ await build({
   sourcemap: "linked",
   logLevel: "warning",
 });
+
+// The CLI, a process per command, as one CommonJS file: bin/berth.js compiles it through
+// vm.Script with a V8 code cache, which an ES module cannot use in Node 20 (Node 22's
+// module.enableCompileCache does that). The cache is made here, by a run of `berth --version`
+// that writes what V8 compiled in it; V8 checks it against the source and Node's version and
+// flags, and compiles afresh when it does not match (docs/performance.md, finding 59).
+await build({
+  entryPoints: ["dist/src/cmd/berth/main.js"],
+  outfile: "dist/bundle/berth.cjs",
+  bundle: true,
+  platform: "node",
+  format: "cjs",
+  target: "node20",
+  external,
+  // the modules that find files or built-ins from their own location
+  define: { "import.meta.url": "__berthModuleUrl" },
+  banner: { js: 'var __berthModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
+  sourcemap: "linked",
+  logLevel: "warning",
+});
+const cached = spawnSync(process.execPath, ["bin/berth.js", "--version"], {
+  env: { ...process.env, BERTH_WRITE_CODE_CACHE: "1" },
+  encoding: "utf8",
+});
+if (cached.status !== 0)
+  throw new Error(`bundle: making the CLI's code cache failed: ${cached.stderr || cached.error}`);

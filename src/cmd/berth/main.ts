@@ -96,4 +96,5 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+// not a top-level await: the CLI is bundled as CommonJS (scripts/bundle.ts), which has none
+void main();
