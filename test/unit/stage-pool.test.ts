@@ -1,8 +1,7 @@
 // The pool of layer-staging threads (src/core/unpack/stage-thread.ts): a thread that finished a
 // layer extracts the next one; a thread whose layer failed is never reused; a layer whose bytes
-// run on past the tar's end is read (and hashed) to its end before its thread takes the next; the
-// disk usage a staged layer reports is what a walk of its tree measures (the snapshot records it
-// at commit).
+// run on past the tar's end is read (and hashed) to its end before its thread takes the next; a
+// layer builds the same tree on a thread as on the event loop.
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";

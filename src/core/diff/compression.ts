@@ -56,6 +56,26 @@ export function detectCompression(head: Uint8Array): "gzip" | "zstd" | "" {
   return "";
 }
 
+/**
+ * Chunks whose memory goes back to its owner once a decompressor has taken their bytes in (an
+ * extraction thread hands its input pieces back to the daemon's event loop, which refills them:
+ * memory touched for the first time costs a page fault per 4 KiB on this VM, finding 61).
+ */
+const onConsumed = new WeakMap<Buffer, () => void>();
+
+/** Call `fn` once a decompressor here is done with `chunk` (it may never be, if none reads it). */
+export function whenConsumed(chunk: Buffer, fn: () => void): void {
+  onConsumed.set(chunk, fn);
+}
+
+function consumed(chunk: Buffer): void {
+  const fn = onConsumed.get(chunk);
+  if (fn) {
+    onConsumed.delete(chunk);
+    fn();
+  }
+}
+
 /** Output chunk size of the gzip decoder: large chunks mean fewer threadpool round trips. */
 const GUNZIP_CHUNK = 1 << 20;
 
@@ -182,7 +202,8 @@ async function peek(
     parts.push(r.value);
     len += r.value.length;
   }
-  const head = Buffer.concat(parts, len);
+  // one chunk is passed on as it is (a piece handed back once consumed stays itself, pieces.ts)
+  const head = parts.length === 1 ? parts[0]! : Buffer.concat(parts, len);
   async function* rest(): AsyncGenerator<Buffer> {
     let finished = ended;
     try {
@@ -219,20 +240,59 @@ export async function* decompress(
 }
 
 async function* gunzip(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  const input = Readable.from(src, { objectMode: false, highWaterMark: 1 << 20 });
   const gz = zlib().createGunzip({ chunkSize: GUNZIP_CHUNK });
   // A larger readable buffer lets the decoder run ahead (in the threadpool) while the caller
   // works on the previous chunks.
   (gz as unknown as { _readableState: { highWaterMark: number } })._readableState.highWaterMark =
     4 * GUNZIP_CHUNK;
-  input.on("error", (err) => gz.destroy(err));
-  input.pipe(gz);
+  // Fed by hand rather than piped: a write's callback says when zlib has taken the chunk in.
+  // The next chunk is asked for while zlib works on this one, as a pipe's read-ahead would.
+  const feed = (async () => {
+    const it = src[Symbol.asyncIterator]();
+    // a failure while it waits is taken when it is awaited (not an unhandled rejection meanwhile)
+    const ask = () => {
+      const p = it.next();
+      p.catch(() => {});
+      return p;
+    };
+    let next = ask();
+    for (;;) {
+      const r = await next;
+      if (r.done) break;
+      if (gz.destroyed) {
+        await it.return?.();
+        return;
+      }
+      const chunk = r.value;
+      const more = gz.write(chunk, () => consumed(chunk));
+      next = ask();
+      if (!more) await drained(gz);
+    }
+    gz.end();
+  })();
+  feed.catch((err: unknown) => gz.destroy(err as Error));
   try {
     for await (const chunk of gz) yield chunk as Buffer;
   } finally {
-    input.destroy();
+    // the feeder stops at its next chunk (gz is destroyed), which also closes `src`
     gz.destroy();
   }
+}
+
+/** Until `w` wants more, or is gone (destroyed by its reader, or failed: its reader sees that). */
+function drained(w: NodeJS.WritableStream & { destroyed: boolean }): Promise<void> {
+  if (w.destroyed) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      w.off("drain", done);
+      w.off("close", done);
+      w.off("error", done);
+      resolve();
+    };
+    w.on("drain", done);
+    w.on("close", done);
+    w.on("error", done);
+  });
 }
 
 /** Pipe buffer and read size for a filter program's output. */
@@ -316,7 +376,7 @@ async function* filterProcess(
     try {
       for await (const chunk of src) {
         if (stdin.destroyed) break; // the reader gave up (or the program is gone)
-        if (!stdin.write(chunk)) {
+        if (!stdin.write(chunk, () => consumed(chunk))) {
           await new Promise<void>((resolve, reject) => {
             const done = (err?: Error) => {
               stdin.off("drain", ok);

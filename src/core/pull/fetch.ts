@@ -21,6 +21,7 @@ import {
 import type { Labels } from "../metadata/db.js";
 import { metricsHooks } from "../metrics.js";
 import type { RegistryClient } from "../remotes/client.js";
+import { givePieces, intoPieces } from "../unpack/pieces.js";
 import { ChunkPipe } from "../unpack/stage.js";
 import type { ProgressEvent } from "./progress.js";
 
@@ -64,32 +65,6 @@ interface Download {
   /** Extractions that want the bytes as they arrive; closed to newcomers once `frozen`. */
   taps: Tap[];
   frozen: boolean;
-}
-
-/** Write size for blobs being stored: a write per network read (16–64 KiB) costs ~6× the CPU. */
-const STORE_WRITE_SIZE = 1 << 20;
-
-/** The same bytes in pieces of at least `min` bytes (the last may be shorter). */
-async function* coalesce(
-  src: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
-  min = STORE_WRITE_SIZE,
-): AsyncGenerator<Uint8Array> {
-  let parts: Uint8Array[] = [];
-  let size = 0;
-  for await (const c of src) {
-    if (size === 0 && c.length >= min) {
-      yield c;
-      continue;
-    }
-    parts.push(c);
-    size += c.length;
-    if (size >= min) {
-      yield Buffer.concat(parts, size);
-      parts = [];
-      size = 0;
-    }
-  }
-  if (size > 0) yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
 }
 
 /** A manifest found by the walk, with what fetching and unpacking it need. */
@@ -180,11 +155,15 @@ export class Fetcher {
       if (w.status().offset > 0) await w.truncate(0).catch((err: unknown) => Promise.reject(writing(err)));
       tee?.start();
       let n = 0;
-      for await (const c of coalesce(await chunks())) {
+      // copied into pieces of memory used before (pieces.ts): the copy is cheap, fresh memory
+      // is not
+      for await (const c of intoPieces(await chunks())) {
         this.check();
         await w.write(c).catch((err: unknown) => Promise.reject(writing(err)));
-        // after the write: the extraction may take the chunk's memory over (stage-thread.ts)
-        if (tee) await tee.write(Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+        // after the write: the extraction may take the piece over (stage-thread.ts) and hand it
+        // back when done; with no extraction it is free again now
+        if (tee) await tee.write(c);
+        else givePieces([c.buffer as ArrayBuffer]);
         n += c.length;
         onBytes?.(n);
       }

@@ -23,6 +23,8 @@ export type ToMain =
   /** The worker's modules (native addons among them) are loaded: it may be terminated now. */
   | { type: "ready" }
   | { type: "ack"; id: number; bytes: number }
+  /** Input pieces (pieces.ts) the worker's decompressor is done with, moved back for reuse. */
+  | { type: "give"; pieces: ArrayBuffer[] }
   | { type: "log"; id: number; level: string; msg: string; fields: Record<string, unknown> }
   | { type: "done"; id: number; diffId: string; implicitDirs: string[] }
   | { type: "error"; id: number; name: string; message: string; kind?: string; code?: string };

@@ -14,6 +14,7 @@ import { BerthError, type ErrorKind } from "../../base/errdefs.js";
 import { type Level, type Logger, nopLogger } from "../../base/log.js";
 import type { ApplyMode } from "../diff/apply.js";
 import type { Descriptor } from "../images/media.js";
+import { givePieces } from "./pieces.js";
 import { type StagedLayer, stageLayer } from "./stage.js";
 import type { StageJob, ToMain, ToWorker } from "./stage-protocol.js";
 
@@ -38,8 +39,8 @@ export const stageTuning = {
    */
   maxWaitMs: 5_000,
 };
-/** Bytes sent to a worker and not yet taken in, before the sender waits. */
-const IN_FLIGHT_MAX = 8 << 20;
+/** Bytes sent to a worker and not yet taken in, before the sender waits (see PIPE_HIGH_WATER). */
+const IN_FLIGHT_MAX = 4 << 20;
 
 const LEVELS: Level[] = ["trace", "debug", "info", "warn", "error"];
 const workerUrl = new URL("./stage-worker.js", import.meta.url);
@@ -102,6 +103,7 @@ function startThread(): StageThread {
   };
   worker.on("message", (m: ToMain) => {
     if (m.type === "ready") markLoaded();
+    else if (m.type === "give") givePieces(m.pieces);
     else t.onMessage?.(m);
   });
   worker.once("error", lost);
@@ -237,7 +239,7 @@ async function runOnThread(
   };
   const result = new Promise<StagedLayer>((resolve, reject) => {
     t.onMessage = (m: ToMain) => {
-      if (m.type === "ready" || m.id !== id) return;
+      if (m.type === "ready" || m.type === "give" || m.id !== id) return;
       switch (m.type) {
         case "ack": {
           inFlight -= m.bytes;

@@ -6,6 +6,8 @@
 import { parentPort } from "node:worker_threads";
 import { BerthError } from "../../base/errdefs.js";
 import { createLogger, type Fields, type Level } from "../../base/log.js";
+import { whenConsumed } from "../diff/compression.js";
+import { PIECE_SIZE } from "./pieces.js";
 import { stageLayer } from "./stage.js";
 import type { StageJob, ToMain, ToWorker } from "./stage-protocol.js";
 
@@ -39,13 +41,36 @@ port.on("message", (m: ToWorker) => {
   w?.();
 });
 
+/** Pieces the decompressor is done with, moved back to the daemon's event loop a few at a time. */
+let done: ArrayBuffer[] = [];
+const GIVE_BATCH = 4;
+
+function giveBack(piece: ArrayBuffer): void {
+  done.push(piece);
+  // between jobs nothing else would send them
+  if (done.length >= GIVE_BATCH || current === undefined) flushGiven();
+}
+
+function flushGiven(): void {
+  if (done.length === 0) return;
+  const pieces = done;
+  done = [];
+  port!.postMessage({ type: "give", pieces } satisfies ToMain, pieces);
+}
+
 async function* chunks(c: Current): AsyncGenerator<Buffer> {
   for (;;) {
     if (c.failure !== undefined) throw new Error(c.failure);
     const d = c.queue.shift();
     if (d) {
       port!.postMessage({ type: "ack", id: c.id, bytes: d.byteLength } satisfies ToMain);
-      yield Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+      const b = Buffer.from(d.buffer, d.byteOffset, d.byteLength);
+      // a whole piece of the fetcher's (pieces.ts) goes back once the decompressor took it in
+      if (d.byteOffset === 0 && d.buffer.byteLength === PIECE_SIZE && d.byteLength === PIECE_SIZE) {
+        const piece = d.buffer as ArrayBuffer;
+        whenConsumed(b, () => giveBack(piece));
+      }
+      yield b;
       continue;
     }
     if (c.ended) return;
@@ -100,5 +125,6 @@ async function run(c: Current, job: StageJob): Promise<void> {
   } finally {
     if (current === c) current = undefined;
     c.queue.length = 0;
+    flushGiven();
   }
 }

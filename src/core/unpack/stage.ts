@@ -13,8 +13,12 @@ import { type Compression, diffCompression, openLayer } from "../diff/compressio
 import { overlayDirs } from "../diff/walking.js";
 import type { Descriptor } from "../images/media.js";
 
-/** Bytes a pipe holds before its writer waits (per layer streamed). */
-const PIPE_HIGH_WATER = 16 << 20;
+/**
+ * Bytes a pipe holds before its writer waits (per layer streamed). The less a pull holds at once,
+ * the sooner the download's pieces come back to be refilled (pieces.ts): 16 MiB left most of the
+ * zstd set's pieces fresh, 8 still lets a layer waiting for a thread download ahead (finding 61).
+ */
+const PIPE_HIGH_WATER = 8 << 20;
 
 /**
  * A bounded queue of chunks from one writer (a download) to one reader (an extraction). The
