@@ -1,8 +1,9 @@
 // Worker-thread side of stageLayerThreaded (stage-thread.ts): extracts layers into their staging
 // directories, one job at a time, for as long as the pool keeps the thread. A job's compressed
 // bytes arrive as messages; every chunk taken in is acknowledged, so the sender keeps only a
-// bounded amount in flight. Tar parsing, the file writes and the tree's disk usage run here, off
-// the daemon's event loop, so layers really extract in parallel on several cores.
+// bounded amount in flight, and the download's pieces go back once decompressed (pieces.ts).
+// Decompression, tar parsing and the file writes run here, off the daemon's event loop, so layers
+// really extract in parallel on several cores.
 import { parentPort } from "node:worker_threads";
 import { BerthError } from "../../base/errdefs.js";
 import { createLogger, type Fields, type Level } from "../../base/log.js";
