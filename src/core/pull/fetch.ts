@@ -160,11 +160,12 @@ export class Fetcher {
       for await (const c of intoPieces(await chunks())) {
         this.check();
         await w.write(c).catch((err: unknown) => Promise.reject(writing(err)));
+        // counted first: a piece that moves to an extraction thread is empty here afterwards
+        n += c.length;
         // after the write: the extraction may take the piece over (stage-thread.ts) and hand it
         // back when done; with no extraction it is free again now
         if (tee) await tee.write(c);
         else givePieces([c.buffer as ArrayBuffer]);
-        n += c.length;
         onBytes?.(n);
       }
       tee?.end();
