@@ -279,18 +279,23 @@ async function* gunzip(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   }
 }
 
-/** Until `w` wants more, or is gone (destroyed by its reader, or failed: its reader sees that). */
+/**
+ * Until `w` wants more writes. A stream destroyed without an error (its reader stopped early)
+ * sends no drain: that ends the wait too; a failed one rejects it.
+ */
 function drained(w: NodeJS.WritableStream & { destroyed: boolean }): Promise<void> {
   if (w.destroyed) return Promise.resolve();
-  return new Promise<void>((resolve) => {
-    const done = () => {
-      w.off("drain", done);
-      w.off("close", done);
+  return new Promise<void>((resolve, reject) => {
+    const done = (err?: Error) => {
+      w.off("drain", ok);
+      w.off("close", ok);
       w.off("error", done);
-      resolve();
+      if (err) reject(err);
+      else resolve();
     };
-    w.on("drain", done);
-    w.on("close", done);
+    const ok = () => done();
+    w.on("drain", ok);
+    w.on("close", ok);
     w.on("error", done);
   });
 }
@@ -376,22 +381,7 @@ async function* filterProcess(
     try {
       for await (const chunk of src) {
         if (stdin.destroyed) break; // the reader gave up (or the program is gone)
-        if (!stdin.write(chunk, () => consumed(chunk))) {
-          await new Promise<void>((resolve, reject) => {
-            const done = (err?: Error) => {
-              stdin.off("drain", ok);
-              stdin.off("error", done);
-              stdin.off("close", ok);
-              if (err) reject(err);
-              else resolve();
-            };
-            const ok = () => done();
-            stdin.on("drain", ok);
-            stdin.on("error", done);
-            // destroyed without an error (the reader stopped early): no drain will come
-            stdin.on("close", ok);
-          });
-        }
+        if (!stdin.write(chunk, () => consumed(chunk))) await drained(stdin);
       }
       stdin.end();
     } catch (err) {
