@@ -2,6 +2,12 @@
 // Node settings for a long-running daemon: a smaller young generation (4 MiB semi-spaces, not
 // 16) and two malloc arenas keep berthd's resident memory ~10 MiB lower under container churn;
 // 1 MiB saved a few MiB more but made pulls ~10% slower (bench/lifecycle.ts, bench/pull.ts).
-// dist/bundle/berthd.js is dist/src/cmd/berthd/main.js bundled into one file (scripts/bundle.ts):
-// it starts in about half the time and with ~10 MiB less resident memory.
-import "../dist/bundle/berthd.js";
+// dist/bundle/berthd.cjs is dist/src/cmd/berthd/main.js bundled into one file (scripts/bundle.ts):
+// it starts in about half the time and with ~10 MiB less resident memory than the module graph,
+// and run-bundle.js compiles it with the V8 code cache the build made after a start of the daemon
+// (docs/performance.md, findings 11 and 63). The cache was made under the flags above: V8 turns it
+// down under others, and berthd then compiles from source.
+import { fileURLToPath } from "node:url";
+import { runBundle } from "./run-bundle.js";
+
+runBundle(fileURLToPath(new URL("../dist/bundle/berthd.cjs", import.meta.url)));

@@ -26,7 +26,7 @@ case "$PREFIX" in
   /*) ;;
   *) echo "install: PREFIX must be an absolute path (got $PREFIX)" >&2; exit 1 ;;
 esac
-[ -f "$SRC/dist/bundle/berthd.js" ] || { echo "install: berth is not built (run make build)" >&2; exit 1; }
+[ -f "$SRC/dist/bundle/berthd.cjs" ] || { echo "install: berth is not built (run make build)" >&2; exit 1; }
 [ -x "$NODE" ] || { echo "install: no node executable (set NODE)" >&2; exit 1; }
 
 echo "installing berth into $dest"

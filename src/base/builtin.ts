@@ -9,3 +9,4 @@ const requireBuiltin = createRequire(import.meta.url);
 export const zlib = (): typeof import("node:zlib") => requireBuiltin("node:zlib");
 export const workerThreads = (): typeof import("node:worker_threads") =>
   requireBuiltin("node:worker_threads");
+export const tls = (): typeof import("node:tls") => requireBuiltin("node:tls");

@@ -391,7 +391,7 @@ const tomlString = (s: string) => JSON.stringify(s);
 export const CRI_PLUGIN = "io.containerd.grpc.v1.cri";
 
 export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
-  const entry = path.join(repoRoot, "dist/bundle/berthd.js");
+  const entry = path.join(repoRoot, "dist/bundle/berthd.cjs");
   if (!existsSync(entry)) throw new Error(`berthd is not built: ${entry} is missing (run make build)`);
   const { dir, root, state, configPath } = await prepare("berthd", opts);
   const address = opts.address ?? path.join(dir, "berth.sock");

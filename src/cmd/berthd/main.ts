@@ -141,4 +141,8 @@ configCmd
     process.stdout.write(printConfig(config));
   });
 
-await program.parseAsync(process.argv);
+// Not a top-level await: the bundle is CommonJS (scripts/bundle.ts), compiled with a code cache.
+program.parseAsync(process.argv).catch((err: unknown) => {
+  process.stderr.write(`berthd: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});

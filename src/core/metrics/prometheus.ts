@@ -10,6 +10,7 @@
 // - berth's own (berth_*): pulls, content store, snapshots, GC, shims, tasks, config reloads;
 // - Node's process metrics (prom-client's default collectors: event loop lag, heap, GC pauses).
 import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 import type * as PromClient from "prom-client";
 import { BerthError, GRPC_CODE_NAMES } from "../../base/errdefs.js";
@@ -88,10 +89,11 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   ]).finally(() => clearTimeout(timer));
 }
 
-/** Loads prom-client. */
-async function loadProm(): Promise<Prom> {
-  const mod = (await import("prom-client")) as Prom & { default?: Prom };
-  return mod.default ?? mod;
+const requireDependency = createRequire(import.meta.url);
+
+/** Loads prom-client: through require(), as the bundle's code cache leaves import() no loader. */
+function loadProm(): Prom {
+  return requireDependency("prom-client") as Prom;
 }
 
 export class PrometheusExporter {
@@ -108,7 +110,7 @@ export class PrometheusExporter {
   private readonly containerFamilies = new Set<string>();
 
   static async create(metrics: Metrics, sources: MetricsSources): Promise<PrometheusExporter> {
-    return new PrometheusExporter(await loadProm(), metrics, sources);
+    return new PrometheusExporter(loadProm(), metrics, sources);
   }
 
   private constructor(

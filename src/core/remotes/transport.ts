@@ -4,6 +4,7 @@
 // backoff up to a bound, and errors rewritten into messages naming the method, URL and host.
 import { readFileSync } from "node:fs";
 import type { IncomingHttpHeaders } from "node:http";
+import { createRequire } from "node:module";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Agent, Dispatcher } from "undici";
@@ -12,20 +13,24 @@ import type { Agent, Dispatcher } from "undici";
 // daemon that only runs containers never needs it. Only its connection pool (Agent) and its
 // request API are loaded, not the package's entry: that entry also loads fetch, WebSocket, the
 // cache, mocking and proxy code, 113 files taking 100-140 ms on the first pull's critical path
-// against ~40 ms for these 31 (docs/performance.md, finding 55). Types: src/core/remotes/undici-parts.d.ts.
+// against ~40 ms for these 31 (docs/performance.md, finding 55).
 interface UndiciParts {
   Agent: typeof Agent;
   request: (this: Dispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
 }
+// Through require(), not import(): berthd's bundle runs from a V8 code cache, and in Node 20 code
+// from a cache has no loader for import() (bin/run-bundle.js).
+const requireDependency = createRequire(import.meta.url);
 let undiciLib: Promise<UndiciParts> | undefined;
 const undici = () => {
-  undiciLib ??= Promise.all([
-    import("undici/lib/dispatcher/agent.js"),
-    import("undici/lib/api/api-request.js"),
-  ]).then(([agent, request]) => ({ Agent: agent.default, request: request.default }));
+  undiciLib ??= Promise.resolve().then(() => ({
+    Agent: requireDependency("undici/lib/dispatcher/agent.js") as UndiciParts["Agent"],
+    request: requireDependency("undici/lib/api/api-request.js") as UndiciParts["request"],
+  }));
   return undiciLib;
 };
 
+import { tls as tlsModule } from "../../base/builtin.js";
 import { BerthError, type ErrorKind } from "../../base/errdefs.js";
 import { type Logger, nopLogger } from "../../base/log.js";
 import { AuthError, Authorizer, type CredentialsFn } from "./auth.js";
@@ -184,7 +189,7 @@ export class Transport {
             );
           }
         });
-        connect.ca = [...(await import("node:tls")).rootCertificates, ...extra];
+        connect.ca = [...tlsModule().rootCertificates, ...extra];
       }
       if (tls.clientPairs.length > 0) {
         const [cert, key] = tls.clientPairs[0]!;
