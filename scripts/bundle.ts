@@ -1,5 +1,5 @@
 // Bundles berthd and the berth CLI each into one CommonJS file under dist/bundle/, the files
-// bin/berthd.js and bin/berth.js run, and the layer-staging worker berthd starts into an ES module
+// bin/berthd.js and bin/berth.js run, and the layer-staging worker berthd starts into a third
 // next to them. Why: Node 20 loads an ES module graph file by file (resolve, stat, read, compile
 // each of ~270 modules plus their dependencies'), which took about 0.3 s of berthd's ~0.5 s
 // start-up, and the per-module records cost ~10 MiB of resident memory. One file per entry loads
@@ -37,29 +37,24 @@ const commonJs = {
   target: "node20",
   external,
   define: { "import.meta.url": "__berthModuleUrl" },
-  banner: { js: 'var __berthModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
+  // strict, as the ES modules bundled were (esbuild's own "use strict" comes after the banner)
+  banner: { js: '"use strict";\nvar __berthModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
   sourcemap: "linked",
   logLevel: "warning",
 } as const;
 
 await build({ ...commonJs, entryPoints: ["dist/src/cmd/berthd/main.js"], outfile: "dist/bundle/berthd.cjs" });
 await build({ ...commonJs, entryPoints: ["dist/src/cmd/berth/main.js"], outfile: "dist/bundle/berth.cjs" });
-// stage-thread.js starts it as new URL("./stage-worker.js", import.meta.url): next to berthd.cjs
+// stage-thread.js starts it as new URL("./stage-worker.js", import.meta.url): next to berthd.cjs.
+// CommonJS too, which the package.json below makes of a .js file here: Node 20 reads an ES
+// module's files through libuv's thread pool, which a pull keeps busy with its content writes,
+// and an extraction thread took 150-220 ms to start there against ~60 ms (finding 64).
 await build({
+  ...commonJs,
   entryPoints: ["dist/src/core/unpack/stage-worker.js"],
   outfile: "dist/bundle/stage-worker.js",
-  bundle: true,
-  platform: "node",
-  format: "esm",
-  target: "node20",
-  external,
-  // CommonJS dependencies inside an ES module bundle call require(): give them Node's
-  banner: {
-    js: 'import { createRequire as __berthRequire } from "node:module";\nconst require = __berthRequire(import.meta.url);',
-  },
-  sourcemap: "linked",
-  logLevel: "warning",
 });
+writeFileSync("dist/bundle/package.json", '{ "type": "commonjs" }\n');
 
 // ASCII only: V8 keeps a script's source as one byte per character only when every character
 // fits (else two bytes each: 1.4 MB more of berthd's heap), and run-bundle.js reads the bundles as
