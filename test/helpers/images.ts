@@ -50,6 +50,24 @@ const APPLETS = ["sh", "ls", "echo", "cat"];
 
 const json = (v: unknown) => Buffer.from(JSON.stringify(v));
 
+/**
+ * An amd64 Linux image config naming its layers' diff IDs, with `config` (Cmd, Env, …) as the
+ * runtime part when given.
+ */
+export function linuxConfigBlob(diffIds: string[], config?: Record<string, unknown>): Blob {
+  return blob(
+    MediaType.config,
+    Buffer.from(
+      JSON.stringify({
+        architecture: "amd64",
+        os: "linux",
+        ...(config ? { config } : {}),
+        rootfs: { type: "layers", diff_ids: diffIds },
+      }),
+    ),
+  );
+}
+
 /** A blob of `data` with its digest and size. */
 export const blob = (mediaType: string, data: Buffer): Blob => ({
   mediaType,

@@ -17,7 +17,15 @@ import { Connection } from "../../src/grpc/client.js";
 import { kind } from "../helpers/assert.js";
 import { berth, ok } from "../helpers/ctr.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
-import { type Blob, blob, MediaType, manifestBlob, pushBlob, pushManifest } from "../helpers/images.js";
+import {
+  type Blob,
+  blob,
+  linuxConfigBlob,
+  MediaType,
+  manifestBlob,
+  pushBlob,
+  pushManifest,
+} from "../helpers/images.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
 import { buildTar, gzip, sha256 } from "../helpers/tarbuild.js";
 import { makeTempDir, removeTempDir, unmountAll } from "../helpers/tmp.js";
@@ -42,17 +50,7 @@ function bigImage(): { manifest: Blob; config: Blob; layers: Blob[] } {
     diffIds.push(sha256(tar));
     layers.push(blob(MediaType.layerGzip, gzip(tar)));
   }
-  const config = blob(
-    MediaType.config,
-    Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        config: { Cmd: ["sh"] },
-        rootfs: { type: "layers", diff_ids: diffIds },
-      }),
-    ),
-  );
+  const config = linuxConfigBlob(diffIds, { Cmd: ["sh"] });
   return { manifest: manifestBlob(config, layers), config, layers };
 }
 

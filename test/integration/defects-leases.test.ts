@@ -19,6 +19,7 @@ import {
   type Blob,
   blob,
   buildBusyboxImage,
+  linuxConfigBlob,
   MediaType,
   manifestBlob,
   pushBlob,
@@ -49,17 +50,7 @@ function imageWithLayer(name: string, bytes: number, seed: number): Img {
   }
   const tar = buildTar([{ name, data, mtime: 1700000000 }]);
   const layer = blob(MediaType.layerGzip, gzip(tar));
-  const config = blob(
-    MediaType.config,
-    Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        config: { Cmd: ["sh"] },
-        rootfs: { type: "layers", diff_ids: [sha256(tar)] },
-      }),
-    ),
-  );
+  const config = linuxConfigBlob([sha256(tar)], { Cmd: ["sh"] });
   return { manifest: manifestBlob(config, [layer]), config, layers: [layer] };
 }
 

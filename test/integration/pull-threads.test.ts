@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { berth, ok } from "../helpers/ctr.js";
 import { type Daemon, startBerthd } from "../helpers/daemons.js";
-import { blob, MediaType, manifestBlob, pushBlob, pushManifest } from "../helpers/images.js";
+import { blob, linuxConfigBlob, MediaType, manifestBlob, pushBlob, pushManifest } from "../helpers/images.js";
 import { type Registry, startRegistry } from "../helpers/registry.js";
 import { buildTar, gzip, sha256, zstd } from "../helpers/tarbuild.js";
 import { makeTempDir, removeTempDir, unmountAll } from "../helpers/tmp.js";
@@ -57,16 +57,7 @@ describe("a pull of large layers through berthd's extraction threads", () => {
       blob("application/vnd.oci.image.layer.v1.tar+zstd", layers[1]!.compress(layers[1]!.tar)),
     ];
     for (const b of blobs) assert.ok(b.size >= 4 << 20, `a layer of ${b.size} bytes`);
-    const config = blob(
-      MediaType.config,
-      Buffer.from(
-        JSON.stringify({
-          architecture: "amd64",
-          os: "linux",
-          rootfs: { type: "layers", diff_ids: layers.map((l) => sha256(l.tar)) },
-        }),
-      ),
-    );
+    const config = linuxConfigBlob(layers.map((l) => sha256(l.tar)));
     const manifest = manifestBlob(config, blobs);
     for (const b of [...blobs, config]) await pushBlob(reg.url, "test/large", b);
     await pushManifest(reg.url, "test/large", "1", manifest);

@@ -18,6 +18,7 @@ import {
   blob,
   buildBusyboxImage,
   busyboxLayerTar,
+  linuxConfigBlob,
   MediaType,
   manifestBlob,
   pushBlob,
@@ -94,17 +95,10 @@ async function pushUsersImage(reg: Registry, repo: string): Promise<void> {
     { name: "etc/group", type: "symlink", linkname: "/usr/lib/group", mtime: 1700000000 },
   ]);
   const layers = [blob(MediaType.layerGzip, gzip(base)), blob(MediaType.layerGzip, gzip(users))];
-  const config = blob(
-    MediaType.config,
-    Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        config: { Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd: ["sh"] },
-        rootfs: { type: "layers", diff_ids: [sha256(base), sha256(users)] },
-      }),
-    ),
-  );
+  const config = linuxConfigBlob([sha256(base), sha256(users)], {
+    Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    Cmd: ["sh"],
+  });
   const manifest = manifestBlob(config, layers);
   for (const b of [...layers, config]) await pushBlob(reg.url, repo, b);
   await pushManifest(reg.url, repo, "1", manifest);

@@ -31,6 +31,7 @@ import {
   type BuiltImage,
   blob,
   buildBusyboxImage,
+  linuxConfigBlob,
   MediaType,
   manifestBlob,
   pushImage,
@@ -103,17 +104,10 @@ function bigImage(): BuiltImage {
   });
   const layers = [base.layers[0]!, ...tars.map((t) => blob(MediaType.layerGzip, gzip(t)))];
   const diffIds = [base.diffIds[0]!, ...tars.map((t) => sha256(t))];
-  const config = blob(
-    MediaType.config,
-    Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        config: { Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd: ["sh"] },
-        rootfs: { type: "layers", diff_ids: diffIds },
-      }),
-    ),
-  );
+  const config = linuxConfigBlob(diffIds, {
+    Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    Cmd: ["sh"],
+  });
   const manifest = manifestBlob(config, layers);
   const platform = { os: "linux", architecture: "amd64" };
   return {

@@ -32,7 +32,15 @@ import { Connection } from "../../src/grpc/client.js";
 import { berth, ctr, ok, type RunResult } from "../helpers/ctr.js";
 import { type Daemon, GC_OFF_CONFIG, startBerthd } from "../helpers/daemons.js";
 import { type RegistryWithBusybox, registryWithBusybox } from "../helpers/fixtures.js";
-import { type Blob, blob, MediaType, manifestBlob, pushBlob, pushManifest } from "../helpers/images.js";
+import {
+  type Blob,
+  blob,
+  linuxConfigBlob,
+  MediaType,
+  manifestBlob,
+  pushBlob,
+  pushManifest,
+} from "../helpers/images.js";
 import { buildTar, gzip, sha256, type TarEntry } from "../helpers/tarbuild.js";
 import { makeTempDir, mountsUnder, removeTempDir, unmountAll } from "../helpers/tmp.js";
 import { cases, MODE, randInt, report, rng, SEED } from "./report.js";
@@ -82,17 +90,7 @@ function fillImage(): Img {
       mtime: 1700000000,
     })),
   ]);
-  const config = blob(
-    MediaType.config,
-    Buffer.from(
-      JSON.stringify({
-        architecture: "amd64",
-        os: "linux",
-        config: { Cmd: ["sh"] },
-        rootfs: { type: "layers", diff_ids: diffIds },
-      }),
-    ),
-  );
+  const config = linuxConfigBlob(diffIds, { Cmd: ["sh"] });
   return { manifest: manifestBlob(config, layers), config, layers };
 }
 
