@@ -53,7 +53,7 @@ function compile(file) {
   // as the ES modules it was bundled from are. The build checks the bundle is ASCII: latin1
   // reads it as it is, without decoding UTF-8.
   const script = new Script(
-    `(function (exports, require, module, __filename, __dirname) { "use strict"; ${bytes.latin1Slice()}\n})`,
+    `(function (exports, require, module, __filename, __dirname) { "use strict"; ${bytes.toString("latin1")}\n})`,
     { filename: file, cachedData },
   );
   if (cachedData) state = script.cachedDataRejected ? "rejected" : "used";

@@ -47,8 +47,9 @@ await build({ ...commonJs, entryPoints: ["dist/src/cmd/berthd/main.js"], outfile
 await build({ ...commonJs, entryPoints: ["dist/src/cmd/berth/main.js"], outfile: "dist/bundle/berth.cjs" });
 // stage-thread.js starts it as new URL("./stage-worker.js", import.meta.url): next to berthd.cjs.
 // CommonJS too, which the package.json below makes of a .js file here: Node 20 reads an ES
-// module's files through libuv's thread pool, which a pull keeps busy with its content writes,
-// and an extraction thread took 150-220 ms to start there against ~60 ms (finding 64).
+// module's files through libuv's thread pool, which a pull keeps busy with its content writes; a
+// thread took 266 ms to start from an ES module with that pool busy, 121 ms from CommonJS
+// (finding 64).
 await build({
   ...commonJs,
   entryPoints: ["dist/src/core/unpack/stage-worker.js"],
