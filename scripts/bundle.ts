@@ -104,17 +104,15 @@ async function cacheFromStart(): Promise<boolean> {
       gone = true;
     });
     const deadline = Date.now() + 30_000;
-    while (!gone && Date.now() < deadline && !(await accepts(address)))
-      await new Promise((r) => setTimeout(r, 20));
-    if (gone) return false;
-    const served = await accepts(address);
-    child.kill("SIGTERM");
-    if (!served) {
-      await exited;
-      return false;
+    let served = false;
+    while (!gone && !served && Date.now() < deadline) {
+      served = await accepts(address);
+      if (!served) await new Promise((r) => setTimeout(r, 20));
     }
+    if (gone) return false;
+    child.kill("SIGTERM");
     const code = await exited;
-    return code === 0 && existsSync("dist/bundle/berthd.cjs.cache");
+    return served && code === 0 && existsSync("dist/bundle/berthd.cjs.cache");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -176,10 +176,9 @@ const HEADER_ONLY = new Set<string>([
 const HEADER = 0;
 const DATA = 1;
 const SPECIAL = 2;
-const SKIP = 3;
-const PADDING = 4;
-const DONE = 5;
-type State = typeof HEADER | typeof DATA | typeof SPECIAL | typeof SKIP | typeof PADDING | typeof DONE;
+const PADDING = 3;
+const DONE = 4;
+type State = typeof HEADER | typeof DATA | typeof SPECIAL | typeof PADDING | typeof DONE;
 
 /**
  * Push-based tar reader: `push` parses as much as the chunk allows and calls the sink
@@ -256,13 +255,6 @@ export class TarParser {
             this.specialParts = [];
             this.state = this.padding > 0 ? PADDING : HEADER;
           }
-          break;
-        }
-        case SKIP: {
-          const take = Math.min(this.remaining, len - pos);
-          pos += take;
-          this.remaining -= take;
-          if (this.remaining === 0) this.state = this.padding > 0 ? PADDING : HEADER;
           break;
         }
         case PADDING: {

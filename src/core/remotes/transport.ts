@@ -21,14 +21,12 @@ interface UndiciParts {
 // Through require(), not import(): berthd's bundle runs from a V8 code cache, and in Node 20 code
 // from a cache has no loader for import() (bin/run-bundle.js).
 const requireDependency = createRequire(import.meta.url);
-let undiciLib: Promise<UndiciParts> | undefined;
-const undici = () => {
-  undiciLib ??= Promise.resolve().then(() => ({
+let undiciLib: UndiciParts | undefined;
+const undici = (): UndiciParts =>
+  (undiciLib ??= {
     Agent: requireDependency("undici/lib/dispatcher/agent.js") as UndiciParts["Agent"],
     request: requireDependency("undici/lib/api/api-request.js") as UndiciParts["request"],
-  }));
-  return undiciLib;
-};
+  });
 
 import { tls as tlsModule } from "../../base/builtin.js";
 import { BerthError, type ErrorKind } from "../../base/errdefs.js";
@@ -205,7 +203,7 @@ export class Transport {
         }
       }
     }
-    const { Agent } = await undici();
+    const { Agent } = undici();
     a = new Agent({
       connect,
       headersTimeout: this.o.headersTimeoutMs,
@@ -245,7 +243,7 @@ export class Transport {
     dispatcher: Dispatcher,
   ) {
     try {
-      const { request } = await undici();
+      const { request } = undici();
       // what undici's request(url, opts) does with a URL before calling the dispatcher's
       return await request.call(dispatcher, {
         origin: u.origin,
