@@ -131,11 +131,13 @@ class Call {
     stream.on("error", () => {}); // reported by "close", with the reason
     // The server's side ended: with a status, the call is over even if ours is still open (a
     // bidirectional stream that its client ends only once the answers stopped); "close" would
-    // wait for both sides.
+    // wait for both sides. Only a side still open is reset: once the request has ended, both
+    // END_STREAMs close the stream, and an RST_STREAM after every unary call was one more frame
+    // for the server to read.
     stream.on("end", () => {
       if (this.settled || !status) return;
       finish();
-      if (!stream.closed) stream.close();
+      if (!stream.closed && !stream.writableEnded) stream.close();
     });
     stream.on("close", () => {
       if (this.settled) return;

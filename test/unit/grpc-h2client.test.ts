@@ -2,6 +2,7 @@
 // every call shape, metadata, statuses with their messages, flow control on large streams,
 // a reader that stops early, deadlines, cancellation, the receive limit, and connection failures.
 import assert from "node:assert/strict";
+import net from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
@@ -20,6 +21,7 @@ import {
 import { H2Connection } from "../../src/grpc/h2client.js";
 import { grpcDefinition } from "../../src/grpc/service.js";
 import { kind } from "../helpers/assert.js";
+import { until } from "../helpers/procs.js";
 import { Test } from "../helpers/grpc-test-service.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
@@ -205,6 +207,52 @@ describe("gRPC client on node:http2, against grpc-js's server", () => {
       );
     } finally {
       small.close();
+    }
+  });
+
+  it("ends a finished call with the two END_STREAMs alone, and resets only a call it gives up", async () => {
+    // a proxy that reads the client's HTTP/2 frame headers on their way to the server
+    const frames: number[] = [];
+    const proxyPath = join(dir, "proxy.sock");
+    const proxy = net.createServer((client) => {
+      const upstream = net.connect({ path: address.slice("unix:".length) });
+      let pending = Buffer.alloc(0);
+      let prefaceLeft = 24;
+      client.on("data", (chunk: Buffer) => {
+        upstream.write(chunk);
+        pending = Buffer.concat([pending, chunk]);
+        const skip = Math.min(prefaceLeft, pending.length);
+        prefaceLeft -= skip;
+        pending = pending.subarray(skip);
+        while (prefaceLeft === 0 && pending.length >= 9) {
+          const len = pending.readUIntBE(0, 3);
+          if (pending.length < 9 + len) break;
+          frames.push(pending[3]!);
+          pending = pending.subarray(9 + len);
+        }
+      });
+      upstream.pipe(client);
+      client.on("error", () => upstream.destroy());
+      upstream.on("error", () => client.destroy());
+      client.on("close", () => upstream.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(proxyPath, resolve));
+    const c = new H2Connection(`unix:${proxyPath}`);
+    const RST_STREAM = 0x3;
+    try {
+      const t = c.client(Test);
+      for (let i = 0; i < 5; i++) assert.equal((await t.unary({ digest: `d${i}` })).info?.digest, `d${i}`);
+      await assert.rejects(t.unary({ digest: "fail" }), kind("not found"));
+      let n = 0;
+      for await (const _ of t.serverStream({ digest: "small", size: 3n, offset: 8n })) n++;
+      assert.equal(n, 3);
+      assert.equal(frames.filter((f) => f === RST_STREAM).length, 0, `frames sent: ${frames.join(",")}`);
+      // a reader that stops early still cancels the stream
+      for await (const _ of t.serverStream({ digest: "open", size: 2n, offset: 8n })) break;
+      await until("the early stop's RST_STREAM", () => frames.includes(RST_STREAM), 5000);
+    } finally {
+      c.close();
+      proxy.close();
     }
   });
 
