@@ -21,8 +21,8 @@ import {
 import { H2Connection } from "../../src/grpc/h2client.js";
 import { grpcDefinition } from "../../src/grpc/service.js";
 import { kind } from "../helpers/assert.js";
-import { until } from "../helpers/procs.js";
 import { Test } from "../helpers/grpc-test-service.js";
+import { until } from "../helpers/procs.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 /** What the server saw, for assertions. */
