@@ -9,12 +9,15 @@
 //       connection per daemon: N sequential, then N with 16 in flight; then, one call at a time,
 //       the median of each method of a container's metadata life without a task (lease, snapshot
 //       prepare, container create with ctr's default spec, get, stat, delete, remove): N/10 of each.
+//       The client is grpc-js (an implementation independent of berthd's server) unless --client h2
+//       picks the berth CLI's own client on node:http2; its CPU per call is shown next to the
+//       daemon's, since on two cores the client's share decides much of these rows.
 //
 // Repeats alternate which daemon goes first. Shown: medians over repeats and berthd/containerd.
 //
 //   node dist/bench/core.js [--quick] [--reps N] [--calls N] [--inflight N] [--size MiB]
 //                           [--tmpfs] [--only containerd|berthd] [--skip-content] [--skip-api]
-//                           [--json FILE]
+//                           [--client grpc-js|h2] [--json FILE]
 import { execFileSync } from "node:child_process";
 import { createHash, randomFillSync } from "node:crypto";
 import { closeSync, openSync, writeSync } from "node:fs";
@@ -22,6 +25,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import type { DescService } from "@bufbuild/protobuf";
 import { isAlreadyExists } from "../src/base/errdefs.js";
 import { defaultSpec } from "../src/core/oci/index.js";
 import { Containers } from "../src/gen/containerd/services/containers/v1/containers_pb.js";
@@ -29,7 +33,8 @@ import { Leases } from "../src/gen/containerd/services/leases/v1/leases_pb.js";
 import { Namespaces } from "../src/gen/containerd/services/namespaces/v1/namespace_pb.js";
 import { Snapshots } from "../src/gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { Version } from "../src/gen/containerd/services/version/v1/version_pb.js";
-import { Connection } from "../src/grpc/client.js";
+import { type Client, Connection } from "../src/grpc/client.js";
+import { H2Connection } from "../src/grpc/h2client.js";
 import { ctr } from "../test/helpers/ctr.js";
 import {
   CRI_PLUGIN,
@@ -66,6 +71,7 @@ const { values: opt } = parseArgs({
     only: { type: "string" },
     "skip-content": { type: "boolean", default: false },
     "skip-api": { type: "boolean", default: false },
+    client: { type: "string", default: "grpc-js" },
     json: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   },
@@ -74,9 +80,11 @@ const { values: opt } = parseArgs({
 if (opt.help) {
   console.log(
     "usage: node dist/bench/core.js [--quick] [--reps N] [--calls N] [--inflight N] [--size MiB]\n" +
-      "                               [--tmpfs] [--only containerd|berthd] [--skip-content] [--skip-api] [--json FILE]\n" +
+      "                               [--tmpfs] [--only containerd|berthd] [--skip-content] [--skip-api]\n" +
+      "                               [--client grpc-js|h2] [--json FILE]\n" +
       "  --quick   2 repeats, 200 calls, 64 MiB (defaults: 5 repeats, 1000 calls, 256 MiB)\n" +
-      "  --tmpfs   put both daemons' roots and states on a tmpfs (default: the disk under /tmp)",
+      "  --tmpfs   put both daemons' roots and states on a tmpfs (default: the disk under /tmp)\n" +
+      "  --client  the API calls' client: grpc-js (default) or h2, the berth CLI's own on node:http2",
   );
   process.exit(0);
 }
@@ -96,6 +104,17 @@ if (opt.only !== undefined && !DAEMONS.includes(opt.only as DaemonName)) {
   throw new Error(`--only wants containerd or berthd, got ${opt.only}`);
 }
 const WANTED: DaemonName[] = opt.only ? [opt.only as DaemonName] : [...DAEMONS];
+if (opt.client !== "grpc-js" && opt.client !== "h2")
+  throw new Error(`--client wants grpc-js or h2, got ${opt.client}`);
+const CLIENT = opt.client;
+
+/** What the API part needs of a connection: both clients give the same typed stubs. */
+interface ApiConnection {
+  client<S extends DescService>(service: S): Client<S>;
+  close(): void;
+}
+const connect = (address: string): ApiConnection =>
+  CLIENT === "h2" ? new H2Connection(address) : new Connection(address);
 
 const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
 
@@ -168,9 +187,10 @@ const M = {
   seq: { name: `API ${CALLS} sequential calls`, unit: "ms" },
   seqP50: { name: "  per call p50", unit: "µs" },
   seqP95: { name: "  per call p95", unit: "µs" },
-  // the client (grpc-js, one Node process) is most of the wall time of these calls, the same
-  // for both daemons; the daemon's own CPU per call is what the server side costs
+  // the client (one Node process, the same for both daemons) is most of the wall time of these
+  // calls; the daemon's own CPU per call is what the server side costs
   seqCpu: { name: "  daemon CPU per call", unit: "µs" },
+  seqClientCpu: { name: `  client CPU per call (${CLIENT})`, unit: "µs" },
   conc: { name: `API ${CALLS} calls, ${INFLIGHT} in flight`, unit: "ms" },
   concRate: {
     name: "  throughput",
@@ -181,6 +201,7 @@ const M = {
   concP50: { name: "  per call p50", unit: "µs" },
   concP95: { name: "  per call p95", unit: "µs" },
   concCpu: { name: "  daemon CPU per call", unit: "µs" },
+  concClientCpu: { name: `  client CPU per call (${CLIENT})`, unit: "µs" },
 } satisfies Record<string, MetricSpec>;
 
 async function contentRep(name: DaemonName, d: Daemon, blob: Blob, rep: number): Promise<void> {
@@ -240,7 +261,7 @@ const SPEC = {
   value: Buffer.from(JSON.stringify(defaultSpec("bench", "bench"))),
 };
 
-async function methodsRep(name: DaemonName, conn: Connection, rep: number): Promise<void> {
+async function methodsRep(name: DaemonName, conn: ApiConnection, rep: number): Promise<void> {
   const o = { namespace: "bench" };
   const leases = conn.client(Leases);
   const snaps = conn.client(Snapshots);
@@ -274,13 +295,13 @@ async function methodsRep(name: DaemonName, conn: Connection, rep: number): Prom
 
 type Call = () => Promise<unknown>;
 
-function apiCalls(conn: Connection): Call[] {
+function apiCalls(conn: ApiConnection): Call[] {
   const ns = conn.client(Namespaces);
   const ver = conn.client(Version);
   return [() => ns.list({}), () => ns.get({ name: "bench" }), () => ver.version({})];
 }
 
-async function apiSetup(conn: Connection): Promise<Call[]> {
+async function apiSetup(conn: ApiConnection): Promise<Call[]> {
   try {
     // containerd publishes a namespace event, which needs a namespace in the request context.
     await conn
@@ -298,6 +319,7 @@ async function apiSetup(conn: Connection): Promise<Call[]> {
 async function apiRep(name: DaemonName, pid: number, calls: Call[], rep: number): Promise<void> {
   const seqLat: number[] = [];
   const seqCpu0 = cpuSeconds(pid);
+  const seqClient0 = process.cpuUsage();
   const seqStart = nowMs();
   for (let i = 0; i < CALLS; i++) {
     const t = nowMs();
@@ -306,22 +328,27 @@ async function apiRep(name: DaemonName, pid: number, calls: Call[], rep: number)
   }
   const seqMs = nowMs() - seqStart;
   const seqCpu = cpuSeconds(pid) - seqCpu0;
+  const seqClient = process.cpuUsage(seqClient0);
 
   const concCpu0 = cpuSeconds(pid);
+  const concClient0 = process.cpuUsage();
   const concStart = nowMs();
   const concLat = await runConcurrent(CALLS, INFLIGHT, (i) => calls[i % calls.length]!());
   const concMs = nowMs() - concStart;
   const concCpu = cpuSeconds(pid) - concCpu0;
+  const concClient = process.cpuUsage(concClient0);
 
   results.add(M.seq, name, seqMs);
   results.add(M.seqP50, name, median(seqLat) * 1000);
   results.add(M.seqP95, name, p95(seqLat) * 1000);
   results.add(M.seqCpu, name, (seqCpu * 1e6) / CALLS);
+  results.add(M.seqClientCpu, name, (seqClient.user + seqClient.system) / CALLS);
   results.add(M.conc, name, concMs);
   results.add(M.concRate, name, concMs);
   results.add(M.concP50, name, median(concLat) * 1000);
   results.add(M.concP95, name, p95(concLat) * 1000);
   results.add(M.concCpu, name, (concCpu * 1e6) / CALLS);
+  results.add(M.concClientCpu, name, (concClient.user + concClient.system) / CALLS);
   log(
     `rep ${rep + 1} ${name}: ${CALLS} sequential ${seqMs.toFixed(0)} ms, ${INFLIGHT} in flight ${concMs.toFixed(0)} ms`,
   );
@@ -338,11 +365,11 @@ function containerdVersion(): string {
 async function main(): Promise<number> {
   const work = await makeTempDir("bench");
   const daemons = new Map<DaemonName, Daemon>();
-  const conns = new Map<DaemonName, Connection>();
+  const conns = new Map<DaemonName, ApiConnection>();
   const notStarted = new Map<DaemonName, string>();
   try {
     log(`${containerdVersion()}; node ${process.version}; ${os.cpus().length} CPUs`);
-    log(`${REPS} repeats, ${fmtBytes(SIZE)} blob, ${CALLS} calls (${INFLIGHT} in flight)`);
+    log(`${REPS} repeats, ${fmtBytes(SIZE)} blob, ${CALLS} calls (${INFLIGHT} in flight), client ${CLIENT}`);
 
     const roots = path.join(work, "roots");
     await mkdir(roots);
@@ -392,7 +419,7 @@ async function main(): Promise<number> {
     if (!opt["skip-api"]) {
       const ready = new Map<DaemonName, Call[]>();
       for (const name of running) {
-        const conn = new Connection(daemons.get(name)!.address);
+        const conn = connect(daemons.get(name)!.address);
         conns.set(name, conn);
         try {
           ready.set(name, await apiSetup(conn));
@@ -444,7 +471,14 @@ async function main(): Promise<number> {
             containerd: containerdVersion(),
             node: process.version,
             cpus: os.cpus().length,
-            params: { reps: REPS, calls: CALLS, inflight: INFLIGHT, size: SIZE, tmpfs: onTmpfs },
+            params: {
+              reps: REPS,
+              calls: CALLS,
+              inflight: INFLIGHT,
+              size: SIZE,
+              tmpfs: onTmpfs,
+              client: CLIENT,
+            },
             notStarted: Object.fromEntries(notStarted),
             ...(results.toJSON() as object),
           },
