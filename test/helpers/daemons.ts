@@ -417,13 +417,12 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
   // when the daemon exits.
   const profDir = process.env.BERTHD_CPU_PROF_DIR;
   const bin = path.join(repoRoot, "bin/berthd.js");
+  const launcher = profDir ? berthdFirstLine(bin) : undefined;
   const d = await launch({
     kind: "berthd",
-    command: profDir ? process.execPath : bin,
-    args: profDir
-      ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`, "--max-semi-space-size=4", bin, ...args]
-      : args,
-    env: profDir ? { ...(opts.env ?? process.env), MALLOC_ARENA_MAX: "2" } : opts.env,
+    command: launcher ? process.execPath : bin,
+    args: launcher ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`, ...launcher.nodeArgs, bin, ...args] : args,
+    env: launcher ? { ...(opts.env ?? process.env), ...launcher.env } : opts.env,
     address,
     root,
     state,
@@ -434,6 +433,26 @@ export async function startBerthd(opts: DaemonOptions = {}): Promise<Daemon> {
   });
   startedWith.set(d, opts);
   return d;
+}
+
+/**
+ * The environment and Node flags in bin/berthd.js's first line (`#!/usr/bin/env -S VAR=value …
+ * node --flag …`), for running it under a Node started by hand with the same settings.
+ */
+export function berthdFirstLine(bin: string): { env: Record<string, string>; nodeArgs: string[] } {
+  const first = readFileSync(bin, "utf8").split("\n", 1)[0]!;
+  const m = /^#!\/usr\/bin\/env -S (.*)$/.exec(first);
+  if (!m) throw new Error(`${bin}: first line ${JSON.stringify(first)} is not "#!/usr/bin/env -S …"`);
+  const words = m[1]!.trim().split(/\s+/);
+  const node = words.indexOf("node");
+  if (node < 0) throw new Error(`${bin}: first line names no node`);
+  const env: Record<string, string> = {};
+  for (const w of words.slice(0, node)) {
+    const eq = w.indexOf("=");
+    if (eq <= 0) throw new Error(`${bin}: ${JSON.stringify(w)} in its first line is not VAR=value`);
+    env[w.slice(0, eq)] = w.slice(eq + 1);
+  }
+  return { env, nodeArgs: words.slice(node + 1) };
 }
 
 /** Starts the real /usr/bin/containerd on temp dirs; resolves once it answers Version/Version. */

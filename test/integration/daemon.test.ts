@@ -1,5 +1,5 @@
 // berthd as a process: config errors, socket permissions, live-daemon refusal, stale sockets,
-// oom_score, `config default|dump`, and a kill -9 during an ingest.
+// oom_score, its malloc and V8 settings, `config default|dump`, and a kill -9 during an ingest.
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -10,7 +10,7 @@ import { parse } from "smol-toml";
 import { Content, WriteAction } from "../../src/gen/containerd/services/content/v1/content_pb.js";
 import { Connection } from "../../src/grpc/client.js";
 import { ctr, ok } from "../helpers/ctr.js";
-import { GC_OFF_CONFIG, repoRoot, startBerthd } from "../helpers/daemons.js";
+import { berthdFirstLine, GC_OFF_CONFIG, repoRoot, startBerthd } from "../helpers/daemons.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
 
 const BERTHD = join(repoRoot, "bin/berthd.js");
@@ -146,6 +146,27 @@ describe("berthd process", () => {
       if (adj !== -999) assert.match(down.logs(), /failed to adjust OOM score for daemon/);
     } finally {
       await down.cleanup();
+    }
+  });
+
+  it("runs with the malloc and V8 settings its first line names", async () => {
+    // bin/berthd.js is started as a program (by the unit, `make run` and the tests): `env -S`
+    // must pass glibc's malloc tunables and Node's flags through (docs/design-notes.md, "Memory")
+    const want = berthdFirstLine(BERTHD);
+    assert.deepEqual(want.env, {
+      MALLOC_ARENA_MAX: "2",
+      MALLOC_MMAP_THRESHOLD_: String(4 << 20),
+      MALLOC_TRIM_THRESHOLD_: String(64 << 20),
+    });
+    assert.deepEqual(want.nodeArgs, ["--max-semi-space-size=4"]);
+    const d = await startBerthd();
+    try {
+      const environ = readFileSync(`/proc/${d.pid}/environ`, "latin1").split("\0");
+      for (const [k, v] of Object.entries(want.env)) assert.ok(environ.includes(`${k}=${v}`), `${k}=${v}`);
+      const argv = readFileSync(`/proc/${d.pid}/cmdline`, "latin1").split("\0");
+      assert.ok(argv.includes("--max-semi-space-size=4"), argv.join(" "));
+    } finally {
+      await d.cleanup();
     }
   });
 

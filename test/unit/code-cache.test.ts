@@ -8,6 +8,7 @@ import { copyFileSync, readFileSync, renameSync, rmSync, writeFileSync } from "n
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { berthdFirstLine } from "../helpers/daemons.js";
 
 const repoRoot = fileURLToPath(new URL("../../..", import.meta.url));
 
@@ -17,7 +18,12 @@ const programs = [
     name: "berthd",
     run: (nodeArgs: string[]) =>
       nodeArgs.length
-        ? [process.execPath, "--max-semi-space-size=4", ...nodeArgs, "bin/berthd.js"]
+        ? [
+            process.execPath,
+            ...berthdFirstLine(join(repoRoot, "bin/berthd.js")).nodeArgs,
+            ...nodeArgs,
+            "bin/berthd.js",
+          ]
         : ["bin/berthd.js"],
     bundle: "berthd.cjs",
     version: /^berthd v\d+\.\d+\.\d+/,
