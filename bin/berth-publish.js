@@ -1,2 +1,6 @@
 #!/usr/bin/env node
-import "../dist/src/cmd/publish/main.js";
+// bin/ is CommonJS (bin/package.json); the command itself is an ES module.
+import("../dist/src/cmd/publish/main.js").catch((err) => {
+  process.stderr.write(`berth-publish: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

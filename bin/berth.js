@@ -4,7 +4,7 @@
 // bundle starts a command in ~0.2 s instead of ~0.45 s for the module graph file by file; the
 // cache takes another ~25 ms off (docs/performance.md, findings 51 and 59): the pull benchmark
 // runs `berth images pull`, and every shell completion runs a command.
-import { fileURLToPath } from "node:url";
-import { runBundle } from "./run-bundle.js";
+const { join } = require("node:path");
+const { runBundle } = require("./run-bundle.js");
 
-runBundle(fileURLToPath(new URL("../dist/bundle/berth.cjs", import.meta.url)));
+runBundle(join(__dirname, "../dist/bundle/berth.cjs"));

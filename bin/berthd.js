@@ -11,7 +11,7 @@
 // and run-bundle.js compiles it with the V8 code cache the build made after a start of the daemon
 // (docs/performance.md, findings 11 and 63). The cache was made under the flags above: V8 turns it
 // down under others, and berthd then compiles from source.
-import { fileURLToPath } from "node:url";
-import { runBundle } from "./run-bundle.js";
+const { join } = require("node:path");
+const { runBundle } = require("./run-bundle.js");
 
-runBundle(fileURLToPath(new URL("../dist/bundle/berthd.cjs", import.meta.url)));
+runBundle(join(__dirname, "../dist/bundle/berthd.cjs"));

@@ -13,16 +13,19 @@
 // experimental, and lost when the code comes from the cache): the bundles load what stays outside
 // them with require(), and a test keeps import() out of them.
 //
+// bin/ is CommonJS (bin/package.json): an ES module entry made Node set up its ES module loader
+// first, ~10 ms of every start (docs/performance.md, finding 67).
+//
 // BERTH_WRITE_CODE_CACHE=1 (the build's runs) writes the cache of what V8 compiled when the
 // process exits; BERTH_DEBUG_CODE_CACHE=1 prints whether the cache was used.
-import { createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
-import { createRequire, Module } from "node:module";
-import { basename, dirname } from "node:path";
-import { Script } from "node:vm";
+const { createHash } = require("node:crypto");
+const { readFileSync, writeFileSync } = require("node:fs");
+const { createRequire, Module } = require("node:module");
+const { basename, dirname } = require("node:path");
+const { Script } = require("node:vm");
 
 /** Compile and run the bundle `file` as CommonJS's loader would, with its code cache. */
-export function runBundle(file) {
+function runBundle(file) {
   const mod = new Module(file);
   mod.filename = file;
   compile(file)(mod.exports, createRequire(file), mod, file, dirname(file));
@@ -63,3 +66,5 @@ function compile(file) {
     process.stderr.write(`${basename(file).replace(/\.cjs$/, "")}: code cache ${state}\n`);
   return script.runInThisContext();
 }
+
+module.exports = { runBundle };
