@@ -10,9 +10,9 @@
 // - berth's own (berth_*): pulls, content store, snapshots, GC, shims, tasks, config reloads;
 // - Node's process metrics (prom-client's default collectors: event loop lag, heap, GC pauses).
 import { readFile } from "node:fs/promises";
-import { createRequire } from "node:module";
 import { join } from "node:path";
 import type * as PromClient from "prom-client";
+import { onDemand } from "../../base/builtin.js";
 import { BerthError, GRPC_CODE_NAMES } from "../../base/errdefs.js";
 import {
   type BucketCounts,
@@ -89,11 +89,9 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   ]).finally(() => clearTimeout(timer));
 }
 
-const requireDependency = createRequire(import.meta.url);
-
-/** Loads prom-client: through require(), as the bundle's code cache leaves import() no loader. */
+/** Loads prom-client (kept out of the bundle: only a daemon with [metrics] needs it). */
 function loadProm(): Prom {
-  return requireDependency("prom-client") as Prom;
+  return onDemand("prom-client") as Prom;
 }
 
 export class PrometheusExporter {

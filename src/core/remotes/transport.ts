@@ -4,10 +4,14 @@
 // backoff up to a bound, and errors rewritten into messages naming the method, URL and host.
 import { readFileSync } from "node:fs";
 import type { IncomingHttpHeaders } from "node:http";
-import { createRequire } from "node:module";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Agent, Dispatcher } from "undici";
+import { onDemand, tls as tlsModule } from "../../base/builtin.js";
+import { BerthError, type ErrorKind } from "../../base/errdefs.js";
+import { type Logger, nopLogger } from "../../base/log.js";
+import { AuthError, Authorizer, type CredentialsFn } from "./auth.js";
+import type { RegistryHost } from "./hosts.js";
 
 // undici is loaded on the first registry request: it is the largest module berthd has, and a
 // daemon that only runs containers never needs it. Only its connection pool (Agent) and its
@@ -18,21 +22,12 @@ interface UndiciParts {
   Agent: typeof Agent;
   request: (this: Dispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
 }
-// Through require(), not import(): berthd's bundle runs from a V8 code cache, and in Node 20 code
-// from a cache has no loader for import() (bin/run-bundle.js).
-const requireDependency = createRequire(import.meta.url);
 let undiciLib: UndiciParts | undefined;
 const undici = (): UndiciParts =>
   (undiciLib ??= {
-    Agent: requireDependency("undici/lib/dispatcher/agent.js") as UndiciParts["Agent"],
-    request: requireDependency("undici/lib/api/api-request.js") as UndiciParts["request"],
+    Agent: onDemand("undici/lib/dispatcher/agent.js") as UndiciParts["Agent"],
+    request: onDemand("undici/lib/api/api-request.js") as UndiciParts["request"],
   });
-
-import { tls as tlsModule } from "../../base/builtin.js";
-import { BerthError, type ErrorKind } from "../../base/errdefs.js";
-import { type Logger, nopLogger } from "../../base/log.js";
-import { AuthError, Authorizer, type CredentialsFn } from "./auth.js";
-import type { RegistryHost } from "./hosts.js";
 
 export interface TransportOptions {
   logger?: Logger;
