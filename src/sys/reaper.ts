@@ -38,3 +38,25 @@ export function reap(pid: number): "reaped" | "running" | "not-child" {
   if (errno === ECHILD) return "not-child";
   throw new Error(`waitpid(${pid}) failed (errno ${errno})`);
 }
+
+const P_ALL = 0;
+const WEXITED = 4;
+const WNOWAIT = 0x01000000;
+/** sizeof(siginfo_t) on Linux, every architecture. */
+const SIGINFO_BYTES = 128;
+const siginfo = Buffer.alloc(SIGINFO_BYTES);
+
+/**
+ * Whether some child of this process has exited and waits to be collected. waitid with WNOWAIT
+ * looks without collecting it, so the caller (or Node, for its own children) still gets its
+ * status. The kernel writes si_signo (the first int) as SIGCHLD when it found one and 0 when not.
+ */
+export function hasExitedChild(): boolean {
+  const waitid = libc("waitid", "int waitid(int, uint32_t, void *, int)");
+  siginfo.fill(0);
+  if ((waitid(P_ALL, 0, siginfo, WEXITED | WNOHANG | WNOWAIT) as number) === 0)
+    return siginfo.readInt32LE(0) !== 0;
+  const errno = lastErrno();
+  if (errno === ECHILD) return false;
+  throw new Error(`waitid(P_ALL) failed (errno ${errno})`);
+}

@@ -15,7 +15,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { BerthError, errAlreadyExists, errNotFound, isNotFound } from "../../base/errdefs.js";
 import type { Logger } from "../../base/log.js";
 import { TaskDeleteSchema, TaskExitSchema } from "../../gen/containerd/events/task_pb.js";
-import { reap } from "../../sys/reaper.js";
+import { hasExitedChild, reap } from "../../sys/reaper.js";
 import { spawnsInFlight } from "../../sys/spawn.js";
 import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
@@ -205,6 +205,17 @@ export class TaskManager {
 
   /** Collect exited shims (by PID) and any other shim/runc zombie reparented here. */
   reapShims(): void {
+    // With hundreds of shims, a waitpid for each and a read of each child's stat took ~12 ms every
+    // second (most of an idle berthd's CPU at 500 pods, against containerd's whole 10 ms/s).
+    // One waitid that collects nothing says whether any of that is needed.
+    try {
+      if (!hasExitedChild()) {
+        this.lingering.clear();
+        return;
+      }
+    } catch {
+      // the scan below finds whatever waitid could not say
+    }
     for (const pid of this.shimPids) {
       try {
         if (reap(pid) !== "running") this.shimPids.delete(pid);
