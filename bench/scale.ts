@@ -15,6 +15,10 @@
 //   cri         CRI ListPodSandbox and ListContainers with 50 and 500 pods (host network, one
 //               running container each)
 //
+// The restart and cri sections also measure each daemon's idle CPU at each size: its CPU (all
+// threads) per second over 5 s in which nothing calls it, 1 s after the last call. Its table
+// column is ms of CPU per second, not a call's ms.
+//
 // Every list is called twice untimed, then timed at least 9 times (more, up to 50, within 300 ms)
 // at each size; the median is shown (`ctr c ls` at least 3 times). The "growth" column
 // compares the largest size with the smallest: time ratio divided by size ratio, so 1.0 is linear
@@ -74,6 +78,7 @@ import {
 } from "./cri-env.js";
 import {
   benchContainer,
+  cpuSeconds,
   DAEMONS,
   type DaemonName,
   fmt,
@@ -163,6 +168,24 @@ async function timeMedian(reps: number, fn: () => Promise<unknown>): Promise<num
     xs.push(nowMs() - t);
   }
   return median(xs);
+}
+
+/** The idle rows: the daemon's CPU over a span when no one calls it, after a moment to settle. */
+const IDLE_SETTLE_MS = 1000;
+const IDLE_SPAN_MS = 5000;
+const IDLE_ROW = "idle CPU (ms per s, nothing calling)";
+
+/**
+ * CPU (all threads, user and system) per second of wall time while the daemon has nothing to
+ * do. What a daemon does in the background for each task (watching shims, reaping) shows here
+ * as a cost that grows with the node.
+ */
+async function idleCpuMsPerSec(pid: number): Promise<number> {
+  await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
+  const cpu0 = cpuSeconds(pid);
+  const t0 = nowMs();
+  await new Promise((r) => setTimeout(r, IDLE_SPAN_MS));
+  return ((cpuSeconds(pid) - cpu0) * 1000) / ((nowMs() - t0) / 1000);
 }
 
 /** Items in a list stream whose messages each carry a batch in `info`. */
@@ -427,8 +450,10 @@ async function restartSection(name: DaemonName, first: Daemon, ref: string): Pro
       conn.close();
     }
     record("restart", "start-up (until Version answers)", size, name, startup);
-    record("restart", "recovery (until every task answers)", size, name, nowMs() - t0);
-    log(`${name}: restart with ${size} tasks: ${fmt(startup)} ms up, ${fmt(nowMs() - t0)} ms recovered`);
+    const recovered = nowMs() - t0;
+    record("restart", "recovery (until every task answers)", size, name, recovered);
+    record("restart", IDLE_ROW, size, name, await idleCpuMsPerSec(d.pid));
+    log(`${name}: restart with ${size} tasks: ${fmt(startup)} ms up, ${fmt(recovered)} ms recovered`);
   }
   return d;
 }
@@ -497,6 +522,7 @@ async function criSection(
         name,
         await timeMedian(9, () => cri.runtime.listContainers({}, { timeoutMs: 60_000 })),
       );
+      record("cri", IDLE_ROW, size, name, await idleCpuMsPerSec(d.pid));
       log(`${name}: ${size} pods listed`);
     }
   } finally {
