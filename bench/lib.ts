@@ -2,7 +2,7 @@
 // results table (medians per daemon and the berthd/containerd ratio), a process's CPU time.
 
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 
 export type DaemonName = "containerd" | "berthd";
 export const DAEMONS: readonly DaemonName[] = ["containerd", "berthd"];
@@ -225,6 +225,23 @@ export function cpuSeconds(pid: number): number {
   const f = statFields(pid);
   // fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name and state
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+}
+
+/**
+ * CPU seconds a process's threads have run so far, to the nanosecond: the sum of each live
+ * thread's schedstat. cpuSeconds counts in clock ticks (10 ms), too coarse for a daemon that
+ * uses a few ms per second; a thread that ended meanwhile is not counted here.
+ */
+export function threadsCpuSeconds(pid: number): number {
+  let ns = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return ns / 1e9;
 }
 
 /**

@@ -78,7 +78,6 @@ import {
 } from "./cri-env.js";
 import {
   benchContainer,
-  cpuSeconds,
   DAEMONS,
   type DaemonName,
   fmt,
@@ -86,6 +85,7 @@ import {
   median,
   nowMs,
   renderTable,
+  threadsCpuSeconds,
 } from "./lib.js";
 
 const SECTIONS = ["containers", "images", "content", "snapshots", "restart", "cri"] as const;
@@ -182,10 +182,10 @@ const IDLE_ROW = "idle CPU (ms per s, nothing calling)";
  */
 async function idleCpuMsPerSec(pid: number): Promise<number> {
   await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
-  const cpu0 = cpuSeconds(pid);
+  const cpu0 = threadsCpuSeconds(pid);
   const t0 = nowMs();
   await new Promise((r) => setTimeout(r, IDLE_SPAN_MS));
-  return ((cpuSeconds(pid) - cpu0) * 1000) / ((nowMs() - t0) / 1000);
+  return ((threadsCpuSeconds(pid) - cpu0) * 1000) / ((nowMs() - t0) / 1000);
 }
 
 /** Items in a list stream whose messages each carry a batch in `info`. */
