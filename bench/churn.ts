@@ -15,7 +15,7 @@
 // the last sample, and prints their paths: `node dist/scripts/heap-diff.js first last` then names
 // what grew between them.
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { mkdirSync, readdirSync, statSync } from "node:fs";
 import { get } from "node:http";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -25,7 +25,7 @@ import { CRI_PLUGIN, killShimsOf, startBerthd } from "../test/helpers/daemons.js
 import { buildBusyboxImage, busyboxImageWith, pushImage } from "../test/helpers/images.js";
 import { startRegistry } from "../test/helpers/registry.js";
 import { makeTempDir, removeTempDir } from "../test/helpers/tmp.js";
-import { fmt, fmtBytes, nowMs, renderTable } from "./lib.js";
+import { fmt, fmtBytes, nowMs, procStatus, renderTable } from "./lib.js";
 
 const { values: opt } = parseArgs({
   options: {
@@ -65,8 +65,7 @@ function debugGet<T>(sock: string, what: string): Promise<T> {
   });
 }
 
-const rssOf = (pid: number) =>
-  Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) * 1024;
+const rssOf = (pid: number) => procStatus(pid, "VmRSS");
 const sizeOr0 = (p: string) => {
   try {
     return statSync(p).size;

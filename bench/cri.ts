@@ -28,7 +28,7 @@
 // machine single runs swing by 2x either way.
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -70,6 +70,7 @@ import {
   median,
   nowMs,
   p95,
+  procStatus,
   renderTable,
 } from "./lib.js";
 
@@ -154,11 +155,6 @@ const runStart = nowMs();
 
 // ------------------------------------------------------------------------------------------------
 // Daemon resource use (as bench/lifecycle.ts measures it)
-
-function procStatus(pid: number, field: string): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Number(m[1]) * 1024 : Number.NaN;
-}
 
 // ------------------------------------------------------------------------------------------------
 // Results

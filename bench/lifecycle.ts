@@ -53,6 +53,7 @@ import {
   median,
   nowMs,
   p95,
+  procStatus,
   renderTable,
 } from "./lib.js";
 
@@ -132,11 +133,6 @@ async function pool(total: number, workers: number, job: (i: number) => Promise<
 
 // ------------------------------------------------------------------------------------------------
 // Daemon resource use
-
-function procStatus(pid: number, field: string): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Number(m[1]) * 1024 : Number.NaN;
-}
 
 // ------------------------------------------------------------------------------------------------
 // Through a daemon, with the real ctr

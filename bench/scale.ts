@@ -16,8 +16,9 @@
 //               running container each)
 //
 // The restart and cri sections also measure each daemon's idle CPU at each size: its CPU (all
-// threads) per second over 5 s in which nothing calls it, 1 s after the last call. Its table
-// column is ms of CPU per second, not a call's ms.
+// threads) per second over 5 s in which nothing calls it, 1 s after the last call, and its RSS
+// at the end of that span. Those rows' table columns are ms of CPU per second and MiB, not a
+// call's ms.
 //
 // Every list is called twice untimed, then timed at least 9 times (more, up to 50, within 300 ms)
 // at each size; the median is shown (`ctr c ls` at least 3 times). The "growth" column
@@ -84,6 +85,7 @@ import {
   fmtRatio,
   median,
   nowMs,
+  procStatus,
   renderTable,
   threadsCpuSeconds,
 } from "./lib.js";
@@ -174,6 +176,9 @@ async function timeMedian(reps: number, fn: () => Promise<unknown>): Promise<num
 const IDLE_SETTLE_MS = 1000;
 const IDLE_SPAN_MS = 5000;
 const IDLE_ROW = "idle CPU (ms per s, nothing calling)";
+/** The memory row, read at the end of the idle span: what holding the tasks or pods costs. */
+const RSS_ROW = "RSS after the idle span (MiB)";
+const MiB = 1024 * 1024;
 
 /**
  * CPU (all threads, user and system) per second of wall time while the daemon has nothing to
@@ -453,6 +458,7 @@ async function restartSection(name: DaemonName, first: Daemon, ref: string): Pro
     const recovered = nowMs() - t0;
     record("restart", "recovery (until every task answers)", size, name, recovered);
     record("restart", IDLE_ROW, size, name, await idleCpuMsPerSec(d.pid));
+    record("restart", RSS_ROW, size, name, procStatus(d.pid, "VmRSS") / MiB);
     log(`${name}: restart with ${size} tasks: ${fmt(startup)} ms up, ${fmt(recovered)} ms recovered`);
   }
   return d;
@@ -523,6 +529,7 @@ async function criSection(
         await timeMedian(9, () => cri.runtime.listContainers({}, { timeoutMs: 60_000 })),
       );
       record("cri", IDLE_ROW, size, name, await idleCpuMsPerSec(d.pid));
+      record("cri", RSS_ROW, size, name, procStatus(d.pid, "VmRSS") / MiB);
       log(`${name}: ${size} pods listed`);
     }
   } finally {
@@ -597,6 +604,7 @@ async function main(): Promise<void> {
   const growth: string[][] = [];
   for (const key of new Set(rows.map((r) => `${r.section}\u0000${r.what}`))) {
     const [section, what] = key.split("\u0000") as [Section, string];
+    if (what === RSS_ROW) continue; // a base of tens of MiB: a ratio of sizes says nothing here
     const xs = rows.filter((r) => r.section === section && r.what === what && r.size > 0);
     if (xs.length < 2) continue;
     const lo = xs[0]!;
