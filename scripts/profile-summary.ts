@@ -7,6 +7,10 @@
 //            [--callers <function name>] (self time of that function by its nearest program caller)
 //            [--under <function name>]   (self time by function among the samples under that frame;
 //                                         "name file:line" as printed picks one of several namesakes)
+//            [--last <seconds>] [--skip-end <seconds>]
+//                                        (only the samples of the last seconds of the profile, ending
+//                                         that many seconds before its end: an idle span after a
+//                                         benchmark's calls, without the daemon's shutdown)
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
@@ -36,6 +40,8 @@ const { values, positionals } = parseArgs({
     inclusive: { type: "string", multiple: true },
     callers: { type: "string", multiple: true },
     under: { type: "string", multiple: true },
+    last: { type: "string" },
+    "skip-end": { type: "string", default: "0" },
   },
 });
 if (positionals.length !== 1) {
@@ -54,11 +60,22 @@ for (const n of prof.nodes) {
   for (const c of n.children ?? []) parent.set(c, n.id);
 }
 
+// The window of sample times (µs, the profile's clock) that counts; the whole profile by default.
+const windowEnd = prof.endTime - Number(values["skip-end"]) * 1e6;
+const windowStart = values.last === undefined ? prof.startTime : windowEnd - Number(values.last) * 1e6;
+if (!(windowStart < windowEnd)) {
+  console.error("profile-summary: --last and --skip-end leave no time to summarise");
+  process.exit(2);
+}
+
 // Self time per node id, from the sample stream (each delta belongs to the sample it precedes).
 const self = new Map<number, number>();
 let total = 0;
+let at = prof.startTime;
 for (let i = 0; i < prof.samples.length; i++) {
   const dt = prof.timeDeltas[i] ?? 0;
+  at += dt;
+  if (at < windowStart || at > windowEnd) continue;
   total += dt;
   self.set(prof.samples[i]!, (self.get(prof.samples[i]!) ?? 0) + dt);
 }
@@ -84,8 +101,10 @@ const ms = (us: number) => (us / 1000).toFixed(1);
 const pct = (us: number) => `${((100 * us) / total).toFixed(1)}%`;
 const idle = fnTotals.get("(idle)") ?? 0;
 const busy = total - idle;
+const span =
+  values.last === undefined ? "" : ` in the ${values.last} s ending ${values["skip-end"]} s before the end`;
 console.log(
-  `profile: ${ms(total)} ms sampled, ${ms(busy)} ms busy (${pct(busy)}), GC ${ms(fnTotals.get("(garbage collector)") ?? 0)} ms`,
+  `profile: ${ms(total)} ms sampled${span}, ${ms(busy)} ms busy (${pct(busy)}), GC ${ms(fnTotals.get("(garbage collector)") ?? 0)} ms`,
 );
 
 function table(title: string, m: Map<string, number>) {
