@@ -154,9 +154,6 @@ const firstLine = (e: unknown) => String((e as Error)?.message ?? e).split("\n")
 const runStart = nowMs();
 
 // ------------------------------------------------------------------------------------------------
-// Daemon resource use (as bench/lifecycle.ts measures it)
-
-// ------------------------------------------------------------------------------------------------
 // Results
 
 interface CallStats {

@@ -132,9 +132,6 @@ async function pool(total: number, workers: number, job: (i: number) => Promise<
 }
 
 // ------------------------------------------------------------------------------------------------
-// Daemon resource use
-
-// ------------------------------------------------------------------------------------------------
 // Through a daemon, with the real ctr
 
 async function lifecycleDaemon(d: Daemon, ref: string, workers: number, prefix: string): Promise<RunStats> {
