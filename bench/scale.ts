@@ -35,6 +35,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { AnySchema } from "@bufbuild/protobuf/wkt";
@@ -186,10 +187,10 @@ const MiB = 1024 * 1024;
  * as a cost that grows with the node.
  */
 async function idleCpuMsPerSec(pid: number): Promise<number> {
-  await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
+  await sleep(IDLE_SETTLE_MS);
   const cpu0 = threadsCpuSeconds(pid);
   const t0 = nowMs();
-  await new Promise((r) => setTimeout(r, IDLE_SPAN_MS));
+  await sleep(IDLE_SPAN_MS);
   return ((threadsCpuSeconds(pid) - cpu0) * 1000) / ((nowMs() - t0) / 1000);
 }
 
