@@ -160,14 +160,22 @@ export function fieldOneResponse<P extends { size: number }, O extends DescMessa
   return parts.finish<O>();
 }
 
+/** An item that is already encoded: its bytes are copied as they are. */
+export interface Encoded {
+  b: Uint8Array;
+  size: number;
+}
+
+export function writeEncoded(w: Writer, p: Encoded): void {
+  w.buf.set(p.b, w.at);
+  w.at += p.size;
+}
+
 /** A response whose field 1 holds `parts`, messages already encoded, in order. */
 export function encodedFieldOne<O extends DescMessage>(parts: readonly Uint8Array[]): EncodedMessage<O> {
-  return fieldOneResponse<{ b: Uint8Array; size: number }, O>(
+  return fieldOneResponse<Encoded, O>(
     parts.map((b) => ({ b, size: b.length })),
-    (w, p) => {
-      w.buf.set(p.b, w.at);
-      w.at += p.size;
-    },
+    writeEncoded,
   );
 }
 

@@ -10,6 +10,7 @@ import type { DescMessage } from "@bufbuild/protobuf";
 import type { AnyValue, Container } from "../core/containers/store.js";
 import type { EncodedMessage } from "../grpc/handlers.js";
 import {
+  type Encoded,
   FieldOneParts,
   fieldOneResponse,
   fieldSize,
@@ -18,7 +19,8 @@ import {
   stringMapSize,
   timesPlan,
   utf8,
-  type Writer,
+  Writer,
+  writeEncoded,
   writeStringMap,
   writeTimes,
 } from "../grpc/proto-writer.js";
@@ -110,4 +112,29 @@ export function containersResponseEach<O extends DescMessage>(
   const parts = new FieldOneParts<ReturnType<typeof plan>>(write, partBytes);
   each((c) => parts.add(plan(c)));
   return parts.finish<O>();
+}
+
+/**
+ * A container record as containerd's Container message, on its own: what the store keeps with
+ * each row (ContainerStore's `encode`), so that answers can carry it without encoding it again.
+ */
+export function encodeContainer(c: Container): Uint8Array {
+  const p = plan(c);
+  const w = new Writer(Buffer.allocUnsafe(p.size));
+  write(w, p);
+  if (w.at !== p.size) throw new Error(`hand-encoded container: wrote ${w.at} bytes, sized ${p.size}`);
+  return w.buf;
+}
+
+/**
+ * ListContainersResponse from records the store kept encoded (ContainerStore.eachEncoded),
+ * copied into parts as they are read; undefined when the store had a row without its encoding
+ * and the answer has to be built from the decoded records instead.
+ */
+export function containersResponseEncoded<O extends DescMessage>(
+  each: (fn: (wire: Uint8Array) => void) => boolean,
+  partBytes?: number,
+): EncodedMessage<O> | undefined {
+  const parts = new FieldOneParts<Encoded>(writeEncoded, partBytes);
+  return each((b) => parts.add({ b, size: b.length })) ? parts.finish<O>() : undefined;
 }

@@ -10,8 +10,9 @@ import type {
   ContainerSchema,
   Containers,
 } from "../gen/containerd/services/containers/v1/containers_pb.js";
+import { encodedFieldOne } from "../grpc/proto-writer.js";
 import type { ServiceImpl } from "../grpc/service.js";
-import { containersResponse, containersResponseEach } from "./container-wire.js";
+import { containersResponse, containersResponseEach, containersResponseEncoded } from "./container-wire.js";
 
 const anyToProto = (a: AnyValue): MessageInitShape<typeof AnySchema> => ({
   typeUrl: a.typeUrl,
@@ -64,16 +65,30 @@ export function containersService(store: ContainerStore): ServiceImpl<typeof Con
   return {
     // the answers that carry whole records are encoded from them directly (container-wire.ts);
     // each of these responses has the record(s) as its field 1
+    // and, where the store keeps each record encoded, copied from that encoding as it is
     get(req, ctx) {
-      return containersResponse([store.get(ctx.namespace(), req.id)]);
+      const ns = ctx.namespace();
+      const wire = store.getEncoded(ns, req.id);
+      return wire ? encodedFieldOne([wire]) : containersResponse([store.get(ns, req.id)]);
     },
     list(req, ctx) {
-      return containersResponseEach((fn) => store.each(ctx.namespace(), req.filters, fn));
+      const ns = ctx.namespace();
+      const encoded =
+        req.filters.length === 0 ? containersResponseEncoded((fn) => store.eachEncoded(ns, fn)) : undefined;
+      return encoded ?? containersResponseEach((fn) => store.each(ns, req.filters, fn));
     },
     async *listStream(req, ctx) {
       // the whole list is read first (one consistent view), then streamed one per message
-      const all = store.list(ctx.namespace(), req.filters);
-      for (const c of all) {
+      const ns = ctx.namespace();
+      const wires: Uint8Array[] = [];
+      if (req.filters.length === 0 && store.eachEncoded(ns, (w) => wires.push(w))) {
+        for (const w of wires) {
+          if (ctx.signal.aborted) return;
+          yield encodedFieldOne([w]);
+        }
+        return;
+      }
+      for (const c of store.list(ns, req.filters)) {
         if (ctx.signal.aborted) return;
         yield containersResponse([c]);
       }

@@ -151,7 +151,8 @@ describe("image store", () => {
     first.sql
       .prepare("INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES ('old', '{}', 1, 1)")
       .run();
-    // back to version 2: drop what migrations 3 (images), 4 (containers) and 5 (an index) made
+    // back to version 2: drop what migrations 3 (images), 4 (containers), 5 (an index) and 6 (a
+    // containers column) made
     first.sql.exec(
       "DROP TABLE images; DROP TRIGGER container_buckets_gone; DROP TABLE container_buckets; DROP TABLE containers; DROP INDEX lease_resources_by_resource",
     );
@@ -162,7 +163,7 @@ describe("image store", () => {
     raw.close();
     const db = new MetadataDB(path);
     cleanups.push(() => db.close());
-    assert.equal(db.sql.pragma("user_version", { simple: true }), 5);
+    assert.equal(db.sql.pragma("user_version", { simple: true }), 6);
     assert.ok(db.sql.prepare("SELECT 1 FROM namespaces WHERE name = 'old'").get());
     const images = new ImageStore(db, new NamespaceStore(db, new Exchange()), new Exchange());
     images.create("old", {

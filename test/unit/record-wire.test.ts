@@ -31,7 +31,12 @@ import {
   StatSnapshotResponseSchema,
 } from "../../src/gen/containerd/services/snapshots/v1/snapshots_pb.js";
 import { FRAME_HEADER } from "../../src/grpc/wire.js";
-import { containersResponse, containersResponseEach } from "../../src/services/container-wire.js";
+import {
+  containersResponse,
+  containersResponseEach,
+  containersResponseEncoded,
+  encodeContainer,
+} from "../../src/services/container-wire.js";
 import { containerToProto } from "../../src/services/containers.js";
 import { infoToProto as contentInfoToProto } from "../../src/services/content.js";
 import { contentInfosResponse } from "../../src/services/content-wire.js";
@@ -41,6 +46,7 @@ import { infosResponse } from "../../src/services/snapshot-wire.js";
 import { infoToProto } from "../../src/services/snapshots.js";
 
 const bytes = (n: number, fill = 0x61) => new Uint8Array(n).fill(fill);
+const varintBytes = (n: number) => (n < 1 << 7 ? 1 : n < 1 << 14 ? 2 : n < 1 << 21 ? 3 : n < 1 << 28 ? 4 : 5);
 
 const records: Container[] = [
   {
@@ -106,6 +112,17 @@ describe("Container encoded from its record", () => {
     });
   }
 
+  for (const c of records) {
+    it(`is kept encoded as the message alone, field 1 of a Get (${c.id.slice(0, 12)})`, () => {
+      const get = containersResponse([c]).body;
+      const kept = encodeContainer(c);
+      // field 1's tag (0x0a) and the record's length, then the record
+      assert.equal(get[0], 0x0a);
+      assert.ok(Buffer.from(kept).equals(get.subarray(get.length - kept.length)));
+      assert.equal(get.length - kept.length, 1 + varintBytes(kept.length));
+    });
+  }
+
   it("makes Get and List responses of field 1", () => {
     const list = containersResponse(records).framed.subarray(FRAME_HEADER);
     const decoded = fromBinary(ListContainersResponseSchema, list);
@@ -146,6 +163,29 @@ describe("ListContainersResponse encoded in parts as rows come", () => {
       for (const b of parts.rest) assert.equal(b[0], 0x0a);
     });
   }
+
+  for (const partBytes of [1, 5_000, 300_000]) {
+    it(`is the same answer from records kept encoded, in parts of ${partBytes} bytes`, () => {
+      const whole = containersResponse(many);
+      const kept = many.map(encodeContainer);
+      const encoded = containersResponseEncoded((fn) => {
+        for (const b of kept) fn(b);
+        return true;
+      }, partBytes);
+      assert.ok(encoded, "every record was kept encoded");
+      assert.equal(encoded.length, whole.length);
+      assert.ok(encoded.body.equals(whole.body), "same bytes as the answer encoded from the records");
+      for (const b of encoded.rest) assert.equal(b[0], 0x0a);
+    });
+  }
+
+  it("gives no answer from encodings when a record was not kept encoded", () => {
+    const got = containersResponseEncoded((fn) => {
+      fn(encodeContainer(many[0]!));
+      return false;
+    });
+    assert.equal(got, undefined);
+  });
 
   it("answers an empty list with the prefix's room alone", () => {
     const empty = containersResponseEach(each([]));

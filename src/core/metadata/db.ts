@@ -122,6 +122,11 @@ const MIGRATIONS: string[] = [
   // 5: lease resources by what they hold, so a collection asks SQLite which blobs no lease
   // holds instead of reading every lease resource and every blob into the daemon's heap.
   `CREATE INDEX lease_resources_by_resource ON lease_resources (namespace, type, id);`,
+  // 6: each container's record as containerd's Container message, encoded when the row is
+  // written, so that Get and an unfiltered List send it as it is instead of decoding the row and
+  // encoding it again (docs/performance.md, finding 69). NULL in rows written before this
+  // migration, or by a store given no encoder; the store fills those in when it opens.
+  `ALTER TABLE containers ADD COLUMN wire BLOB;`,
 ];
 
 /**
