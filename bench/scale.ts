@@ -1,6 +1,9 @@
 // Scale benchmark: how berthd's costs grow with the size of the node, next to the real containerd
 // 1.6 in the same run. Each section fills one daemon at a time (the other is stopped) and times
-// the calls at each size; daemon order alternates between sections.
+// the calls at each size; daemon order alternates between sections. The list sections
+// (containers, images, content, snapshots) are the exception: they fill both daemons and call
+// them in turn, so that both are timed in the same seconds (a list of ~15 MB moved by a third
+// from one few-second spell of this machine to the next; docs/performance.md, finding 69).
 //
 //   containers  Containers/List (decoded, and as bytes), `ctr c ls` and a GC pass with 100, 1,000
 //               and 5,000 container records (each with a ~4 KiB OCI spec, as `ctr c create`
@@ -20,10 +23,11 @@
 // at the end of that span. Those rows' table columns are ms of CPU per second and MiB, not a
 // call's ms.
 //
-// Every list is called twice untimed, then timed at least 9 times (more, up to 50, within 300 ms)
-// at each size; the median is shown (`ctr c ls` at least 3 times). The "growth" column
-// compares the largest size with the smallest: time ratio divided by size ratio, so 1.0 is linear
-// and well above 1 is super-linear. berthd/containerd ≤ 1 means berthd is as fast or faster.
+// Every list is called twice untimed, then timed at least 9 times (more, up to 50, within 300 ms
+// per daemon) at each size, in the list sections on each daemon in turn; the median is shown
+// (`ctr c ls` and the GC passes at least 3 times). The "growth" column compares the largest size
+// with the smallest: time ratio divided by size ratio, so 1.0 is linear and well above 1 is
+// super-linear. berthd/containerd ≤ 1 means berthd is as fast or faster.
 //
 //   node dist/bench/scale.js [--quick] [--sections containers,images,…] [--only containerd|berthd]
 //                            [--tmpfs] [--json FILE]
@@ -173,6 +177,32 @@ async function timeMedian(reps: number, fn: () => Promise<unknown>): Promise<num
   return median(xs);
 }
 
+/**
+ * Medians per daemon of calls made on each in turn, the first one alternating: two untimed calls
+ * each, then at least `reps` timed rounds, more (up to 50) while less than 300 ms per daemon has
+ * passed. A call takes the machine's slow and fast spells with the other daemon's next to it.
+ */
+async function timeMediansInTurn(
+  reps: number,
+  fns: Map<DaemonName, () => Promise<unknown>>,
+): Promise<Map<DaemonName, number>> {
+  const names = [...fns.keys()];
+  for (const n of names) {
+    await fns.get(n)!();
+    await fns.get(n)!();
+  }
+  const xs = new Map(names.map((n) => [n, [] as number[]]));
+  const start = nowMs();
+  for (let i = 0; i < reps || (i < 50 && nowMs() - start < 300 * names.length); i++) {
+    for (const n of i % 2 === 0 ? names : [...names].reverse()) {
+      const t = nowMs();
+      await fns.get(n)!();
+      xs.get(n)!.push(nowMs() - t);
+    }
+  }
+  return new Map(names.map((n) => [n, median(xs.get(n)!)]));
+}
+
 /** The idle rows: the daemon's CPU over a span when no one calls it, after a moment to settle. */
 const IDLE_SETTLE_MS = 1000;
 const IDLE_SPAN_MS = 5000;
@@ -237,64 +267,119 @@ function rawContainersList(address: string): { list: () => Promise<Buffer>; clos
   return { list, close: raw.close };
 }
 
-async function containersSection(name: DaemonName, d: Daemon): Promise<void> {
-  const conn = new Connection(d.address);
-  const c = conn.client(Containers);
-  const leases = conn.client(Leases);
-  const raw = rawContainersList(d.address);
-  let have = 0;
+/**
+ * A section whose daemons are filled side by side and called in turn: for one daemon, how to
+ * add records up to a size, and the calls timed at each size.
+ */
+interface Filled {
+  fill(from: number, to: number): Promise<void>;
+  calls: { what: string; reps: number; call: (size: number) => Promise<unknown> }[];
+  /** Checks after a size's calls (an answer that came fast with less in it must not count). */
+  check?(size: number): void;
+  close(): void;
+}
+
+type ListSection = "containers" | "images" | "content" | "snapshots";
+
+/** Every daemon wanted, started, filled and timed side by side (see timeMediansInTurn). */
+async function sideBySide(
+  section: ListSection,
+  order: DaemonName[],
+  fast: string | undefined,
+  open: (name: DaemonName, d: Daemon) => Promise<Filled>,
+): Promise<void> {
+  log(`${section}: ${order.join(" and ")}`);
+  const ds = new Map<DaemonName, Daemon>();
+  const filled = new Map<DaemonName, Filled>();
   try {
-    for (const size of SIZES.containers) {
-      await pool(size - have, async (i) => {
-        const id = `scale-${have + i}`;
-        await c.create({ container: benchContainer(id, SPEC, { "bench.scale": "1" }) }, { namespace: NS });
-      });
+    for (const name of order) ds.set(name, await startPlain(name, fast, section));
+    for (const [name, d] of ds) filled.set(name, await open(name, d));
+    const kinds = filled.values().next().value?.calls ?? [];
+    let have = 0;
+    for (const size of SIZES[section]) {
+      for (const f of filled.values()) await f.fill(have, size);
       have = size;
-      record(
-        "containers",
-        "Containers/List",
-        size,
-        name,
-        await timeMedian(9, () => c.list({}, { namespace: NS })),
-      );
-      const answers: Buffer[] = [];
-      record(
-        "containers",
-        "Containers/List, bytes",
-        size,
-        name,
-        await timeMedian(9, async () => answers.push(await raw.list())),
-      );
-      // an answer that came fast with less in it must not count: decode the last one
-      const got = fromBinary(ListContainersResponseSchema, answers.at(-1)!).containers.length;
-      if (got !== size)
-        throw new Error(`${name}: Containers/List as bytes held ${got} containers, want ${size}`);
-      answers.length = 0;
-      record(
-        "containers",
-        "ctr c ls",
-        size,
-        name,
-        await timeMedian(3, async () => ok(await ctr(d.address, ["-n", NS, "c", "ls", "-q"]), "ctr c ls")),
-      );
-      // every container is a root of a collection
-      record("containers", "GC pass (Leases/Delete sync)", size, name, await timeGcPass(leases));
-      log(`${name}: ${size} containers listed and collected`);
+      for (const [i, { what, reps }] of kinds.entries()) {
+        const fns = new Map([...filled].map(([name, f]) => [name, () => f.calls[i]!.call(size)] as const));
+        for (const [name, ms] of await timeMediansInTurn(reps, fns)) record(section, what, size, name, ms);
+      }
+      for (const f of filled.values()) f.check?.(size);
+      log(`${order.join(" and ")}: ${section} at ${size} timed`);
     }
+  } catch (err) {
+    failures.push(`${section}: ${(err as Error).message.split("\n")[0]}`);
+    log(`${section} failed: ${(err as Error).message}`);
   } finally {
-    raw.close();
-    conn.close();
+    for (const f of filled.values()) f.close();
+    for (const d of ds.values()) await d.cleanup();
   }
 }
 
-async function imagesSection(name: DaemonName, d: Daemon): Promise<void> {
+/**
+ * A GC pass as a client can time one: a synchronous Leases/Delete of an empty lease runs a whole
+ * collection before it answers, in berthd as in containerd.
+ */
+let gcProbes = 0;
+function gcPass(leases: Client<typeof Leases>): { what: string; reps: number; call: () => Promise<unknown> } {
+  return {
+    what: "GC pass (Leases/Delete sync)",
+    reps: 3,
+    call: async () => {
+      const id = `gc-probe-${gcProbes++}`;
+      await leases.create({ id }, { namespace: NS });
+      await leases.delete({ id, sync: true }, { namespace: NS });
+    },
+  };
+}
+
+async function containersSection(name: DaemonName, d: Daemon): Promise<Filled> {
+  const conn = new Connection(d.address);
+  const c = conn.client(Containers);
+  const raw = rawContainersList(d.address);
+  let last: Buffer | undefined;
+  return {
+    fill: (from, to) =>
+      pool(to - from, async (i) => {
+        const id = `scale-${from + i}`;
+        await c.create({ container: benchContainer(id, SPEC, { "bench.scale": "1" }) }, { namespace: NS });
+      }),
+    calls: [
+      { what: "Containers/List", reps: 9, call: () => c.list({}, { namespace: NS }) },
+      {
+        what: "Containers/List, bytes",
+        reps: 9,
+        call: async () => {
+          last = await raw.list();
+        },
+      },
+      {
+        what: "ctr c ls",
+        reps: 3,
+        call: async () => ok(await ctr(d.address, ["-n", NS, "c", "ls", "-q"]), "ctr c ls"),
+      },
+      // every container is a root of a collection
+      gcPass(conn.client(Leases)),
+    ],
+    check(size) {
+      const got = last ? fromBinary(ListContainersResponseSchema, last).containers.length : 0;
+      if (got !== size)
+        throw new Error(`${name}: Containers/List as bytes held ${got} containers, want ${size}`);
+      last = undefined;
+    },
+    close() {
+      raw.close();
+      conn.close();
+    },
+  };
+}
+
+async function imagesSection(_name: DaemonName, d: Daemon): Promise<Filled> {
   const conn = new Connection(d.address);
   const c = conn.client(Images);
-  let have = 0;
-  try {
-    for (const size of SIZES.images) {
-      await pool(size - have, async (i) => {
-        const n = have + i;
+  return {
+    fill: (from, to) =>
+      pool(to - from, async (i) => {
+        const n = from + i;
         await c.create(
           {
             image: {
@@ -309,14 +394,10 @@ async function imagesSection(name: DaemonName, d: Daemon): Promise<void> {
           },
           { namespace: NS },
         );
-      });
-      have = size;
-      record("images", "Images/List", size, name, await timeMedian(9, () => c.list({}, { namespace: NS })));
-      log(`${name}: ${size} images listed`);
-    }
-  } finally {
-    conn.close();
-  }
+      }),
+    calls: [{ what: "Images/List", reps: 9, call: () => c.list({}, { namespace: NS }) }],
+    close: () => conn.close(),
+  };
 }
 
 async function writeBlob(content: Client<typeof Content>, data: Buffer, ref: string, lease: string) {
@@ -332,84 +413,61 @@ async function writeBlob(content: Client<typeof Content>, data: Buffer, ref: str
   await it.return?.();
 }
 
-/**
- * A GC pass as a client can time one: a synchronous Leases/Delete of an empty lease runs a whole
- * collection before it answers, in berthd as in containerd.
- */
-let gcProbes = 0;
-function timeGcPass(leases: Client<typeof Leases>): Promise<number> {
-  return timeMedian(3, async () => {
-    const id = `gc-probe-${gcProbes++}`;
-    await leases.create({ id }, { namespace: NS });
-    await leases.delete({ id, sync: true }, { namespace: NS });
-  });
-}
-
-async function contentSection(name: DaemonName, d: Daemon): Promise<void> {
+async function contentSection(name: DaemonName, d: Daemon): Promise<Filled> {
   const conn = new Connection(d.address);
   const content = conn.client(Content);
   const leases = conn.client(Leases);
-  let have = 0;
-  try {
-    await leases.create({ id: "scale-hold" }, { namespace: NS });
-    const seed = randomBytes(48);
-    for (const size of SIZES.content) {
-      await pool(size - have, async (i) => {
-        const n = have + i;
+  await leases.create({ id: "scale-hold" }, { namespace: NS });
+  const seed = randomBytes(48);
+  return {
+    fill: (from, to) =>
+      pool(to - from, async (i) => {
+        const n = from + i;
         const data = Buffer.concat([seed, Buffer.from(`blob-${n}`)]);
         await writeBlob(content, data, `scale-${n}`, "scale-hold");
-      });
-      have = size;
-      record(
-        "content",
-        "Content/List",
-        size,
-        name,
-        await timeMedian(9, async () => {
+      }),
+    calls: [
+      {
+        what: "Content/List",
+        reps: 9,
+        call: async (size) => {
           const n = await drain(content.list({}, { namespace: NS }));
           if (n < size) throw new Error(`${name}: Content/List returned ${n} blobs, want ${size}`);
-        }),
-      );
-      record("content", "GC pass (Leases/Delete sync)", size, name, await timeGcPass(leases));
-      log(`${name}: ${size} blobs listed and collected`);
-    }
-  } finally {
-    conn.close();
-  }
+        },
+      },
+      gcPass(leases),
+    ],
+    close: () => conn.close(),
+  };
 }
 
-async function snapshotsSection(name: DaemonName, d: Daemon): Promise<void> {
+async function snapshotsSection(name: DaemonName, d: Daemon): Promise<Filled> {
   const conn = new Connection(d.address);
   const sn = conn.client(Snapshots);
   const leases = conn.client(Leases);
-  let have = 0;
-  try {
-    await leases.create({ id: "scale-snap" }, { namespace: NS });
-    for (const size of SIZES.snapshots) {
-      await pool(size - have, async (i) => {
+  await leases.create({ id: "scale-snap" }, { namespace: NS });
+  return {
+    fill: (from, to) =>
+      pool(to - from, async (i) => {
         await sn.prepare(
-          { snapshotter: "overlayfs", key: `scale-${have + i}`, parent: "" },
+          { snapshotter: "overlayfs", key: `scale-${from + i}`, parent: "" },
           { namespace: NS, lease: "scale-snap" },
         );
-      });
-      have = size;
-      record(
-        "snapshots",
-        "Snapshots/List",
-        size,
-        name,
-        await timeMedian(9, async () => {
+      }),
+    calls: [
+      {
+        what: "Snapshots/List",
+        reps: 9,
+        call: async (size) => {
           const n = await drain(sn.list({ snapshotter: "overlayfs" }, { namespace: NS }));
           if (n < size) throw new Error(`${name}: Snapshots/List returned ${n}, want ${size}`);
-        }),
-      );
+        },
+      },
       // a collection reads every snapshot record too
-      record("snapshots", "GC pass (Leases/Delete sync)", size, name, await timeGcPass(leases));
-      log(`${name}: ${size} snapshots listed and collected`);
-    }
-  } finally {
-    conn.close();
-  }
+      gcPass(leases),
+    ],
+    close: () => conn.close(),
+  };
 }
 
 async function restartSection(name: DaemonName, first: Daemon, ref: string): Promise<Daemon> {
@@ -543,6 +601,13 @@ async function criSection(
 
 // ---- main -----------------------------------------------------------------------------------
 
+const LIST_SECTIONS: Partial<Record<Section, (name: DaemonName, d: Daemon) => Promise<Filled>>> = {
+  containers: containersSection,
+  images: imagesSection,
+  content: contentSection,
+  snapshots: snapshotsSection,
+};
+
 async function main(): Promise<void> {
   setChildSubreaper(true);
   const tmp = await makeTempDir("bench-scale");
@@ -559,6 +624,11 @@ async function main(): Promise<void> {
     const ref = `${reg.host}/bench/busybox:1`;
     for (const [si, section] of CHOSEN.entries()) {
       const order = si % 2 === 0 ? WANTED : [...WANTED].reverse();
+      const opener = LIST_SECTIONS[section as ListSection];
+      if (opener) {
+        await sideBySide(section as ListSection, order, fast, opener);
+        continue;
+      }
       for (const name of order) {
         log(`${section}: ${name}`);
         try {
@@ -568,11 +638,7 @@ async function main(): Promise<void> {
           }
           let d = await startPlain(name, fast, section);
           try {
-            if (section === "containers") await containersSection(name, d);
-            else if (section === "images") await imagesSection(name, d);
-            else if (section === "content") await contentSection(name, d);
-            else if (section === "snapshots") await snapshotsSection(name, d);
-            else d = await restartSection(name, d, ref);
+            d = await restartSection(name, d, ref);
           } finally {
             killShimsOf(d.address);
             await d.cleanup();
