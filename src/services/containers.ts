@@ -63,9 +63,9 @@ function idRequired(): BerthError {
 
 export function containersService(store: ContainerStore): ServiceImpl<typeof Containers> {
   return {
-    // the answers that carry whole records are encoded from them directly (container-wire.ts);
-    // each of these responses has the record(s) as its field 1
-    // and, where the store keeps each record encoded, copied from that encoding as it is
+    // the answers that carry whole records have the record(s) as their field 1: copied from the
+    // encoding the store keeps with each row where it has one, else encoded from the records
+    // directly (container-wire.ts)
     get(req, ctx) {
       const ns = ctx.namespace();
       const wire = store.getEncoded(ns, req.id);
