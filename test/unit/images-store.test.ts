@@ -152,7 +152,7 @@ describe("image store", () => {
       .prepare("INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES ('old', '{}', 1, 1)")
       .run();
     // back to version 2: drop what migrations 3 (images), 4 (containers), 5 (an index) and 6 (a
-    // containers column) made
+    // containers column and an index) made
     first.sql.exec(
       "DROP TABLE images; DROP TRIGGER container_buckets_gone; DROP TABLE container_buckets; DROP TABLE containers; DROP INDEX lease_resources_by_resource",
     );
