@@ -179,6 +179,38 @@ export function encodedFieldOne<O extends DescMessage>(parts: readonly Uint8Arra
   );
 }
 
+/**
+ * A message as field 1 of another (its tag, its length, then the message): what a store keeps
+ * for a record whose answers all carry it as their field 1 (Get and List of containers and
+ * images), so that the answer's body is the kept items one after the other. `write` writes the
+ * message planned as `p`.
+ */
+export function fieldOneItem<P extends { size: number }>(p: P, write: (w: Writer, p: P) => void): Buffer {
+  const w = new Writer(Buffer.allocUnsafe(fieldSize(p.size)));
+  w.open(1, p.size);
+  write(w, p);
+  if (w.at !== w.buf.length)
+    throw new Error(`hand-encoded message: wrote ${w.at} bytes, sized ${w.buf.length}`);
+  return w.buf;
+}
+
+/** Past this size a kept answer is sent as it is, after a part of its own for the prefix. */
+const COPY_KEPT_BELOW = 64 << 10;
+
+/**
+ * An answer whose body is `parts` joined: field-1 items (fieldOneItem) one after the other, as a
+ * store reads them. A small answer is copied after the prefix's room, a large one is not copied.
+ */
+export function keptAnswer<O extends DescMessage>(parts: readonly Buffer[]): EncodedMessage<O> {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  if (n >= COPY_KEPT_BELOW) return new EncodedMessage<O>(Buffer.allocUnsafe(FRAME_HEADER), parts);
+  const framed = Buffer.allocUnsafe(FRAME_HEADER + n);
+  let at = FRAME_HEADER;
+  for (const p of parts) at += p.copy(framed, at);
+  return new EncodedMessage<O>(framed);
+}
+
 /** Bytes per part of a FieldOneParts answer. */
 export const PART_BYTES = 256 << 10;
 

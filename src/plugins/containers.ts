@@ -7,7 +7,7 @@ import { PluginType, ServiceId } from "../base/plugin-types.js";
 import { ContainerStore } from "../core/containers/store.js";
 import type { Exchange } from "../core/events/exchange.js";
 import { Containers } from "../gen/containerd/services/containers/v1/containers_pb.js";
-import { encodeContainer } from "../services/container-wire.js";
+import { containerItem } from "../services/container-wire.js";
 import { containersService } from "../services/containers.js";
 import type { Metadata } from "./core.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
@@ -18,7 +18,7 @@ export const containersServicePlugin: Plugin = {
   requires: [PluginType.Event, PluginType.Metadata],
   init(ic): ContainerStore {
     const md = ic.get<Metadata>(PluginType.Metadata, "bolt");
-    return new ContainerStore(md.db, md.namespaces, ic.get<Exchange>(PluginType.Event), encodeContainer);
+    return new ContainerStore(md.db, md.namespaces, ic.get<Exchange>(PluginType.Event), containerItem);
   },
 };
 

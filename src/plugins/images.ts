@@ -8,6 +8,7 @@ import type { Exchange } from "../core/events/exchange.js";
 import { ImageStore } from "../core/images/store.js";
 import type { LeaseStore } from "../core/leases/store.js";
 import { Images } from "../gen/containerd/services/images/v1/images_pb.js";
+import { imageItem } from "../services/image-wire.js";
 import { imagesService } from "../services/images.js";
 import type { Metadata } from "./core.js";
 import { type GrpcServicePlugin, registration } from "./grpc.js";
@@ -18,7 +19,7 @@ export const imagesServicePlugin: Plugin = {
   requires: [PluginType.Event, PluginType.Metadata, PluginType.Lease],
   init(ic): ImageStore {
     const md = ic.get<Metadata>(PluginType.Metadata, "bolt");
-    const store = new ImageStore(md.db, md.namespaces, ic.get<Exchange>(PluginType.Event));
+    const store = new ImageStore(md.db, md.namespaces, ic.get<Exchange>(PluginType.Event), imageItem);
     // A sync delete waits for a collection. The GC plugin (initialised after the services, as
     // it needs them) installs its "collect now and wait" on the lease manager; read it at call
     // time so that it is there once the daemon serves.

@@ -10,8 +10,8 @@ import type { DescMessage } from "@bufbuild/protobuf";
 import type { AnyValue, Container } from "../core/containers/store.js";
 import type { EncodedMessage } from "../grpc/handlers.js";
 import {
-  type Encoded,
   FieldOneParts,
+  fieldOneItem,
   fieldOneResponse,
   fieldSize,
   stringFieldSize,
@@ -19,8 +19,7 @@ import {
   stringMapSize,
   timesPlan,
   utf8,
-  Writer,
-  writeEncoded,
+  type Writer,
   writeStringMap,
   writeTimes,
 } from "../grpc/proto-writer.js";
@@ -115,26 +114,10 @@ export function containersResponseEach<O extends DescMessage>(
 }
 
 /**
- * A container record as containerd's Container message, on its own: what the store keeps with
- * each row (ContainerStore's `encode`), so that answers can carry it without encoding it again.
+ * A container record as field 1 of an answer (GetContainerResponse, ListContainersResponse,
+ * ListContainerMessage): what the store keeps with each row (ContainerStore's `encode`), so that
+ * answers are the kept items as they are.
  */
-export function encodeContainer(c: Container): Uint8Array {
-  const p = plan(c);
-  const w = new Writer(Buffer.allocUnsafe(p.size));
-  write(w, p);
-  if (w.at !== p.size) throw new Error(`hand-encoded container: wrote ${w.at} bytes, sized ${p.size}`);
-  return w.buf;
-}
-
-/**
- * ListContainersResponse from records the store kept encoded (ContainerStore.eachEncoded),
- * copied into parts as they are read; undefined when the store had a row without its encoding
- * and the answer has to be built from the decoded records instead.
- */
-export function containersResponseEncoded<O extends DescMessage>(
-  each: (fn: (wire: Uint8Array) => void) => boolean,
-  partBytes?: number,
-): EncodedMessage<O> | undefined {
-  const parts = new FieldOneParts<Encoded>(writeEncoded, partBytes);
-  return each((b) => parts.add({ b, size: b.length })) ? parts.finish<O>() : undefined;
+export function containerItem(c: Container): Buffer {
+  return fieldOneItem(plan(c), write);
 }

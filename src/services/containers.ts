@@ -10,9 +10,9 @@ import type {
   ContainerSchema,
   Containers,
 } from "../gen/containerd/services/containers/v1/containers_pb.js";
-import { encodedFieldOne } from "../grpc/proto-writer.js";
+import { keptAnswer } from "../grpc/proto-writer.js";
 import type { ServiceImpl } from "../grpc/service.js";
-import { containersResponse, containersResponseEach, containersResponseEncoded } from "./container-wire.js";
+import { containersResponse, containersResponseEach } from "./container-wire.js";
 
 const anyToProto = (a: AnyValue): MessageInitShape<typeof AnySchema> => ({
   typeUrl: a.typeUrl,
@@ -63,28 +63,27 @@ function idRequired(): BerthError {
 
 export function containersService(store: ContainerStore): ServiceImpl<typeof Containers> {
   return {
-    // the answers that carry whole records have the record(s) as their field 1: copied from the
-    // encoding the store keeps with each row where it has one, else encoded from the records
-    // directly (container-wire.ts)
+    // the answers that carry whole records have the record(s) as their field 1: the items the
+    // store keeps with each row where it has them, else encoded from the records directly
+    // (container-wire.ts)
     get(req, ctx) {
       const ns = ctx.namespace();
-      const wire = store.getEncoded(ns, req.id);
-      return wire ? encodedFieldOne([wire]) : containersResponse([store.get(ns, req.id)]);
+      const item = store.getEncoded(ns, req.id);
+      return item ? keptAnswer([item]) : containersResponse([store.get(ns, req.id)]);
     },
     list(req, ctx) {
       const ns = ctx.namespace();
-      const encoded =
-        req.filters.length === 0 ? containersResponseEncoded((fn) => store.eachEncoded(ns, fn)) : undefined;
-      return encoded ?? containersResponseEach((fn) => store.each(ns, req.filters, fn));
+      const items = req.filters.length === 0 ? store.listEncoded(ns) : null;
+      return items ? keptAnswer(items) : containersResponseEach((fn) => store.each(ns, req.filters, fn));
     },
     async *listStream(req, ctx) {
       // the whole list is read first (one consistent view), then streamed one per message
       const ns = ctx.namespace();
-      const wires: Uint8Array[] = [];
-      if (req.filters.length === 0 && store.eachEncoded(ns, (w) => wires.push(w))) {
-        for (const w of wires) {
+      const items: Buffer[] = [];
+      if (req.filters.length === 0 && store.eachEncoded(ns, (w) => items.push(w))) {
+        for (const item of items) {
           if (ctx.signal.aborted) return;
-          yield encodedFieldOne([w]);
+          yield keptAnswer([item]);
         }
         return;
       }

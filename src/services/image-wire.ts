@@ -8,6 +8,7 @@ import type { DescMessage } from "@bufbuild/protobuf";
 import type { Image } from "../core/images/store.js";
 import type { EncodedMessage } from "../grpc/handlers.js";
 import {
+  fieldOneItem,
   fieldOneResponse,
   fieldSize,
   stringFieldSize,
@@ -61,4 +62,12 @@ function write(w: Writer, p: ReturnType<typeof plan>): void {
 /** A response whose field 1 is the images (ListImagesResponse; with one, GetImageResponse). */
 export function imagesResponse<O extends DescMessage>(images: readonly Image[]): EncodedMessage<O> {
   return fieldOneResponse<ReturnType<typeof plan>, O>(images.map(plan), write);
+}
+
+/**
+ * An image record as field 1 of an answer (GetImageResponse, ListImagesResponse): what the store
+ * keeps with each row (ImageStore's `encode`), so that answers are the kept items as they are.
+ */
+export function imageItem(i: Image): Buffer {
+  return fieldOneItem(plan(i), write);
 }

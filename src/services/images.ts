@@ -10,6 +10,7 @@ import type {
   ImageSchema,
   Images,
 } from "../gen/containerd/services/images/v1/images_pb.js";
+import { keptAnswer } from "../grpc/proto-writer.js";
 import type { ServiceImpl } from "../grpc/service.js";
 import { imagesResponse } from "./image-wire.js";
 
@@ -51,12 +52,17 @@ function nameRequired(): BerthError {
 
 export function imagesService(store: ImageStore): ServiceImpl<typeof Images> {
   return {
-    // records are encoded directly (image-wire.ts); both responses have them as field 1
+    // both answers have the records as their field 1: the items the store keeps with each row
+    // where it has them, else encoded from the records directly (image-wire.ts)
     get(req, ctx) {
-      return imagesResponse([store.get(ctx.namespace(), req.name)]);
+      const ns = ctx.namespace();
+      const item = store.getEncoded(ns, req.name);
+      return item ? keptAnswer([item]) : imagesResponse([store.get(ns, req.name)]);
     },
     list(req, ctx) {
-      return imagesResponse(store.list(ctx.namespace(), req.filters));
+      const ns = ctx.namespace();
+      const items = req.filters.length === 0 ? store.listEncoded(ns) : null;
+      return items ? keptAnswer(items) : imagesResponse(store.list(ns, req.filters));
     },
     create(req, ctx) {
       if (!req.image?.name) throw nameRequired();

@@ -10,7 +10,7 @@ import {
   ContainerDeleteSchema,
   ContainerUpdateSchema,
 } from "../../src/gen/containerd/events/container_pb.js";
-import { encodeContainer } from "../../src/services/container-wire.js";
+import { containerItem } from "../../src/services/container-wire.js";
 import { kind } from "../helpers/assert.js";
 import { openTestMetadata } from "../helpers/metadata.js";
 import { makeTempDir, removeTempDir } from "../helpers/tmp.js";
@@ -295,10 +295,10 @@ describe("container store", () => {
       false,
     );
 
-    const store = new ContainerStore(db, namespaces, exchange, encodeContainer);
+    const store = new ContainerStore(db, namespaces, exchange, containerItem);
     const same = (ns: string, id: string) =>
       assert.ok(
-        Buffer.from(store.getEncoded(ns, id) ?? []).equals(encodeContainer(store.get(ns, id))),
+        Buffer.from(store.getEncoded(ns, id) ?? []).equals(containerItem(store.get(ns, id))),
         `${id}: the kept encoding is the record's`,
       );
     same("ns", "old"); // encoded when the store opened
@@ -332,8 +332,12 @@ describe("container store", () => {
     );
     assert.deepEqual(
       kept.map((w) => w.toString("latin1")),
-      store.list("ns").map((c) => Buffer.from(encodeContainer(c)).toString("latin1")),
+      store.list("ns").map((c) => Buffer.from(containerItem(c)).toString("latin1")),
       "in id order, each the record's encoding",
+    );
+    assert.ok(
+      Buffer.concat(store.listEncoded("ns") ?? []).equals(Buffer.concat(kept)),
+      "List's body: the items joined in id order",
     );
     assert.throws(
       () => store.getEncoded("ns", "missing"),
@@ -343,6 +347,7 @@ describe("container store", () => {
       store.eachEncoded("other", () => assert.fail("no containers there")),
       true,
     );
+    assert.deepEqual(store.listEncoded("other"), []);
 
     // a row written without an encoding after the store opened: the list says so
     plain.create("ns", { id: "zz", runtime, spec: spec({}) });
@@ -350,6 +355,7 @@ describe("container store", () => {
       store.eachEncoded("ns", () => {}),
       false,
     );
+    assert.equal(store.listEncoded("ns"), null);
     assert.equal(store.getEncoded("ns", "zz"), null);
   });
 

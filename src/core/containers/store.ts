@@ -27,6 +27,7 @@ import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { type Adaptor, labelAdaptor, parseListFilters } from "../filters.js";
 import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
+import { keptItemsReader } from "../metadata/kept.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 
 /** A protobuf Any as the store keeps it: the type URL and the encoded value. */
@@ -259,8 +260,9 @@ function anyPb(a: AnyValue | undefined): Any | undefined {
 }
 
 /**
- * A record as containerd's Container message (services/container-wire.ts has the encoder: the
- * store is below the wire layer, so the daemon hands it in).
+ * A record as field 1 of an answer, its tag and length then containerd's Container message
+ * (services/container-wire.ts has the encoder: the store is below the wire layer, so the daemon
+ * hands it in; metadata/kept.ts says why this form).
  */
 export type ContainerEncoder = (c: Container) => Uint8Array;
 
@@ -277,9 +279,9 @@ export class ContainerStore {
   /**
    * With `encode`, every row also keeps its record encoded (the `wire` column), written with the
    * row from the same values a read decodes, and rows written without it are encoded here, once.
-   * Get and an unfiltered List then copy those bytes into the answer: a 5,000-container List
-   * spent most of its time decoding rows and encoding them again (docs/performance.md, finding
-   * 69). Without `encode` the column stays NULL and answers are built from decoded records.
+   * Get and an unfiltered List then answer with those bytes: a 5,000-container List spent most
+   * of its time decoding rows and encoding them again (docs/performance.md, findings 69 and 72).
+   * Without `encode` the column stays NULL and answers are built from decoded records.
    */
   constructor(
     private readonly db: MetadataDB,
@@ -288,8 +290,11 @@ export class ContainerStore {
     private readonly encode?: ContainerEncoder,
   ) {
     this.stmts = statements(db);
+    this.keptItems = keptItemsReader(db, "containers", "id");
     if (encode) this.encodeMissing(encode);
   }
+
+  private readonly keptItems: (ns: string) => Buffer[] | null;
 
   private encodeMissing(encode: ContainerEncoder): void {
     // read whole first: better-sqlite3 runs no other statement while one is being iterated
@@ -323,22 +328,33 @@ export class ContainerStore {
   }
 
   /**
-   * The record as the store keeps it encoded (see the constructor); null when this row has no
-   * encoding, for the caller to encode `get`'s record itself. Not found as `get` says it.
+   * The record as the store keeps it encoded, as field 1 of an answer (see the constructor); null
+   * when this row has no encoding, for the caller to encode `get`'s record itself. Not found as
+   * `get` says it.
    */
-  getEncoded(ns: string, id: string): Uint8Array | null {
-    const r = this.stmts.getWire.get(ns, id) as [Uint8Array | null] | undefined;
+  getEncoded(ns: string, id: string): Buffer | null {
+    const r = this.stmts.getWire.get(ns, id) as [Buffer | null] | undefined;
     if (!r) throw errNotFound(`container ${q(id)} in namespace ${q(ns)}`);
     return r[0];
   }
 
   /**
-   * Every container of the namespace in id order, as the store keeps it encoded, handed to
-   * `fn` as SQLite reads it. False, and `fn` called for only some, when a row has no encoding:
-   * the caller then lists through `each`. `fn` must not write to the database.
+   * Every container of the namespace in id order as the store keeps it encoded, one field-1
+   * item after the other, in parts: the body of an unfiltered List's answer. Null when a row has
+   * no encoding: the caller then lists through `each`.
    */
-  eachEncoded(ns: string, fn: (wire: Uint8Array) => void): boolean {
-    for (const wire of this.stmts.listWire.iterate(ns) as IterableIterator<Uint8Array | null>) {
+  listEncoded(ns: string): Buffer[] | null {
+    return this.keptItems(ns);
+  }
+
+  /**
+   * Every container of the namespace in id order, as the store keeps it encoded, handed to
+   * `fn` as SQLite reads it (ListStream sends each as a message of its own). False, and `fn`
+   * called for only some, when a row has no encoding: the caller then lists through `each`.
+   * `fn` must not write to the database.
+   */
+  eachEncoded(ns: string, fn: (wire: Buffer) => void): boolean {
+    for (const wire of this.stmts.listWire.iterate(ns) as IterableIterator<Buffer | null>) {
       if (wire === null) return false;
       fn(wire);
     }

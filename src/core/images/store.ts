@@ -19,6 +19,7 @@ import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { labelAdaptor, selectMatching } from "../filters.js";
 import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
+import { keptItemsReader } from "../metadata/kept.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 
 export interface Descriptor {
@@ -121,10 +122,16 @@ function statements(db: MetadataDB) {
   return {
     get: s.prepare(`SELECT ${cols} FROM images WHERE namespace = ? AND name = ?`).raw(true),
     list: s.prepare(`SELECT ${cols} FROM images WHERE namespace = ? ORDER BY name`).raw(true),
-    insert: s.prepare(`INSERT OR IGNORE INTO images (namespace, ${cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+    getWire: s.prepare("SELECT wire FROM images WHERE namespace = ? AND name = ?").raw(true),
+    withoutWire: s.prepare(`SELECT namespace, ${cols} FROM images WHERE wire IS NULL`).raw(true),
+    setWire: s.prepare("UPDATE images SET wire = ? WHERE namespace = ? AND name = ?"),
+    insert: s.prepare(
+      `INSERT OR IGNORE INTO images (namespace, ${cols}, wire) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
     update: s.prepare(
+      // every column of a Row after the name, in order (created_at is written back unchanged)
       `UPDATE images SET target_media_type = ?, target_digest = ?, target_size = ?, target_annotations = ?,
-         labels = ?, updated_at = ? WHERE namespace = ? AND name = ?`,
+         labels = ?, created_at = ?, updated_at = ?, wire = ? WHERE namespace = ? AND name = ?`,
     ),
     delete: s.prepare("DELETE FROM images WHERE namespace = ? AND name = ?"),
   };
@@ -150,17 +157,52 @@ function adapt(img: Image) {
   };
 }
 
+/**
+ * A record as field 1 of an answer, its tag and length then containerd's Image message
+ * (services/image-wire.ts has the encoder: the store is below the wire layer, so the daemon hands
+ * it in; metadata/kept.ts says why this form).
+ */
+export type ImageEncoder = (i: Image) => Uint8Array;
+
 export class ImageStore {
   /** Runs a garbage collection and waits for it (sync deletes); set by the plugin wiring. */
   collect: (() => Promise<void>) | undefined;
   private readonly stmts: ReturnType<typeof statements>;
 
+  /**
+   * With `encode`, every row also keeps its record encoded (the `wire` column), as the container
+   * store does (see ContainerStore): written with the row from the same values a read decodes,
+   * and filled in here, once, for rows written without it. Without `encode` the column stays
+   * NULL and answers are built from decoded records.
+   */
   constructor(
     private readonly db: MetadataDB,
     private readonly namespaces: NamespaceStore,
     private readonly events: Exchange,
+    private readonly encode?: ImageEncoder,
   ) {
     this.stmts = statements(db);
+    this.keptItems = keptItemsReader(db, "images", "name");
+    if (encode) this.encodeMissing(encode);
+  }
+
+  private readonly keptItems: (ns: string) => Buffer[] | null;
+
+  private encodeMissing(encode: ImageEncoder): void {
+    // read whole first: better-sqlite3 runs no other statement while one is being iterated
+    const rows = this.stmts.withoutWire.all() as [string, ...Row][];
+    if (rows.length === 0) return;
+    this.db.tx(
+      () => {
+        for (const [ns, ...r] of rows) this.stmts.setWire.run(encode(toImage(r)), ns, r[0]);
+      },
+      { what: "image records' encodings" },
+    );
+  }
+
+  /** The encoding of what a read of `row` gives, or NULL without an encoder. */
+  private wireOf(row: Row): Uint8Array | null {
+    return this.encode ? this.encode(toImage(row)) : null;
   }
 
   private row(ns: string, name: string): Row | undefined {
@@ -173,8 +215,28 @@ export class ImageStore {
     return toImage(r);
   }
 
+  /**
+   * The record as the store keeps it encoded, as field 1 of an answer (see the constructor); null
+   * when this row has no encoding, for the caller to encode `get`'s record itself. Not found as
+   * `get` says it.
+   */
+  getEncoded(ns: string, name: string): Buffer | null {
+    const r = this.stmts.getWire.get(ns, name) as [Buffer | null] | undefined;
+    if (!r) throw errNotFound(`image ${q(name)}`);
+    return r[0];
+  }
+
   list(ns: string, filters: string[] = []): Image[] {
     return selectMatching(filters, (this.stmts.list.all(ns) as Row[]).map(toImage), adapt);
+  }
+
+  /**
+   * Every image of the namespace in name order as the store keeps it encoded, one field-1
+   * item after the other, in parts: the body of an unfiltered List's answer. Null when a row has
+   * no encoding: the caller then lists through `list`.
+   */
+  listEncoded(ns: string): Buffer[] | null {
+    return this.keptItems(ns);
   }
 
   create(ns: string, input: ImageInput): Image {
@@ -187,20 +249,21 @@ export class ImageStore {
     const labels = dropEmpty(img.labels);
     const target = { ...img.target, annotations: dropEmpty(img.target.annotations) };
     const now = Date.now();
+    const row: Row = [
+      img.name,
+      target.mediaType,
+      target.digest,
+      target.size,
+      encodeLabels(target.annotations),
+      encodeLabels(labels),
+      now,
+      now,
+    ];
+    const wire = this.wireOf(row);
     this.db.tx(
       () => {
         this.namespaces.ensure(ns);
-        const r = this.stmts.insert.run(
-          ns,
-          img.name,
-          target.mediaType,
-          target.digest,
-          target.size,
-          encodeLabels(target.annotations),
-          encodeLabels(labels),
-          now,
-          now,
-        );
+        const r = this.stmts.insert.run(ns, ...row, wire);
         if (r.changes === 0) throw errAlreadyExists(`image ${q(img.name)}`);
       },
       { what: `image ${q(img.name)} (target ${target.digest})` },
@@ -267,16 +330,17 @@ export class ImageStore {
         labels = dropEmpty(labels);
         target = { ...target, annotations: dropEmpty(target.annotations) };
         const now = Date.now();
-        this.stmts.update.run(
+        const written: Row = [
+          given.name,
           target.mediaType,
           target.digest,
           target.size,
           encodeLabels(target.annotations),
           encodeLabels(labels),
+          r[6],
           now,
-          ns,
-          given.name,
-        );
+        ];
+        this.stmts.update.run(...written.slice(1), this.wireOf(written), ns, given.name);
         return { name: given.name, labels, target, createdAt: cur.createdAt, updatedAt: new Date(now) };
       },
       { what: `image ${q(given.name)} (target ${given.target.digest || "unchanged"})` },

@@ -130,6 +130,12 @@ const MIGRATIONS: string[] = [
   // containers; the index holds no entry once every row has its encoding).
   `ALTER TABLE containers ADD COLUMN wire BLOB;
    CREATE INDEX containers_without_wire ON containers (namespace) WHERE wire IS NULL;`,
+  // 7: kept records become field-1 items (tag, length, message: metadata/kept.ts), so that
+  // SQLite joins a list's answer itself; containers kept as bare messages are encoded again when
+  // the store opens. Images keep theirs too, as containers do (finding 72).
+  `UPDATE containers SET wire = NULL;
+   ALTER TABLE images ADD COLUMN wire BLOB;
+   CREATE INDEX images_without_wire ON images (namespace) WHERE wire IS NULL;`,
 ];
 
 /**
