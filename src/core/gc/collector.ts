@@ -106,9 +106,20 @@ export function expired(labels: Labels, now: number): boolean {
 const tableExists = (db: MetadataDB, name: string) =>
   db.stmt("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) !== undefined;
 
-/** SQL: a lease resource holds the content row at hand (served by lease_resources_by_resource). */
+/** SQL: a lease resource holds the content row at hand (served by lease_resources_by_type). */
 const LEASE_HOLDS_BLOB = `SELECT 1 FROM lease_resources r
-  WHERE r.namespace = content.namespace AND r.type = 'content' AND r.id = content.digest`;
+  WHERE r.type = 'content' AND r.namespace = content.namespace AND r.id = content.digest`;
+
+/**
+ * SQL: the unlabelled blobs no lease holds. Both sides come in (namespace, digest) order from an
+ * index (content_unlabelled; lease_resources_by_type, whose leading type is fixed), and SQLite
+ * runs a compound SELECT with an ORDER BY as a merge of the two: one pass over each, where asking
+ * the lease index about every blob grew as n log n, and slower still once the index no longer
+ * fitted the caches (10,000 to 50,000 blobs: 8 to 68 ms; merged: 2 to 7 ms; finding 73).
+ */
+export const UNHELD_UNLABELLED_BLOBS = `SELECT namespace, digest FROM content WHERE labels = '{}'
+  EXCEPT SELECT namespace, id FROM lease_resources WHERE type = 'content'
+  ORDER BY 1, 2`;
 
 /**
  * The metadata DB as containerd's GC sees it: roots (live leases, images, containers, records
@@ -321,10 +332,7 @@ export class RefGraph {
       if (leased) this.heldRoots.push(node);
       this.content.push({ node, namespace: ns, digest });
     }
-    const unheld = db
-      .stmt(`SELECT namespace, digest FROM content WHERE labels = '{}' AND NOT EXISTS (${LEASE_HOLDS_BLOB})`)
-      .raw(true)
-      .all() as [string, string][];
+    const unheld = db.stmt(UNHELD_UNLABELLED_BLOBS).raw(true).all() as [string, string][];
     for (const [ns, digest] of unheld) {
       const node = contentNode(ns, digest);
       this.out.set(node, NO_EDGES);

@@ -136,6 +136,13 @@ const MIGRATIONS: string[] = [
   `UPDATE containers SET wire = NULL;
    ALTER TABLE images ADD COLUMN wire BLOB;
    CREATE INDEX images_without_wire ON images (namespace) WHERE wire IS NULL;`,
+  // 8: a collection merges the unlabelled blobs with the blobs leases hold, both read in
+  // (namespace, digest) order from an index, instead of asking the lease index about each blob
+  // (gc/collector.ts, finding 73). The lease resources' index leads with the type, so that the
+  // content ones are one ordered range; equality lookups use it as they used the one it replaces.
+  `DROP INDEX lease_resources_by_resource;
+   CREATE INDEX lease_resources_by_type ON lease_resources (type, namespace, id);
+   CREATE INDEX content_unlabelled ON content (namespace, digest) WHERE labels = '{}';`,
 ];
 
 /**
