@@ -1,9 +1,9 @@
 // Scale benchmark: how berthd's costs grow with the size of the node, next to the real containerd
-// 1.6 in the same run. Each section fills one daemon at a time (the other is stopped) and times
-// the calls at each size; daemon order alternates between sections. The list sections
-// (containers, images, content, snapshots) are the exception: they fill both daemons and call
-// them in turn, so that both are timed in the same seconds (a list of ~15 MB moved by a third
-// from one few-second spell of this machine to the next; docs/performance.md, finding 69).
+// 1.6 in the same run. The list sections (containers, images, content, snapshots) fill both
+// daemons and call them in turn, so that both are timed in the same seconds (a list of ~15 MB
+// moved by a third from one few-second spell of this machine to the next; docs/performance.md,
+// finding 69); so does the cri section. The restart section runs one daemon at a time (the
+// other is stopped); daemon order alternates between sections.
 //
 //   containers  Containers/List (decoded, and as bytes), `ctr c ls` and a GC pass with 100, 1,000
 //               and 5,000 container records (each with a ~4 KiB OCI spec, as `ctr c create`
@@ -24,7 +24,7 @@
 // call's ms.
 //
 // Every list is called twice untimed, then timed at least 9 times (more, up to 50, within 300 ms
-// per daemon) at each size, in the list sections on each daemon in turn; the median is shown
+// per daemon) at each size, on each daemon in turn where both run at once; the median is shown
 // (`ctr c ls` and the GC passes at least 3 times). The "growth" column compares the largest size
 // with the smallest: time ratio divided by size ratio, so 1.0 is linear and well above 1 is
 // super-linear. berthd/containerd ≤ 1 means berthd is as fast or faster.
@@ -158,23 +158,6 @@ async function pool(total: number, job: (i: number) => Promise<void>, inflight =
       while (next < total) await job(next++);
     }),
   );
-}
-
-/**
- * Median wall time of `fn`: two untimed calls first (Node compiles a code path on its first
- * calls), then at least `reps` timed calls, more (up to 50) while less than 300 ms has passed.
- */
-async function timeMedian(reps: number, fn: () => Promise<unknown>): Promise<number> {
-  await fn();
-  await fn();
-  const xs: number[] = [];
-  const start = nowMs();
-  while (xs.length < reps || (xs.length < 50 && nowMs() - start < 300)) {
-    const t = nowMs();
-    await fn();
-    xs.push(nowMs() - t);
-  }
-  return median(xs);
 }
 
 /**
@@ -523,13 +506,25 @@ async function restartSection(name: DaemonName, first: Daemon, ref: string): Pro
   return d;
 }
 
-async function criSection(
+/** A daemon with the CRI plugin, its pod network and the images pulled, ready to run pods. */
+interface CriNode {
+  name: DaemonName;
+  d: Daemon;
+  cri: ReturnType<typeof criClient>;
+  /** Pods running, each with one started container. */
+  pods: number;
+  /** Runs more pods until `size` are running. */
+  fillTo: (size: number) => Promise<void>;
+  close: () => Promise<void>;
+}
+
+async function startCriNode(
   name: DaemonName,
   fast: string | undefined,
   reg: Registry,
   tmp: string,
-): Promise<void> {
-  const images = await pushBenchImages(reg, 0);
+  images: Awaited<ReturnType<typeof pushBenchImages>>,
+): Promise<CriNode> {
   const dir = path.join(tmp, `cri-${name}`);
   mkdirSync(dir, { recursive: true });
   const net = writeNetwork(dir, `berthscale-${name}`, freeBridges(1)[0]!, freeSubnets(1)[0]!);
@@ -540,18 +535,36 @@ async function criSection(
       ? await startContainerd({ config: cfg, disabledPlugins: [], ...dirs })
       : await startBerthd({ config: `version = 2\n\n${cfg}`, ...dirs });
   const cri = criClient(d.address);
+  const close = async () => {
+    cri.close();
+    killShimsOf(d.address);
+    await d.cleanup();
+    removeNetwork(net);
+  };
   try {
     for (const image of [images.pause, images.workload])
       await cri.image.pullImage({ image: { image } }, { timeoutMs: 120_000 });
-    let have = 0;
-    for (const size of SIZES.cri) {
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  const logs = path.join(dir, "logs");
+  const workload = images.workload;
+  const node: CriNode = {
+    name,
+    d,
+    cri,
+    pods: 0,
+    close,
+    fillTo: async (size: number) => {
+      const have = node.pods;
       await pool(
         size - have,
         async (i) => {
           const n = have + i;
           const config: MessageInitShape<typeof PodSandboxConfigSchema> = {
             metadata: { name: `scale-${n}`, uid: `uid-scale-${n}`, namespace: "bench", attempt: 0 },
-            logDirectory: path.join(dir, "logs", `scale-${n}`),
+            logDirectory: path.join(logs, `scale-${n}`),
             linux: { securityContext: { namespaceOptions: { network: NamespaceMode.NODE } } },
           };
           const pod = await cri.runtime.runPodSandbox({ config }, { timeoutMs: 120_000 });
@@ -561,7 +574,7 @@ async function criSection(
               sandboxConfig: config,
               config: {
                 metadata: { name: "app", attempt: 0 },
-                image: { image: images.workload },
+                image: { image: workload },
                 logPath: "app.log",
                 linux: { securityContext: { namespaceOptions: { network: NamespaceMode.NODE } } },
               },
@@ -572,30 +585,51 @@ async function criSection(
         },
         8,
       );
-      have = size;
-      record(
-        "cri",
-        "ListPodSandbox",
-        size,
-        name,
-        await timeMedian(9, () => cri.runtime.listPodSandbox({}, { timeoutMs: 60_000 })),
-      );
-      record(
-        "cri",
-        "ListContainers",
-        size,
-        name,
-        await timeMedian(9, () => cri.runtime.listContainers({}, { timeoutMs: 60_000 })),
-      );
-      record("cri", IDLE_ROW, size, name, await idleCpuMsPerSec(d.pid));
-      record("cri", RSS_ROW, size, name, procStatus(d.pid, "VmRSS") / MiB);
-      log(`${name}: ${size} pods listed`);
+      node.pods = size;
+    },
+  };
+  return node;
+}
+
+const CRI_LISTS = [
+  { what: "ListPodSandbox", call: (n: CriNode) => n.cri.runtime.listPodSandbox({}, { timeoutMs: 60_000 }) },
+  { what: "ListContainers", call: (n: CriNode) => n.cri.runtime.listContainers({}, { timeoutMs: 60_000 }) },
+];
+
+/** The list rows of `nodes` at their size, called in turn, then each one's idle rows. */
+async function timeCriLists(nodes: CriNode[], size: number): Promise<void> {
+  for (const { what, call } of CRI_LISTS) {
+    const fns = new Map(nodes.map((n) => [n.name, () => call(n)] as const));
+    for (const [name, ms] of await timeMediansInTurn(9, fns)) record("cri", what, size, name, ms);
+  }
+  for (const n of nodes) {
+    record("cri", IDLE_ROW, size, n.name, await idleCpuMsPerSec(n.d.pid));
+    record("cri", RSS_ROW, size, n.name, procStatus(n.d.pid, "VmRSS") / MiB);
+    log(`${n.name}: ${size} pods listed`);
+  }
+}
+
+/**
+ * The CRI rows: both daemons run their pods at once and the lists are called in turn, as in the
+ * other list sections. Timed one daemon after the other, the lists at 500 pods moved from 0.39 to
+ * 1.47 of containerd's between runs (answers of a few ms, a slow spell of the machine falling on
+ * one daemon). 500 pods on each is ~1,000 shims, ~2 MiB of memory each.
+ */
+async function criSection(order: DaemonName[], fast: string | undefined, reg: Registry, tmp: string) {
+  log(`cri: ${order.join(" and ")}`);
+  const images = await pushBenchImages(reg, 0);
+  const nodes: CriNode[] = [];
+  try {
+    for (const name of order) nodes.push(await startCriNode(name, fast, reg, tmp, images));
+    for (const size of SIZES.cri) {
+      for (const n of nodes) await n.fillTo(size);
+      await timeCriLists(nodes, size);
     }
+  } catch (err) {
+    failures.push(`cri: ${(err as Error).message.split("\n")[0]}`);
+    log(`cri failed: ${(err as Error).message}`);
   } finally {
-    cri.close();
-    killShimsOf(d.address);
-    await d.cleanup();
-    removeNetwork(net);
+    for (const n of nodes) await n.close();
   }
 }
 
@@ -629,13 +663,13 @@ async function main(): Promise<void> {
         await sideBySide(section as ListSection, order, fast, opener);
         continue;
       }
+      if (section === "cri") {
+        await criSection(order, fast, reg, tmp);
+        continue;
+      }
       for (const name of order) {
         log(`${section}: ${name}`);
         try {
-          if (section === "cri") {
-            await criSection(name, fast, reg, tmp);
-            continue;
-          }
           let d = await startPlain(name, fast, section);
           try {
             d = await restartSection(name, d, ref);
