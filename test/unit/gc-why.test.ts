@@ -345,3 +345,91 @@ describe("a collection finds the blobs no lease holds", () => {
     }
   });
 });
+
+describe("a collection reads only the snapshots whose fate is open", () => {
+  it("removes exactly what gc why calls collectable, over chains of leased, labelled and held snapshots", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "gc-snapshots-"));
+    const md = openTestMetadata(dir);
+    try {
+      const sql = md.db.sql;
+      let seed = 11;
+      const rand = (n: number) => {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        return seed % n;
+      };
+      const snap = sql.prepare(
+        `INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, 'committed', ?, 0, 0)`,
+      );
+      const res = sql.prepare(
+        "INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)",
+      );
+      const content = sql.prepare(
+        "INSERT INTO content (namespace, digest, size, created_at, updated_at, labels) VALUES (?, ?, 1, 0, 0, ?)",
+      );
+      const rows: { ns: string; sn: string; key: string }[] = [];
+      sql.transaction(() => {
+        for (const ns of ["ns", "other"]) {
+          sql.prepare("INSERT INTO leases (namespace, id, created_at) VALUES (?, 'hold', 0)").run(ns);
+          for (const sn of ["overlayfs", "native"]) {
+            const keys: string[] = [];
+            for (let i = 0; i < 400; i++) {
+              const key = `k-${(i * 7919) % 400}`;
+              // a parent among the keys before it (chains), or none
+              const parent = keys.length > 0 && rand(3) === 0 ? keys[rand(keys.length)]! : "";
+              const labels =
+                rand(5) === 0
+                  ? J(
+                      keys.length > 0 && rand(2) === 0
+                        ? { [`containerd.io/gc.ref.snapshot.${sn}`]: keys[rand(keys.length)]! }
+                        : { "bench.x": "y" },
+                    )
+                  : "{}";
+              snap.run(ns, sn, key, `${ns}/${i}/${key}`, parent, labels);
+              rows.push({ ns, sn, key });
+              const fate = rand(12);
+              // held by this namespace's lease, by the other namespace's, or by a blob's label
+              if (fate === 0) res.run(ns, "hold", `snapshots/${sn}`, key);
+              if (fate === 1) res.run(ns === "ns" ? "other" : "ns", "hold", `snapshots/${sn}`, key);
+              if (fate === 2) res.run(ns, "hold", "snapshots/elsewhere", key);
+              if (fate === 3)
+                content.run(
+                  ns,
+                  `sha256:${String(rows.length).padStart(64, "0")}`,
+                  J({ [`containerd.io/gc.ref.snapshot.${sn}`]: key, "containerd.io/gc.root": "1" }),
+                );
+              keys.push(key);
+            }
+          }
+        }
+        sql
+          .prepare(
+            `INSERT INTO containers (namespace, id, runtime_name, snapshotter, snapshot_key, created_at, updated_at)
+             VALUES ('ns', 'c1', 'io.containerd.runc.v2', 'native', ?, 0, 0)`,
+          )
+          .run(rows.find((r) => r.ns === "ns" && r.sn === "native")!.key);
+      })();
+      const verdict = new Map(
+        rows.map((r) => [
+          `${r.ns} ${r.sn} ${r.key}`,
+          explain(md.db, { namespace: r.ns, object: r.key, type: "snapshot", snapshotter: r.sn }).collectable,
+        ]),
+      );
+      const collectable = [...verdict.values()].filter(Boolean).length;
+      assert.ok(
+        collectable > 200 && collectable < rows.length - 200,
+        `${collectable} of ${rows.length} collectable`,
+      );
+      await new MetadataCollector(md.db).collect();
+      const left = new Set(
+        (sql.prepare("SELECT namespace, snapshotter, key FROM snapshots").raw(true).all() as string[][]).map(
+          (r) => r.join(" "),
+        ),
+      );
+      for (const [k, gone] of verdict) assert.equal(!left.has(k), gone, k);
+    } finally {
+      md.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -110,6 +110,11 @@ const tableExists = (db: MetadataDB, name: string) =>
 const LEASE_HOLDS_BLOB = `SELECT 1 FROM lease_resources r
   WHERE r.type = 'content' AND r.namespace = content.namespace AND r.id = content.digest`;
 
+/** SQL: a lease resource holds the snapshot row at hand (served by lease_resources_by_type). */
+const LEASE_HOLDS_SNAPSHOT = `SELECT 1 FROM lease_resources r
+  WHERE r.type = 'snapshots/' || snapshots.snapshotter AND r.namespace = snapshots.namespace
+    AND r.id = snapshots.key`;
+
 /**
  * SQL: the unlabelled blobs no lease holds. Both sides come in (namespace, digest) order from an
  * index (content_unlabelled; lease_resources_by_type, whose leading type is fixed), and SQLite
@@ -175,12 +180,15 @@ export class RefGraph {
     else this.readContentForCollection(db);
     if (tableExists(db, "snapshots")) {
       // rows as arrays, and no parse of an empty label set: a node can hold thousands of
-      // snapshots, most of them unlabelled, and every collection reads them all
-      const rows = db
-        .stmt("SELECT namespace, snapshotter, key, parent, labels FROM snapshots")
+      // snapshots, most of them unlabelled
+      const rows = (
+        explain
+          ? db.stmt("SELECT namespace, snapshotter, key, parent, labels, 0 FROM snapshots")
+          : this.snapshotsForCollection(db)
+      )
         .raw(true)
-        .all() as [string, string, string, string, string][];
-      for (const [ns, snapshotter, key, parent, rawLabels] of rows) {
+        .all() as [string, string, string, string, string, number][];
+      for (const [ns, snapshotter, key, parent, rawLabels, leased] of rows) {
         const node = snapshotNode(ns, snapshotter, key);
         const toParent: RefEdge | undefined = parent
           ? { to: snapshotNode(ns, snapshotter, parent), via: "parent" }
@@ -196,6 +204,7 @@ export class RefGraph {
           this.out.set(node, edges);
           if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
         }
+        if (leased) this.heldRoots.push(node);
         this.snapshots.push({ node, namespace: ns, snapshotter, key });
       }
     }
@@ -238,6 +247,32 @@ export class RefGraph {
       this.out.set(node, edges);
       this.roots.push({ node, reason: "container" });
     }
+  }
+
+  /**
+   * For a collection (every lease in the DB live), the snapshots whose fate is open or whose
+   * labels may name other records: the labelled ones (with whether a lease holds them) and the
+   * unlabelled ones no lease holds. A leased unlabelled snapshot is live and names nothing but
+   * its parent, so its row is not read: its parent (if any) becomes a held root instead. With
+   * 5,000 leased snapshots, reading every row and every lease resource into the graph made a GC
+   * pass as long as containerd's (finding 74).
+   */
+  private snapshotsForCollection(db: MetadataDB): ReturnType<MetadataDB["stmt"]> {
+    const parents = db
+      .stmt(
+        `SELECT namespace, snapshotter, parent FROM snapshots
+           WHERE labels = '{}' AND parent != '' AND EXISTS (${LEASE_HOLDS_SNAPSHOT})`,
+      )
+      .raw(true)
+      .all() as [string, string, string][];
+    for (const [ns, snapshotter, parent] of parents)
+      this.heldRoots.push(snapshotNode(ns, snapshotter, parent));
+    // a labelled row says whether a lease holds it; an unlabelled one comes only if none does
+    return db.stmt(
+      `SELECT namespace, snapshotter, key, parent, labels,
+              labels != '{}' AND EXISTS (${LEASE_HOLDS_SNAPSHOT}) AS held
+         FROM snapshots WHERE labels != '{}' OR NOT EXISTS (${LEASE_HOLDS_SNAPSHOT})`,
+    );
   }
 
   /**
@@ -303,21 +338,13 @@ export class RefGraph {
   }
 
   /**
-   * For a collection (every lease in the DB live): leased snapshots and leased labelled blobs
-   * are roots; labelled blobs carry their edges; unlabelled blobs no lease holds are listed for
-   * the sweep, to stay only if a label or an image reaches them. Leased unlabelled blobs are
-   * neither read nor swept.
+   * For a collection (every lease in the DB live): leased labelled blobs are roots; labelled
+   * blobs carry their edges; unlabelled blobs no lease holds are listed for the sweep, to stay
+   * only if a label or an image reaches them. Leased unlabelled blobs are neither read nor swept.
    */
   private readContentForCollection(db: MetadataDB): void {
     if (this.expiredLeases.length > 0)
       throw new Error("internal: a collection's graph was read before its expired leases were deleted");
-    const snapshots = db
-      .stmt("SELECT namespace, type, id FROM lease_resources WHERE type != 'content'")
-      .raw(true)
-      .all() as [string, string, string][];
-    for (const [ns, type, id] of snapshots)
-      if (type.startsWith("snapshots/"))
-        this.heldRoots.push(snapshotNode(ns, type.slice("snapshots/".length), id));
     const labelled = db
       .stmt(
         `SELECT namespace, digest, labels, EXISTS (${LEASE_HOLDS_BLOB}) FROM content WHERE labels != '{}'`,
