@@ -27,7 +27,7 @@ import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { type Adaptor, labelAdaptor, parseListFilters } from "../filters.js";
 import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
-import { keptItemsReader } from "../metadata/kept.js";
+import { encodeMissingItems, keptItemsReader } from "../metadata/kept.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 
 /** A protobuf Any as the store keeps it: the type URL and the encoded value. */
@@ -222,7 +222,6 @@ function statements(db: MetadataDB) {
     getWire: s.prepare("SELECT wire FROM containers WHERE namespace = ? AND id = ?").raw(true),
     listWire: s.prepare("SELECT wire FROM containers WHERE namespace = ? ORDER BY id").pluck(true),
     withoutWire: s.prepare(`SELECT namespace, ${cols} FROM containers WHERE wire IS NULL`).raw(true),
-    setWire: s.prepare("UPDATE containers SET wire = ? WHERE namespace = ? AND id = ?"),
     insert: s.prepare(
       `INSERT OR IGNORE INTO containers (namespace, ${cols}, wire)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -291,22 +290,11 @@ export class ContainerStore {
   ) {
     this.stmts = statements(db);
     this.keptItems = keptItemsReader(db, "containers", "id");
-    if (encode) this.encodeMissing(encode);
+    if (encode)
+      encodeMissingItems<Row>(db, "containers", "id", this.stmts.withoutWire, (r) => encode(toContainer(r)));
   }
 
   private readonly keptItems: (ns: string) => Buffer[] | null;
-
-  private encodeMissing(encode: ContainerEncoder): void {
-    // read whole first: better-sqlite3 runs no other statement while one is being iterated
-    const rows = this.stmts.withoutWire.all() as [string, ...Row][];
-    if (rows.length === 0) return;
-    this.db.tx(
-      () => {
-        for (const [ns, ...r] of rows) this.stmts.setWire.run(encode(toContainer(r)), ns, r[0]);
-      },
-      { what: "container records' encodings" },
-    );
-  }
 
   /** The encoding of what a read of `row` gives, or NULL without an encoder. */
   private wireOf(row: Row): Uint8Array | null {

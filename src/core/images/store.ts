@@ -19,7 +19,7 @@ import type { Exchange } from "../events/exchange.js";
 import { packEvent } from "../events/exchange.js";
 import { labelAdaptor, selectMatching } from "../filters.js";
 import { decodeLabels, encodeLabels, FREES, type Labels, type MetadataDB } from "../metadata/db.js";
-import { keptItemsReader } from "../metadata/kept.js";
+import { encodeMissingItems, keptItemsReader } from "../metadata/kept.js";
 import type { NamespaceStore } from "../namespaces/store.js";
 
 export interface Descriptor {
@@ -124,7 +124,6 @@ function statements(db: MetadataDB) {
     list: s.prepare(`SELECT ${cols} FROM images WHERE namespace = ? ORDER BY name`).raw(true),
     getWire: s.prepare("SELECT wire FROM images WHERE namespace = ? AND name = ?").raw(true),
     withoutWire: s.prepare(`SELECT namespace, ${cols} FROM images WHERE wire IS NULL`).raw(true),
-    setWire: s.prepare("UPDATE images SET wire = ? WHERE namespace = ? AND name = ?"),
     insert: s.prepare(
       `INSERT OR IGNORE INTO images (namespace, ${cols}, wire) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
@@ -183,22 +182,11 @@ export class ImageStore {
   ) {
     this.stmts = statements(db);
     this.keptItems = keptItemsReader(db, "images", "name");
-    if (encode) this.encodeMissing(encode);
+    if (encode)
+      encodeMissingItems<Row>(db, "images", "name", this.stmts.withoutWire, (r) => encode(toImage(r)));
   }
 
   private readonly keptItems: (ns: string) => Buffer[] | null;
-
-  private encodeMissing(encode: ImageEncoder): void {
-    // read whole first: better-sqlite3 runs no other statement while one is being iterated
-    const rows = this.stmts.withoutWire.all() as [string, ...Row][];
-    if (rows.length === 0) return;
-    this.db.tx(
-      () => {
-        for (const [ns, ...r] of rows) this.stmts.setWire.run(encode(toImage(r)), ns, r[0]);
-      },
-      { what: "image records' encodings" },
-    );
-  }
 
   /** The encoding of what a read of `row` gives, or NULL without an encoder. */
   private wireOf(row: Row): Uint8Array | null {

@@ -4,6 +4,7 @@
 // their records as field 1, so a list's whole body is the items of its rows one after the
 // other, and SQLite can join them itself: a few reads of a few buffers instead of a row and a
 // Buffer per record (docs/performance.md, finding 72).
+import type Database from "better-sqlite3";
 import type { MetadataDB } from "./db.js";
 
 /**
@@ -57,4 +58,28 @@ export function keptItemsReader(db: MetadataDB, table: string, key: string): (ns
       part = next.get(ns, last, rows) as Part;
     }
   };
+}
+
+/**
+ * Encodes, in one transaction, the rows of `table` that have no item (written before the column
+ * existed, or by a store given no encoder). `withoutWire` selects them as [namespace, ...row] in
+ * raw mode, the row's first column being its `key`; `itemOf` makes a row's item.
+ */
+export function encodeMissingItems<R extends unknown[]>(
+  db: MetadataDB,
+  table: string,
+  key: string,
+  withoutWire: Database.Statement,
+  itemOf: (row: R) => Uint8Array,
+): void {
+  // read whole first: better-sqlite3 runs no other statement while one is being iterated
+  const rows = withoutWire.all() as [string, ...R][];
+  if (rows.length === 0) return;
+  const setWire = db.stmt(`UPDATE ${table} SET wire = ? WHERE namespace = ? AND ${key} = ?`);
+  db.tx(
+    () => {
+      for (const [ns, ...r] of rows) setWire.run(itemOf(r as unknown as R), ns, r[0]);
+    },
+    { what: `the ${table} table's kept records` },
+  );
 }
