@@ -613,7 +613,7 @@ async function timeCriLists(nodes: CriNode[], size: number): Promise<void> {
  * The CRI rows: both daemons run their pods at once and the lists are called in turn, as in the
  * other list sections. Timed one daemon after the other, the lists at 500 pods moved from 0.39 to
  * 1.47 of containerd's between runs (answers of a few ms, a slow spell of the machine falling on
- * one daemon). 500 pods on each is ~1,000 shims, ~2 MiB of memory each.
+ * one daemon). 500 pods on each is ~1,000 shims, ~6 GiB of memory in all.
  */
 async function criSection(order: DaemonName[], fast: string | undefined, reg: Registry, tmp: string) {
   log(`cri: ${order.join(" and ")}`);

@@ -13,6 +13,14 @@ import { NativeSnapshotter } from "../../src/core/snapshots/native.js";
 import { openTestMetadata, type TestMetadata } from "../helpers/metadata.js";
 
 const d = (c: string) => `sha256:${c.repeat(64)}`;
+
+/** Numbers below n from a fixed seed: the same graph on every run. */
+function seededRandom(seed: number): (n: number) => number {
+  return (n) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+}
 const J = JSON.stringify;
 
 describe("gc why agrees with the collector", () => {
@@ -278,11 +286,7 @@ describe("a collection finds the blobs no lease holds", () => {
       const res = sql.prepare("INSERT INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)");
       // namespaces whose order as bytes is not their order as words; a seeded shuffle of holds
       const namespaces = ["a", "a-b", "ab", "b", "ü", "A"];
-      let seed = 7;
-      const rand = (n: number) => {
-        seed = (seed * 1103515245 + 12345) % 2 ** 31;
-        return seed % n;
-      };
+      const rand = seededRandom(7);
       const want = new Set<string>();
       const all: string[] = [];
       sql.transaction(() => {
@@ -352,11 +356,7 @@ describe("a collection reads only the snapshots whose fate is open", () => {
     const md = openTestMetadata(dir);
     try {
       const sql = md.db.sql;
-      let seed = 11;
-      const rand = (n: number) => {
-        seed = (seed * 1103515245 + 12345) % 2 ** 31;
-        return seed % n;
-      };
+      const rand = seededRandom(11);
       const snap = sql.prepare(
         `INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at)
          VALUES (?, ?, ?, ?, ?, 'committed', ?, 0, 0)`,

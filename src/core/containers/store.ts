@@ -289,12 +289,17 @@ export class ContainerStore {
     private readonly encode?: ContainerEncoder,
   ) {
     this.stmts = statements(db);
-    this.keptItems = keptItemsReader(db, "containers", "id");
+    this.listEncoded = keptItemsReader(db, "containers", "id");
     if (encode)
       encodeMissingItems<Row>(db, "containers", "id", this.stmts.withoutWire, (r) => encode(toContainer(r)));
   }
 
-  private readonly keptItems: (ns: string) => Buffer[] | null;
+  /**
+   * Every container of the namespace in id order as the store keeps it encoded, one field-1
+   * item after the other, in parts: the body of an unfiltered List's answer. Null when a row has
+   * no encoding: the caller then lists through `each`.
+   */
+  readonly listEncoded: (ns: string) => Buffer[] | null;
 
   /** The encoding of what a read of `row` gives, or NULL without an encoder. */
   private wireOf(row: Row): Uint8Array | null {
@@ -324,15 +329,6 @@ export class ContainerStore {
     const r = this.stmts.getWire.get(ns, id) as [Buffer | null] | undefined;
     if (!r) throw errNotFound(`container ${q(id)} in namespace ${q(ns)}`);
     return r[0];
-  }
-
-  /**
-   * Every container of the namespace in id order as the store keeps it encoded, one field-1
-   * item after the other, in parts: the body of an unfiltered List's answer. Null when a row has
-   * no encoding: the caller then lists through `each`.
-   */
-  listEncoded(ns: string): Buffer[] | null {
-    return this.keptItems(ns);
   }
 
   /**

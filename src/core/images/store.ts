@@ -181,12 +181,17 @@ export class ImageStore {
     private readonly encode?: ImageEncoder,
   ) {
     this.stmts = statements(db);
-    this.keptItems = keptItemsReader(db, "images", "name");
+    this.listEncoded = keptItemsReader(db, "images", "name");
     if (encode)
       encodeMissingItems<Row>(db, "images", "name", this.stmts.withoutWire, (r) => encode(toImage(r)));
   }
 
-  private readonly keptItems: (ns: string) => Buffer[] | null;
+  /**
+   * Every image of the namespace in name order as the store keeps it encoded, one field-1
+   * item after the other, in parts: the body of an unfiltered List's answer. Null when a row has
+   * no encoding: the caller then lists through `list`.
+   */
+  readonly listEncoded: (ns: string) => Buffer[] | null;
 
   /** The encoding of what a read of `row` gives, or NULL without an encoder. */
   private wireOf(row: Row): Uint8Array | null {
@@ -216,15 +221,6 @@ export class ImageStore {
 
   list(ns: string, filters: string[] = []): Image[] {
     return selectMatching(filters, (this.stmts.list.all(ns) as Row[]).map(toImage), adapt);
-  }
-
-  /**
-   * Every image of the namespace in name order as the store keeps it encoded, one field-1
-   * item after the other, in parts: the body of an unfiltered List's answer. Null when a row has
-   * no encoding: the caller then lists through `list`.
-   */
-  listEncoded(ns: string): Buffer[] | null {
-    return this.keptItems(ns);
   }
 
   create(ns: string, input: ImageInput): Image {
