@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { MetadataCollector, UNHELD_UNLABELLED_BLOBS } from "../../src/core/gc/collector.js";
+import { MetadataCollector, NAMING_BLOBS, UNHELD_PLAIN_BLOBS } from "../../src/core/gc/collector.js";
 import { type GcEnv, inUse, leakedMounts } from "../../src/core/gc/prune.js";
 import { explain, formatChain } from "../../src/core/gc/why.js";
 import { NativeSnapshotter } from "../../src/core/snapshots/native.js";
@@ -325,13 +325,11 @@ describe("a collection finds the blobs no lease holds", () => {
         }
       })();
       // one ordered pass over each side, nothing sorted: what keeps a collection linear
-      const plan = (
-        sql.prepare(`EXPLAIN QUERY PLAN ${UNHELD_UNLABELLED_BLOBS}`).all() as { detail: string }[]
-      )
+      const plan = (sql.prepare(`EXPLAIN QUERY PLAN ${UNHELD_PLAIN_BLOBS}`).all() as { detail: string }[])
         .map((r) => r.detail)
         .join(" | ");
       assert.match(plan, /MERGE \(EXCEPT\)/);
-      assert.match(plan, /content_unlabelled/);
+      assert.match(plan, /content_plain/);
       assert.match(plan, /lease_resources_by_type/);
       assert.doesNotMatch(plan, /TEMP B-TREE/);
       const gc = new MetadataCollector(md.db);
@@ -382,7 +380,10 @@ describe("a collection reads only the snapshots whose fate is open", () => {
                   ? J(
                       keys.length > 0 && rand(2) === 0
                         ? { [`containerd.io/gc.ref.snapshot.${sn}`]: keys[rand(keys.length)]! }
-                        : { "bench.x": "y" },
+                        : rand(2) === 0
+                          ? { "containerd.io/snapshot.ref": `sha256:${i}` }
+                          : // a GC label's name as a value: read in full, names nothing
+                            { note: `containerd.io/gc.ref.snapshot.${sn}` },
                     )
                   : "{}";
               snap.run(ns, sn, key, `${ns}/${i}/${key}`, parent, labels);
@@ -424,6 +425,99 @@ describe("a collection reads only the snapshots whose fate is open", () => {
       const left = new Set(
         (sql.prepare("SELECT namespace, snapshotter, key FROM snapshots").raw(true).all() as string[][]).map(
           (r) => r.join(" "),
+        ),
+      );
+      for (const [k, gone] of verdict) assert.equal(!left.has(k), gone, k);
+    } finally {
+      md.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a collection reads only the blobs whose fate is open or whose labels name others", () => {
+  it("removes exactly what gc why calls collectable, over plain, labelled and naming blobs", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "gc-naming-"));
+    const md = openTestMetadata(dir);
+    try {
+      const sql = md.db.sql;
+      const rand = seededRandom(13);
+      const content = sql.prepare(
+        "INSERT INTO content (namespace, digest, size, created_at, updated_at, labels) VALUES (?, ?, 1, 0, 0, ?)",
+      );
+      const res = sql.prepare(
+        "INSERT OR IGNORE INTO lease_resources (namespace, lease, type, id) VALUES (?, ?, ?, ?)",
+      );
+      const image = sql.prepare(
+        `INSERT INTO images (namespace, name, target_media_type, target_digest, target_size, created_at, updated_at)
+         VALUES (?, ?, 'application/vnd.oci.image.manifest.v1+json', ?, 1, 0, 0)`,
+      );
+      const blobs: { ns: string; digest: string }[] = [];
+      sql.transaction(() => {
+        for (const ns of ["ns", "other"]) {
+          sql.prepare("INSERT INTO leases (namespace, id, created_at) VALUES (?, 'hold', 0)").run(ns);
+          const digests: string[] = [];
+          for (let i = 0; i < 1500; i++) {
+            const digest = `sha256:${((i * 2654435761) % 4294967291).toString(16).padStart(64, "0")}`;
+            const earlier = () => digests[rand(digests.length)]!;
+            let labels: Record<string, string> = {};
+            switch (digests.length > 0 ? rand(7) : 0) {
+              case 1: // a pulled layer's labels: plain
+                labels = {
+                  "containerd.io/uncompressed": `sha256:${i}`,
+                  "containerd.io/distribution.source.r": "x",
+                };
+                break;
+              case 2: // a manifest's: names earlier blobs
+                labels = {
+                  "containerd.io/gc.ref.content.l.0": earlier(),
+                  "containerd.io/gc.ref.content.config": earlier(),
+                };
+                break;
+              case 3: // a root that names one
+                labels = { "containerd.io/gc.root": "1", "containerd.io/gc.ref.content.m.0": earlier() };
+                break;
+              case 4: // a GC label's name as a value: read in full, names nothing, no root
+                labels = { note: "containerd.io/gc.root", other: "containerd.io/gc.ref.content" };
+                break;
+              case 5: // a key in another case: not containerd's label
+                labels = { "containerd.io/GC.root": "1" };
+                break;
+            }
+            content.run(ns, digest, J(labels));
+            blobs.push({ ns, digest });
+            digests.push(digest);
+            const fate = rand(10);
+            if (fate === 0) res.run(ns, "hold", "content", digest);
+            if (fate === 1) res.run(ns === "ns" ? "other" : "ns", "hold", "content", digest);
+            if (fate === 2) image.run(ns, `img-${i}`, digest);
+          }
+        }
+      })();
+      for (const [query, index] of [
+        [UNHELD_PLAIN_BLOBS, /content_plain/],
+        [NAMING_BLOBS, /content_naming/],
+      ] as const) {
+        const plan = (sql.prepare(`EXPLAIN QUERY PLAN ${query}`).all() as { detail: string }[])
+          .map((r) => r.detail)
+          .join(" | ");
+        assert.match(plan, index, "the collector's expression is the partial index's");
+      }
+      const verdict = new Map(
+        blobs.map((b) => [
+          `${b.ns} ${b.digest}`,
+          explain(md.db, { namespace: b.ns, object: b.digest, type: "content" }).collectable,
+        ]),
+      );
+      const collectable = [...verdict.values()].filter(Boolean).length;
+      assert.ok(
+        collectable > 300 && collectable < blobs.length - 300,
+        `${collectable} of ${blobs.length} collectable`,
+      );
+      await new MetadataCollector(md.db).collect();
+      const left = new Set(
+        (sql.prepare("SELECT namespace, digest FROM content").raw(true).all() as string[][]).map((r) =>
+          r.join(" "),
         ),
       );
       for (const [k, gone] of verdict) assert.equal(!left.has(k), gone, k);

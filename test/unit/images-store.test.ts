@@ -234,10 +234,10 @@ describe("image store", () => {
       .prepare("INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES ('old', '{}', 1, 1)")
       .run();
     // back to version 2: drop what migrations 3 (images), 4 (containers), 5 (an index), 6 (a
-    // containers column and an index), 7 (an images column and an index) and 8 (two indexes in
-    // place of 5's) made
+    // containers column and an index), 7 (an images column and an index), 8 (two indexes in
+    // place of 5's) and 9 (two indexes in place of one of 8's) made
     first.sql.exec(
-      "DROP TABLE images; DROP TRIGGER container_buckets_gone; DROP TABLE container_buckets; DROP TABLE containers; DROP INDEX lease_resources_by_type; DROP INDEX content_unlabelled",
+      "DROP TABLE images; DROP TRIGGER container_buckets_gone; DROP TABLE container_buckets; DROP TABLE containers; DROP INDEX lease_resources_by_type; DROP INDEX content_plain; DROP INDEX content_naming",
     );
     first.sql.pragma("user_version = 2");
     first.close();
@@ -246,7 +246,7 @@ describe("image store", () => {
     raw.close();
     const db = new MetadataDB(path);
     cleanups.push(() => db.close());
-    assert.equal(db.sql.pragma("user_version", { simple: true }), 8);
+    assert.equal(db.sql.pragma("user_version", { simple: true }), 9);
     assert.ok(db.sql.prepare("SELECT 1 FROM namespaces WHERE name = 'old'").get());
     const images = new ImageStore(db, new NamespaceStore(db, new Exchange()), new Exchange());
     images.create("old", {

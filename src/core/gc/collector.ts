@@ -13,6 +13,19 @@ export { GC_EXPIRE, GC_ROOT };
 
 const REF_CONTENT = "containerd.io/gc.ref.content";
 const REF_SNAPSHOT = "containerd.io/gc.ref.snapshot.";
+/**
+ * Every label a collection acts on for content and snapshots (gc.root, gc.ref.content*,
+ * gc.ref.snapshot.*) begins with this. A record whose labels (as stored: JSON, with the keys as
+ * they are) do not hold it is plain: it names no other record and is no root, whatever else it
+ * carries (a pulled layer's containerd.io/uncompressed and distribution source, a snapshot's
+ * snapshot.ref). The test is on the stored text, so a value holding it only makes a record read
+ * in full for nothing; no key that matters is missed.
+ */
+const GC_LABEL_PREFIX = "containerd.io/gc.";
+/** SQL: the record at hand is plain (see GC_LABEL_PREFIX); the partial index content_plain's. */
+const PLAIN = `instr(labels, '${GC_LABEL_PREFIX}') = 0`;
+/** SQL: the record at hand may name others or be a root; the partial index content_naming's. */
+const NAMING = `instr(labels, '${GC_LABEL_PREFIX}') > 0`;
 /** Unleased ingests older than this are removed, like containerd's default ingest expiry. */
 const INGEST_MAX_AGE_MS = 24 * 3600 * 1000;
 
@@ -116,15 +129,20 @@ const LEASE_HOLDS_SNAPSHOT = `SELECT 1 FROM lease_resources r
     AND r.id = snapshots.key`;
 
 /**
- * SQL: the unlabelled blobs no lease holds. Both sides come in (namespace, digest) order from an
- * index (content_unlabelled; lease_resources_by_type, whose leading type is fixed), and SQLite
- * runs a compound SELECT with an ORDER BY as a merge of the two: one pass over each, where asking
- * the lease index about every blob grew as n log n, and slower still once the index no longer
- * fitted the caches (10,000 to 50,000 blobs: 8 to 68 ms; merged: 2 to 7 ms; finding 73).
+ * SQL: the plain blobs (unlabelled, or with no GC label) no lease holds. Both sides come in
+ * (namespace, digest) order from an index (content_plain; lease_resources_by_type, whose leading
+ * type is fixed), and SQLite runs a compound SELECT with an ORDER BY as a merge of the two: one
+ * pass over each, where asking the lease index about every blob grew as n log n, and slower
+ * still once the index no longer fitted the caches (10,000 to 50,000 blobs: 8 to 68 ms; merged:
+ * 2 to 7 ms; findings 73, 75).
  */
-export const UNHELD_UNLABELLED_BLOBS = `SELECT namespace, digest FROM content WHERE labels = '{}'
+export const UNHELD_PLAIN_BLOBS = `SELECT namespace, digest FROM content WHERE ${PLAIN}
   EXCEPT SELECT namespace, id FROM lease_resources WHERE type = 'content'
   ORDER BY 1, 2`;
+
+/** SQL: the blobs whose labels may name a record or make them a root (content_naming), leased or not. */
+export const NAMING_BLOBS = `SELECT namespace, digest, labels, EXISTS (${LEASE_HOLDS_BLOB})
+  FROM content WHERE ${NAMING}`;
 
 /**
  * The metadata DB as containerd's GC sees it: roots (live leases, images, containers, records
@@ -139,8 +157,8 @@ export class RefGraph {
   private readonly out = new Map<string, RefEdge[]>();
   /** Labels of content, snapshot, image and lease records (for explanations; empty for a collection). */
   readonly labels = new Map<string, Labels>();
-  /** The content records read, with their nodes: what a collection sweeps. */
-  readonly content: { node: string; namespace: string; digest: string }[] = [];
+  /** The content records read, as (namespace, digest): what a collection sweeps. */
+  readonly content: [namespace: string, digest: string][] = [];
   /** The snapshot records read, with their nodes. */
   readonly snapshots: { node: string; namespace: string; snapshotter: string; key: string }[] = [];
   /**
@@ -193,7 +211,8 @@ export class RefGraph {
         const toParent: RefEdge | undefined = parent
           ? { to: snapshotNode(ns, snapshotter, parent), via: "parent" }
           : undefined;
-        if (rawLabels === "{}") {
+        // a collection needs no labels that cannot name a record or make a root
+        if (rawLabels === "{}" || (!explain && !rawLabels.includes(GC_LABEL_PREFIX))) {
           keep(node, NO_LABELS);
           this.out.set(node, toParent ? [toParent] : NO_EDGES);
         } else {
@@ -251,27 +270,27 @@ export class RefGraph {
 
   /**
    * For a collection (every lease in the DB live), the snapshots whose fate is open or whose
-   * labels may name other records: the labelled ones (with whether a lease holds them) and the
-   * unlabelled ones no lease holds. A leased unlabelled snapshot is live and names nothing but
-   * its parent, so its row is not read: its parent (if any) becomes a held root instead. With
-   * 5,000 leased snapshots, reading every row and every lease resource into the graph made a GC
-   * pass as long as containerd's (finding 74).
+   * labels may name other records: those with GC labels (with whether a lease holds them) and
+   * the plain ones (see GC_LABEL_PREFIX) no lease holds. A leased plain snapshot is live and
+   * names nothing but its parent, so its row is not read: its parent (if any) becomes a held
+   * root instead. With 5,000 leased snapshots, reading every row and every lease resource into
+   * the graph made a GC pass as long as containerd's (findings 74, 75).
    */
   private snapshotsForCollection(db: MetadataDB): ReturnType<MetadataDB["stmt"]> {
     const parents = db
       .stmt(
         `SELECT namespace, snapshotter, parent FROM snapshots
-           WHERE labels = '{}' AND parent != '' AND EXISTS (${LEASE_HOLDS_SNAPSHOT})`,
+           WHERE ${PLAIN} AND parent != '' AND EXISTS (${LEASE_HOLDS_SNAPSHOT})`,
       )
       .raw(true)
       .all() as [string, string, string][];
     for (const [ns, snapshotter, parent] of parents)
       this.heldRoots.push(snapshotNode(ns, snapshotter, parent));
-    // a labelled row says whether a lease holds it; an unlabelled one comes only if none does
+    // a row with GC labels says whether a lease holds it; a plain one comes only if none does
     return db.stmt(
       `SELECT namespace, snapshotter, key, parent, labels,
-              labels != '{}' AND EXISTS (${LEASE_HOLDS_SNAPSHOT}) AS held
-         FROM snapshots WHERE labels != '{}' OR NOT EXISTS (${LEASE_HOLDS_SNAPSHOT})`,
+              ${NAMING} AND EXISTS (${LEASE_HOLDS_SNAPSHOT}) AS held
+         FROM snapshots WHERE ${NAMING} OR NOT EXISTS (${LEASE_HOLDS_SNAPSHOT})`,
     );
   }
 
@@ -333,43 +352,38 @@ export class RefGraph {
         this.out.set(node, labelEdges(ns, labels));
         if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
       }
-      this.content.push({ node, namespace: ns, digest });
+      this.content.push([ns, digest]);
     }
   }
 
   /**
-   * For a collection (every lease in the DB live): leased labelled blobs are roots; labelled
-   * blobs carry their edges; unlabelled blobs no lease holds are listed for the sweep, to stay
-   * only if a label or an image reaches them. Leased unlabelled blobs are neither read nor swept.
+   * For a collection (every lease in the DB live): leased blobs with GC labels are roots; blobs
+   * with GC labels carry their edges; plain blobs no lease holds are listed for the sweep, to stay
+   * only if a label or an image reaches them. Leased plain blobs are neither read nor swept. A
+   * pulled image's layers are plain: reading each one's labels and asking the lease index about
+   * it made a collection over 50,000 of them 1.3 times containerd's (finding 75).
    */
   private readContentForCollection(db: MetadataDB): void {
     if (this.expiredLeases.length > 0)
       throw new Error("internal: a collection's graph was read before its expired leases were deleted");
-    const labelled = db
-      .stmt(
-        `SELECT namespace, digest, labels, EXISTS (${LEASE_HOLDS_BLOB}) FROM content WHERE labels != '{}'`,
-      )
-      .raw(true)
-      .all() as [string, string, string, number][];
-    for (const [ns, digest, rawLabels, leased] of labelled) {
+    const naming = db.stmt(NAMING_BLOBS).raw(true).all() as [string, string, string, number][];
+    for (const [ns, digest, rawLabels, leased] of naming) {
       const node = contentNode(ns, digest);
       const labels = decodeLabels(rawLabels);
       this.out.set(node, labelEdges(ns, labels));
       if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
       if (leased) this.heldRoots.push(node);
-      this.content.push({ node, namespace: ns, digest });
+      this.content.push([ns, digest]);
     }
-    const unheld = db.stmt(UNHELD_UNLABELLED_BLOBS).raw(true).all() as [string, string][];
-    for (const [ns, digest] of unheld) {
-      const node = contentNode(ns, digest);
-      this.out.set(node, NO_EDGES);
-      this.content.push({ node, namespace: ns, digest });
-    }
+    // a plain blob names nothing: listed for the sweep, it needs no entry among the records
+    // with edges (which has() and nodes() read only in graphs built to explain)
+    const unheld = db.stmt(UNHELD_PLAIN_BLOBS).raw(true).all() as [string, string][];
+    for (const row of unheld) this.content.push(row);
   }
 
   /** The references a node makes (none when it has no record). */
   edges(node: string): RefEdge[] {
-    return this.out.get(node) ?? [];
+    return this.out.get(node) ?? NO_EDGES;
   }
 
   /** Whether the node has a record. */
@@ -386,11 +400,10 @@ export class RefGraph {
   mark(): Set<string> {
     const live = new Set<string>();
     const stack: string[] = [];
+    // one hash lookup per reference: a pulled image's tens of thousands of layers are each reached
     const push = (n: string) => {
-      if (!live.has(n)) {
-        live.add(n);
-        stack.push(n);
-      }
+      const before = live.size;
+      if (live.add(n).size !== before) stack.push(n);
     };
     for (const r of this.roots) push(r.node);
     for (const n of this.heldRoots) push(n);
@@ -447,8 +460,8 @@ export class MetadataCollector {
       const live = graph.mark();
       // the records the graph read, in the same transaction: no second pass over the tables
       const delContent = this.db.stmt("DELETE FROM content WHERE namespace = ? AND digest = ?");
-      for (const c of graph.content)
-        if (!live.has(c.node) && delContent.run(c.namespace, c.digest).changes > 0) {
+      for (const [ns, digest] of graph.content)
+        if (!live.has(contentNode(ns, digest)) && delContent.run(ns, digest).changes > 0) {
           removed++;
           dirty.add("content");
         }
