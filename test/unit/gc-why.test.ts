@@ -23,6 +23,46 @@ function seededRandom(seed: number): (n: number) => number {
 }
 const J = JSON.stringify;
 
+/** SQLite's plan for a query, its steps joined by " | ". */
+function queryPlan(md: TestMetadata, query: string): string {
+  return (md.db.sql.prepare(`EXPLAIN QUERY PLAN ${query}`).all() as { detail: string }[])
+    .map((r) => r.detail)
+    .join(" | ");
+}
+
+/** Runs `fn` on metadata of its own in a fresh directory, removed afterwards. */
+async function withMetadata(prefix: string, fn: (md: TestMetadata) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const md = openTestMetadata(dir);
+  try {
+    await fn(md);
+  } finally {
+    md.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Runs a collection and checks that it removed exactly the records `gc why` called collectable:
+ * `verdict` is keyed by the columns `leftSql` selects, joined by spaces. More than `margin` must
+ * go and more than `margin` stay, or the comparison would prove little.
+ */
+async function collectsWhatWhySays(
+  md: TestMetadata,
+  verdict: Map<string, boolean>,
+  leftSql: string,
+  margin: number,
+): Promise<void> {
+  const collectable = [...verdict.values()].filter(Boolean).length;
+  assert.ok(
+    collectable > margin && collectable < verdict.size - margin,
+    `${collectable} of ${verdict.size} collectable`,
+  );
+  await new MetadataCollector(md.db).collect();
+  const left = new Set((md.db.sql.prepare(leftSql).raw(true).all() as string[][]).map((r) => r.join(" ")));
+  for (const [k, gone] of verdict) assert.equal(!left.has(k), gone, k);
+}
+
 describe("gc why agrees with the collector", () => {
   let dir: string;
   let md: TestMetadata;
@@ -274,10 +314,8 @@ describe("snapshotter inventory (what prune and check compare)", () => {
 });
 
 describe("a collection finds the blobs no lease holds", () => {
-  it("keeps exactly the blobs a lease of their own namespace holds, over many namespaces and blobs", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "gc-unheld-"));
-    const md = openTestMetadata(dir);
-    try {
+  it("keeps exactly the blobs a lease of their own namespace holds, over many namespaces and blobs", () =>
+    withMetadata("gc-unheld-", async (md) => {
       const sql = md.db.sql;
       const content = sql.prepare(
         "INSERT INTO content (namespace, digest, size, created_at, updated_at, labels) VALUES (?, ?, 1, 0, 0, ?)",
@@ -325,9 +363,7 @@ describe("a collection finds the blobs no lease holds", () => {
         }
       })();
       // one ordered pass over each side, nothing sorted: what keeps a collection linear
-      const plan = (sql.prepare(`EXPLAIN QUERY PLAN ${UNHELD_PLAIN_BLOBS}`).all() as { detail: string }[])
-        .map((r) => r.detail)
-        .join(" | ");
+      const plan = queryPlan(md, UNHELD_PLAIN_BLOBS);
       assert.match(plan, /MERGE \(EXCEPT\)/);
       assert.match(plan, /content_plain/);
       assert.match(plan, /lease_resources_by_type/);
@@ -341,18 +377,12 @@ describe("a collection finds the blobs no lease holds", () => {
       );
       assert.ok(want.size > 500 && want.size < all.length - 500, "some kept, some collected");
       assert.deepEqual([...kept].sort(), [...want].sort());
-    } finally {
-      md.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    }));
 });
 
 describe("a collection reads only the snapshots whose fate is open", () => {
-  it("removes exactly what gc why calls collectable, over chains of leased, labelled and held snapshots", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "gc-snapshots-"));
-    const md = openTestMetadata(dir);
-    try {
+  it("removes exactly what gc why calls collectable, over chains of leased, labelled and held snapshots", () =>
+    withMetadata("gc-snapshots-", async (md) => {
       const sql = md.db.sql;
       const rand = seededRandom(11);
       const snap = sql.prepare(
@@ -416,30 +446,13 @@ describe("a collection reads only the snapshots whose fate is open", () => {
           explain(md.db, { namespace: r.ns, object: r.key, type: "snapshot", snapshotter: r.sn }).collectable,
         ]),
       );
-      const collectable = [...verdict.values()].filter(Boolean).length;
-      assert.ok(
-        collectable > 200 && collectable < rows.length - 200,
-        `${collectable} of ${rows.length} collectable`,
-      );
-      await new MetadataCollector(md.db).collect();
-      const left = new Set(
-        (sql.prepare("SELECT namespace, snapshotter, key FROM snapshots").raw(true).all() as string[][]).map(
-          (r) => r.join(" "),
-        ),
-      );
-      for (const [k, gone] of verdict) assert.equal(!left.has(k), gone, k);
-    } finally {
-      md.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+      await collectsWhatWhySays(md, verdict, "SELECT namespace, snapshotter, key FROM snapshots", 200);
+    }));
 });
 
 describe("a collection reads only the blobs whose fate is open or whose labels name others", () => {
-  it("removes exactly what gc why calls collectable, over plain, labelled and naming blobs", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "gc-naming-"));
-    const md = openTestMetadata(dir);
-    try {
+  it("removes exactly what gc why calls collectable, over plain, labelled and naming blobs", () =>
+    withMetadata("gc-naming-", async (md) => {
       const sql = md.db.sql;
       const rand = seededRandom(13);
       const content = sql.prepare(
@@ -498,10 +511,7 @@ describe("a collection reads only the blobs whose fate is open or whose labels n
         [UNHELD_PLAIN_BLOBS, /content_plain/],
         [NAMING_BLOBS, /content_naming/],
       ] as const) {
-        const plan = (sql.prepare(`EXPLAIN QUERY PLAN ${query}`).all() as { detail: string }[])
-          .map((r) => r.detail)
-          .join(" | ");
-        assert.match(plan, index, "the collector's expression is the partial index's");
+        assert.match(queryPlan(md, query), index, "the collector's expression is the partial index's");
       }
       const verdict = new Map(
         blobs.map((b) => [
@@ -509,21 +519,6 @@ describe("a collection reads only the blobs whose fate is open or whose labels n
           explain(md.db, { namespace: b.ns, object: b.digest, type: "content" }).collectable,
         ]),
       );
-      const collectable = [...verdict.values()].filter(Boolean).length;
-      assert.ok(
-        collectable > 300 && collectable < blobs.length - 300,
-        `${collectable} of ${blobs.length} collectable`,
-      );
-      await new MetadataCollector(md.db).collect();
-      const left = new Set(
-        (sql.prepare("SELECT namespace, digest FROM content").raw(true).all() as string[][]).map((r) =>
-          r.join(" "),
-        ),
-      );
-      for (const [k, gone] of verdict) assert.equal(!left.has(k), gone, k);
-    } finally {
-      md.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+      await collectsWhatWhySays(md, verdict, "SELECT namespace, digest FROM content", 300);
+    }));
 });
