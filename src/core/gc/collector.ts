@@ -197,8 +197,8 @@ export class RefGraph {
     if (explain) this.readAllContent(db);
     else this.readContentForCollection(db);
     if (tableExists(db, "snapshots")) {
-      // rows as arrays, and no parse of an empty label set: a node can hold thousands of
-      // snapshots, most of them unlabelled
+      // rows as arrays, and no parse of labels that name nothing: a node can hold thousands of
+      // snapshots, most of them plain
       const rows = (
         explain
           ? db.stmt("SELECT namespace, snapshotter, key, parent, labels, 0 FROM snapshots")
