@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { MetadataCollector, NAMING_BLOBS, UNHELD_PLAIN_BLOBS } from "../../src/core/gc/collector.js";
+import { MetadataCollector, NAMING_BLOBS, UNREFERENCED_PLAIN_BLOBS } from "../../src/core/gc/collector.js";
 import { type GcEnv, inUse, leakedMounts } from "../../src/core/gc/prune.js";
 import { explain, formatChain } from "../../src/core/gc/why.js";
 import { NativeSnapshotter } from "../../src/core/snapshots/native.js";
@@ -362,12 +362,14 @@ describe("a collection finds the blobs no lease holds", () => {
           res.run(ns, "l1", "content", `sha256:${"f".repeat(65)}`);
         }
       })();
-      // one ordered pass over each side, nothing sorted: what keeps a collection linear
-      const plan = queryPlan(md, UNHELD_PLAIN_BLOBS);
-      assert.match(plan, /MERGE \(EXCEPT\)/);
-      assert.match(plan, /content_plain/);
+      // one ordered pass over the blobs and the lease resources, merged: only the references
+      // in labels are sorted (one B-tree, for the last term)
+      const plan = queryPlan(md, UNREFERENCED_PLAIN_BLOBS);
+      assert.match(plan, /MERGE \(EXCEPT\).*MERGE \(EXCEPT\)/);
+      assert.match(plan, /SCAN content USING INDEX content_plain/);
       assert.match(plan, /lease_resources_by_type/);
-      assert.doesNotMatch(plan, /TEMP B-TREE/);
+      assert.match(plan, /USING INDEX content_naming/);
+      assert.equal(plan.match(/TEMP B-TREE/g)?.length, 1, plan);
       const gc = new MetadataCollector(md.db);
       await gc.collect();
       const kept = new Set(
@@ -474,7 +476,7 @@ describe("a collection reads only the blobs whose fate is open or whose labels n
             const digest = `sha256:${((i * 2654435761) % 4294967291).toString(16).padStart(64, "0")}`;
             const earlier = () => digests[rand(digests.length)]!;
             let labels: Record<string, string> = {};
-            switch (digests.length > 0 ? rand(7) : 0) {
+            switch (digests.length > 0 ? rand(9) : 0) {
               case 1: // a pulled layer's labels: plain
                 labels = {
                   "containerd.io/uncompressed": `sha256:${i}`,
@@ -496,6 +498,16 @@ describe("a collection reads only the blobs whose fate is open or whose labels n
               case 5: // a key in another case: not containerd's label
                 labels = { "containerd.io/GC.root": "1" };
                 break;
+              case 6: // the bare key names a blob too
+                labels = { "containerd.io/gc.ref.content": earlier() };
+                break;
+              case 7: // a key with "/" after the prefix names one; with no separator, or in another case, none
+                labels = {
+                  "containerd.io/gc.ref.content/x": earlier(),
+                  "containerd.io/gc.ref.contentx": earlier(),
+                  "containerd.io/GC.ref.content.l.0": earlier(),
+                };
+                break;
             }
             content.run(ns, digest, J(labels));
             blobs.push({ ns, digest });
@@ -505,10 +517,31 @@ describe("a collection reads only the blobs whose fate is open or whose labels n
             if (fate === 1) res.run(ns === "ns" ? "other" : "ns", "hold", "content", digest);
             if (fate === 2) image.run(ns, `img-${i}`, digest);
           }
+          // snapshots and a container naming blobs: a leased snapshot's and the container's
+          // references hold, an unheld snapshot's go with it
+          const snapshot = sql.prepare(
+            `INSERT INTO snapshots (namespace, snapshotter, key, backend_key, parent, kind, labels, created_at, updated_at)
+             VALUES (?, 'native', ?, ?, '', 'committed', ?, 0, 0)`,
+          );
+          for (let k = 0; k < 40; k++) {
+            snapshot.run(
+              ns,
+              `sn-${k}`,
+              `${ns}-${k}`,
+              J({ "containerd.io/gc.ref.content.x": digests[rand(1500)]! }),
+            );
+            if (k % 2 === 0) res.run(ns, "hold", "snapshots/native", `sn-${k}`);
+          }
+          sql
+            .prepare(
+              `INSERT INTO containers (namespace, id, runtime_name, labels, created_at, updated_at)
+               VALUES (?, 'c1', 'io.containerd.runc.v2', ?, 0, 0)`,
+            )
+            .run(ns, J({ "containerd.io/gc.ref.content.y": digests[rand(1500)]!, other: "x" }));
         }
       })();
       for (const [query, index] of [
-        [UNHELD_PLAIN_BLOBS, /content_plain/],
+        [UNREFERENCED_PLAIN_BLOBS, /content_plain.*content_naming/],
         [NAMING_BLOBS, /content_naming/],
       ] as const) {
         assert.match(queryPlan(md, query), index, "the collector's expression is the partial index's");

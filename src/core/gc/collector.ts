@@ -88,13 +88,18 @@ export interface RefRoot {
   reason: string;
 }
 
-/** The references a set of labels makes (gc.ref.content*, gc.ref.snapshot.<name>*), with the label. */
-export function labelEdges(ns: string, labels: Labels): RefEdge[] {
+/**
+ * The references a set of labels makes (gc.ref.content*, gc.ref.snapshot.<name>*), with the label.
+ * `blobs`: only the references to these blobs (digests, in `ns`) are taken among the content ones.
+ * The rule for a content reference's key is also UNREFERENCED_PLAIN_BLOBS's, in SQL.
+ */
+export function labelEdges(ns: string, labels: Labels, blobs?: ReadonlySet<string>): RefEdge[] {
   const out: RefEdge[] = [];
   for (const [k, v] of Object.entries(labels)) {
     if (k.startsWith(REF_CONTENT)) {
       const rest = k.slice(REF_CONTENT.length);
-      if (rest === "" || rest[0] === "." || rest[0] === "/") out.push({ to: contentNode(ns, v), via: k });
+      if ((rest === "" || rest[0] === "." || rest[0] === "/") && (!blobs || blobs.has(v)))
+        out.push({ to: contentNode(ns, v), via: k });
     } else if (k.startsWith(REF_SNAPSHOT)) {
       const snapshotter = k.slice(REF_SNAPSHOT.length).split("/")[0]!;
       if (snapshotter) out.push({ to: snapshotNode(ns, snapshotter, v), via: k });
@@ -128,21 +133,32 @@ const LEASE_HOLDS_SNAPSHOT = `SELECT 1 FROM lease_resources r
   WHERE r.type = 'snapshots/' || snapshots.snapshotter AND r.namespace = snapshots.namespace
     AND r.id = snapshots.key`;
 
+/** SQL: the blobs whose labels may name a record or make them a root (content_naming), leased or not. */
+export const NAMING_BLOBS = `SELECT namespace, digest, labels, EXISTS (${LEASE_HOLDS_BLOB}) AS held
+  FROM content WHERE ${NAMING}`;
+
 /**
- * SQL: the plain blobs (unlabelled, or with no GC label) no lease holds. Both sides come in
- * (namespace, digest) order from an index (content_plain; lease_resources_by_type, whose leading
- * type is fixed), and SQLite runs a compound SELECT with an ORDER BY as a merge of the two: one
- * pass over each, where asking the lease index about every blob grew as n log n, and slower
- * still once the index no longer fitted the caches (10,000 to 50,000 blobs: 8 to 68 ms; merged:
- * 2 to 7 ms; findings 73, 75).
+ * SQL: the plain blobs (unlabelled, or with no GC label) that no lease holds and no blob left in
+ * the table names in a gc.ref.content label (the key rule is labelEdges's). A collection asks
+ * it once the blobs with GC labels that the mark did not reach are deleted, so that only live
+ * ones name anything, and gets back what nothing references, not every blob: a pulled image's
+ * layers are plain, named by its manifest, and handing 50,000 of them to the mark's set and the
+ * sweep's checks was most of a collection (finding 77). SQLite runs the compound SELECT with
+ * its ORDER BY as a merge: the blobs and the lease resources come in (namespace, digest) order
+ * from indexes (content_plain; lease_resources_by_type, whose leading type is fixed), only the
+ * labels' references (json_each over content_naming's rows) are sorted. Asking the lease index
+ * about every blob instead grew as n log n (10,000 to 50,000 blobs: 8 to 68 ms; merged: 2 to 7
+ * ms; findings 73, 75).
  */
-export const UNHELD_PLAIN_BLOBS = `SELECT namespace, digest FROM content WHERE ${PLAIN}
+export const UNREFERENCED_PLAIN_BLOBS = `SELECT namespace, digest FROM content WHERE ${PLAIN}
   EXCEPT SELECT namespace, id FROM lease_resources WHERE type = 'content'
+  EXCEPT SELECT c.namespace, j.value FROM content c, json_each(c.labels) j
+    WHERE instr(c.labels, '${GC_LABEL_PREFIX}') > 0 AND (j.key = '${REF_CONTENT}'
+      OR substr(j.key, 1, ${REF_CONTENT.length + 1}) IN ('${REF_CONTENT}.', '${REF_CONTENT}/'))
   ORDER BY 1, 2`;
 
-/** SQL: the blobs whose labels may name a record or make them a root (content_naming), leased or not. */
-export const NAMING_BLOBS = `SELECT namespace, digest, labels, EXISTS (${LEASE_HOLDS_BLOB})
-  FROM content WHERE ${NAMING}`;
+/** SQL: a content row's node (contentNode), built by SQLite in one piece. */
+const CONTENT_NODE_SQL = "'c' || char(0) || namespace || char(0) || digest";
 
 /**
  * The metadata DB as containerd's GC sees it: roots (live leases, images, containers, records
@@ -157,8 +173,12 @@ export class RefGraph {
   private readonly out = new Map<string, RefEdge[]>();
   /** Labels of content, snapshot, image and lease records (for explanations; empty for a collection). */
   readonly labels = new Map<string, Labels>();
-  /** The content records read, as (namespace, digest): what a collection sweeps. */
-  readonly content: [namespace: string, digest: string][] = [];
+  /**
+   * The content records read, as their nodes: every blob in a graph built to explain; in a
+   * collection's, the blobs with GC labels (the plain ones are the collector's question to
+   * SQLite after the mark: UNREFERENCED_PLAIN_BLOBS).
+   */
+  readonly content: string[] = [];
   /** The snapshot records read, with their nodes. */
   readonly snapshots: { node: string; namespace: string; snapshotter: string; key: string }[] = [];
   /**
@@ -171,10 +191,9 @@ export class RefGraph {
    * `explain`: keep every record's labels and every edge (`gc why`). A collection (`explain`
    * false) needs only what decides a record's fate, and must run after the expired leases and
    * their resources were deleted (`deleteExpiredLeases`, same transaction): it then takes every
-   * lease resource as held. A blob without labels references nothing, so when a lease holds it,
-   * it is live and its row is never read: SQLite hands over only the labelled blobs and the
-   * unlabelled ones no lease holds, which on a node full of leased blobs is a small part of
-   * the table.
+   * lease resource as held. A plain blob (see GC_LABEL_PREFIX) references nothing, so its row
+   * is not read here: the graph holds the blobs with GC labels, and the collector asks SQLite
+   * after the mark which plain blobs nothing holds or names (UNREFERENCED_PLAIN_BLOBS).
    */
   constructor(db: MetadataDB, now: number, explain = true) {
     const keep = (node: string, labels: Labels) => {
@@ -352,33 +371,38 @@ export class RefGraph {
         this.out.set(node, labelEdges(ns, labels));
         if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
       }
-      this.content.push([ns, digest]);
+      this.content.push(node);
     }
   }
 
   /**
-   * For a collection (every lease in the DB live): leased blobs with GC labels are roots; blobs
-   * with GC labels carry their edges; plain blobs no lease holds are listed for the sweep, to stay
-   * only if a label or an image reaches them. Leased plain blobs are neither read nor swept. A
-   * pulled image's layers are plain: reading each one's labels and asking the lease index about
-   * it made a collection over 50,000 of them 1.3 times containerd's (finding 75).
+   * For a collection (every lease in the DB live): only the blobs with GC labels are read.
+   * Leased ones are roots; each carries its edges to snapshots and to other blobs with GC labels.
+   * A plain blob names nothing, so whether one of these names it decides nothing but its own
+   * fate: the collector leaves that to SQLite once the mark is done (UNREFERENCED_PLAIN_BLOBS),
+   * and the edges to plain blobs are not made. Edges from images, containers and snapshots to
+   * plain blobs are, and the collector keeps what they reach.
    */
   private readContentForCollection(db: MetadataDB): void {
     if (this.expiredLeases.length > 0)
       throw new Error("internal: a collection's graph was read before its expired leases were deleted");
-    const naming = db.stmt(NAMING_BLOBS).raw(true).all() as [string, string, string, number][];
-    for (const [ns, digest, rawLabels, leased] of naming) {
-      const node = contentNode(ns, digest);
+    const naming = db
+      .stmt(`SELECT ${CONTENT_NODE_SQL}, namespace, digest, labels, held FROM (${NAMING_BLOBS})`)
+      .raw(true)
+      .all() as [string, string, string, string, number][];
+    const byNamespace = new Map<string, Set<string>>();
+    for (const [, ns, digest] of naming) {
+      const set = byNamespace.get(ns);
+      if (set) set.add(digest);
+      else byNamespace.set(ns, new Set([digest]));
+    }
+    for (const [node, ns, , rawLabels, leased] of naming) {
       const labels = decodeLabels(rawLabels);
-      this.out.set(node, labelEdges(ns, labels));
+      this.out.set(node, labelEdges(ns, labels, byNamespace.get(ns)));
       if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });
       if (leased) this.heldRoots.push(node);
-      this.content.push([ns, digest]);
+      this.content.push(node);
     }
-    // a plain blob names nothing: listed for the sweep, it needs no entry among the records
-    // with edges (which has() and nodes() read only in graphs built to explain)
-    const unheld = db.stmt(UNHELD_PLAIN_BLOBS).raw(true).all() as [string, string][];
-    for (const row of unheld) this.content.push(row);
   }
 
   /** The references a node makes (none when it has no record). */
@@ -460,11 +484,21 @@ export class MetadataCollector {
       const live = graph.mark();
       // the records the graph read, in the same transaction: no second pass over the tables
       const delContent = this.db.stmt("DELETE FROM content WHERE namespace = ? AND digest = ?");
-      for (const [ns, digest] of graph.content)
-        if (!live.has(contentNode(ns, digest)) && delContent.run(ns, digest).changes > 0) {
+      const dropBlob = (ns: string, digest: string) => {
+        if (delContent.run(ns, digest).changes > 0) {
           removed++;
           dirty.add("content");
         }
+      };
+      for (const node of graph.content)
+        if (!live.has(node)) {
+          const { namespace, name } = parseNode(node);
+          dropBlob(namespace, name);
+        }
+      // then the plain blobs that no lease and no blob left names: unless an image, a container
+      // or a snapshot reached them in the mark, they go too
+      const unreferenced = this.db.stmt(UNREFERENCED_PLAIN_BLOBS).raw(true).all() as [string, string][];
+      for (const [ns, digest] of unreferenced) if (!live.has(contentNode(ns, digest))) dropBlob(ns, digest);
       // (no snapshot records: the snapshots table may not exist yet)
       if (graph.snapshots.length > 0) {
         const del = this.db.stmt("DELETE FROM snapshots WHERE namespace = ? AND snapshotter = ? AND key = ?");
