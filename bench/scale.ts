@@ -11,6 +11,10 @@
 //   images      Images/List with 100 and 2,000 image records
 //   content     Content/List and one GC pass (Leases/Delete of an empty lease, synchronous) with
 //               10,000 and 50,000 small blobs, all held by one lease
+//   pulled      a GC pass over images shaped as pulled ones, 200 and 1,000 of them: each a manifest
+//               blob whose gc.ref.content labels name its config and 50 layers, the layers
+//               labelled as a pull labels them (uncompressed digest, distribution source), and an
+//               image record naming the manifest; nothing else holds them (10,200 and 51,000 blobs)
 //   snapshots   Snapshots/List and a GC pass with 5,000 active overlayfs snapshots (held by a lease)
 //   restart     daemon start-up and recovery with 0, 100 and 300 running tasks: kill -9, start
 //               again, time until Version answers (start-up) and until every task answers
@@ -95,7 +99,7 @@ import {
   threadsCpuSeconds,
 } from "./lib.js";
 
-const SECTIONS = ["containers", "images", "content", "snapshots", "restart", "cri"] as const;
+const SECTIONS = ["containers", "images", "content", "pulled", "snapshots", "restart", "cri"] as const;
 type Section = (typeof SECTIONS)[number];
 
 const { values: opt } = parseArgs({
@@ -110,7 +114,7 @@ const { values: opt } = parseArgs({
 });
 if (opt.help) {
   console.log(
-    "usage: node dist/bench/scale.js [--quick] [--sections containers,images,content,snapshots,restart,cri]\n" +
+    "usage: node dist/bench/scale.js [--quick] [--sections containers,images,content,pulled,snapshots,restart,cri]\n" +
       "                                [--only containerd|berthd] [--tmpfs] [--json FILE]",
   );
   process.exit(0);
@@ -125,6 +129,7 @@ const SIZES = {
   containers: Q ? [20, 200, 1000] : [100, 1000, 5000],
   images: Q ? [20, 400] : [100, 2000],
   content: Q ? [2000, 10000] : [10000, 50000],
+  pulled: Q ? [40, 200] : [200, 1000],
   snapshots: Q ? [1000] : [5000],
   restart: Q ? [0, 20, 50] : [0, 100, 300],
   cri: Q ? [20, 100] : [50, 500],
@@ -258,11 +263,11 @@ interface Filled {
   fill(from: number, to: number): Promise<void>;
   calls: { what: string; reps: number; call: (size: number) => Promise<unknown> }[];
   /** Checks after a size's calls (an answer that came fast with less in it must not count). */
-  check?(size: number): void;
+  check?(size: number): void | Promise<void>;
   close(): void;
 }
 
-type ListSection = "containers" | "images" | "content" | "snapshots";
+type ListSection = "containers" | "images" | "content" | "pulled" | "snapshots";
 
 /** Every daemon wanted, started, filled and timed side by side (see timeMediansInTurn). */
 async function sideBySide(
@@ -286,7 +291,7 @@ async function sideBySide(
         const fns = new Map([...filled].map(([name, f]) => [name, () => f.calls[i]!.call(size)] as const));
         for (const [name, ms] of await timeMediansInTurn(reps, fns)) record(section, what, size, name, ms);
       }
-      for (const f of filled.values()) f.check?.(size);
+      for (const f of filled.values()) await f.check?.(size);
       log(`${order.join(" and ")}: ${section} at ${size} timed`);
     }
   } catch (err) {
@@ -383,17 +388,25 @@ async function imagesSection(_name: DaemonName, d: Daemon): Promise<Filled> {
   };
 }
 
-async function writeBlob(content: Client<typeof Content>, data: Buffer, ref: string, lease: string) {
+/** Writes one blob under a lease, with labels set at its commit; its digest. */
+async function writeBlob(
+  content: Client<typeof Content>,
+  data: Buffer,
+  ref: string,
+  lease: string,
+  labels: Record<string, string> = {},
+): Promise<string> {
   const call = content.write({ namespace: NS, lease });
   const it = call.responses[Symbol.asyncIterator]();
   const digest = `sha256:${createHash("sha256").update(data).digest("hex")}`;
   const total = BigInt(data.length);
   await call.send({ action: WriteAction.WRITE, ref, offset: 0n, total, data });
   await it.next();
-  await call.send({ action: WriteAction.COMMIT, ref, offset: total, total, expected: digest });
+  await call.send({ action: WriteAction.COMMIT, ref, offset: total, total, expected: digest, labels });
   await it.next();
   call.end();
   await it.return?.();
+  return digest;
 }
 
 async function contentSection(name: DaemonName, d: Daemon): Promise<Filled> {
@@ -420,6 +433,76 @@ async function contentSection(name: DaemonName, d: Daemon): Promise<Filled> {
       },
       gcPass(leases),
     ],
+    close: () => conn.close(),
+  };
+}
+
+const PULLED_LAYERS = 50;
+
+/**
+ * Images as a pull leaves them, for the GC: what holds the blobs is each image's record, through
+ * the labels of its manifest. Written under a lease that is deleted once each size is filled, so
+ * that the timed passes find every blob held by an image alone.
+ */
+async function pulledSection(name: DaemonName, d: Daemon): Promise<Filled> {
+  const conn = new Connection(d.address);
+  const content = conn.client(Content);
+  const images = conn.client(Images);
+  const leases = conn.client(Leases);
+  const seed = randomBytes(48);
+  const blob = (what: string) => Buffer.concat([seed, Buffer.from(what)]);
+  let fills = 0;
+  return {
+    fill: async (from, to) => {
+      const lease = `scale-pull-${fills++}`;
+      await leases.create({ id: lease }, { namespace: NS });
+      await pool(to - from, async (i) => {
+        const n = from + i;
+        const refs: Record<string, string> = {};
+        refs["containerd.io/gc.ref.content.config"] = await writeBlob(
+          content,
+          blob(`config-${n}`),
+          `scale-config-${n}`,
+          lease,
+        );
+        for (let l = 0; l < PULLED_LAYERS; l++) {
+          const layer = blob(`layer-${n}-${l}`);
+          refs[`containerd.io/gc.ref.content.l.${l}`] = await writeBlob(
+            content,
+            layer,
+            `scale-l-${n}-${l}`,
+            lease,
+            {
+              "containerd.io/uncompressed": `sha256:${createHash("sha256").update(`tar-${n}-${l}`).digest("hex")}`,
+              "containerd.io/distribution.source.bench.invalid": "scale/pulled",
+            },
+          );
+        }
+        const manifest = blob(`manifest-${n}`);
+        const digest = await writeBlob(content, manifest, `scale-m-${n}`, lease, refs);
+        await images.create(
+          {
+            image: {
+              name: `bench.invalid/scale/pulled-${n}:latest`,
+              target: {
+                mediaType: "application/vnd.oci.image.manifest.v1+json",
+                digest,
+                size: BigInt(manifest.length),
+              },
+            },
+          },
+          { namespace: NS },
+        );
+      });
+      await leases.delete({ id: lease, sync: true }, { namespace: NS });
+    },
+    calls: [gcPass(leases)],
+    async check(size) {
+      // every blob must still be there, held by its image: a pass that took them would be fast
+      const n = await drain(content.list({}, { namespace: NS }));
+      const want = size * (PULLED_LAYERS + 2);
+      if (n !== want) throw new Error(`${name}: ${n} blobs after the GC passes, want ${want}`);
+    },
     close: () => conn.close(),
   };
 }
@@ -639,6 +722,7 @@ const LIST_SECTIONS: Partial<Record<Section, (name: DaemonName, d: Daemon) => Pr
   containers: containersSection,
   images: imagesSection,
   content: contentSection,
+  pulled: pulledSection,
   snapshots: snapshotsSection,
 };
 
