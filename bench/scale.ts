@@ -1,7 +1,7 @@
 // Scale benchmark: how berthd's costs grow with the size of the node, next to the real containerd
-// 1.6 in the same run. The list sections (containers, images, content, snapshots) fill both
-// daemons and call them in turn, so that both are timed in the same seconds (a list of ~15 MB
-// moved by a third from one few-second spell of this machine to the next; docs/performance.md,
+// 1.6 in the same run. The list sections (containers, images, content, pulled, snapshots) fill
+// both daemons and call them in turn, so that both are timed in the same seconds (a list of
+// ~15 MB moved by a third from one few-second spell of this machine to the next; docs/performance.md,
 // finding 69); so does the cri section. The restart section runs one daemon at a time (the
 // other is stopped); daemon order alternates between sections.
 //
