@@ -134,7 +134,7 @@ const LEASE_HOLDS_SNAPSHOT = `SELECT 1 FROM lease_resources r
     AND r.id = snapshots.key`;
 
 /** SQL: the blobs whose labels may name a record or make them a root (content_naming), leased or not. */
-export const NAMING_BLOBS = `SELECT namespace, digest, labels, EXISTS (${LEASE_HOLDS_BLOB}) AS held
+export const NAMING_BLOBS = `SELECT namespace, digest, labels, EXISTS (${LEASE_HOLDS_BLOB})
   FROM content WHERE ${NAMING}`;
 
 /**
@@ -153,12 +153,9 @@ export const NAMING_BLOBS = `SELECT namespace, digest, labels, EXISTS (${LEASE_H
 export const UNREFERENCED_PLAIN_BLOBS = `SELECT namespace, digest FROM content WHERE ${PLAIN}
   EXCEPT SELECT namespace, id FROM lease_resources WHERE type = 'content'
   EXCEPT SELECT c.namespace, j.value FROM content c, json_each(c.labels) j
-    WHERE instr(c.labels, '${GC_LABEL_PREFIX}') > 0 AND (j.key = '${REF_CONTENT}'
+    WHERE ${NAMING} AND (j.key = '${REF_CONTENT}'
       OR substr(j.key, 1, ${REF_CONTENT.length + 1}) IN ('${REF_CONTENT}.', '${REF_CONTENT}/'))
   ORDER BY 1, 2`;
-
-/** SQL: a content row's node (contentNode), built by SQLite in one piece. */
-const CONTENT_NODE_SQL = "'c' || char(0) || namespace || char(0) || digest";
 
 /**
  * The metadata DB as containerd's GC sees it: roots (live leases, images, containers, records
@@ -386,17 +383,15 @@ export class RefGraph {
   private readContentForCollection(db: MetadataDB): void {
     if (this.expiredLeases.length > 0)
       throw new Error("internal: a collection's graph was read before its expired leases were deleted");
-    const naming = db
-      .stmt(`SELECT ${CONTENT_NODE_SQL}, namespace, digest, labels, held FROM (${NAMING_BLOBS})`)
-      .raw(true)
-      .all() as [string, string, string, string, number][];
+    const naming = db.stmt(NAMING_BLOBS).raw(true).all() as [string, string, string, number][];
     const byNamespace = new Map<string, Set<string>>();
     for (const [, ns, digest] of naming) {
       const set = byNamespace.get(ns);
       if (set) set.add(digest);
       else byNamespace.set(ns, new Set([digest]));
     }
-    for (const [node, ns, , rawLabels, leased] of naming) {
+    for (const [ns, digest, rawLabels, leased] of naming) {
+      const node = contentNode(ns, digest);
       const labels = decodeLabels(rawLabels);
       this.out.set(node, labelEdges(ns, labels, byNamespace.get(ns)));
       if (GC_ROOT in labels) this.roots.push({ node, reason: GC_ROOT });

@@ -145,8 +145,9 @@ const MIGRATIONS: string[] = [
    CREATE INDEX content_unlabelled ON content (namespace, digest) WHERE labels = '{}';`,
   // 9: the blobs a collection reads split by whether their labels hold a GC label
   // (containerd.io/gc.*) rather than by whether they have labels at all: a pulled layer's
-  // labels name nothing, and it is merged with the leases' blobs as an unlabelled one was
-  // (gc/collector.ts, finding 75). The two expressions are the collector's, to the letter.
+  // labels name nothing, and it is merged with the leases' blobs as an unlabelled one was; the
+  // others' labels are read for what they name (gc/collector.ts, findings 75, 77). The two
+  // expressions are the collector's, to the letter.
   `DROP INDEX content_unlabelled;
    CREATE INDEX content_plain ON content (namespace, digest)
      WHERE instr(labels, 'containerd.io/gc.') = 0;
