@@ -18,7 +18,8 @@
 // then PullImage of M distinct ~1 MB images (default 24), each removed again after the level so
 // the next level pulls cold too. Shown: median and p95 per call and level, the berthd/containerd
 // ratio, each daemon's peak RSS (VmHWM), RSS at the end and CPU seconds (utime+stime) over all
-// measured work. A daemon that fails (not started, CRI not served, calls failing) gets "—" and its
+// measured work, and its CPU per pull over the PullImage phases alone (at every level: the
+// removals between them are not counted). A daemon that fails (not started, CRI not served, calls failing) gets "—" and its
 // failures are listed; the other daemon's rows still run.
 //
 //   node dist/bench/cri.js [--quick] [--pods N] [--pulls M] [--list-reps R] [--concurrency 1,8]
@@ -164,6 +165,9 @@ interface Usage {
   peakRss: number;
   endRss: number;
   cpu: number;
+  /** CPU during the PullImage phases only (not the removals after them), and how many pulls. */
+  pullCpu: number;
+  pulls: number;
 }
 
 const stats = new Map<string, CallStats>(); // `${daemon}/${level}/${call}`
@@ -462,9 +466,13 @@ async function podLifecycle(s: Subject, images: BenchImages, level: number, rep:
 
 async function pullImages(s: Subject, images: BenchImages, level: number): Promise<void> {
   const img = s.cri.image;
+  const cpu0 = cpuSeconds(s.daemon.pid);
   await phase(s.name, level, "PullImage", images.pulls, (image) =>
     img.pullImage({ image: { image } }, { timeoutMs: PULL_TIMEOUT_MS }),
   );
+  const u = usageOf(s.name);
+  u.pullCpu += cpuSeconds(s.daemon.pid) - cpu0;
+  u.pulls += images.pulls.length;
   // cold again for the next level (CRI removes with a synchronous GC)
   for (const image of images.pulls)
     await img
@@ -480,11 +488,19 @@ async function measure(s: Subject, images: BenchImages, level: number, rep: numb
   await podLifecycle(s, images, level, rep);
   await pullImages(s, images, level);
   log(`${s.name}: c=${level} done in ${fmt((nowMs() - t) / 1000)} s`);
-  const u = usage[s.name] ?? { peakRss: 0, endRss: 0, cpu: 0 };
+  const u = usageOf(s.name);
   u.cpu += cpuSeconds(pid) - cpu0;
   u.peakRss = procStatus(pid, "VmHWM");
   u.endRss = procStatus(pid, "VmRSS");
-  usage[s.name] = u;
+}
+
+function usageOf(d: DaemonName): Usage {
+  let u = usage[d];
+  if (!u) {
+    u = { peakRss: 0, endRss: 0, cpu: 0, pullCpu: 0, pulls: 0 };
+    usage[d] = u;
+  }
+  return u;
 }
 
 /** One pod and container through the whole cycle, untimed (first-use costs out of the way). */
@@ -553,6 +569,7 @@ function report(subjects: DaemonName[]): string {
   res("daemon peak RSS (VmHWM)", (u) => u.peakRss, fmtBytes);
   res("daemon RSS at end", (u) => u.endRss, fmtBytes);
   res("daemon CPU (s)", (u) => u.cpu, fmt);
+  res("daemon CPU per pull (ms)", (u) => (u.pulls > 0 ? (u.pullCpu / u.pulls) * 1000 : Number.NaN), fmt);
   return renderTable(header, rows);
 }
 
