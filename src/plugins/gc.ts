@@ -27,7 +27,7 @@ export const gcPlugin: Plugin<SchedulerConfig> = {
     }
     const md = ic.get<Metadata>(PluginType.Metadata);
     const collector = new MetadataCollector(md.db);
-    collector.addSweeper({ kind: "content", sweep: () => md.content.sweep() });
+    collector.addSweeper({ kind: "content", sweep: (only) => md.content.sweep(only) });
     const snapshots = ic.getAll<SnapshotService>(PluginType.Service).get(ServiceId.Snapshots);
     if (snapshots)
       for (const sn of snapshots.all())

@@ -339,6 +339,58 @@ describe("namespaced content store", () => {
     assert.ok(dirty.includes(false));
   });
 
+  it("sweeps only the named blobs when told which rows went, and ingests as ever", async () => {
+    const { store, backend, db } = await setup();
+    const gone = Buffer.from("named, and no row is left");
+    const other = Buffer.from("named, but another namespace holds me");
+    const expected = Buffer.from("named, and a shared ingest expects me");
+    const unnamed = Buffer.from("no row holds me, but I was not named");
+    const dg = await put(store, "a", gone);
+    const dho = await put(store, "a", other);
+    await put(store, "b", other);
+    const de = await put(store, "c", expected);
+    const du = await put(store, "d", unnamed);
+    store.delete("a", dg);
+    store.delete("a", dho);
+    store.delete("c", de);
+    const shared = await store.writer("e", "wants-expected", { expected: de });
+    db.sql.prepare("DELETE FROM content WHERE namespace = 'd'").run();
+    const orphan = await backend.writer("x/1/orphan");
+    await orphan.close();
+    // a named digest whose file is already gone is not an error
+    const vanished = sha256(Buffer.from("never stored"));
+
+    const removed = await store.sweep(new Set([dg, dho, de, vanished]));
+    assert.equal(removed, 2, "the named garbage blob and the orphan ingest");
+    await assert.rejects(backend.info(dg), kind("not found"));
+    assert.equal((await backend.info(dho)).size, other.length);
+    assert.equal((await backend.info(de)).size, expected.length);
+    assert.equal((await backend.info(du)).size, unnamed.length, "not looked at");
+    assert.deepEqual(await backend.listStatuses(), []);
+    assert.equal(await shared.commit(0, de), de);
+    // the whole sweep still finds the unnamed one
+    assert.equal(await store.sweep(), 1);
+    await assert.rejects(backend.info(du), kind("not found"));
+  });
+
+  it("names a blob whose row failed to commit for the next sweep", async () => {
+    const { store, backend, db } = await setup();
+    const data = Buffer.from("stored, but its row never was");
+    const w = await store.writer("ns", "row-fails");
+    await w.write(data);
+    db.takeDirtyBackends();
+    db.sql.exec(
+      "CREATE TRIGGER no_rows BEFORE INSERT ON content BEGIN SELECT RAISE(ABORT, 'row refused'); END",
+    );
+    await assert.rejects(w.commit(data.length, sha256(data)), /row refused/);
+    db.sql.exec("DROP TRIGGER no_rows");
+    const dirty = db.takeDirtyBackends().get("content");
+    assert.ok(dirty instanceof Set && dirty.has(sha256(data)), "the blob is named");
+    assert.equal((await backend.info(sha256(data))).size, data.length);
+    assert.equal(await store.sweep(dirty), 1);
+    await assert.rejects(backend.info(sha256(data)), kind("not found"));
+  });
+
   it("keeps a sweep out while a commit is between the backend and the row", async () => {
     const { store, backend } = await setup();
     const data = randomBytes(4 << 20);

@@ -1,5 +1,6 @@
 // The collector sweeps a backend only when it may hold data no row points at: rows of that backend
-// went (in this collection, or marked by a store), or it is the first collection since start.
+// went (in this collection, or marked by a store), or it is the first collection since start. When
+// it knows which names' rows went (blobs' digests), the sweep is given those alone.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,6 +13,8 @@ let dir: string;
 let md: TestMetadata;
 let gc: MetadataCollector;
 const swept: string[] = [];
+/** What each kind's last sweep was given: the names to look at, or "all". */
+const scopes = new Map<string, string[] | "all">();
 
 before(() => {
   dir = mkdtempSync(path.join(tmpdir(), "gc-dirty-"));
@@ -20,8 +23,9 @@ before(() => {
   for (const kind of ["content", "snapshots/overlayfs"])
     gc.addSweeper({
       kind,
-      sweep: async () => {
+      sweep: async (only) => {
         swept.push(kind);
+        scopes.set(kind, only ? [...only].sort() : "all");
         return 0;
       },
     });
@@ -39,12 +43,15 @@ after(() => {
 
 async function sweptBy(fn: () => Promise<unknown>): Promise<string[]> {
   swept.length = 0;
+  scopes.clear();
   await fn();
   return [...swept].sort();
 }
 
-test("the first collection after start sweeps every backend", async () => {
+test("the first collection after start sweeps every backend, all of each", async () => {
   assert.deepEqual(await sweptBy(() => gc.collect()), ["always", "content", "snapshots/overlayfs"]);
+  assert.equal(scopes.get("content"), "all");
+  assert.equal(scopes.get("snapshots/overlayfs"), "all");
 });
 
 test("with nothing removed since, only kind-less sweepers run", async () => {
@@ -54,26 +61,54 @@ test("with nothing removed since, only kind-less sweepers run", async () => {
 test("a store's mark sweeps that backend once", async () => {
   md.db.markBackendDirty("content");
   assert.deepEqual(await sweptBy(() => gc.collect()), ["always", "content"]);
+  assert.equal(scopes.get("content"), "all");
   assert.deepEqual(await sweptBy(() => gc.collect()), ["always"]);
 });
 
-test("content rows the collection removes make the blob store swept", async () => {
+const digest = (c: string) => `sha256:${c.repeat(64)}`;
+
+function insertBlob(d: string): void {
   md.namespaces.ensure("ns");
   const now = Date.now();
   md.db
     .stmt(
       "INSERT INTO content (namespace, digest, size, created_at, updated_at, labels) VALUES (?, ?, 1, ?, ?, '{}')",
     )
-    .run("ns", `sha256:${"a".repeat(64)}`, now, now);
+    .run("ns", d, now, now);
+}
+
+test("content rows the collection removes make the blob store swept, for those digests only", async () => {
+  insertBlob(digest("a"));
+  insertBlob(digest("b"));
   assert.deepEqual(await sweptBy(() => gc.collect()), ["always", "content"]);
+  assert.deepEqual(scopes.get("content"), [digest("a"), digest("b")]);
 });
 
-test("full sweeps everything", async () => {
+test("marks with names add up until a sweep; one without names widens it to all", async () => {
+  md.db.markBackendDirty("content", [digest("c")]);
+  md.db.markBackendDirty("content", [digest("d")]);
+  insertBlob(digest("e"));
+  assert.deepEqual(await sweptBy(() => gc.collect()), ["always", "content"]);
+  assert.deepEqual(scopes.get("content"), [digest("c"), digest("d"), digest("e")]);
+  // no names: an ingest went, not a blob; the sweep still runs (it looks at the ingests)
+  md.db.markBackendDirty("content", []);
+  assert.deepEqual(await sweptBy(() => gc.collect()), ["always", "content"]);
+  assert.deepEqual(scopes.get("content"), []);
+  md.db.markBackendDirty("content", [digest("f")]);
+  md.db.markBackendDirty("content");
+  md.db.markBackendDirty("content", [digest("g")]);
+  assert.deepEqual(await sweptBy(() => gc.collect()), ["always", "content"]);
+  assert.equal(scopes.get("content"), "all");
+});
+
+test("full sweeps everything, all of each", async () => {
+  md.db.markBackendDirty("content", [digest("h")]);
   assert.deepEqual(await sweptBy(() => gc.collect({ full: true })), [
     "always",
     "content",
     "snapshots/overlayfs",
   ]);
+  assert.equal(scopes.get("content"), "all");
 });
 
 test("a sweep that fails is tried again by the next collection", async () => {
@@ -90,4 +125,40 @@ test("a sweep that fails is tried again by the next collection", async () => {
   await assert.rejects(gc.collect(), /disk went away/);
   fail = false;
   assert.ok((await sweptBy(() => gc.collect())).includes("flaky"));
+});
+
+test("a sweep of some names that fails is tried again on the same names, and so are the backends after it", async () => {
+  let fail = true;
+  let given: string[] | "all" | undefined;
+  let after: string[] | "all" | undefined;
+  gc.addSweeper({
+    kind: "flaky-names",
+    sweep: async (only) => {
+      given = only ? [...only].sort() : "all";
+      if (fail) throw new Error("disk went away again");
+      return 0;
+    },
+  });
+  gc.addSweeper({
+    kind: "after-flaky",
+    sweep: async (only) => {
+      after = only ? [...only].sort() : "all";
+      return 0;
+    },
+  });
+  md.db.markBackendDirty("flaky-names", ["x", "y"]);
+  md.db.markBackendDirty("after-flaky", ["z"]);
+  await assert.rejects(gc.collect(), /disk went away again/);
+  assert.deepEqual(given, ["x", "y"]);
+  assert.equal(after, undefined, "not reached");
+  fail = false;
+  given = undefined;
+  await gc.collect();
+  assert.deepEqual(given, ["x", "y"]);
+  assert.deepEqual(after, ["z"]);
+  given = undefined;
+  after = undefined;
+  await gc.collect();
+  assert.equal(given, undefined, "swept once, not again");
+  assert.equal(after, undefined, "swept once, not again");
 });

@@ -4,8 +4,8 @@
 // records are removed in one transaction (so a concurrent write either lands before the mark
 // or after the sweep), then backends drop the blobs and snapshot dirs no record points at.
 // The graph it marks (RefGraph) is also what `berth gc why` walks backwards to explain a record.
-import type { Labels, MetadataDB } from "../metadata/db.js";
-import { decodeLabels, FREES } from "../metadata/db.js";
+import type { DirtyBackends, Labels, MetadataDB } from "../metadata/db.js";
+import { decodeLabels, FREES, markDirty } from "../metadata/db.js";
 import { GC_EXPIRE, GC_ROOT } from "./labels.js";
 import type { GcStats } from "./scheduler.js";
 
@@ -37,7 +37,12 @@ export interface BackendSweeper {
    * first collection after start (what a crash left). Without a kind it runs every time.
    */
   kind?: string;
-  sweep(): Promise<number>;
+  /**
+   * `only`: the backend's names whose rows went since its last sweep (a blob's digest), the
+   * only data that can have become garbage since; without it, everything the backend holds is
+   * looked at (the first sweep after start, `gc --full`, a kind marked without names).
+   */
+  sweep(only?: ReadonlySet<string>): Promise<number>;
 }
 
 /** A node of the reference graph: a record kind, its namespace and its name(s), NUL-separated. */
@@ -468,7 +473,7 @@ export class MetadataCollector {
   async collect(opts: { full?: boolean } = {}): Promise<GcStats> {
     const start = performance.now();
     let removed = 0;
-    const dirty = new Set<string>();
+    const dirty: DirtyBackends = new Map();
     this.db.tx(() => {
       // counted afresh if a full disk makes the transaction run twice (FREES)
       removed = 0;
@@ -482,7 +487,7 @@ export class MetadataCollector {
       const dropBlob = (ns: string, digest: string) => {
         if (delContent.run(ns, digest).changes > 0) {
           removed++;
-          dirty.add("content");
+          markDirty(dirty, "content", [digest]);
         }
       };
       for (const node of graph.content)
@@ -500,7 +505,7 @@ export class MetadataCollector {
         for (const sn of graph.snapshots)
           if (!live.has(sn.node) && del.run(sn.namespace, sn.snapshotter, sn.key).changes > 0) {
             removed++;
-            dirty.add(`snapshots/${sn.snapshotter}`);
+            markDirty(dirty, `snapshots/${sn.snapshotter}`);
           }
       }
       // Ingests held by no live lease are abandoned (see below for when they go).
@@ -538,22 +543,30 @@ export class MetadataCollector {
                 .changes > 0
             ) {
               removed++;
-              dirty.add("content");
+              // no blob: the sweep's look at the ingests removes its data
+              markDirty(dirty, "content", []);
             }
         }
       }
     }, FREES);
-    for (const k of this.db.takeDirtyBackends()) dirty.add(k);
+    for (const [k, v] of this.db.takeDirtyBackends()) markDirty(dirty, k, v === "all" ? undefined : v);
     const all = opts.full || !this.sweptAll;
     this.sweptAll = true;
     try {
-      for (const s of this.sweepers) {
-        if (!all && s.kind !== undefined && !dirty.has(s.kind)) continue;
+      const scopeOf = (s: BackendSweeper) => (all || s.kind === undefined ? "all" : dirty.get(s.kind));
+      for (const [i, s] of this.sweepers.entries()) {
+        const scope = scopeOf(s);
+        if (scope === undefined) continue;
         try {
-          removed += await s.sweep();
+          removed += await s.sweep(scope === "all" ? undefined : scope);
         } catch (err) {
-          // not swept: the next collection tries again
-          if (s.kind !== undefined) this.db.markBackendDirty(s.kind);
+          // neither this backend nor the ones after it were swept: the next collection sweeps
+          // them, as much of each
+          for (const later of this.sweepers.slice(i)) {
+            const left = scopeOf(later);
+            if (later.kind !== undefined && left !== undefined)
+              this.db.markBackendDirty(later.kind, left === "all" ? undefined : left);
+          }
           throw err;
         }
       }

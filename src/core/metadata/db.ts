@@ -232,20 +232,22 @@ export class MetadataDB {
   }
 
   /** Backends ("content", "snapshots/<name>") that may hold data no row points at any more. */
-  private readonly dirtyBackends = new Set<string>();
+  private readonly dirtyBackends: DirtyBackends = new Map();
 
   /**
    * A row was removed outside a collection and its backend data may have stayed (a deleted blob,
    * a snapshot the backend refused to remove): the next collection sweeps that backend. As
    * containerd's dirty flags, this keeps collections from walking every backend every time.
+   * `names` are the backend's names whose rows went (a blob's digest): the sweep then looks at
+   * those alone, not at everything the backend holds; without them, it looks at everything.
    */
-  markBackendDirty(kind: string): void {
-    this.dirtyBackends.add(kind);
+  markBackendDirty(kind: string, names?: Iterable<string>): void {
+    markDirty(this.dirtyBackends, kind, names);
   }
 
   /** The backends marked since the last call (the collector takes them once per collection). */
-  takeDirtyBackends(): Set<string> {
-    const out = new Set(this.dirtyBackends);
+  takeDirtyBackends(): DirtyBackends {
+    const out = new Map(this.dirtyBackends);
     this.dirtyBackends.clear();
     return out;
   }
@@ -324,4 +326,20 @@ export function encodeLabels(l: Labels | undefined): string {
 export function decodeLabels(s: string): Labels {
   // most records carry none
   return s === "{}" ? {} : (JSON.parse(s) as Labels);
+}
+
+/** Per backend kind, what its sweep must look at: some names, or "all" of it. */
+export type DirtyBackends = Map<string, Set<string> | "all">;
+
+/** Adds `names` (or everything, without them) to what a backend's next sweep looks at. */
+export function markDirty(d: DirtyBackends, kind: string, names?: Iterable<string>): void {
+  const had = d.get(kind);
+  if (had === "all") return;
+  if (names === undefined) {
+    d.set(kind, "all");
+    return;
+  }
+  const set = had ?? new Set<string>();
+  for (const n of names) set.add(n);
+  d.set(kind, set);
 }

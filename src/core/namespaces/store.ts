@@ -153,7 +153,8 @@ export class NamespaceStore {
       this.db.stmt("DELETE FROM lease_resources WHERE namespace = ?").run(name);
       this.db.stmt("DELETE FROM leases WHERE namespace = ?").run(name);
       this.db.stmt("DELETE FROM ingests WHERE namespace = ?").run(name);
-      this.db.markBackendDirty("content");
+      // no blob went with it (the namespace is empty), only ingests: the sweep looks at those
+      this.db.markBackendDirty("content", []);
       this.db.stmt("DELETE FROM namespaces WHERE name = ?").run(name);
       this.cache = undefined;
     }, FREES);
