@@ -391,6 +391,46 @@ describe("namespaced content store", () => {
     await assert.rejects(backend.info(sha256(data)), kind("not found"));
   });
 
+  it("keeps what each blob's labels name in content_refs as rows are written, updated and deleted", async () => {
+    const { store, db } = await setup();
+    const refs = () =>
+      db.sql.prepare("SELECT namespace, digest, target FROM content_refs ORDER BY 1, 2, 3").raw().all();
+    const x = (c: string) => `sha256:${c.repeat(64)}`;
+    const m = await put(store, "ns", Buffer.from("a manifest"), undefined, {
+      "containerd.io/gc.ref.content.config": x("1"),
+      "containerd.io/gc.ref.content.l.0": x("2"),
+      "containerd.io/gc.ref.snapshot.overlayfs": "names a snapshot, not a blob",
+      note: x("3"),
+    });
+    const layer = await put(store, "ns", Buffer.from("a layer"), undefined, {
+      "containerd.io/uncompressed": x("4"),
+    });
+    assert.deepEqual(refs(), [
+      ["ns", m, x("1")],
+      ["ns", m, x("2")],
+    ]);
+    // the same blob in another namespace names in that namespace
+    await put(store, "other", Buffer.from("a manifest"), undefined, {
+      "containerd.io/gc.ref.content": x("5"),
+    });
+    assert.deepEqual(refs().at(-1), ["other", m, x("5")]);
+    store.update("ns", { digest: m, labels: { "containerd.io/gc.ref.content/m": x("6") } }, ["labels"]);
+    assert.deepEqual(refs(), [
+      ["ns", m, x("6")],
+      ["other", m, x("5")],
+    ]);
+    // a plain blob given a reference, then a naming one made plain
+    store.update("ns", { digest: layer, labels: { "containerd.io/gc.ref.content.c": x("7") } }, ["labels"]);
+    store.update("ns", { digest: m, labels: {} }, ["labels"]);
+    assert.deepEqual(refs(), [
+      ["ns", layer, x("7")],
+      ["other", m, x("5")],
+    ]);
+    store.delete("ns", layer);
+    store.delete("other", m);
+    assert.deepEqual(refs(), []);
+  });
+
   it("keeps a sweep out while a commit is between the backend and the row", async () => {
     const { store, backend } = await setup();
     const data = randomBytes(4 << 20);

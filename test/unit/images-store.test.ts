@@ -235,10 +235,28 @@ describe("image store", () => {
       .run();
     // back to version 2: drop what migrations 3 (images), 4 (containers), 5 (an index), 6 (a
     // containers column and an index), 7 (an images column and an index), 8 (two indexes in
-    // place of 5's) and 9 (two indexes in place of one of 8's) made
+    // place of 5's), 9 (two indexes in place of one of 8's) and 10 (a table and its triggers)
+    // made
     first.sql.exec(
-      "DROP TABLE images; DROP TRIGGER container_buckets_gone; DROP TABLE container_buckets; DROP TABLE containers; DROP INDEX lease_resources_by_type; DROP INDEX content_plain; DROP INDEX content_naming",
+      "DROP TABLE images; DROP TRIGGER container_buckets_gone; DROP TABLE container_buckets; DROP TABLE containers; DROP INDEX lease_resources_by_type; DROP INDEX content_plain; DROP INDEX content_naming; DROP TRIGGER content_refs_insert; DROP TRIGGER content_refs_update; DROP TRIGGER content_refs_delete; DROP TABLE content_refs",
     );
+    // a version-2 blob whose labels name others: migration 10 finds what they name
+    const d = (c: string) => `sha256:${c.repeat(64)}`;
+    first.sql
+      .prepare(
+        "INSERT INTO content (namespace, digest, size, created_at, updated_at, labels) VALUES ('old', ?, 1, 1, 1, ?)",
+      )
+      .run(
+        d("a"),
+        JSON.stringify({
+          "containerd.io/gc.ref.content": d("b"),
+          "containerd.io/gc.ref.content.l.0": d("c"),
+          "containerd.io/gc.ref.content/x": d("d"),
+          "containerd.io/gc.ref.contentx": d("e"),
+          "containerd.io/gc.ref.snapshot.overlayfs": "sn",
+          other: d("f"),
+        }),
+      );
     first.sql.pragma("user_version = 2");
     first.close();
     const raw = new Database(path);
@@ -246,8 +264,12 @@ describe("image store", () => {
     raw.close();
     const db = new MetadataDB(path);
     cleanups.push(() => db.close());
-    assert.equal(db.sql.pragma("user_version", { simple: true }), 9);
+    assert.equal(db.sql.pragma("user_version", { simple: true }), 10);
     assert.ok(db.sql.prepare("SELECT 1 FROM namespaces WHERE name = 'old'").get());
+    assert.deepEqual(
+      db.sql.prepare("SELECT namespace, digest, target FROM content_refs ORDER BY target").raw().all(),
+      ["b", "c", "d"].map((c) => ["old", d("a"), d(c)]),
+    );
     const images = new ImageStore(db, new NamespaceStore(db, new Exchange()), new Exchange());
     images.create("old", {
       name: "i",

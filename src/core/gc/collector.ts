@@ -96,7 +96,7 @@ export interface RefRoot {
 /**
  * The references a set of labels makes (gc.ref.content*, gc.ref.snapshot.<name>*), with the label.
  * `blobs`: only the references to these blobs (digests, in `ns`) are taken among the content ones.
- * The rule for a content reference's key is also UNREFERENCED_PLAIN_BLOBS's, in SQL.
+ * The rule for a content reference's key is also content_refs's, in SQL (metadata/db.ts).
  */
 export function labelEdges(ns: string, labels: Labels, blobs?: ReadonlySet<string>): RefEdge[] {
   const out: RefEdge[] = [];
@@ -144,22 +144,21 @@ export const NAMING_BLOBS = `SELECT namespace, digest, labels, EXISTS (${LEASE_H
 
 /**
  * SQL: the plain blobs (unlabelled, or with no GC label) that no lease holds and no blob left in
- * the table names in a gc.ref.content label (the key rule is labelEdges's). A collection asks
- * it once the blobs with GC labels that the mark did not reach are deleted, so that only live
+ * the table names in a gc.ref.content label (content_refs, which triggers keep as the rows are
+ * written; its key rule is labelEdges's: metadata/db.ts, migration 10). A collection asks it
+ * once the blobs with GC labels that the mark did not reach are deleted, so that only live
  * ones name anything, and gets back what nothing references, not every blob: a pulled image's
  * layers are plain, named by its manifest, and handing 50,000 of them to the mark's set and the
  * sweep's checks was most of a collection (finding 77). SQLite runs the compound SELECT with
- * its ORDER BY as a merge: the blobs and the lease resources come in (namespace, digest) order
- * from indexes (content_plain; lease_resources_by_type, whose leading type is fixed), only the
- * labels' references (json_each over content_naming's rows) are sorted. Asking the lease index
- * about every blob instead grew as n log n (10,000 to 50,000 blobs: 8 to 68 ms; merged: 2 to 7
- * ms; findings 73, 75).
+ * its ORDER BY as a merge of three indexes read in (namespace, digest) order: content_plain,
+ * lease_resources_by_type (whose leading type is fixed) and content_refs_by_target. Asking the
+ * lease index about every blob instead grew as n log n (10,000 to 50,000 blobs: 8 to 68 ms;
+ * merged: 2 to 7 ms; findings 73, 75); so did sorting what the labels name, parsed anew on each
+ * pass (finding 78).
  */
 export const UNREFERENCED_PLAIN_BLOBS = `SELECT namespace, digest FROM content WHERE ${PLAIN}
   EXCEPT SELECT namespace, id FROM lease_resources WHERE type = 'content'
-  EXCEPT SELECT c.namespace, j.value FROM content c, json_each(c.labels) j
-    WHERE ${NAMING} AND (j.key = '${REF_CONTENT}'
-      OR substr(j.key, 1, ${REF_CONTENT.length + 1}) IN ('${REF_CONTENT}.', '${REF_CONTENT}/'))
+  EXCEPT SELECT namespace, target FROM content_refs
   ORDER BY 1, 2`;
 
 /**
@@ -390,7 +389,7 @@ export class RefGraph {
       throw new Error("internal: a collection's graph was read before its expired leases were deleted");
     const naming = db.stmt(NAMING_BLOBS).raw(true).all() as [string, string, string, number][];
     const byNamespace = new Map<string, Set<string>>();
-    for (const [, ns, digest] of naming) {
+    for (const [ns, digest] of naming) {
       const set = byNamespace.get(ns);
       if (set) set.add(digest);
       else byNamespace.set(ns, new Set([digest]));

@@ -10,6 +10,13 @@ import { isOutOfSpace, RESERVE_BYTES, reservePathFor, retryFreeing, SpaceReserve
 
 export type Labels = Record<string, string>;
 
+/**
+ * SQL over json_each's row `j`: a label key that names a blob (containerd.io/gc.ref.content, or
+ * it followed by "." or "/" and anything), the collector's rule (gc/collector.ts, labelEdges).
+ */
+const CONTENT_REF_KEY = `(j.key = 'containerd.io/gc.ref.content'
+  OR substr(j.key, 1, 29) IN ('containerd.io/gc.ref.content.', 'containerd.io/gc.ref.content/'))`;
+
 const MIGRATIONS: string[] = [
   // 1: core tables
   `CREATE TABLE namespaces (
@@ -153,6 +160,44 @@ const MIGRATIONS: string[] = [
      WHERE instr(labels, 'containerd.io/gc.') = 0;
    CREATE INDEX content_naming ON content (namespace, digest)
      WHERE instr(labels, 'containerd.io/gc.') > 0;`,
+  // 10: what each blob's labels name (gc.ref.content, gc.ref.content.<x>, gc.ref.content/<x>:
+  // the collector's key rule, gc/collector.ts labelEdges), kept by triggers on every write of a
+  // row, so that a collection merges the plain blobs with the names in index order instead of
+  // parsing every naming blob's labels and sorting what they name on each pass (finding 78: the
+  // sort grew faster than the node). Labels that are not JSON name nothing here, as a row the
+  // store could not have written.
+  `CREATE TABLE content_refs (
+     namespace TEXT NOT NULL,
+     digest TEXT NOT NULL,
+     target TEXT NOT NULL,
+     PRIMARY KEY (namespace, digest, target)
+   ) WITHOUT ROWID;
+   CREATE INDEX content_refs_by_target ON content_refs (namespace, target);
+   CREATE TRIGGER content_refs_insert AFTER INSERT ON content
+     WHEN instr(NEW.labels, 'containerd.io/gc.') > 0 AND json_valid(NEW.labels)
+   BEGIN
+     INSERT OR IGNORE INTO content_refs (namespace, digest, target)
+       SELECT NEW.namespace, NEW.digest, j.value FROM json_each(NEW.labels) j
+       WHERE ${CONTENT_REF_KEY};
+   END;
+   CREATE TRIGGER content_refs_update AFTER UPDATE ON content
+     WHEN instr(OLD.labels, 'containerd.io/gc.') > 0 OR instr(NEW.labels, 'containerd.io/gc.') > 0
+   BEGIN
+     DELETE FROM content_refs WHERE namespace = OLD.namespace AND digest = OLD.digest;
+     INSERT OR IGNORE INTO content_refs (namespace, digest, target)
+       SELECT NEW.namespace, NEW.digest, j.value
+       FROM json_each(CASE WHEN json_valid(NEW.labels) THEN NEW.labels ELSE '{}' END) j
+       WHERE ${CONTENT_REF_KEY};
+   END;
+   CREATE TRIGGER content_refs_delete AFTER DELETE ON content
+     WHEN instr(OLD.labels, 'containerd.io/gc.') > 0
+   BEGIN
+     DELETE FROM content_refs WHERE namespace = OLD.namespace AND digest = OLD.digest;
+   END;
+   INSERT OR IGNORE INTO content_refs (namespace, digest, target)
+     SELECT c.namespace, c.digest, j.value FROM content c, json_each(c.labels) j
+     WHERE instr(c.labels, 'containerd.io/gc.') > 0 AND json_valid(c.labels)
+       AND ${CONTENT_REF_KEY};`,
 ];
 
 /**
