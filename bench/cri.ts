@@ -19,8 +19,8 @@
 // the next level pulls cold too. Shown: median and p95 per call and level, the berthd/containerd
 // ratio, each daemon's peak RSS (VmHWM), RSS at the end and CPU seconds (utime+stime) over all
 // measured work, and its CPU per pull over the PullImage phases alone (at every level: the
-// removals between them are not counted). A daemon that fails (not started, CRI not served, calls failing) gets "—" and its
-// failures are listed; the other daemon's rows still run.
+// removals between them are not counted). A daemon that fails (not started, CRI not served,
+// calls failing) gets "—" and its failures are listed; the other daemon's rows still run.
 //
 //   node dist/bench/cri.js [--quick] [--pods N] [--pulls M] [--list-reps R] [--concurrency 1,8]
 //                          [--reps K] [--only containerd|berthd] [--tmpfs] [--json FILE]

@@ -40,7 +40,7 @@ export interface BackendSweeper {
   /**
    * `only`: the backend's names whose rows went since its last sweep (a blob's digest), the
    * only data that can have become garbage since; without it, everything the backend holds is
-   * looked at (the first sweep after start, `gc --full`, a kind marked without names).
+   * looked at (the first sweep after start, a full collection, a kind marked without names).
    */
   sweep(only?: ReadonlySet<string>): Promise<number>;
 }
