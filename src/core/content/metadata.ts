@@ -191,7 +191,7 @@ export class MetadataContentStore {
   private visibleAt = -1;
 
   constructor(
-    readonly db: MetadataDB,
+    private readonly db: MetadataDB,
     readonly backend: LocalContentStore,
     private readonly namespaces: NamespaceStore,
     private readonly events: Exchange,
@@ -534,19 +534,25 @@ export class MetadataContentStore {
     labels: Labels,
   ): boolean {
     let created = false;
-    this.db.tx(
-      () => {
-        this.namespaces.ensure(ns);
-        const now = Date.now();
-        created =
-          this.stmts.insertContent.run(ns, dgst, size, now, now, encodeLabels(cleanLabels(labels))).changes >
-          0;
-        this.stmts.deleteIngest.run(ns, ref);
-        this.removeLease(ns, lease, "ingests", ref);
-        this.addLease(ns, lease, "content", dgst);
-      },
-      { what: `blob ${dgst} (ingest ${ref})` },
-    );
+    try {
+      this.db.tx(
+        () => {
+          this.namespaces.ensure(ns);
+          const now = Date.now();
+          created =
+            this.stmts.insertContent.run(ns, dgst, size, now, now, encodeLabels(cleanLabels(labels)))
+              .changes > 0;
+          this.stmts.deleteIngest.run(ns, ref);
+          this.removeLease(ns, lease, "ingests", ref);
+          this.addLease(ns, lease, "content", dgst);
+        },
+        { what: `blob ${dgst} (ingest ${ref})` },
+      );
+    } catch (err) {
+      // the blob is stored, and may now be a file no row names: the next sweep looks at it
+      this.db.markBackendDirty("content", [dgst]);
+      throw err;
+    }
     this.db.mutated(false);
     return created;
   }
@@ -674,14 +680,7 @@ export class NamespacedWriter implements ContentWriter {
       }
       actual = this.w.digest();
     }
-    let created: boolean;
-    try {
-      created = this.store.commitRow(this.namespace, this.ref, this.lease, actual, size, labels ?? {});
-    } catch (err) {
-      // the blob is stored, and may now be a file no row names: the next sweep looks at it
-      this.store.db.markBackendDirty("content", [actual]);
-      throw err;
-    }
+    const created = this.store.commitRow(this.namespace, this.ref, this.lease, actual, size, labels ?? {});
     if (!created) throw errAlreadyExists(`content ${actual}`);
     this.store.publishCreate(this.namespace, actual, size);
     return actual;
