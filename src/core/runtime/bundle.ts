@@ -2,10 +2,10 @@
 // `rootfs` dir the shim mounts the task's rootfs on, a `work` link to `<root>/<ns>/<id>`, and the
 // `log` FIFO the shim writes its log to. Removal renames to a hidden name first so a crash halfway
 // never leaves a bundle that looks whole.
-import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { rename, rm, rmdir } from "node:fs/promises";
+import { existsSync, mkdirSync, renameSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { validateIdentifier } from "../../base/identifiers.js";
+import { removeTree } from "../../sys/remove-tree.js";
 import { realSyscalls, type Syscalls } from "../../sys/syscalls.js";
 import { unmountAll } from "../mount/mount.js";
 
@@ -48,18 +48,19 @@ export async function newBundle(
   return b;
 }
 
+// Synchronous calls, as in newBundle: a bundle is a dozen small entries (removeTree).
 async function atomicDelete(path: string): Promise<void> {
   const hidden = join(dirname(path), `.${basename(path)}`);
   try {
-    await rename(path, hidden);
+    renameSync(path, hidden);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-      await rm(hidden, { recursive: true, force: true });
+      await removeTree(hidden);
       return;
     }
     throw err;
   }
-  await rm(hidden, { recursive: true, force: true });
+  await removeTree(hidden);
 }
 
 /** Unmount the rootfs (the shim normally has), then remove work dir and bundle. */
@@ -68,9 +69,11 @@ export async function deleteBundle(b: Bundle, sys: Syscalls = realSyscalls): Pro
   const rootfs = join(b.path, "rootfs");
   if (existsSync(rootfs)) {
     unmountAll(rootfs, 0, sys);
-    await rmdir(rootfs).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== "ENOENT") throw err;
-    });
+    try {
+      rmdirSync(rootfs);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    }
   }
   await atomicDelete(b.path);
 }

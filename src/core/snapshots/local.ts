@@ -11,6 +11,7 @@ import { basename, join } from "node:path";
 import { BerthError, errAborted, errFailedPrecondition } from "../../base/errdefs.js";
 import { type Logger, nopLogger } from "../../base/log.js";
 import type { Mount } from "../../base/mount.js";
+import { removeTree } from "../../sys/remove-tree.js";
 import { FREES, type Labels } from "../metadata/db.js";
 import { diskUsage } from "./fsutil.js";
 import type { Kind, SnapshotInfo, Snapshotter, Usage } from "./snapshotter.js";
@@ -269,7 +270,7 @@ export abstract class LocalSnapshotter implements Snapshotter {
     }
     if (this.asyncRemove) return;
     try {
-      await rm(renamed, { recursive: true, force: true });
+      await removeTree(renamed);
     } catch (err) {
       this.log.warn("failed to remove directory", { path: renamed, error: String(err) });
     }

@@ -4,14 +4,20 @@
 // parent, a kind, labels, times and, once committed, the usage measured at commit.
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import Database from "better-sqlite3";
+import type Database from "better-sqlite3";
 import {
   errAlreadyExists,
   errFailedPrecondition,
   errInvalidArgument,
   errNotFound,
 } from "../../base/errdefs.js";
-import { decodeLabels, encodeLabels, type Labels, type TxOptions } from "../metadata/db.js";
+import {
+  decodeLabels,
+  encodeLabels,
+  type Labels,
+  openDaemonDatabase,
+  type TxOptions,
+} from "../metadata/db.js";
 import { releaseReserveFor, retryFreeing } from "../metadata/reserve.js";
 import type { Kind, SnapshotInfo, Usage } from "./snapshotter.js";
 
@@ -98,11 +104,12 @@ export class MetaStore {
   private readonly stmts;
   private writes = 0;
 
-  constructor(private readonly path: string) {
+  constructor(
+    private readonly path: string,
+    lockTimeoutMs?: number,
+  ) {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    this.sql = new Database(path);
-    this.sql.pragma("journal_mode = WAL");
-    this.sql.pragma("synchronous = NORMAL");
+    this.sql = openDaemonDatabase(path, lockTimeoutMs);
     this.sql.exec(SCHEMA);
     const s = this.sql;
     this.stmts = {
