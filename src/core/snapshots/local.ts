@@ -6,7 +6,6 @@
 // Removal forgets the record first, then renames the directory to "rm-<id>" and deletes it now
 // (sync) or leaves it to cleanup() (async).
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from "node:fs";
-import { rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { BerthError, errAborted, errFailedPrecondition } from "../../base/errdefs.js";
 import { type Logger, nopLogger } from "../../base/log.js";
@@ -81,7 +80,7 @@ export abstract class LocalSnapshotter implements Snapshotter {
       this.cleaning = (async () => {
         for (const name of stale) {
           const path = join(dir, name);
-          await rm(path, { recursive: true, force: true }).catch((err: unknown) =>
+          await removeTree(path).catch((err: unknown) =>
             log.warn("failed to remove stale staging directory", { path, error: String(err) }),
           );
         }
@@ -103,7 +102,7 @@ export abstract class LocalSnapshotter implements Snapshotter {
   /** Remove a staging directory (whatever is still in it) and forget it. */
   async releaseStagingDir(path: string): Promise<void> {
     try {
-      await rm(path, { recursive: true, force: true });
+      await removeTree(path);
     } catch (err) {
       this.log.warn("failed to remove staging directory", { path, error: String(err) });
     } finally {
@@ -225,7 +224,7 @@ export abstract class LocalSnapshotter implements Snapshotter {
             // left for cleanup()
           }
         }
-        await rm(td, { recursive: true, force: true }).catch((e: unknown) =>
+        await removeTree(td).catch((e: unknown) =>
           this.log.warn("failed to remove temporary snapshot directory", { path: td, error: String(e) }),
         );
       }
@@ -326,7 +325,7 @@ export abstract class LocalSnapshotter implements Snapshotter {
       for (const name of garbage) {
         const path = join(this.snapshotsDir, name);
         try {
-          await rm(path, { recursive: true, force: true });
+          await removeTree(path);
         } catch (err) {
           this.log.warn("failed to remove directory", { path, error: String(err) });
         }
