@@ -6,7 +6,6 @@
 //   - a status file per object under the plugin's root dir for what changes afterwards (pid,
 //     start/finish times, exit code, reason), rewritten atomically on each change.
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { errNotFound } from "../base/errdefs.js";
@@ -16,6 +15,7 @@ import {
   type PodSandboxConfig,
   PodSandboxConfigSchema,
 } from "../gen/k8s.io/cri-api/pkg/apis/runtime/v1/api_pb.js";
+import { removeTree } from "../sys/remove-tree.js";
 
 /** Nanoseconds since the Unix epoch, as the CRI carries times. */
 export const nowNs = (): bigint => BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6));
@@ -249,13 +249,14 @@ export class CriDirs {
     mkdirSync(this.containerRoot(id), { recursive: true, mode: 0o755 });
     mkdirSync(this.containerState(id), { recursive: true, mode: 0o755 });
   }
+  // Removed synchronously when small, as they were made (removeTree).
   async removeSandboxDirs(id: string): Promise<void> {
-    await rm(this.sandboxRoot(id), { recursive: true, force: true });
-    await rm(this.sandboxState(id), { recursive: true, force: true });
+    await removeTree(this.sandboxRoot(id));
+    await removeTree(this.sandboxState(id));
   }
   async removeContainerDirs(id: string): Promise<void> {
-    await rm(this.containerRoot(id), { recursive: true, force: true });
-    await rm(this.containerState(id), { recursive: true, force: true });
+    await removeTree(this.containerRoot(id));
+    await removeTree(this.containerState(id));
   }
 }
 
