@@ -1,10 +1,13 @@
-// `rm -rf` for the daemon's own directories (task bundles, removed snapshots). fs.promises.rm
-// sends every entry through libuv's thread pool, several calls each (lstat, rmdir, readdir,
-// unlink): a task bundle of ten files cost ~50 round trips, each a wake-up of a pool thread and
-// of the event loop, which on this kind of VM costs more CPU than the calls themselves. A small
-// tree is removed here with synchronous calls instead, one per file and a few per directory; a
-// tree that turns out larger than the budget (a container's writable layer can hold any number
-// of files) is finished in the pool, so a large removal never holds up the event loop.
+// `rm -rf` for what a call removes and waits for (a task's bundle, a snapshot removed
+// synchronously, a CRI pod's directories). fs.promises.rm sends every entry through libuv's
+// thread pool, several calls each (lstat, rmdir, readdir, unlink): a task bundle of ten files
+// cost ~50 round trips, each a wake-up of a pool thread and of the event loop, which on this kind
+// of VM costs more CPU than the calls themselves. A small tree is removed here with synchronous
+// calls instead, one per file and a few per directory; a tree that turns out larger than the
+// budget (a container's writable layer can hold any number of files) is finished in the pool, so
+// a large removal never holds up the event loop. Removals that run in the background (a
+// collection's sweep) stay with fs.promises.rm: there even a few synchronous calls delay the
+// calls that arrive meanwhile (docs/performance.md, finding 79).
 import { lstatSync, readdirSync, rmdirSync, unlinkSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
