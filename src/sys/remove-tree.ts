@@ -13,7 +13,7 @@ import { rm } from "node:fs/promises";
 import { join } from "node:path";
 
 /** Entries removed synchronously before the rest is left to the thread pool. */
-export const SYNC_REMOVE_BUDGET = 64;
+const SYNC_REMOVE_BUDGET = 64;
 
 /**
  * Remove `path` and everything under it; a missing path is not an error. Symbolic links are
