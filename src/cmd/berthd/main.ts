@@ -106,7 +106,6 @@ const program = new Command("berthd")
     };
     process.on("SIGTERM", () => shutdown("terminated"));
     process.on("SIGINT", () => shutdown("interrupt"));
-    process.on("SIGPIPE", () => {});
     try {
       await daemon.start();
     } catch (err) {
