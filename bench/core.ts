@@ -11,19 +11,22 @@
 //       prepare, container create with ctr's default spec, get, stat, delete, remove): N/10 of each.
 //       The client is grpc-js (an implementation independent of berthd's server) unless --client h2
 //       picks the berth CLI's own client on node:http2; its CPU per call is shown next to the
-//       daemon's, since on two cores the client's share decides much of these rows.
+//       daemon's, since on two cores the client's share decides much of these rows. Between the
+//       daemons, the same calls go to bench/null-server.ts, a server that only answers: no daemon
+//       could do better than it through this client, so null/containerd is the rows' floor.
 //
 // Repeats alternate which daemon goes first. Shown: medians over repeats and berthd/containerd.
 //
 //   node dist/bench/core.js [--quick] [--reps N] [--calls N] [--inflight N] [--size MiB]
 //                           [--tmpfs] [--only containerd|berthd] [--skip-content] [--skip-api]
 //                           [--client grpc-js|h2] [--json FILE]
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createHash, randomFillSync } from "node:crypto";
 import { closeSync, openSync, writeSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import type { DescService } from "@bufbuild/protobuf";
 import { isAlreadyExists } from "../src/base/errdefs.js";
@@ -49,7 +52,9 @@ import {
   cpuSeconds,
   DAEMONS,
   type DaemonName,
+  fmt,
   fmtBytes,
+  fmtRatio,
   type MetricSpec,
   mbPerSec,
   median,
@@ -57,6 +62,7 @@ import {
   orderFor,
   p95,
   Results,
+  renderTable,
   runConcurrent,
 } from "./lib.js";
 
@@ -316,7 +322,21 @@ async function apiSetup(conn: ApiConnection): Promise<Call[]> {
   return calls;
 }
 
-async function apiRep(name: DaemonName, pid: number, calls: Call[], rep: number): Promise<void> {
+interface ApiSample {
+  seqMs: number;
+  seqLat: number[];
+  /** the server's CPU seconds over the sequential calls */
+  seqCpu: number;
+  /** the client's (this process's) CPU µs over the sequential calls */
+  seqClient: number;
+  concMs: number;
+  concLat: number[];
+  concCpu: number;
+  concClient: number;
+}
+
+/** The sequential calls, then the same number with INFLIGHT at once, on server process `pid`. */
+async function measureApi(pid: number, calls: Call[]): Promise<ApiSample> {
   const seqLat: number[] = [];
   const seqCpu0 = cpuSeconds(pid);
   const seqClient0 = process.cpuUsage();
@@ -337,20 +357,95 @@ async function apiRep(name: DaemonName, pid: number, calls: Call[], rep: number)
   const concMs = nowMs() - concStart;
   const concCpu = cpuSeconds(pid) - concCpu0;
   const concClient = process.cpuUsage(concClient0);
+  return {
+    seqMs,
+    seqLat,
+    seqCpu,
+    seqClient: seqClient.user + seqClient.system,
+    concMs,
+    concLat,
+    concCpu,
+    concClient: concClient.user + concClient.system,
+  };
+}
 
-  results.add(M.seq, name, seqMs);
-  results.add(M.seqP50, name, median(seqLat) * 1000);
-  results.add(M.seqP95, name, p95(seqLat) * 1000);
-  results.add(M.seqCpu, name, (seqCpu * 1e6) / CALLS);
-  results.add(M.seqClientCpu, name, (seqClient.user + seqClient.system) / CALLS);
-  results.add(M.conc, name, concMs);
-  results.add(M.concRate, name, concMs);
-  results.add(M.concP50, name, median(concLat) * 1000);
-  results.add(M.concP95, name, p95(concLat) * 1000);
-  results.add(M.concCpu, name, (concCpu * 1e6) / CALLS);
-  results.add(M.concClientCpu, name, (concClient.user + concClient.system) / CALLS);
+async function apiRep(name: DaemonName, pid: number, calls: Call[], rep: number): Promise<void> {
+  const s = await measureApi(pid, calls);
+  results.add(M.seq, name, s.seqMs);
+  results.add(M.seqP50, name, median(s.seqLat) * 1000);
+  results.add(M.seqP95, name, p95(s.seqLat) * 1000);
+  results.add(M.seqCpu, name, (s.seqCpu * 1e6) / CALLS);
+  results.add(M.seqClientCpu, name, s.seqClient / CALLS);
+  results.add(M.conc, name, s.concMs);
+  results.add(M.concRate, name, s.concMs);
+  results.add(M.concP50, name, median(s.concLat) * 1000);
+  results.add(M.concP95, name, p95(s.concLat) * 1000);
+  results.add(M.concCpu, name, (s.concCpu * 1e6) / CALLS);
+  results.add(M.concClientCpu, name, s.concClient / CALLS);
   log(
-    `rep ${rep + 1} ${name}: ${CALLS} sequential ${seqMs.toFixed(0)} ms, ${INFLIGHT} in flight ${concMs.toFixed(0)} ms`,
+    `rep ${rep + 1} ${name}: ${CALLS} sequential ${s.seqMs.toFixed(0)} ms, ${INFLIGHT} in flight ${s.concMs.toFixed(0)} ms`,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The floor of the small-call rows: bench/null-server.ts, a server that only answers
+
+interface NullServer {
+  pid: number;
+  address: string;
+  stop(): Promise<void>;
+}
+
+async function startNullServer(dir: string): Promise<NullServer> {
+  const address = path.join(dir, "null.sock");
+  const script = fileURLToPath(new URL("./null-server.js", import.meta.url));
+  const child = spawn(process.execPath, [script, address], { stdio: ["ignore", "pipe", "inherit"] });
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("the null server did not listen within 10 s")), 10_000);
+    child.stdout!.on("data", (b: Buffer) => {
+      if (b.toString().includes("listening")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the null server exited (code ${code}) before listening`));
+    });
+  });
+  return {
+    pid: child.pid!,
+    address,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+const floorSamples: ApiSample[] = [];
+
+/** The API rows with the null server beside the daemons: its ratio is the lowest reachable. */
+function floorTable(): string {
+  const med = (f: (s: ApiSample) => number) => median(floorSamples.map(f));
+  const rows: [string, string, MetricSpec, number][] = [
+    [M.seq.name, "ms", M.seq, med((s) => s.seqMs)],
+    [M.seqCpu.name, "µs", M.seqCpu, med((s) => (s.seqCpu * 1e6) / CALLS)],
+    [M.seqClientCpu.name, "µs", M.seqClientCpu, med((s) => s.seqClient / CALLS)],
+    [M.conc.name, "ms", M.conc, med((s) => s.concMs)],
+    [M.concCpu.name, "µs", M.concCpu, med((s) => (s.concCpu * 1e6) / CALLS)],
+    [M.concClientCpu.name, "µs", M.concClientCpu, med((s) => s.concClient / CALLS)],
+  ];
+  return renderTable(
+    ["metric", "unit", "containerd", "berthd", "null server", "berthd/containerd", "null/containerd"],
+    rows.map(([name, unit, spec, floor]) => {
+      const c = results.value(spec, "containerd");
+      const b = results.value(spec, "berthd");
+      // the null server is no daemon: its CPU rows are the server's
+      const label = name.replace("daemon", "server");
+      return [label, unit, fmt(c), fmt(b), fmt(floor), fmtRatio(b, c), fmtRatio(floor, c)];
+    }),
   );
 }
 
@@ -365,7 +460,9 @@ function containerdVersion(): string {
 async function main(): Promise<number> {
   const work = await makeTempDir("bench");
   const daemons = new Map<DaemonName, Daemon>();
-  const conns = new Map<DaemonName, ApiConnection>();
+  const conns = new Map<DaemonName | "null", ApiConnection>();
+  let nullServer: NullServer | undefined;
+  let floorCalls: Call[] | undefined;
   const notStarted = new Map<DaemonName, string>();
   try {
     log(`${containerdVersion()}; node ${process.version}; ${os.cpus().length} CPUs`);
@@ -417,6 +514,19 @@ async function main(): Promise<number> {
     }
 
     if (!opt["skip-api"]) {
+      // the floor runs only beside both daemons, whose ratio it bounds
+      if (running.length === DAEMONS.length) {
+        try {
+          nullServer = await startNullServer(work);
+          const conn = connect(nullServer.address);
+          conns.set("null", conn);
+          floorCalls = apiCalls(conn);
+          for (let i = 0; i < 150; i++) await floorCalls[i % floorCalls.length]!();
+        } catch (err) {
+          floorCalls = undefined;
+          log(`the null server (the small calls' floor) failed: ${(err as Error).message}`);
+        }
+      }
       const ready = new Map<DaemonName, Call[]>();
       for (const name of running) {
         const conn = connect(daemons.get(name)!.address);
@@ -428,19 +538,27 @@ async function main(): Promise<number> {
           log(`${name} API benchmark setup failed: ${(err as Error).message}`);
         }
       }
-      for (let rep = 0; rep < REPS; rep++) {
-        for (const name of orderFor(rep, running)) {
-          const calls = ready.get(name);
-          if (!calls) continue;
-          try {
-            await apiRep(name, daemons.get(name)!.pid, calls, rep);
-            await methodsRep(name, conns.get(name)!, rep);
-          } catch (err) {
-            ready.delete(name);
-            results.fail(name, `api: ${(err as Error).message}`);
-            log(`${name} API benchmark failed: ${(err as Error).message}`);
-          }
+      const runDaemonRep = async (name: DaemonName, rep: number): Promise<void> => {
+        const calls = ready.get(name);
+        if (!calls) return;
+        try {
+          await apiRep(name, daemons.get(name)!.pid, calls, rep);
+          await methodsRep(name, conns.get(name)!, rep);
+        } catch (err) {
+          ready.delete(name);
+          results.fail(name, `api: ${(err as Error).message}`);
+          log(`${name} API benchmark failed: ${(err as Error).message}`);
         }
+      };
+      for (let rep = 0; rep < REPS; rep++) {
+        const order = orderFor(rep, running);
+        // the floor goes between the two daemons, so that neither always runs right after it
+        await runDaemonRep(order[0]!, rep);
+        if (floorCalls && nullServer) {
+          floorSamples.push(await measureApi(nullServer.pid, floorCalls));
+          log(`rep ${rep + 1} null server: ${CALLS} sequential ${floorSamples.at(-1)!.seqMs.toFixed(0)} ms`);
+        }
+        for (const name of order.slice(1)) await runDaemonRep(name, rep);
       }
     }
 
@@ -450,6 +568,16 @@ async function main(): Promise<number> {
     console.log("");
     console.log(results.table());
     console.log("");
+    if (floorSamples.length > 0) {
+      console.log(
+        "the small calls' floor: bench/null-server.ts answers the same calls with constants, on berthd's\n" +
+          "HTTP/2 layer in a Node process of its own, through the same client (null/containerd is the\n" +
+          "lowest ratio a Node daemon could reach in this run)",
+      );
+      console.log("");
+      console.log(floorTable());
+      console.log("");
+    }
     let status = 0;
     for (const name of WANTED) {
       const why = notStarted.get(name);
@@ -480,6 +608,12 @@ async function main(): Promise<number> {
               client: CLIENT,
             },
             notStarted: Object.fromEntries(notStarted),
+            nullServer: floorSamples.map((f) => ({
+              seqMs: f.seqMs,
+              concMs: f.concMs,
+              seqCpuUs: (f.seqCpu * 1e6) / CALLS,
+              concCpuUs: (f.concCpu * 1e6) / CALLS,
+            })),
             ...(results.toJSON() as object),
           },
           null,
@@ -491,6 +625,7 @@ async function main(): Promise<number> {
     return status;
   } finally {
     for (const c of conns.values()) c.close();
+    await nullServer?.stop();
     for (const d of daemons.values()) await d.cleanup().catch((e) => log(`cleanup: ${(e as Error).message}`));
     await removeTempDir(work);
   }
