@@ -20,7 +20,8 @@ if (!socket) {
   process.exit(2);
 }
 
-// the answers berthd gives in core.js's runs: the one namespace the benchmark creates
+// berthd's answers in a core.js run with --skip-content: the one namespace the API rows create
+// (after the content rows, berthd's List also holds `default`, a few bytes more)
 const bench = { name: "bench", labels: { purpose: "bench" } };
 const listAnswer = { namespaces: [bench] };
 const getAnswer = { namespace: bench };
