@@ -402,7 +402,10 @@ async function startNullServer(dir: string): Promise<NullServer> {
   const child = spawn(process.execPath, [script, address], { stdio: ["ignore", "pipe", "inherit"] });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("the null server did not listen within 10 s")), 10_000);
+    const timer = setTimeout(() => {
+      child.kill("SIGTERM"); // ours, started above: not left behind
+      reject(new Error("the null server did not listen within 10 s"));
+    }, 10_000);
     child.stdout!.on("data", (b: Buffer) => {
       if (b.toString().includes("listening")) {
         clearTimeout(timer);
