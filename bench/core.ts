@@ -12,8 +12,9 @@
 //       The client is grpc-js (an implementation independent of berthd's server) unless --client h2
 //       picks the berth CLI's own client on node:http2; its CPU per call is shown next to the
 //       daemon's, since on two cores the client's share decides much of these rows. Between the
-//       daemons, the same calls go to bench/null-server.ts, a server that only answers: no daemon
-//       could do better than it through this client, so null/containerd is the rows' floor.
+//       daemons, the same calls go to bench/null-server.ts, a server that only answers: a daemon
+//       on berthd's transport whose handlers took no time, so null/containerd is the rows' floor
+//       for that transport and this client, in that run (within the run's noise).
 //
 // Repeats alternate which daemon goes first. Shown: medians over repeats and berthd/containerd.
 //
@@ -429,7 +430,7 @@ async function startNullServer(dir: string): Promise<NullServer> {
 
 const floorSamples: ApiSample[] = [];
 
-/** The API rows with the null server beside the daemons: its ratio is the lowest reachable. */
+/** The API rows with the null server beside the daemons: its ratio is the rows' floor. */
 function floorTable(): string {
   const med = (f: (s: ApiSample) => number) => median(floorSamples.map(f));
   const rows: [string, string, MetricSpec, number][] = [
@@ -575,7 +576,7 @@ async function main(): Promise<number> {
       console.log(
         "the small calls' floor: bench/null-server.ts answers the same calls with constants, on berthd's\n" +
           "HTTP/2 layer in a Node process of its own, through the same client (null/containerd is the\n" +
-          "lowest ratio a Node daemon could reach in this run)",
+          "ratio of a daemon whose handlers take no time, in this run)",
       );
       console.log("");
       console.log(floorTable());

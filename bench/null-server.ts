@@ -3,7 +3,8 @@
 // answers, on berth's own HTTP/2 layer (the one berthd serves with), in a Node process of its
 // own. Its time is the client's and the transport's share of a call: a daemon whose handlers
 // took no time at all would do no better through the same client on the same machine, so its
-// ratio to containerd is the lowest any Node daemon could reach in that run.
+// ratio to containerd is the floor of those rows for berthd's transport in that run (within the
+// run's noise: the two are timed one after the other).
 //
 //   node dist/bench/null-server.js <socket path>
 //
