@@ -12,10 +12,14 @@ import {
 class CountingCollector implements Collector {
   runs = 0;
   fail = false;
+  /** When each collection ran (Date.now()). */
+  at: number[] = [];
+  constructor(private readonly elapsedMs = 1) {}
   async collect(): Promise<GcStats> {
     this.runs++;
+    this.at.push(Date.now());
     if (this.fail) throw new Error("disk on fire");
-    return { elapsedMs: 1, removed: 0 };
+    return { elapsedMs: this.elapsedMs, removed: 0 };
   }
 }
 
@@ -41,6 +45,30 @@ describe("gc scheduler", () => {
     s.mutated(true);
     await sleep(200);
     assert.equal(c.runs, 2, "a deletion is collected at the next interval");
+    s.close();
+  });
+
+  it("an idle scheduler arms no timer, and collects a deletion at the check containerd would make", async () => {
+    // a 10 ms collection under pause_threshold 0.02: a check every 490 ms after it
+    const c = new CountingCollector(10);
+    const s = new GcScheduler(c, { ...SCHEDULER_DEFAULTS, startup_delay: "20ms" });
+    const deadline = Date.now() + 5000;
+    const waitFor = async (what: string, done: () => boolean) => {
+      while (!done()) {
+        if (Date.now() > deadline) assert.fail(`gave up waiting: ${what}`);
+        await sleep(5);
+      }
+    };
+    await waitFor("parked", () => c.runs > 0 && !s.armed && Date.now() - c.at[0]! >= 490);
+    assert.equal(c.runs, 1, "the check 490 ms after the startup collection found nothing to do");
+    s.mutated(false);
+    assert.equal(s.armed, false, "parked: a plain mutation under mutation_threshold arms nothing");
+    s.mutated(true);
+    assert.equal(s.armed, true, "a deletion arms the next check");
+    await waitFor("the deletion collected", () => c.runs >= 2);
+    const gap = c.at[1]! - c.at[0]!;
+    // containerd's loop would have checked at +490 (nothing to do) and collected at +980
+    assert.ok(gap >= 975, `collected ${gap} ms after the startup collection, not on the grid`);
     s.close();
   });
 
