@@ -370,19 +370,26 @@ async function measureApi(pid: number, calls: Call[]): Promise<ApiSample> {
   };
 }
 
+/** What a sample gives each row it feeds, in the rows' units. */
+function apiRows(s: ApiSample): Map<MetricSpec, number> {
+  return new Map<MetricSpec, number>([
+    [M.seq, s.seqMs],
+    [M.seqP50, median(s.seqLat) * 1000],
+    [M.seqP95, p95(s.seqLat) * 1000],
+    [M.seqCpu, (s.seqCpu * 1e6) / CALLS],
+    [M.seqClientCpu, s.seqClient / CALLS],
+    [M.conc, s.concMs],
+    [M.concRate, s.concMs],
+    [M.concP50, median(s.concLat) * 1000],
+    [M.concP95, p95(s.concLat) * 1000],
+    [M.concCpu, (s.concCpu * 1e6) / CALLS],
+    [M.concClientCpu, s.concClient / CALLS],
+  ]);
+}
+
 async function apiRep(name: DaemonName, pid: number, calls: Call[], rep: number): Promise<void> {
   const s = await measureApi(pid, calls);
-  results.add(M.seq, name, s.seqMs);
-  results.add(M.seqP50, name, median(s.seqLat) * 1000);
-  results.add(M.seqP95, name, p95(s.seqLat) * 1000);
-  results.add(M.seqCpu, name, (s.seqCpu * 1e6) / CALLS);
-  results.add(M.seqClientCpu, name, s.seqClient / CALLS);
-  results.add(M.conc, name, s.concMs);
-  results.add(M.concRate, name, s.concMs);
-  results.add(M.concP50, name, median(s.concLat) * 1000);
-  results.add(M.concP95, name, p95(s.concLat) * 1000);
-  results.add(M.concCpu, name, (s.concCpu * 1e6) / CALLS);
-  results.add(M.concClientCpu, name, s.concClient / CALLS);
+  for (const [spec, v] of apiRows(s)) results.add(spec, name, v);
   log(
     `rep ${rep + 1} ${name}: ${CALLS} sequential ${s.seqMs.toFixed(0)} ms, ${INFLIGHT} in flight ${s.concMs.toFixed(0)} ms`,
   );
@@ -432,23 +439,17 @@ const floorSamples: ApiSample[] = [];
 
 /** The API rows with the null server beside the daemons: its ratio is the rows' floor. */
 function floorTable(): string {
-  const med = (f: (s: ApiSample) => number) => median(floorSamples.map(f));
-  const rows: [string, string, MetricSpec, number][] = [
-    [M.seq.name, "ms", M.seq, med((s) => s.seqMs)],
-    [M.seqCpu.name, "µs", M.seqCpu, med((s) => (s.seqCpu * 1e6) / CALLS)],
-    [M.seqClientCpu.name, "µs", M.seqClientCpu, med((s) => s.seqClient / CALLS)],
-    [M.conc.name, "ms", M.conc, med((s) => s.concMs)],
-    [M.concCpu.name, "µs", M.concCpu, med((s) => (s.concCpu * 1e6) / CALLS)],
-    [M.concClientCpu.name, "µs", M.concClientCpu, med((s) => s.concClient / CALLS)],
-  ];
+  const specs = [M.seq, M.seqCpu, M.seqClientCpu, M.conc, M.concCpu, M.concClientCpu];
+  const samples = floorSamples.map(apiRows);
   return renderTable(
     ["metric", "unit", "containerd", "berthd", "null server", "berthd/containerd", "null/containerd"],
-    rows.map(([name, unit, spec, floor]) => {
+    specs.map((spec) => {
       const c = results.value(spec, "containerd");
       const b = results.value(spec, "berthd");
+      const floor = median(samples.map((m) => m.get(spec)!));
       // the null server is no daemon: its CPU rows are the server's
-      const label = name.replace("daemon", "server");
-      return [label, unit, fmt(c), fmt(b), fmt(floor), fmtRatio(b, c), fmtRatio(floor, c)];
+      const label = spec.name.replace("daemon", "server");
+      return [label, spec.unit, fmt(c), fmt(b), fmt(floor), fmtRatio(b, c), fmtRatio(floor, c)];
     }),
   );
 }
@@ -612,11 +613,11 @@ async function main(): Promise<number> {
               client: CLIENT,
             },
             notStarted: Object.fromEntries(notStarted),
-            nullServer: floorSamples.map((f) => ({
-              seqMs: f.seqMs,
-              concMs: f.concMs,
-              seqCpuUs: (f.seqCpu * 1e6) / CALLS,
-              concCpuUs: (f.concCpu * 1e6) / CALLS,
+            nullServer: floorSamples.map(apiRows).map((r) => ({
+              seqMs: r.get(M.seq),
+              concMs: r.get(M.conc),
+              seqCpuUs: r.get(M.seqCpu),
+              concCpuUs: r.get(M.concCpu),
             })),
             ...(results.toJSON() as object),
           },
